@@ -1,0 +1,3 @@
+"""Real-time anomaly detection for crypto market candles."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,3 @@
+from market_anomaly.cli import main
+
+raise SystemExit(main())

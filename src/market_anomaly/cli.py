@@ -1,0 +1,67 @@
+"""The `market-anomaly` command line: one entry point, one subcommand per part.
+
+Each part registers its own subcommands through a ``register(subparsers)`` function,
+so the command line and the code it drives stay side by side.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+
+from market_anomaly import __version__
+
+# Modules that contribute subcommands, in the order `--help` lists them.
+COMMAND_MODULES = (
+    "market_anomaly.runtime",          # up, setup
+    "market_anomaly.kafka.commands",   # kafka start|stop|status|topics
+    "market_anomaly.exchange.commands",  # exchange
+    "market_anomaly.producer",         # produce
+    "market_anomaly.spark.job",        # detect
+    "market_anomaly.detection.commands",  # train, score, evaluate
+    "market_anomaly.dashboard.commands",  # dashboard
+)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="market-anomaly",
+        description=(
+            "Watch exchange candles live and say which symbol is behaving abnormally, "
+            "how sure we are, and why. Binance WebSocket -> Kafka -> Spark Structured Streaming."
+        ),
+        epilog="Run `market-anomaly COMMAND --help` for the manual of one command.",
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    parser.add_argument(
+        "--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"],
+        help="logging verbosity (default: %(default)s)",
+    )
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for module_name in COMMAND_MODULES:
+        importlib.import_module(module_name).register(subparsers)
+    return parser
+
+
+def configure_logging(level: str) -> None:
+    logging.basicConfig(
+        level=level,
+        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
+        datefmt="%H:%M:%S",
+        stream=sys.stderr,
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "handler", None):
+        parser.print_help()
+        return 2
+    configure_logging(args.log_level)
+    try:
+        return int(args.handler(args) or 0)
+    except KeyboardInterrupt:
+        return 130

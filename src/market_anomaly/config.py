@@ -1,0 +1,70 @@
+"""Configuration shared by every command: paths, environment defaults, Kafka settings.
+
+Precedence, as Kafka and Spark users expect: command-line flag > environment variable
+(``MARKET_ANOMALY_*``) > built-in default. Kafka client settings pass through verbatim
+with ``-X key=value`` (the kcat convention), e.g. ``-X security.protocol=SASL_SSL``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from pathlib import Path
+
+ENV_PREFIX = "MARKET_ANOMALY_"
+
+CANDLES_TOPIC = "crypto-candles"
+DEAD_LETTER_TOPIC = "crypto-candles-dlq"
+ANOMALIES_TOPIC = "crypto-anomalies"
+DEFAULT_BOOTSTRAP = "localhost:9092"
+DEFAULT_SYMBOLS = "BTCUSDT,ETHUSDT,BNBUSDT,SOLUSDT,XRPUSDT,ADAUSDT,DOGEUSDT,AVAXUSDT"
+BINANCE_WS_URL = "wss://stream.binance.com:9443"
+BINANCE_REST_URL = "https://api.binance.com"
+
+
+def env(name: str, default: str) -> str:
+    """Value of ``MARKET_ANOMALY_<NAME>`` or ``default``."""
+    return os.environ.get(ENV_PREFIX + name, default)
+
+
+def home_dir() -> Path:
+    """Where runtime state lives: broker data, checkpoints, logs, the SQLite database."""
+    return Path(env("HOME", "var")).resolve()
+
+
+def cache_dir() -> Path:
+    """Where downloaded jars are kept between runs (survives a fresh clone)."""
+    default = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "market-anomaly"
+    return Path(env("CACHE", str(default))).resolve()
+
+
+def model_params_path() -> Path:
+    return Path(env("MODEL_PARAMS", "model_params.json")).resolve()
+
+
+def parse_kafka_overrides(pairs: list[str] | None) -> dict[str, str]:
+    """Turn ``["acks=all", "linger.ms=5"]`` into a dict; a pair without ``=`` is an error."""
+    config: dict[str, str] = {}
+    for pair in pairs or []:
+        key, sep, value = pair.partition("=")
+        if not sep or not key.strip():
+            raise argparse.ArgumentTypeError(f"Kafka setting {pair!r} is not KEY=VALUE")
+        config[key.strip()] = value.strip()
+    return config
+
+
+def add_kafka_arguments(parser: argparse.ArgumentParser) -> None:
+    """The Kafka flags every command that talks to Kafka accepts."""
+    parser.add_argument(
+        "--bootstrap-servers", default=env("BOOTSTRAP_SERVERS", DEFAULT_BOOTSTRAP),
+        help="Kafka cluster to use (env MARKET_ANOMALY_BOOTSTRAP_SERVERS; default: %(default)s)",
+    )
+    parser.add_argument(
+        "-X", "--kafka-config", action="append", default=[], metavar="KEY=VALUE",
+        help="extra Kafka client setting, passed through verbatim; repeatable",
+    )
+
+
+def kafka_client_config(args: argparse.Namespace) -> dict[str, str]:
+    """confluent-kafka configuration from the common flags."""
+    return {"bootstrap.servers": args.bootstrap_servers, **parse_kafka_overrides(args.kafka_config)}

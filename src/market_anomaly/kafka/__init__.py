@@ -1,0 +1,1 @@
+"""Kafka: a local KRaft broker the project starts itself, and topic administration."""

@@ -1,0 +1,69 @@
+"""`market-anomaly kafka start|stop|status|topics`: the local broker and the project's topics."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+from market_anomaly import config
+from market_anomaly.kafka import topics
+from market_anomaly.kafka.broker import LocalBroker, default_broker
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "kafka", help="start, stop or inspect the local Kafka broker (KRaft)",
+        description=(
+            "Manage the project's local Apache Kafka broker (KRaft: broker and controller in one JVM, "
+            "jars from Maven Central). Data lives in $MARKET_ANOMALY_HOME/kafka (default ./var/kafka). "
+            "To use an existing cluster instead, skip this and pass --bootstrap-servers to the other commands."
+        ),
+    )
+    actions = parser.add_subparsers(dest="kafka_action", metavar="ACTION", required=True)
+
+    start = actions.add_parser("start", help="start the broker (if not running) and create the topics")
+    start.add_argument("--port", type=int, default=int(config.env("KAFKA_PORT", "9092")),
+                       help="client port on 127.0.0.1 (env MARKET_ANOMALY_KAFKA_PORT; default: %(default)s)")
+    start.set_defaults(handler=start_broker)
+
+    stop = actions.add_parser("stop", help="stop the broker gracefully")
+    stop.set_defaults(handler=stop_broker)
+
+    status = actions.add_parser("status", help="is the broker running and answering? (JSON)")
+    status.set_defaults(handler=show_status)
+
+    create = actions.add_parser("topics", help="create the project's topics on any cluster")
+    config.add_kafka_arguments(create)
+    create.add_argument("--partitions", type=int, default=topics.DEFAULT_TOPICS[config.CANDLES_TOPIC],
+                        help="partitions of the candle and anomaly topics (default: %(default)s)")
+    create.add_argument("--replication-factor", type=int, default=1)
+    create.set_defaults(handler=create_topics)
+
+
+def start_broker(args: argparse.Namespace) -> int:
+    broker = LocalBroker(default_broker().state_dir, port=args.port)
+    broker.start()
+    topics.ensure_topics(broker.client_config(), topics.DEFAULT_TOPICS)
+    print(broker.bootstrap_servers)
+    return 0
+
+
+def stop_broker(args: argparse.Namespace) -> int:
+    if not default_broker().stop():
+        print("no local Kafka broker is running")
+    return 0
+
+
+def show_status(args: argparse.Namespace) -> int:
+    status = default_broker().status()
+    print(json.dumps(status, indent=2))
+    return 0 if status["ready"] else 1
+
+
+def create_topics(args: argparse.Namespace) -> int:
+    wanted = {
+        name: (1 if name == config.DEAD_LETTER_TOPIC else args.partitions) for name in topics.DEFAULT_TOPICS
+    }
+    created = topics.ensure_topics(config.kafka_client_config(args), wanted, args.replication_factor)
+    print(json.dumps({"created": created}))
+    return 0

@@ -1,0 +1,98 @@
+"""Topic administration and the readiness check every command runs before using Kafka."""
+
+from __future__ import annotations
+
+import logging
+import time
+
+from confluent_kafka import Consumer, KafkaException, TopicPartition
+from confluent_kafka.admin import AdminClient, NewTopic
+
+from market_anomaly import config
+
+log = logging.getLogger(__name__)
+
+# The project's topics and their partition counts: candles are keyed by symbol, so
+# partitions bound the consumer's parallelism.
+DEFAULT_TOPICS = {
+    config.CANDLES_TOPIC: 4,
+    config.DEAD_LETTER_TOPIC: 1,
+    config.ANOMALIES_TOPIC: 4,
+}
+
+
+class KafkaUnavailable(RuntimeError):
+    pass
+
+
+# librdkafka logs every refused connection while a broker boots; the readiness loop
+# reports the outcome itself, so those lines go to a silenced logger.
+_probe_logger = logging.getLogger("market_anomaly.kafka.probe")
+_probe_logger.setLevel(logging.CRITICAL)
+
+
+def wait_until_ready(client_config: dict[str, str], timeout: float = 60.0) -> AdminClient:
+    """Return an admin client once a metadata request succeeds (the broker answers and has a controller)."""
+    admin = AdminClient({**client_config, "logger": _probe_logger})
+    deadline = time.monotonic() + timeout
+    last_error: Exception | None = None
+    while time.monotonic() < deadline:
+        try:
+            metadata = admin.list_topics(timeout=2)
+            if metadata.brokers:
+                return admin
+        except KafkaException as error:
+            last_error = error
+        time.sleep(0.25)
+    raise KafkaUnavailable(
+        f"no Kafka broker answered at {client_config.get('bootstrap.servers')} within {timeout:.0f}s"
+        + (f" (last error: {last_error})" if last_error else "")
+    )
+
+
+def ensure_topics(
+    admin_config: dict[str, str], topics: dict[str, int], replication_factor: int = 1
+) -> list[str]:
+    """Create the topics that do not exist yet and wait until they serve; return the names created."""
+    admin = wait_until_ready(admin_config)
+    existing = set(admin.list_topics(timeout=10).topics)
+    missing = [
+        NewTopic(name, num_partitions=partitions, replication_factor=replication_factor)
+        for name, partitions in topics.items() if name not in existing
+    ]
+    if not missing:
+        return []
+    for name, future in admin.create_topics(missing, operation_timeout=30).items():
+        try:
+            future.result()
+        except KafkaException as error:
+            # Another process may have created it in between: that is fine.
+            if "TOPIC_ALREADY_EXISTS" not in str(error):
+                raise
+        log.info("created topic %s", name)
+    for topic in missing:
+        # Metadata names a leader before it serves the partition; a watermark query proves it does.
+        topic_offsets(admin_config, topic.topic, timeout=30)
+    return [topic.topic for topic in missing]
+
+
+def topic_offsets(client_config: dict[str, str], topic: str, timeout: float = 5.0) -> dict[int, tuple[int, int]]:
+    """Low and high watermark per partition of ``topic``; retries while leadership settles."""
+    consumer = Consumer({**client_config, "group.id": "market-anomaly-offsets",
+                         "enable.auto.commit": False, "logger": _probe_logger})
+    deadline = time.monotonic() + timeout
+    try:
+        while True:
+            try:
+                partitions = consumer.list_topics(topic, timeout=timeout).topics[topic].partitions
+                return {
+                    p: consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=timeout)
+                    for p in sorted(partitions)
+                }
+            except KafkaException:
+                # NOT_LEADER and friends while a new topic settles; librdkafka does not mark them retriable.
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.1)
+    finally:
+        consumer.close()

@@ -1,0 +1,36 @@
+"""The dead-letter topic: every input the pipeline cannot use goes here with its reason, never silently away."""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+
+from confluent_kafka import Producer
+
+from market_anomaly import config
+
+log = logging.getLogger(__name__)
+
+
+class DeadLetterPublisher:
+    """Publishes ``{"reason", "raw", "stage", "at"}`` records; counts what it sent."""
+
+    def __init__(self, client_config: dict[str, str], topic: str = config.DEAD_LETTER_TOPIC, stage: str = "producer"):
+        self.topic = topic
+        self.stage = stage
+        self.sent = 0
+        self._producer = Producer({**client_config, "enable.idempotence": True, "acks": "all"})
+
+    def publish(self, raw: str | bytes | None, reason: str, key: str | None = None) -> None:
+        if isinstance(raw, bytes):
+            raw = raw.decode("utf-8", errors="replace")
+        record = {"reason": reason, "raw": raw, "stage": self.stage, "at": int(time.time() * 1000)}
+        self._producer.produce(self.topic, json.dumps(record).encode(), key=key)
+        self._producer.poll(0)
+        self.sent += 1
+        log.warning("dead-lettered (%s): %s", self.stage, reason)
+
+    def flush(self, timeout: float = 10.0) -> int:
+        """Wait for delivery; returns how many records are still undelivered."""
+        return self._producer.flush(timeout)

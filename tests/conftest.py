@@ -1,0 +1,43 @@
+"""Shared fixtures: a real Kafka broker (KRaft) for the whole session, and where real data lives."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+SHARED_DATA = Path(os.environ.get("MARKET_ANOMALY_SHARED_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    """Real Binance candles (``../shared/data``): tests that need them skip where they are absent."""
+    if not (SHARED_DATA / "binance").is_dir():
+        pytest.skip(f"real candle data not found at {SHARED_DATA}")
+    return SHARED_DATA
+
+
+@pytest.fixture(scope="session")
+def kafka_broker(tmp_path_factory):
+    """A real single-node KRaft broker on a free port, with the project's topics created."""
+    from market_anomaly.kafka import topics
+    from market_anomaly.kafka.broker import LocalBroker
+
+    broker = LocalBroker(tmp_path_factory.mktemp("kafka"), port=0)
+    broker.start()
+    try:
+        topics.ensure_topics(broker.client_config(), topics.DEFAULT_TOPICS)
+        yield broker
+    finally:
+        broker.stop()
+
+
+@pytest.fixture
+def fresh_topic(kafka_broker, request):
+    """A new, empty topic (4 partitions) for a test that must not see other tests' records."""
+    from market_anomaly.kafka import topics
+
+    name = "t-" + request.node.name.replace("[", "-").replace("]", "")[:80]
+    topics.ensure_topics(kafka_broker.client_config(), {name: 4})
+    return name

@@ -52,6 +52,8 @@ def configure_logging(level: str) -> None:
         datefmt="%H:%M:%S",
         stream=sys.stderr,
     )
+    # py4j logs every gateway call at INFO; Spark's own logs are set through its log level.
+    logging.getLogger("py4j").setLevel(logging.WARNING)
 
 
 def main(argv: list[str] | None = None) -> int:

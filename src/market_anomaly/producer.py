@@ -1,0 +1,157 @@
+"""`market-anomaly produce`: Binance kline WebSocket -> Kafka ``crypto-candles``, keyed by symbol.
+
+One JSON message per closed candle (see docs/ARCHITECTURE.md). The idempotent producer
+with ``acks=all`` means a retried send is never written twice; frames that cannot be
+turned into a candle go to the dead-letter topic with the reason. SIGINT/SIGTERM flush
+what is in flight and exit 0.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import signal
+import time
+
+from confluent_kafka import KafkaError, Producer
+
+from market_anomaly import config
+from market_anomaly.candles import Candle, Rejected
+from market_anomaly.kafka.dead_letter import DeadLetterPublisher
+
+log = logging.getLogger("market_anomaly.produce")
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "produce", help="stream closed candles from a Binance-compatible WebSocket into Kafka",
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    add_produce_arguments(parser)
+    parser.set_defaults(handler=run)
+
+
+def add_produce_arguments(parser: argparse.ArgumentParser) -> None:
+    config.add_kafka_arguments(parser)
+    parser.add_argument("--ws-url", default=config.env("WS_URL", config.BINANCE_WS_URL),
+                        help="Binance-compatible WebSocket base URL (env MARKET_ANOMALY_WS_URL; default: the real "
+                             "Binance %(default)s; the simulator prints its own)")
+    parser.add_argument("--rest-url", default=config.env("REST_URL", config.BINANCE_REST_URL),
+                        help="REST base URL for gap backfill (env MARKET_ANOMALY_REST_URL; default: %(default)s)")
+    parser.add_argument("--symbols", default=config.env("SYMBOLS", config.DEFAULT_SYMBOLS),
+                        help="comma-separated symbols (env MARKET_ANOMALY_SYMBOLS; default: %(default)s)")
+    parser.add_argument("--interval", default="1m", help="kline interval (default: %(default)s)")
+    parser.add_argument("--topic", default=config.env("CANDLES_TOPIC", config.CANDLES_TOPIC),
+                        help="destination topic (default: %(default)s)")
+    parser.add_argument("--dead-letter-topic", default=config.DEAD_LETTER_TOPIC,
+                        help="where malformed frames go (default: %(default)s)")
+    parser.add_argument("--seed-history", type=int, default=0, metavar="N",
+                        help="first produce the last N closed candles per symbol from REST, so detection is "
+                             "warm from the first live candle (default: 0)")
+    parser.add_argument("--max-candles", type=int, default=None,
+                        help="stop after producing this many candles (tests, benchmarks)")
+
+
+def parse_symbols(text: str) -> list[str]:
+    symbols = [s.strip().upper() for s in text.split(",") if s.strip()]
+    if not symbols:
+        raise SystemExit("produce: --symbols is empty")
+    return symbols
+
+
+class CandleProducer:
+    """Kafka side of the producer: delivery accounting, dead letters, flush on exit."""
+
+    def __init__(self, client_config: dict[str, str], topic: str, dead_letter_topic: str):
+        self.topic = topic
+        self.produced = 0
+        self.delivered = 0
+        self.failed = 0
+        self._producer = Producer({
+            **{"enable.idempotence": True, "acks": "all", "linger.ms": 5, "compression.type": "lz4"},
+            **client_config,
+        })
+        self.dead_letters = DeadLetterPublisher(client_config, dead_letter_topic, stage="producer")
+
+    def _on_delivery(self, error: KafkaError | None, message) -> None:
+        if error is None:
+            self.delivered += 1
+        else:
+            # The idempotent producer has already retried; this is final, so it must be loud.
+            self.failed += 1
+            log.error("delivery of %s failed: %s", message.key(), error)
+
+    def send(self, item: Candle | Rejected) -> None:
+        if isinstance(item, Rejected):
+            self.dead_letters.publish(item.raw, item.reason)
+            return
+        value = item.to_json(produced_at=int(time.time() * 1000))
+        while True:
+            try:
+                self._producer.produce(self.topic, value, key=item.symbol, on_delivery=self._on_delivery)
+                break
+            except BufferError:
+                # Local queue full (broker slow or down): wait for deliveries instead of dropping.
+                self._producer.poll(0.5)
+        self._producer.poll(0)
+        self.produced += 1
+
+    def close(self, timeout: float = 30.0) -> int:
+        remaining = self._producer.flush(timeout) + self.dead_letters.flush(timeout)
+        if remaining:
+            log.error("%d messages still undelivered after %.0fs", remaining, timeout)
+        return remaining
+
+
+async def pump(client, producer: CandleProducer, max_candles: int | None, stop: asyncio.Event) -> None:
+    """Forward the client's candles until stopped or ``max_candles`` have been produced."""
+    last_log = time.monotonic()
+    stream = client.candles()
+    try:
+        while not stop.is_set():
+            next_item = asyncio.ensure_future(anext(stream))
+            stopped = asyncio.ensure_future(stop.wait())
+            done, _ = await asyncio.wait({next_item, stopped}, return_when=asyncio.FIRST_COMPLETED)
+            if next_item not in done:
+                next_item.cancel()
+                break
+            stopped.cancel()
+            try:
+                item = next_item.result()
+            except StopAsyncIteration:
+                break
+            producer.send(item)
+            if max_candles is not None and producer.produced >= max_candles:
+                break
+            if time.monotonic() - last_log >= 10:
+                last_log = time.monotonic()
+                log.info("produced %d candles (%d delivered, %d failed, %d dead-lettered)", producer.produced,
+                         producer.delivered, producer.failed, producer.dead_letters.sent)
+    finally:
+        await stream.aclose()
+
+
+def run(args: argparse.Namespace) -> int:
+    from market_anomaly.exchange.client import BinanceKlineClient
+
+    symbols = parse_symbols(args.symbols)
+    client = BinanceKlineClient(args.ws_url, args.rest_url, symbols, args.interval, seed_history=args.seed_history)
+    producer = CandleProducer(config.kafka_client_config(args), args.topic, args.dead_letter_topic)
+    log.info("producing %d symbols x %s from %s to %s at %s", len(symbols), args.interval, args.ws_url,
+             args.topic, args.bootstrap_servers)
+
+    async def main() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        await pump(client, producer, args.max_candles, stop)
+
+    try:
+        asyncio.run(main())
+    finally:
+        remaining = producer.close()
+        log.info("producer stopped: %d produced, %d delivered, %d failed, %d dead-lettered", producer.produced,
+                 producer.delivered, producer.failed, producer.dead_letters.sent)
+    return 1 if remaining or producer.failed else 0

@@ -1,0 +1,199 @@
+"""`market-anomaly setup` and `market-anomaly up`: install what the pipeline needs, then run all of it.
+
+``up`` is a small supervisor: a local Kafka broker (unless ``--bootstrap-servers`` names a
+cluster), the exchange simulator, the producer, the Spark job and the dashboard, each a
+child process with its log under ``$MARKET_ANOMALY_HOME/logs``. The Spark job's live
+table goes to this terminal. Ctrl-C stops everything in order (producer first, broker
+last) and leaves no process behind; children also die if the supervisor is killed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ctypes
+import logging
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from market_anomaly import config, maven
+
+log = logging.getLogger("market_anomaly.up")
+
+PR_SET_PDEATHSIG = 1
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    setup = subparsers.add_parser(
+        "setup", help="download the Kafka broker and Spark connector jars (cached) and check Java",
+        description="Resolve the Kafka broker's jars and Spark's Kafka connector from Maven Central into the "
+                    "cache ($MARKET_ANOMALY_CACHE, default ~/.cache/market-anomaly). Idempotent and quick "
+                    "once cached.",
+    )
+    setup.set_defaults(handler=run_setup)
+
+    up = subparsers.add_parser(
+        "up", help="run the whole pipeline locally: Kafka, exchange simulator, producer, Spark job, dashboard",
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    up.add_argument("--bootstrap-servers", default=None,
+                    help="use this Kafka cluster instead of starting a local broker")
+    up.add_argument("--binance", action="store_true",
+                    help="read the real Binance instead of the built-in simulator (needs internet)")
+    up.add_argument("--symbols", default=config.env("SYMBOLS", config.DEFAULT_SYMBOLS),
+                    help="symbols to watch (default: %(default)s)")
+    up.add_argument("--speed", type=float, default=60.0,
+                    help="simulator speed: simulated seconds per wall second (default: %(default)s = one 1m "
+                         "candle per symbol per second)")
+    up.add_argument("--inject-random", type=int, default=6, metavar="N",
+                    help="labelled anomalies the simulator injects into the live market (default: %(default)s)")
+    up.add_argument("--seed-history", type=int, default=240, metavar="N",
+                    help="candles per symbol fetched from REST at start so detectors are warm (default: %(default)s)")
+    up.add_argument("--dashboard-port", type=int, default=8050, help="dashboard port on 127.0.0.1; 0 = none")
+    up.add_argument("--params", default=str(config.model_params_path()), help="model parameters file")
+    up.add_argument("--keep-state", action="store_true",
+                    help="continue the previous run's broker data, checkpoint and database instead of starting "
+                         "clean (the simulator's market restarts at its start time, so use with --binance)")
+    up.add_argument("--run-for", type=float, default=None, metavar="SECONDS",
+                    help="stop after this long (default: until Ctrl-C)")
+    up.set_defaults(handler=run_up)
+
+
+def run_setup(args: argparse.Namespace) -> int:
+    from market_anomaly.kafka.broker import kafka_libs
+    from market_anomaly.spark.session import check_pyspark_version, connector_jars
+
+    try:
+        check_pyspark_version()
+        print(f"Kafka broker jars:      {kafka_libs()}")
+        print(f"Spark Kafka connector:  {Path(connector_jars()[0]).parent}")
+    except maven.SetupError as error:
+        print(f"setup failed: {error}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def die_with_parent() -> None:
+    """Runs in the child before exec: the kernel sends SIGTERM if the supervisor dies, even by SIGKILL."""
+    libc = ctypes.CDLL("libc.so.6", use_errno=True)
+    libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
+@dataclass
+class Child:
+    name: str
+    argv: list[str]
+    log_path: Path | None  # None: output to this terminal
+    process: subprocess.Popen | None = field(default=None, repr=False)
+
+    def start(self) -> None:
+        output = open(self.log_path, "ab") if self.log_path else None
+        self.process = subprocess.Popen(
+            self.argv, stdout=output, stderr=subprocess.STDOUT if output else None, stdin=subprocess.DEVNULL,
+            # Own session: Ctrl-C reaches only the supervisor, which stops children in order.
+            start_new_session=True, preexec_fn=die_with_parent,
+        )
+        log.info("%s started (pid %d)%s", self.name, self.process.pid,
+                 f", log: {self.log_path}" if self.log_path else "")
+
+    def running(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+    def stop(self, timeout: float) -> None:
+        if not self.running():
+            return
+        self.process.send_signal(signal.SIGTERM)
+        try:
+            self.process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            log.warning("%s did not stop in %.0fs; killing it", self.name, timeout)
+            self.process.kill()
+            self.process.wait()
+
+
+def command(*args: str) -> list[str]:
+    return [sys.executable, "-m", "market_anomaly", *args]
+
+
+def run_up(args: argparse.Namespace) -> int:
+    from market_anomaly.kafka import topics
+    from market_anomaly.kafka.broker import LocalBroker, free_port
+
+    # The demo keeps its own broker, checkpoint and database, fresh each run by default: the
+    # simulator's market restarts at the same simulated time, which a kept checkpoint would
+    # treat as already-seen candles.
+    home = config.home_dir() / "demo"
+    if home.exists() and not args.keep_state:
+        shutil.rmtree(home)
+    logs = home / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    database = f"sqlite:///{home / 'anomalies.db'}"
+    broker = None
+    children: list[Child] = []
+    interrupted = False
+
+    def on_signal(signum, frame):
+        nonlocal interrupted
+        interrupted = True
+
+    signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGTERM, on_signal)
+    try:
+        if args.bootstrap_servers:
+            bootstrap = args.bootstrap_servers
+        else:
+            broker = LocalBroker(home / "kafka", port=0)
+            broker.start()
+            bootstrap = broker.bootstrap_servers
+        topics.ensure_topics({"bootstrap.servers": bootstrap}, topics.DEFAULT_TOPICS)
+        kafka = ["--bootstrap-servers", bootstrap]
+
+        if args.binance:
+            ws_url, rest_url = config.BINANCE_WS_URL, config.BINANCE_REST_URL
+        else:
+            port = free_port()
+            ws_url, rest_url = f"ws://127.0.0.1:{port}", f"http://127.0.0.1:{port}"
+            children.append(Child("exchange simulator", command(
+                "exchange", "--port", str(port), "--symbols", args.symbols, "--speed", str(args.speed),
+                "--inject-random", str(args.inject_random), "--labels-out", str(home / "injected-labels.json"),
+            ), logs / "exchange.log"))
+        children.append(Child("producer", command(
+            "produce", *kafka, "--ws-url", ws_url, "--rest-url", rest_url, "--symbols", args.symbols,
+            "--seed-history", str(args.seed_history),
+        ), logs / "producer.log"))
+        children.append(Child("spark job", command(
+            "--log-level", "WARNING", "detect", *kafka, "--params", args.params,
+            "--checkpoint-dir", str(home / "checkpoint"), "--db", database,
+        ), None))
+        if args.dashboard_port:
+            children.append(Child("dashboard", command(
+                "dashboard", *kafka, "--port", str(args.dashboard_port), "--db", database,
+            ), logs / "dashboard.log"))
+
+        for child in children:
+            child.start()
+            if child.name == "exchange simulator":
+                time.sleep(1.0)  # let it bind before the producer connects (the producer also retries)
+        if args.dashboard_port:
+            log.info("dashboard: http://127.0.0.1:%d", args.dashboard_port)
+        log.info("pipeline up; the Spark job prints decisions below once its first micro-batch runs. Ctrl-C stops.")
+
+        deadline = time.monotonic() + args.run_for if args.run_for else None
+        while not interrupted and (deadline is None or time.monotonic() < deadline):
+            failed = [child for child in children if not child.running()]
+            if failed:
+                log.error("%s exited with code %s; stopping the pipeline (see %s)", failed[0].name,
+                          failed[0].process.returncode, failed[0].log_path or "the output above")
+                return 1
+            time.sleep(0.5)
+        return 0
+    finally:
+        log.info("stopping the pipeline")
+        for child in children:  # producer before the job, so the job sees the last candles
+            child.stop(timeout=60 if child.name == "spark job" else 20)
+        if broker is not None:
+            broker.stop()

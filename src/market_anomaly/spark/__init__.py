@@ -1,0 +1,1 @@
+"""The Spark Structured Streaming consumer (runs the pure detection core per symbol)."""

@@ -1,0 +1,311 @@
+"""`market-anomaly detect`: the Spark Structured Streaming consumer.
+
+Kafka (``crypto-candles``) -> parse with an explicit schema and validate -> per symbol,
+``applyInPandasWithState`` runs the pure detection core (the same code as offline
+scoring) with its state in Spark's state store -> ``foreachBatch`` marks market-wide
+events and hands decisions to the sinks; invalid records go to the dead-letter topic.
+
+Also runnable with spark-submit (the connector then comes from ``--packages``)::
+
+    spark-submit --packages org.apache.spark:spark-sql-kafka-0-10_2.13:4.2.0 \\
+        src/market_anomaly/spark/job.py --bootstrap-servers localhost:9092
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import signal
+import sys
+import time
+from pathlib import Path
+
+from market_anomaly import config
+
+log = logging.getLogger("market_anomaly.detect")
+
+REQUIRED_FIELDS = ("symbol", "open_time", "close_time", "open", "high", "low", "close", "volume")
+CANDLE_FIELDS = (
+    ("symbol", "string"), ("interval", "string"), ("open_time", "long"), ("close_time", "long"),
+    ("open", "double"), ("high", "double"), ("low", "double"), ("close", "double"), ("volume", "double"),
+    ("quote_volume", "double"), ("trades", "long"), ("taker_buy_base", "double"), ("taker_buy_quote", "double"),
+    ("event_time", "long"), ("source", "string"), ("produced_at", "long"),
+)
+# Columns the stateful step adds to every decision so one stream carries both results and rejects.
+REJECT_FIELDS = (("error", "string"), ("raw", "string"))
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "detect", help="run the Spark streaming consumer: candles in, anomaly decisions out",
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    add_detect_arguments(parser)
+    parser.set_defaults(handler=run)
+
+
+def add_detect_arguments(parser: argparse.ArgumentParser) -> None:
+    from market_anomaly.sinks import add_sink_arguments
+
+    config.add_kafka_arguments(parser)
+    parser.add_argument("--topic", default=config.env("CANDLES_TOPIC", config.CANDLES_TOPIC),
+                        help="candle topic to read (default: %(default)s)")
+    parser.add_argument("--dead-letter-topic", default=config.DEAD_LETTER_TOPIC,
+                        help="where invalid records go (default: %(default)s)")
+    parser.add_argument("--params", type=Path, default=config.model_params_path(),
+                        help="model parameters; edits take effect within one micro-batch (default: %(default)s)")
+    parser.add_argument("--interval", default="1m", help="candle interval when a record does not say (default: 1m)")
+    parser.add_argument("--checkpoint-dir", type=Path, default=config.home_dir() / "checkpoints" / "detect",
+                        help="Spark checkpoint: a restarted job continues where it stopped (default: %(default)s)")
+    parser.add_argument("--starting-offsets", default="earliest", choices=["earliest", "latest"],
+                        help="where a job without a checkpoint starts reading (default: %(default)s)")
+    parser.add_argument("--trigger", default="0 seconds",
+                        help="micro-batch interval, Spark syntax; '0 seconds' = as soon as data arrives")
+    parser.add_argument("--max-offsets-per-trigger", type=int, default=None,
+                        help="cap on records per micro-batch (back-pressure after a long stop)")
+    parser.add_argument("--master", default=config.env("SPARK_MASTER", "local[2]"),
+                        help="Spark master when not under spark-submit (default: %(default)s)")
+    parser.add_argument("--conf", action="append", default=[], metavar="KEY=VALUE",
+                        help="extra Spark setting, e.g. --conf spark.sql.shuffle.partitions=8; repeatable")
+    parser.add_argument("--run-for", type=float, default=None, metavar="SECONDS",
+                        help="stop after this long (tests, benchmarks); default: until Ctrl-C")
+    add_sink_arguments(parser)
+
+
+# -- the per-symbol step (runs in Spark's Python workers) -----------------------------------------
+
+
+def make_detect_step(params_path: str):
+    """The function ``applyInPandasWithState`` calls per symbol and micro-batch.
+
+    Engines are cached per worker process and rebuilt only when the parameter file
+    changes, so a live edit takes effect in the next micro-batch without a restart.
+    """
+
+    def step(key, frames, state):
+        import pandas as pd
+
+        from market_anomaly.spark.workers import engine_for
+
+        frame = pd.concat(list(frames), ignore_index=True)
+        rejected = frame[frame["error"].notna()]
+        candles = frame[frame["error"].isna()]
+        symbol = key[0]
+        outputs = []
+        if len(candles):
+            engine = engine_for(params_path)
+            blob = state.get[0] if state.exists else None
+            decisions, blob = engine.process(symbol, candles, blob)
+            state.update((blob,))
+            outputs.append(decisions.assign(error=None, raw=None))
+        if len(rejected):
+            outputs.append(rejected.reindex(columns=list(outputs[0].columns) if outputs else None))
+        for output in outputs:
+            yield output
+
+    return step
+
+
+# -- the streaming query --------------------------------------------------------------------------
+
+
+def spark_schema(fields):
+    from pyspark.sql.types import StructType
+
+    return StructType.fromDDL(", ".join(f"`{name}` {kind}" for name, kind in fields))
+
+
+def decision_fields() -> list[tuple[str, str]]:
+    """The stateful step's output: the detection core's decision schema in Spark DDL types, plus rejects."""
+    from market_anomaly.detection import DECISION_SCHEMA
+
+    ddl = {"int64": "long", "int32": "int", "float64": "double", "bool": "boolean", "object": "string",
+           "str": "string", "string": "string"}
+    return [(name, ddl[str(dtype)]) for name, dtype in DECISION_SCHEMA] + list(REJECT_FIELDS)
+
+
+def parsed_candles(spark, args, kafka_options: dict[str, str]):
+    """Kafka records -> typed candle columns plus ``error`` (why a record is unusable) and ``raw``."""
+    from pyspark.sql import functions as F
+
+    reader = spark.readStream.format("kafka").option("subscribe", args.topic)
+    reader = reader.option("startingOffsets", args.starting_offsets).option("failOnDataLoss", "false")
+    if args.max_offsets_per_trigger:
+        reader = reader.option("maxOffsetsPerTrigger", str(args.max_offsets_per_trigger))
+    for key, value in kafka_options.items():
+        reader = reader.option(f"kafka.{key}", value)
+    raw = reader.load().select(
+        F.col("value").cast("string").alias("raw"), F.col("timestamp"),
+    )
+    c = F.from_json("raw", spark_schema(CANDLE_FIELDS), {"mode": "PERMISSIVE"}).alias("c")
+    parsed = raw.select("raw", "timestamp", c)
+    missing = F.concat_ws(", ", *[F.when(F.col(f"c.{name}").isNull(), F.lit(name)) for name in REQUIRED_FIELDS])
+    col = lambda name: F.col(f"c.{name}")  # noqa: E731 - brevity in the checks below
+    error = (
+        F.when(F.col("c").isNull() | (missing == ", ".join(REQUIRED_FIELDS)), F.lit("not a candle JSON object"))
+        .when(missing != "", F.concat(F.lit("missing or non-numeric fields: "), missing))
+        .when(F.isnan(col("open")) | F.isnan(col("high")) | F.isnan(col("low")) | F.isnan(col("close"))
+              | F.isnan(col("volume")), F.lit("NaN price or volume"))
+        .when(col("low") <= 0, F.lit("non-positive price"))
+        .when(col("high") < F.greatest(col("open"), col("close"), col("low")), F.lit("high below open/close/low"))
+        .when(col("low") > F.least(col("open"), col("close")), F.lit("low above open/close"))
+        .when(col("volume") < 0, F.lit("negative volume"))
+        .when(col("close_time") <= col("open_time"), F.lit("close_time not after open_time"))
+    )
+    return parsed.select(
+        F.upper(col("symbol")).alias("symbol"),
+        F.coalesce(col("interval"), F.lit(args.interval)).alias("interval"),
+        *[col(name).alias(name) for name, _ in CANDLE_FIELDS if name not in ("symbol", "interval", "produced_at")],
+        F.coalesce(col("produced_at"), (F.col("timestamp").cast("double") * 1000).cast("long")).alias("produced_at"),
+        error.alias("error"),
+        F.when(error.isNotNull(), F.col("raw")).alias("raw"),
+    )
+
+
+class BatchHandler:
+    """``foreachBatch``: market-wide marking, sinks, dead letters, one progress line per batch."""
+
+    def __init__(self, sinks, dead_letters, params_path: str):
+        self.sinks = sinks
+        self.dead_letters = dead_letters
+        self.params_path = params_path
+        self.totals = {"candles": 0, "anomalies": 0, "rejected": 0}
+
+    def __call__(self, batch_df, batch_id: int) -> None:
+        from market_anomaly.detection import mark_market_events
+        from market_anomaly.spark.workers import params_for
+
+        started = time.monotonic()
+        frame = batch_df.toPandas()
+        if frame.empty:
+            return
+        rejected = frame[frame["error"].notna()]
+        decisions = frame[frame["error"].isna()].drop(columns=[name for name, _ in REJECT_FIELDS])
+        decisions = mark_market_events(decisions, params_for(self.params_path))
+        decisions["decided_at"] = int(time.time() * 1000)
+        self.sinks.write(decisions.reset_index(drop=True))
+        for row in rejected.itertuples():
+            self.dead_letters.publish(row.raw, row.error, key=row.symbol if isinstance(row.symbol, str) else None)
+        self.dead_letters.flush()
+        anomalies = int(decisions["is_anomaly"].sum())
+        self.totals["candles"] += len(decisions)
+        self.totals["anomalies"] += anomalies
+        self.totals["rejected"] += len(rejected)
+        log.info("batch %d: %d candles, %d anomalies, %d rejected in %.2fs (totals %s)",
+                 batch_id, len(decisions), anomalies, len(rejected), time.monotonic() - started, self.totals)
+
+
+def progress_listener(sinks):
+    """Feeds Spark's per-batch progress (rates, Kafka end offsets) to the sinks' health record."""
+    from pyspark.sql.streaming import StreamingQueryListener
+
+    class HealthListener(StreamingQueryListener):
+        def onQueryStarted(self, event):
+            pass
+
+        def onQueryProgress(self, event):
+            progress = event.progress
+            partitions: dict[str, dict[str, int]] = {}
+            for source in progress.sources:
+                try:
+                    end = json.loads(source.endOffset) if source.endOffset else {}
+                except (TypeError, ValueError):
+                    continue
+                for topic, offsets in end.items():
+                    for partition, offset in offsets.items():
+                        partitions[f"{topic}:{partition}"] = {"end_offset": int(offset)}
+            sinks.record_health({
+                "batch_id": progress.batchId,
+                "input_rows": progress.numInputRows,
+                "processed_rows_per_second": progress.processedRowsPerSecond,
+                "batch_duration_ms": progress.batchDuration,
+                "partitions": partitions,
+                "at": int(time.time() * 1000),
+            })
+
+        def onQueryIdle(self, event):
+            pass
+
+        def onQueryTerminated(self, event):
+            pass
+
+    return HealthListener()
+
+
+def parse_spark_conf(pairs: list[str]) -> dict[str, str]:
+    return config.parse_kafka_overrides(pairs)  # same KEY=VALUE syntax and errors
+
+
+def run(args: argparse.Namespace) -> int:
+    from market_anomaly.sinks import SinkOptions, build_sinks
+    from market_anomaly.spark.session import build_session
+    from market_anomaly.spark.workers import params_for
+
+    params_path = str(Path(args.params).resolve())
+    params_for(params_path)  # fail fast, before Spark starts, on a missing or malformed file
+    kafka_options = config.kafka_client_config(args)
+    spark = build_session("market-anomaly-detect", args.master, parse_spark_conf(args.conf))
+    sinks = build_sinks(SinkOptions.from_args(args))
+    dead_letters = None
+    query = None
+    try:
+        from market_anomaly.kafka.dead_letter import DeadLetterPublisher
+
+        dead_letters = DeadLetterPublisher(kafka_options, args.dead_letter_topic, stage="consumer")
+        spark.streams.addListener(progress_listener(sinks))
+        candles = parsed_candles(spark, args, {k: v for k, v in kafka_options.items()})
+        decisions = candles.groupBy("symbol").applyInPandasWithState(
+            make_detect_step(params_path),
+            outputStructType=spark_schema(decision_fields()),
+            stateStructType=spark_schema([("blob", "binary")]),
+            outputMode="append",
+            timeoutConf="NoTimeout",
+        )
+        query = (
+            decisions.writeStream.foreachBatch(BatchHandler(sinks, dead_letters, params_path))
+            .option("checkpointLocation", str(args.checkpoint_dir))
+            .trigger(processingTime=args.trigger)
+            .queryName("market-anomaly-detect")
+            .start()
+        )
+        log.info("detect: reading %s from %s; checkpoint %s; params %s",
+                 args.topic, args.bootstrap_servers, args.checkpoint_dir, params_path)
+        stop_on_sigterm()
+        query.awaitTermination(args.run_for)
+    except KeyboardInterrupt:
+        log.info("detect: stopping")
+    finally:
+        if query is not None:
+            query.stop()
+        sinks.close()
+        if dead_letters is not None:
+            dead_letters.flush()
+        spark.stop()
+    return 0
+
+
+def stop_on_sigterm() -> None:
+    """SIGTERM (from `up`, systemd, kill) stops the query the same way Ctrl-C does."""
+
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, interrupt)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point for ``spark-submit .../job.py [detect flags]``."""
+    from market_anomaly.cli import configure_logging
+
+    parser = argparse.ArgumentParser(prog="job.py", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--log-level", default="INFO")
+    add_detect_arguments(parser)
+    args = parser.parse_args(argv)
+    configure_logging(args.log_level)
+    return run(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

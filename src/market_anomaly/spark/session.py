@@ -1,0 +1,68 @@
+"""A SparkSession with what the job needs: the Kafka connector, the project's interpreter, sane local defaults."""
+
+from __future__ import annotations
+
+import os
+import sys
+
+from market_anomaly import maven
+
+SPARK_VERSION = "4.2.0"
+CONNECTOR = f"org.apache.spark:spark-sql-kafka-0-10_2.13:{SPARK_VERSION}"
+POM = maven.PACKAGE_DIR / "spark" / "pom.xml"
+# The connector plus what PySpark's own jars lack; the rest of the pom's tree ships with PySpark.
+CONNECTOR_ARTIFACTS = (
+    "spark-sql-kafka-0-10_2.13", "spark-token-provider-kafka-0-10_2.13", "kafka-clients", "commons-pool2",
+)
+
+
+def connector_jars() -> list[str]:
+    folder = maven.resolve_jars(POM, f"spark-kafka-{SPARK_VERSION}", CONNECTOR_ARTIFACTS)
+    return sorted(str(jar) for jar in folder.glob("*.jar"))
+
+
+def check_pyspark_version() -> None:
+    import pyspark
+
+    if pyspark.__version__ != SPARK_VERSION:
+        raise maven.SetupError(
+            f"PySpark {pyspark.__version__} is installed but the Kafka connector is {CONNECTOR}: "
+            f"they must match exactly (pip install pyspark=={SPARK_VERSION})"
+        )
+
+
+def build_session(app_name: str, master: str | None, conf: dict[str, str] | None = None):
+    """Create (or, under spark-submit, join) the session.
+
+    Under ``spark-submit`` the master, jars and resources come from its flags; run
+    directly, the session is local and loads the connector jars resolved from Maven.
+    """
+    from pyspark.sql import SparkSession
+
+    check_pyspark_version()
+    # Workers must run this interpreter (it has numpy, pandas and this package).
+    os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
+    builder = SparkSession.builder.appName(app_name)
+    # spark-submit starts the JVM first and tells the Python driver its port.
+    under_spark_submit = "PYSPARK_GATEWAY_PORT" in os.environ
+    if not under_spark_submit:
+        builder = (
+            builder.master(master or "local[2]")
+            .config("spark.jars", ",".join(connector_jars()))
+            .config("spark.pyspark.python", sys.executable)
+            .config("spark.driver.memory", "2g")
+            .config("spark.ui.showConsoleProgress", "false")
+            .config("spark.ui.enabled", "false")
+        )
+    defaults = {
+        "spark.sql.session.timeZone": "UTC",
+        "spark.sql.execution.arrow.pyspark.enabled": "true",
+        # State per symbol lives in as many partitions as the topic has; 200 would mean 200 idle tasks per batch.
+        "spark.sql.shuffle.partitions": "4",
+        "spark.sql.streaming.noDataMicroBatches.enabled": "false",
+    }
+    for key, value in {**defaults, **(conf or {})}.items():
+        builder = builder.config(key, value)
+    spark = builder.getOrCreate()
+    spark.sparkContext.setLogLevel(os.environ.get("MARKET_ANOMALY_SPARK_LOG_LEVEL", "WARN"))
+    return spark

@@ -51,6 +51,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                          "candle per symbol per second)")
     up.add_argument("--inject-random", type=int, default=6, metavar="N",
                     help="labelled anomalies the simulator injects into the live market (default: %(default)s)")
+    up.add_argument("--inject", action="append", default=[], metavar="KIND:SYMBOL:MINUTE",
+                    help="inject this anomaly into the simulator's market MINUTE minutes after its live start "
+                         "(kinds: price_spike, volume_burst, volatility_burst, flash_crash, pump_and_dump); "
+                         "repeatable")
     up.add_argument("--seed-history", type=int, default=240, metavar="N",
                     help="candles per symbol fetched from REST at start so detectors are warm (default: %(default)s)")
     up.add_argument("--dashboard-port", type=int, default=8050, help="dashboard port on 127.0.0.1; 0 = none")
@@ -149,6 +153,7 @@ def run_up(args: argparse.Namespace) -> int:
             broker = LocalBroker(home / "kafka", port=0)
             broker.start()
             bootstrap = broker.bootstrap_servers
+            log.info("Kafka broker at %s (data in %s)", bootstrap, home / "kafka")
         topics.ensure_topics({"bootstrap.servers": bootstrap}, topics.DEFAULT_TOPICS)
         kafka = ["--bootstrap-servers", bootstrap]
 
@@ -160,6 +165,7 @@ def run_up(args: argparse.Namespace) -> int:
             children.append(Child("exchange simulator", command(
                 "exchange", "--port", str(port), "--symbols", args.symbols, "--speed", str(args.speed),
                 "--inject-random", str(args.inject_random), "--labels-out", str(home / "injected-labels.json"),
+                *[flag for spec in args.inject for flag in ("--inject", spec)],
             ), logs / "exchange.log"))
         children.append(Child("producer", command(
             "produce", *kafka, "--ws-url", ws_url, "--rest-url", rest_url, "--symbols", args.symbols,

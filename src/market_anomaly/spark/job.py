@@ -34,6 +34,8 @@ CANDLE_FIELDS = (
 )
 # Columns the stateful step adds to every decision so one stream carries both results and rejects.
 REJECT_FIELDS = (("error", "string"), ("raw", "string"))
+# Candle columns carried next to each decision (for the dashboard's candlesticks).
+CANDLE_PASSTHROUGH = ("open", "high", "low")
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -55,7 +57,6 @@ def add_detect_arguments(parser: argparse.ArgumentParser) -> None:
                         help="where invalid records go (default: %(default)s)")
     parser.add_argument("--params", type=Path, default=config.model_params_path(),
                         help="model parameters; edits take effect within one micro-batch (default: %(default)s)")
-    parser.add_argument("--interval", default="1m", help="candle interval when a record does not say (default: 1m)")
     parser.add_argument("--checkpoint-dir", type=Path, default=config.home_dir() / "checkpoints" / "detect",
                         help="Spark checkpoint: a restarted job continues where it stopped (default: %(default)s)")
     parser.add_argument("--starting-offsets", default="earliest", choices=["earliest", "latest"],
@@ -76,11 +77,12 @@ def add_detect_arguments(parser: argparse.ArgumentParser) -> None:
 # -- the per-symbol step (runs in Spark's Python workers) -----------------------------------------
 
 
-def make_detect_step(params_path: str):
+def make_detect_step(params_path: str, output_columns: list[str]):
     """The function ``applyInPandasWithState`` calls per symbol and micro-batch.
 
     Engines are cached per worker process and rebuilt only when the parameter file
     changes, so a live edit takes effect in the next micro-batch without a restart.
+    Rejected records pass through (with ``error``/``raw``) so the driver can dead-letter them.
     """
 
     def step(key, frames, state):
@@ -91,18 +93,17 @@ def make_detect_step(params_path: str):
         frame = pd.concat(list(frames), ignore_index=True)
         rejected = frame[frame["error"].notna()]
         candles = frame[frame["error"].isna()]
-        symbol = key[0]
-        outputs = []
         if len(candles):
             engine = engine_for(params_path)
             blob = state.get[0] if state.exists else None
-            decisions, blob = engine.process(symbol, candles, blob)
+            decisions, blob = engine.process(key[0], candles.drop(columns=["error", "raw"]), blob)
             state.update((blob,))
-            outputs.append(decisions.assign(error=None, raw=None))
+            # The dashboard draws candlesticks: carry the candle's open/high/low next to its decision.
+            ohlc = candles.drop_duplicates("open_time", keep="last").set_index("open_time")[list(CANDLE_PASSTHROUGH)]
+            decisions = decisions.drop(columns=list(CANDLE_PASSTHROUGH), errors="ignore").join(ohlc, on="open_time")
+            yield decisions.assign(error=None, raw=None).reindex(columns=output_columns)
         if len(rejected):
-            outputs.append(rejected.reindex(columns=list(outputs[0].columns) if outputs else None))
-        for output in outputs:
-            yield output
+            yield rejected.reindex(columns=output_columns)
 
     return step
 
@@ -117,16 +118,17 @@ def spark_schema(fields):
 
 
 def decision_fields() -> list[tuple[str, str]]:
-    """The stateful step's output: the detection core's decision schema in Spark DDL types, plus rejects."""
+    """The stateful step's output: the core's decision schema in Spark DDL types, the candle's OHLC, rejects."""
     from market_anomaly.detection import DECISION_SCHEMA
 
     ddl = {"int64": "long", "int32": "int", "float64": "double", "bool": "boolean", "object": "string",
            "str": "string", "string": "string"}
-    return [(name, ddl[str(dtype)]) for name, dtype in DECISION_SCHEMA] + list(REJECT_FIELDS)
+    fields = [(name, ddl[str(dtype)]) for name, dtype in DECISION_SCHEMA if name not in CANDLE_PASSTHROUGH]
+    return fields + [(name, "double") for name in CANDLE_PASSTHROUGH] + list(REJECT_FIELDS)
 
 
 def parsed_candles(spark, args, kafka_options: dict[str, str]):
-    """Kafka records -> typed candle columns plus ``error`` (why a record is unusable) and ``raw``."""
+    """The candle topic as a stream of parsed candles."""
     from pyspark.sql import functions as F
 
     reader = spark.readStream.format("kafka").option("subscribe", args.topic)
@@ -135,11 +137,18 @@ def parsed_candles(spark, args, kafka_options: dict[str, str]):
         reader = reader.option("maxOffsetsPerTrigger", str(args.max_offsets_per_trigger))
     for key, value in kafka_options.items():
         reader = reader.option(f"kafka.{key}", value)
-    raw = reader.load().select(
-        F.col("value").cast("string").alias("raw"), F.col("timestamp"),
-    )
+    return parse_candles(reader.load().select(F.col("value").cast("string").alias("raw"), F.col("timestamp")))
+
+
+def parse_candles(records):
+    """``raw`` JSON strings (+ Kafka ``timestamp``) -> typed candle columns, ``error`` and ``raw`` when invalid.
+
+    Plain Spark SQL (no Python UDF), so parsing and validation run in the JVM.
+    """
+    from pyspark.sql import functions as F
+
     c = F.from_json("raw", spark_schema(CANDLE_FIELDS), {"mode": "PERMISSIVE"}).alias("c")
-    parsed = raw.select("raw", "timestamp", c)
+    parsed = records.select("raw", "timestamp", c)
     missing = F.concat_ws(", ", *[F.when(F.col(f"c.{name}").isNull(), F.lit(name)) for name in REQUIRED_FIELDS])
     col = lambda name: F.col(f"c.{name}")  # noqa: E731 - brevity in the checks below
     error = (
@@ -155,7 +164,7 @@ def parsed_candles(spark, args, kafka_options: dict[str, str]):
     )
     return parsed.select(
         F.upper(col("symbol")).alias("symbol"),
-        F.coalesce(col("interval"), F.lit(args.interval)).alias("interval"),
+        F.coalesce(col("interval"), F.lit("1m")).alias("interval"),
         *[col(name).alias(name) for name, _ in CANDLE_FIELDS if name not in ("symbol", "interval", "produced_at")],
         F.coalesce(col("produced_at"), (F.col("timestamp").cast("double") * 1000).cast("long")).alias("produced_at"),
         error.alias("error"),
@@ -255,9 +264,10 @@ def run(args: argparse.Namespace) -> int:
         dead_letters = DeadLetterPublisher(kafka_options, args.dead_letter_topic, stage="consumer")
         spark.streams.addListener(progress_listener(sinks))
         candles = parsed_candles(spark, args, {k: v for k, v in kafka_options.items()})
+        output_fields = decision_fields()
         decisions = candles.groupBy("symbol").applyInPandasWithState(
-            make_detect_step(params_path),
-            outputStructType=spark_schema(decision_fields()),
+            make_detect_step(params_path, [name for name, _ in output_fields]),
+            outputStructType=spark_schema(output_fields),
             stateStructType=spark_schema([("blob", "binary")]),
             outputMode="append",
             timeoutConf="NoTimeout",

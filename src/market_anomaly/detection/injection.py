@@ -1,0 +1,185 @@
+"""Labelled anomalies injected into real candles, for evaluation and the exchange simulator.
+
+Every kind is sized against the series' own recent behaviour (the ``LOOKBACK`` candles
+before the event): a price spike is a multiple of the standard deviation of recent
+1-minute log returns, a volume burst a multiple of the recent median volume, and so on.
+Prices are changed through a multiplicative *price factor* per candle, so the injected
+series stays a valid candle series: each open equals the previous close times the
+previous factor, high/low keep their original wicks around the new body, and candles
+after the event continue from the level the kind implies (a spike reverts, a flash
+crash recovers partly, a volatility burst leaves the price where the burst took it, a
+pump-and-dump returns to where it started). Volume-like columns (``quote_volume``,
+``trades``, ``taker_buy_base``, ``taker_buy_quote``) are scaled with ``volume`` so
+their ratios stay plausible.
+
+>>> import numpy as np, pandas as pd
+>>> candles = pd.DataFrame({"open_time": np.arange(200) * 60_000, "open": 100.0, "high": 100.1,
+...                         "low": 99.9, "close": 100.0, "volume": 5.0})
+>>> injected, label = inject(candles, "flash_crash", 120, np.random.default_rng(0), magnitude=0.05)
+>>> label["kind"], label["open_time"] == 120 * 60_000, bool(injected["low"].min() <= 95.0)
+('flash_crash', True, True)
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+KINDS = ("price_spike", "volume_burst", "volatility_burst", "flash_crash", "pump_and_dump")
+LOOKBACK = 60  # candles that define "recent" volatility and volume
+MIN_HISTORY = 10  # fewer candles before the event than this and "recent" means nothing
+VOLUME_LIKE = ("quote_volume", "trades", "taker_buy_base", "taker_buy_quote")
+
+# Default magnitude ranges per kind (drawn uniformly unless ``magnitude`` is given).
+MAGNITUDE_RANGES = {
+    "price_spike": (6.0, 12.0),       # sigmas of recent 1-minute log returns
+    "volume_burst": (8.0, 30.0),      # multiples of the recent median volume
+    "volatility_burst": (4.0, 8.0),   # multiples of the recent return standard deviation
+    "flash_crash": (0.03, 0.08),      # fractional drop
+    "pump_and_dump": (0.04, 0.10),    # fractional rise before the dump
+}
+
+
+def inject(candles: pd.DataFrame, kind: str, at: int, rng: np.random.Generator,
+           magnitude: float | None = None) -> tuple[pd.DataFrame, dict]:
+    """Return a copy of ``candles`` (sorted by ``open_time``) with one anomaly of ``kind`` starting at row ``at``.
+
+    The label is ``{"kind", "open_time", "end_time", "magnitude"}``: times (ms) of the first
+    and last candle the event changed; ``magnitude`` in the unit of ``MAGNITUDE_RANGES``.
+    Events longer than the rows left after ``at`` are cut at the end of the frame.
+    """
+    if kind not in KINDS:
+        raise ValueError(f"unknown anomaly kind {kind!r}; expected one of {', '.join(KINDS)}")
+    if not MIN_HISTORY <= at < len(candles):
+        raise ValueError(f"row {at} leaves fewer than {MIN_HISTORY} candles of history or is past the end "
+                         f"({len(candles)} candles)")
+    frame = candles.sort_values("open_time", kind="stable").reset_index(drop=True).copy()
+    if magnitude is None:
+        magnitude = float(rng.uniform(*MAGNITUDE_RANGES[kind]))
+    recent = frame.iloc[max(0, at - LOOKBACK):at]
+    sigma = float(np.std(np.diff(np.log(recent["close"].to_numpy(float))))) or 1e-4
+    median_volume = float(np.median(recent["volume"].to_numpy(float))) or 1e-9
+    price_factor, volume_factor = _SHAPES[kind](len(frame) - at, magnitude, sigma, median_volume,
+                                                frame["volume"].to_numpy(float)[at:], rng)
+    # A level shift (crash, burst) changes every later candle; the label ends where the event's shape ends.
+    last = at + _event_length(price_factor, volume_factor) - 1
+    _apply(frame, at, price_factor, volume_factor)
+    label = {"kind": kind, "open_time": int(frame["open_time"].iat[at]),
+             "end_time": int(frame["open_time"].iat[last]), "magnitude": magnitude}
+    return frame, label
+
+
+def inject_random(frame_by_symbol: dict[str, pd.DataFrame], count: int, rng: np.random.Generator,
+                  kinds: tuple[str, ...] = KINDS, min_gap: int = 240, earliest: int = LOOKBACK
+                  ) -> tuple[dict[str, pd.DataFrame], list[dict]]:
+    """Inject ``count`` events, kinds in turn, at random rows at least ``min_gap`` candles apart per symbol.
+
+    ``earliest`` is the first row an event may start at (e.g. the start of a held-out part).
+    Labels gain a ``"symbol"`` key. Raises ``ValueError`` when the frames cannot hold that many events.
+    """
+    frames = {symbol: frame.sort_values("open_time", kind="stable").reset_index(drop=True)
+              for symbol, frame in frame_by_symbol.items()}
+    # Slots 1.5 gaps apart, each jittered by up to a quarter gap: events stay at least ``min_gap`` apart.
+    spacing = min_gap * 3 // 2
+    slots = [(symbol, row) for symbol, frame in frames.items()
+             for row in range(max(earliest, MIN_HISTORY) + min_gap // 4, len(frame) - spacing, spacing)]
+    if count > len(slots):
+        raise ValueError(f"{count} events do not fit {min_gap} candles apart ({len(slots)} slots)")
+    labels = []
+    for number, slot in enumerate(sorted(rng.choice(len(slots), size=count, replace=False))):
+        symbol, row = slots[slot]
+        jitter = int(rng.integers(-min_gap // 4, min_gap // 4 + 1))
+        frames[symbol], label = inject(frames[symbol], kinds[number % len(kinds)], row + jitter, rng)
+        labels.append({"symbol": symbol, **label})
+    return frames, labels
+
+
+# -- shapes: (candles available, magnitude, sigma, median volume, volumes, rng) -> per-candle factors ---------
+
+
+def _price_spike(n, magnitude, sigma, median_volume, volume, rng):
+    """One candle jumps by ``magnitude`` sigmas (either way) and the next returns to the path."""
+    price = np.ones(n)
+    price[0] = np.exp(rng.choice([-1, 1]) * magnitude * sigma)
+    return price, _volume_to(volume, np.array([rng.uniform(2, 5)]) * median_volume, n)
+
+
+def _volume_burst(n, magnitude, sigma, median_volume, volume, rng):
+    """1-3 candles trade ``magnitude`` times the recent median volume; price is untouched."""
+    length = int(rng.integers(1, 4))
+    return np.ones(n), _volume_to(volume, np.full(length, magnitude * median_volume), n)
+
+
+def _volatility_burst(n, magnitude, sigma, median_volume, volume, rng):
+    """10-20 candles whose returns have ``magnitude`` times the recent standard deviation."""
+    length = min(n, int(rng.integers(10, 21)))
+    extra = rng.normal(0.0, np.sqrt(magnitude ** 2 - 1) * sigma, length)
+    price = np.concatenate([np.exp(np.cumsum(extra)), np.full(n - length, np.exp(extra.sum()))])
+    return price, _volume_to(volume, rng.uniform(2, 4, length) * median_volume, n)
+
+
+def _flash_crash(n, magnitude, sigma, median_volume, volume, rng):
+    """A drop of ``magnitude`` over 1-3 candles, then 30-80 % of it recovered over 5-20 candles."""
+    fall, rise = int(rng.integers(1, 4)), int(rng.integers(5, 21))
+    bottom = 1 - magnitude
+    settled = bottom + rng.uniform(0.3, 0.8) * magnitude
+    path = np.concatenate([np.linspace(1, bottom, fall + 1)[1:], np.linspace(bottom, settled, rise + 1)[1:]])
+    volumes = np.concatenate([rng.uniform(8, 25, fall), np.geomspace(6, 1.5, rise)]) * median_volume
+    return _level_path(path, n), _volume_to(volume, volumes, n)
+
+
+def _pump_and_dump(n, magnitude, sigma, median_volume, volume, rng):
+    """An accelerating rise of ``magnitude`` over 5-15 candles, then a dump back over 2-5 candles."""
+    pump, dump = int(rng.integers(5, 16)), int(rng.integers(2, 6))
+    rise = (1 + magnitude) ** (np.arange(1, pump + 1) / pump) ** 2
+    path = np.concatenate([rise, np.linspace(1 + magnitude, 1, dump + 1)[1:]])
+    volumes = np.concatenate([np.linspace(3, 10, pump), rng.uniform(6, 15, dump)]) * median_volume
+    return _level_path(path, n), _volume_to(volume, volumes, n)
+
+
+_SHAPES = {"price_spike": _price_spike, "volume_burst": _volume_burst, "volatility_burst": _volatility_burst,
+           "flash_crash": _flash_crash, "pump_and_dump": _pump_and_dump}
+
+
+def _level_path(path: np.ndarray, n: int) -> np.ndarray:
+    """``path`` for the event's candles, then its last level for every later candle."""
+    return np.concatenate([path, np.full(max(0, n - len(path)), path[-1])])[:n]
+
+
+def _volume_to(volume: np.ndarray, target: np.ndarray, n: int) -> np.ndarray:
+    """Factors that raise the first candles' volume to at least ``target`` (never lower it)."""
+    factor = np.ones(n)
+    length = min(n, len(target))
+    factor[:length] = np.maximum(1.0, target[:length] / np.maximum(volume[:length], 1e-12))
+    return factor
+
+
+def _event_length(price_factor: np.ndarray, volume_factor: np.ndarray) -> int:
+    """Candles until both factors have stopped changing (the tail after that is a constant level)."""
+    changing = (np.abs(np.diff(price_factor, prepend=1.0)) > 1e-12) | (volume_factor != 1)
+    return int(np.flatnonzero(changing).max(initial=0)) + 1
+
+
+def _apply(frame: pd.DataFrame, at: int, price_factor: np.ndarray, volume_factor: np.ndarray) -> None:
+    """Scale prices and volumes from row ``at`` on, in place, keeping every candle's OHLC consistent."""
+    o, h, l, c = (frame[name].to_numpy(float)[at:] for name in ("open", "high", "low", "close"))
+    open_factor = np.concatenate([[1.0], price_factor[:-1]])  # a candle opens where the previous one closed
+    new_open, new_close = o * open_factor, c * price_factor
+    wick_up = (h - np.maximum(o, c)) / c
+    wick_down = (np.minimum(o, c) - l) / c
+    # Bigger moves come with proportionally longer wicks (up to 3x), like real candles around them.
+    move = np.abs(np.log(new_close / new_open))
+    wick_scale = np.clip(move / np.maximum(np.abs(np.log(c / o)), 1e-4), 1.0, 3.0)
+    top, bottom = np.maximum(new_open, new_close), np.minimum(new_open, new_close)
+    new_prices = {"open": new_open, "close": new_close, "high": top * (1 + wick_up * wick_scale),
+                  "low": bottom * (1 - np.minimum(wick_down * wick_scale, 0.5))}
+    price_ratio = (new_close + new_open) / np.maximum(c + o, 1e-12)
+    for name in ("open", "high", "low", "close", "volume", *VOLUME_LIKE):
+        if name not in frame.columns:
+            continue
+        column = frame[name].to_numpy(float).copy()
+        if name in new_prices:
+            column[at:] = new_prices[name]
+        else:
+            column[at:] *= volume_factor * (price_ratio if name.endswith("quote") or name == "quote_volume" else 1)
+        frame[name] = np.round(column).astype(frame[name].dtype) if name == "trades" else column

@@ -1,0 +1,80 @@
+"""What every sink shares: the decision record's columns, confidence levels, plain rows, URL redaction."""
+
+from __future__ import annotations
+
+import datetime as dt
+import math
+from urllib.parse import urlsplit, urlunsplit
+
+import pandas as pd
+
+# The decision record (docs/ARCHITECTURE.md); open/high/low ride along for the dashboard's candles.
+DECISION_COLUMNS = (
+    "symbol", "interval", "open_time", "close_time", "open", "high", "low", "close",
+    "return_pct", "log_return", "range_pct", "volume", "volume_ratio", "zscore", "votes",
+    "is_anomaly", "confidence", "reasons", "market_event", "produced_at", "decided_at",
+)
+CONFIDENCE_LEVELS = ("NONE", "LOW", "MEDIUM", "HIGH")
+
+
+def confidence_rank(level: object) -> int:
+    """Position of ``level`` in NONE < LOW < MEDIUM < HIGH; anything unknown ranks as NONE."""
+    text = str(level).upper()
+    return CONFIDENCE_LEVELS.index(text) if text in CONFIDENCE_LEVELS else 0
+
+
+def levels_at_least(minimum: str) -> list[str]:
+    """The confidence levels at or above ``minimum`` (case-insensitive)."""
+    return list(CONFIDENCE_LEVELS[confidence_rank(minimum):])
+
+
+def plain(value: object) -> object:
+    """A value JSON and both database drivers accept: NaN/NA -> None, timestamps -> epoch ms."""
+    if value is None or value is pd.NA or value is pd.NaT:
+        return None
+    if isinstance(value, float) and math.isnan(value):
+        return None
+    if isinstance(value, (pd.Timestamp, dt.datetime)):
+        stamp = pd.Timestamp(value)
+        stamp = stamp.tz_localize("UTC") if stamp.tzinfo is None else stamp
+        return int(stamp.timestamp() * 1000)
+    if hasattr(value, "item"):  # a NumPy scalar that escaped to_dict's conversion
+        return plain(value.item())
+    return value
+
+
+def to_records(frame: pd.DataFrame) -> list[dict[str, object]]:
+    """One dict of plain Python values per row, every column kept (unknown ones too)."""
+    return [{key: plain(value) for key, value in row.items()} for row in frame.to_dict("records")]
+
+
+def is_anomaly(record: dict[str, object]) -> bool:
+    return bool(record.get("is_anomaly"))
+
+
+def redact_url(url: str) -> str:
+    """``scheme://host:port/…`` with credentials, path and query hidden: webhook URLs carry tokens."""
+    try:
+        parts = urlsplit(url)
+        host = parts.hostname or ""
+        port = f":{parts.port}" if parts.port else ""
+    except ValueError:
+        return "<unparseable URL>"
+    hidden_path = "/…" if (parts.path.strip("/") or parts.query) else ""
+    return urlunsplit((parts.scheme, host + port, hidden_path, "", ""))
+
+
+def hide_password(url: str) -> str:
+    """A database URL fit for logs: ``postgresql://user:***@host/db``; SQLite paths unchanged."""
+    parts = urlsplit(url)
+    if not parts.password:
+        return url
+    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
+    return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
+
+
+def format_utc(epoch_ms: object, pattern: str = "%Y-%m-%d %H:%M") -> str:
+    """Epoch milliseconds as UTC text; empty for a missing time."""
+    if epoch_ms is None:
+        return ""
+    return dt.datetime.fromtimestamp(int(epoch_ms) / 1000, dt.timezone.utc).strftime(pattern)

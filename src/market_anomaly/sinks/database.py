@@ -1,0 +1,363 @@
+"""Decisions, anomalies and pipeline health in SQLite (zero-setup default) or PostgreSQL.
+
+``open_database(url)`` connects and brings the schema up to date: ``MIGRATIONS`` are
+ordered SQL steps, the same SQL for both databases, applied once each and recorded in
+``schema_version`` under a write lock, so the job and the dashboard may open the same
+database at the same time. URLs: ``sqlite:///relative/path.db``, ``sqlite:////abs/path.db``,
+``postgresql://user:password@host:port/dbname``.
+
+Writes are upserts on ``(symbol, interval, open_time)``: a replayed candle or a restarted
+job updates its row, never adds one. One transaction per micro-batch. SQLite runs in WAL
+mode so the dashboard reads while the job writes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import sqlite3
+import threading
+import time
+from pathlib import Path
+from typing import Iterator
+
+import pandas as pd
+
+from market_anomaly.sinks.common import DECISION_COLUMNS, levels_at_least, plain, hide_password, to_records
+
+log = logging.getLogger(__name__)
+
+KEY_COLUMNS = ("symbol", "interval", "open_time")
+BOOLEAN_COLUMNS = ("is_anomaly", "market_event")
+
+# (version, what it does, statements). Append new steps; never edit an applied one.
+MIGRATIONS: tuple[tuple[int, str, tuple[str, ...]], ...] = (
+    (1, "decisions, anomalies view, pipeline health", (
+        """CREATE TABLE decisions (
+            symbol TEXT NOT NULL,
+            "interval" TEXT NOT NULL,
+            open_time BIGINT NOT NULL,
+            close_time BIGINT,
+            open DOUBLE PRECISION,
+            high DOUBLE PRECISION,
+            low DOUBLE PRECISION,
+            close DOUBLE PRECISION,
+            return_pct DOUBLE PRECISION,
+            log_return DOUBLE PRECISION,
+            range_pct DOUBLE PRECISION,
+            volume DOUBLE PRECISION,
+            volume_ratio DOUBLE PRECISION,
+            zscore DOUBLE PRECISION,
+            votes INTEGER,
+            is_anomaly BOOLEAN NOT NULL,
+            confidence TEXT NOT NULL,
+            reasons TEXT NOT NULL DEFAULT '',
+            market_event BOOLEAN,
+            produced_at BIGINT,
+            decided_at BIGINT,
+            extra TEXT,
+            PRIMARY KEY (symbol, "interval", open_time)
+        )""",
+        "CREATE INDEX decisions_anomalies ON decisions (open_time) WHERE is_anomaly",
+        "CREATE INDEX decisions_decided_at ON decisions (decided_at)",
+        "CREATE VIEW anomalies AS SELECT * FROM decisions WHERE is_anomaly",
+        """CREATE TABLE pipeline_health (
+            query TEXT PRIMARY KEY,
+            batch_id BIGINT,
+            input_rows BIGINT,
+            processed_rows_per_second DOUBLE PRECISION,
+            batch_duration_ms BIGINT,
+            partitions TEXT,
+            at BIGINT
+        )""",
+    )),
+)
+
+STORED_COLUMNS = DECISION_COLUMNS + ("extra",)
+READ_COLUMNS = ", ".join(f'"{column}"' for column in STORED_COLUMNS)
+UPSERT_DECISION = (
+    f"INSERT INTO decisions ({READ_COLUMNS}) VALUES ({', '.join('?' for _ in STORED_COLUMNS)}) "
+    f"ON CONFLICT (symbol, \"interval\", open_time) DO UPDATE SET "
+    + ", ".join(f'"{column}" = excluded."{column}"' for column in STORED_COLUMNS if column not in KEY_COLUMNS)
+)
+HEALTH_COLUMNS = ("query", "batch_id", "input_rows", "processed_rows_per_second", "batch_duration_ms",
+                  "partitions", "at")
+UPSERT_HEALTH = (
+    f"INSERT INTO pipeline_health ({', '.join(HEALTH_COLUMNS)}) VALUES ({', '.join('?' for _ in HEALTH_COLUMNS)}) "
+    "ON CONFLICT (query) DO UPDATE SET "
+    + ", ".join(f"{column} = excluded.{column}" for column in HEALTH_COLUMNS[1:])
+)
+
+
+class DatabaseError(RuntimeError):
+    """The database cannot be opened or migrated (bad URL, server down, wrong credentials)."""
+
+
+def default_url() -> str:
+    from market_anomaly import config
+
+    return f"sqlite:///{config.home_dir() / 'anomalies.db'}"
+
+
+def open_database(url: str) -> "Database":
+    """Connect to ``url`` and migrate its schema; raises ``DatabaseError`` with the reason."""
+    if url.startswith("sqlite:///"):
+        return SQLiteDatabase(url)
+    if url.startswith(("postgresql://", "postgres://")):
+        return PostgresDatabase(url)
+    raise DatabaseError(f"unsupported database URL {hide_password(url)!r}: use sqlite:///PATH or postgresql://...")
+
+
+def extra_numbers(record: dict[str, object]) -> str | None:
+    """Numeric columns beyond the decision record (e.g. window_mean), kept as JSON."""
+    extra = {key: value for key, value in record.items()
+             if key not in DECISION_COLUMNS and isinstance(value, (int, float)) and not isinstance(value, bool)}
+    return json.dumps(extra, sort_keys=True) if extra else None
+
+
+def decision_row(record: dict[str, object]) -> tuple:
+    values = {column: record.get(column) for column in DECISION_COLUMNS}
+    values["reasons"] = values["reasons"] or ""
+    values["confidence"] = values["confidence"] or "NONE"
+    for column in BOOLEAN_COLUMNS:
+        values[column] = None if values[column] is None else bool(values[column])
+    values["is_anomaly"] = bool(values["is_anomaly"])
+    values["extra"] = extra_numbers(record)
+    return tuple(values[column] for column in STORED_COLUMNS)
+
+
+class Database:
+    """One connection shared by the job's batch thread and Spark's listener thread (hence the lock)."""
+
+    placeholder = "?"
+
+    def __init__(self, url: str):
+        self.url = url
+        self._lock = threading.RLock()
+        try:
+            self._connection = self._connect()
+            self.migrate()
+        except DatabaseError:
+            raise
+        except Exception as error:  # driver errors: say which database and why, without the password
+            raise DatabaseError(f"cannot open database {hide_password(url)}: {error}") from error
+
+    # -- dialect ---------------------------------------------------------------------------------
+
+    def _connect(self):
+        raise NotImplementedError
+
+    def _begin_exclusive(self, cursor) -> None:
+        """Start a transaction that serialises schema migration between processes."""
+        raise NotImplementedError
+
+    # -- plumbing --------------------------------------------------------------------------------
+
+    def _sql(self, statement: str) -> str:
+        return statement if self.placeholder == "?" else statement.replace("?", self.placeholder)
+
+    @contextlib.contextmanager
+    def transaction(self, exclusive: bool = False) -> Iterator:
+        with self._lock:
+            cursor = self._connection.cursor()
+            if exclusive:
+                self._begin_exclusive(cursor)
+            else:
+                cursor.execute("BEGIN")
+            try:
+                yield cursor
+            except BaseException:
+                cursor.execute("ROLLBACK")
+                raise
+            cursor.execute("COMMIT")
+
+    def query(self, statement: str, params: tuple | list = ()) -> list[dict[str, object]]:
+        with self._lock:
+            cursor = self._connection.cursor()
+            cursor.execute(self._sql(statement), tuple(params))
+            names = [column[0] for column in cursor.description]
+            return [dict(zip(names, row)) for row in cursor.fetchall()]
+
+    def schema_version(self) -> int:
+        rows = self.query("SELECT MAX(version) AS version FROM schema_version")
+        return int(rows[0]["version"] or 0)
+
+    def migrate(self) -> list[int]:
+        """Apply the pending steps of ``MIGRATIONS``; returns the versions applied (none on re-open)."""
+        with self.transaction() as cursor:
+            cursor.execute("CREATE TABLE IF NOT EXISTS schema_version "
+                           "(version INTEGER PRIMARY KEY, description TEXT NOT NULL, applied_at BIGINT NOT NULL)")
+        applied = []
+        with self.transaction(exclusive=True) as cursor:
+            cursor.execute("SELECT MAX(version) FROM schema_version")
+            current = cursor.fetchone()[0] or 0
+            for version, description, statements in MIGRATIONS:
+                if version <= current:
+                    continue
+                for statement in statements:
+                    cursor.execute(statement)
+                cursor.execute(self._sql("INSERT INTO schema_version (version, description, applied_at) "
+                                         "VALUES (?, ?, ?)"), (version, description, int(time.time() * 1000)))
+                applied.append(version)
+        if applied:
+            log.info("database %s: schema migrated to version %d", hide_password(self.url), applied[-1])
+        return applied
+
+    def close(self) -> None:
+        with self._lock:
+            self._connection.close()
+
+    # -- writes ----------------------------------------------------------------------------------
+
+    def upsert_decisions(self, records: list[dict[str, object]]) -> int:
+        """Insert or update each decision by its key; one transaction. Returns the rows written."""
+        latest = {tuple(record.get(key) for key in KEY_COLUMNS): record for record in records}
+        rows = [decision_row(record) for record in latest.values()]
+        if rows:
+            with self.transaction() as cursor:
+                cursor.executemany(self._sql(UPSERT_DECISION), rows)
+        return len(rows)
+
+    def save_health(self, progress: dict[str, object], query: str = "detect") -> None:
+        values = {name: plain(progress.get(name)) for name in HEALTH_COLUMNS}
+        values["query"] = query
+        values["partitions"] = json.dumps(progress.get("partitions") or {}, sort_keys=True)
+        values["at"] = values["at"] or int(time.time() * 1000)
+        with self.transaction() as cursor:
+            cursor.execute(self._sql(UPSERT_HEALTH), tuple(values[name] for name in HEALTH_COLUMNS))
+
+    # -- reads (the dashboard) -------------------------------------------------------------------
+
+    @staticmethod
+    def _decision(row: dict[str, object]) -> dict[str, object]:
+        for column in BOOLEAN_COLUMNS:
+            if row.get(column) is not None:
+                row[column] = bool(row[column])
+        extra = row.pop("extra", None)
+        if extra:
+            row.update({key: value for key, value in json.loads(extra).items() if key not in row})
+        return row
+
+    def recent_anomalies(self, symbol: str | None = None, min_confidence: str | None = None,
+                         reason: str | None = None, since: int | None = None, until: int | None = None,
+                         limit: int = 200) -> list[dict[str, object]]:
+        """Anomalies newest first; ``reason`` is a case-insensitive substring; times are open_time ms."""
+        where, params = ["1 = 1"], []
+        if symbol:
+            where.append("symbol = ?")
+            params.append(symbol.upper())
+        if min_confidence:
+            levels = levels_at_least(min_confidence)
+            where.append(f"confidence IN ({', '.join('?' for _ in levels)})")
+            params.extend(levels)
+        if reason:
+            escaped = reason.lower().replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+            where.append("LOWER(reasons) LIKE ? ESCAPE '\\'")
+            params.append(f"%{escaped}%")
+        if since is not None:
+            where.append("open_time >= ?")
+            params.append(int(since))
+        if until is not None:
+            where.append("open_time <= ?")
+            params.append(int(until))
+        rows = self.query(f"SELECT {READ_COLUMNS} FROM anomalies WHERE {' AND '.join(where)} "
+                          "ORDER BY open_time DESC, symbol LIMIT ?", [*params, int(limit)])
+        return [self._decision(row) for row in rows]
+
+    def decisions(self, symbol: str, since: int | None = None, until: int | None = None,
+                  limit: int = 1000) -> list[dict[str, object]]:
+        """Decisions (with OHLC where stored) of one symbol in open_time order; the newest ``limit``."""
+        where, params = ["symbol = ?"], [symbol.upper()]
+        if since is not None:
+            where.append("open_time >= ?")
+            params.append(int(since))
+        if until is not None:
+            where.append("open_time <= ?")
+            params.append(int(until))
+        rows = self.query(f"SELECT {READ_COLUMNS} FROM decisions WHERE {' AND '.join(where)} "
+                          "ORDER BY open_time DESC LIMIT ?", [*params, int(limit)])
+        return [self._decision(row) for row in reversed(rows)]
+
+    def latest_open_time(self, symbol: str) -> int | None:
+        rows = self.query("SELECT MAX(open_time) AS open_time FROM decisions WHERE symbol = ?", [symbol.upper()])
+        return rows[0]["open_time"]
+
+    def symbols(self) -> list[str]:
+        return [row["symbol"] for row in self.query("SELECT DISTINCT symbol FROM decisions ORDER BY symbol")]
+
+    def health(self, now_ms: int | None = None) -> dict[str, object]:
+        """Latest Spark progress, candles/s over the last minute (by decided_at), last candle per symbol."""
+        now_ms = int(time.time() * 1000) if now_ms is None else now_ms
+        progress = self.query(f"SELECT {', '.join(HEALTH_COLUMNS)} FROM pipeline_health WHERE query = 'detect'")
+        if progress:
+            progress[0]["partitions"] = json.loads(progress[0]["partitions"] or "{}")
+        recent = self.query("SELECT COUNT(*) AS n FROM decisions WHERE decided_at >= ?", [now_ms - 60_000])
+        last_candles = self.query(
+            'SELECT d.symbol, d."interval", d.open_time, d.close, d.is_anomaly, d.confidence, d.decided_at '
+            'FROM decisions d JOIN (SELECT symbol, "interval", MAX(open_time) AS open_time FROM decisions '
+            'GROUP BY symbol, "interval") latest '
+            'ON d.symbol = latest.symbol AND d."interval" = latest."interval" AND d.open_time = latest.open_time '
+            "ORDER BY d.symbol"
+        )
+        totals = self.query("SELECT COUNT(*) AS decisions, "
+                            "SUM(CASE WHEN is_anomaly THEN 1 ELSE 0 END) AS anomalies FROM decisions")[0]
+        return {
+            "progress": progress[0] if progress else None,
+            "candles_per_second": int(recent[0]["n"]) / 60.0,
+            "last_candles": [self._decision(row) for row in last_candles],
+            "decisions": int(totals["decisions"] or 0),
+            "anomalies": int(totals["anomalies"] or 0),
+            "now": now_ms,
+        }
+
+
+class SQLiteDatabase(Database):
+    def _connect(self):
+        path = self.url[len("sqlite:///"):]
+        if not path:
+            raise DatabaseError("sqlite URL without a path: use sqlite:///relative.db or sqlite:////abs/path.db")
+        if path != ":memory:":
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+        # Autocommit mode: transactions are explicit BEGIN/COMMIT; 30 s of patience on a locked file.
+        connection = sqlite3.connect(path, timeout=30, isolation_level=None, check_same_thread=False)
+        connection.execute("PRAGMA journal_mode=WAL")  # readers (the dashboard) never block the writer
+        connection.execute("PRAGMA synchronous=NORMAL")  # durable at checkpoints; WAL keeps it consistent
+        return connection
+
+    def _begin_exclusive(self, cursor) -> None:
+        cursor.execute("BEGIN IMMEDIATE")  # takes the write lock before reading schema_version
+
+
+class PostgresDatabase(Database):
+    placeholder = "%s"
+    MIGRATION_LOCK = 7_304_117  # pg_advisory_xact_lock key: one migrator at a time
+
+    def _connect(self):
+        import psycopg
+
+        return psycopg.connect(self.url.replace("postgres://", "postgresql://", 1), autocommit=True,
+                               connect_timeout=10)
+
+    def _begin_exclusive(self, cursor) -> None:
+        cursor.execute("BEGIN")
+        cursor.execute(f"SELECT pg_advisory_xact_lock({self.MIGRATION_LOCK})")
+
+
+class DatabaseSink:
+    """The job's side: each micro-batch upserted in one transaction; the latest progress kept."""
+
+    name = "database"
+
+    def __init__(self, database: Database):
+        self.database = database
+        self.written = 0
+
+    def write(self, decisions: pd.DataFrame) -> None:
+        self.written += self.database.upsert_decisions(to_records(decisions))
+
+    def record_health(self, progress: dict[str, object]) -> None:
+        self.database.save_health(progress)
+
+    def close(self) -> None:
+        self.database.close()

@@ -1,0 +1,1 @@
+"""The exchange side: Binance's kline wire format, a simulated market, a Binance-compatible server and the client."""

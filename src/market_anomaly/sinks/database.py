@@ -148,8 +148,8 @@ class Database:
     def _connect(self):
         raise NotImplementedError
 
-    def _begin_exclusive(self, cursor) -> None:
-        """Start a transaction that serialises schema migration between processes."""
+    def _begin(self, cursor, migration: bool) -> None:
+        """Start a transaction; a ``migration`` one excludes other migrators, in any process."""
         raise NotImplementedError
 
     # -- plumbing --------------------------------------------------------------------------------
@@ -158,13 +158,10 @@ class Database:
         return statement if self.placeholder == "?" else statement.replace("?", self.placeholder)
 
     @contextlib.contextmanager
-    def transaction(self, exclusive: bool = False) -> Iterator:
+    def transaction(self, migration: bool = False) -> Iterator:
         with self._lock:
             cursor = self._connection.cursor()
-            if exclusive:
-                self._begin_exclusive(cursor)
-            else:
-                cursor.execute("BEGIN")
+            self._begin(cursor, migration)
             try:
                 yield cursor
             except BaseException:
@@ -185,11 +182,10 @@ class Database:
 
     def migrate(self) -> list[int]:
         """Apply the pending steps of ``MIGRATIONS``; returns the versions applied (none on re-open)."""
-        with self.transaction() as cursor:
+        applied = []
+        with self.transaction(migration=True) as cursor:
             cursor.execute("CREATE TABLE IF NOT EXISTS schema_version "
                            "(version INTEGER PRIMARY KEY, description TEXT NOT NULL, applied_at BIGINT NOT NULL)")
-        applied = []
-        with self.transaction(exclusive=True) as cursor:
             cursor.execute("SELECT MAX(version) FROM schema_version")
             current = cursor.fetchone()[0] or 0
             for version, description, statements in MIGRATIONS:
@@ -325,8 +321,10 @@ class SQLiteDatabase(Database):
         connection.execute("PRAGMA synchronous=NORMAL")  # durable at checkpoints; WAL keeps it consistent
         return connection
 
-    def _begin_exclusive(self, cursor) -> None:
-        cursor.execute("BEGIN IMMEDIATE")  # takes the write lock before reading schema_version
+    def _begin(self, cursor, migration: bool) -> None:
+        # The write lock up front: a deferred transaction that reads, then writes, fails at once
+        # ("database is locked") when another connection wrote in between; IMMEDIATE waits its turn.
+        cursor.execute("BEGIN IMMEDIATE")
 
 
 class PostgresDatabase(Database):
@@ -339,9 +337,10 @@ class PostgresDatabase(Database):
         return psycopg.connect(self.url.replace("postgres://", "postgresql://", 1), autocommit=True,
                                connect_timeout=10)
 
-    def _begin_exclusive(self, cursor) -> None:
+    def _begin(self, cursor, migration: bool) -> None:
         cursor.execute("BEGIN")
-        cursor.execute(f"SELECT pg_advisory_xact_lock({self.MIGRATION_LOCK})")
+        if migration:
+            cursor.execute(f"SELECT pg_advisory_xact_lock({self.MIGRATION_LOCK})")
 
 
 class DatabaseSink:

@@ -1,0 +1,161 @@
+"""Webhook alerts against a local HTTP receiver: formats, episodes and cooldown, retries, a dead receiver."""
+
+from __future__ import annotations
+
+import json
+import logging
+import socket
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pandas as pd
+import pytest
+
+from market_anomaly.sinks.alerts import AlertSink
+
+pytestmark = pytest.mark.integration
+
+MINUTE = 60
+
+
+class Receiver:
+    """An HTTP server recording POSTed JSON; answers ``failures`` 500s first, then 200s."""
+
+    def __init__(self, failures: int = 0, delay: float = 0.0):
+        self.bodies: list[object] = []
+        self.paths: list[str] = []
+        self.attempts = 0
+        receiver = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self):
+                body = self.rfile.read(int(self.headers["Content-Length"]))
+                time.sleep(delay)
+                receiver.attempts += 1
+                if receiver.attempts <= failures:
+                    self.send_response(500)
+                    self.end_headers()
+                    return
+                receiver.bodies.append(json.loads(body))
+                receiver.paths.append(self.path)
+                self.send_response(200)
+                self.end_headers()
+                self.wfile.write(b"ok")
+
+            def log_message(self, *args):
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_port}/services/T000/B000/s3cr3t-token"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self):
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture
+def receiver():
+    receiver = Receiver()
+    yield receiver
+    receiver.close()
+
+
+def sink_for(url: str, **options) -> AlertSink:
+    return AlertSink([url], **{"backoff_seconds": 0.05, "cooldown_seconds": 15 * MINUTE, **options})
+
+
+def test_slack_format_one_alert_per_episode(receiver, make_decision):
+    sink = sink_for(receiver.url)
+    sink.write(pd.DataFrame([
+        make_decision("BTCUSDT", 0, 90_000.0),
+        make_decision("BTCUSDT", 1, 92_350.5, True, "HIGH", "Z-SCORE 7.2σ | VOLUME 14x", return_pct=2.61),
+        make_decision("BTCUSDT", 3, 92_500.0, True, "MEDIUM", "VOLUME 9x"),  # same episode: no second alert
+    ]))
+    assert sink.wait_delivered(5)
+    assert len(receiver.bodies) == 1
+    assert receiver.paths == ["/services/T000/B000/s3cr3t-token"]
+    text = receiver.bodies[0]["text"]
+    assert text.startswith(":rotating_light: *BTCUSDT* anomaly, HIGH confidence, at 2026-01-24 20:18 UTC: "
+                           "Z-SCORE 7.2σ | VOLUME 14x")
+    assert "return +2.61%" in text and "3 votes" in text
+    sink.close()
+
+
+def test_follow_ups_are_summarised_once_per_cooldown_and_at_episode_end(receiver, make_decision):
+    sink = sink_for(receiver.url, fmt="json")
+    sink.write(pd.DataFrame([make_decision("ETHUSDT", m, 3_000.0 + m, m in (0, 5, 10), "HIGH" if m == 10 else "MEDIUM",
+                                           f"VOLUME {m}x") for m in range(12)]))
+    sink.write(pd.DataFrame([make_decision("ETHUSDT", 15, 3_015.0)]))  # 15 min after the alert: one update
+    sink.write(pd.DataFrame([make_decision("ETHUSDT", 20, 3_020.0, True, "MEDIUM", "VOLUME 3x")]))  # in episode
+    sink.write(pd.DataFrame([make_decision("ETHUSDT", 40, 3_040.0)]))  # 20 quiet minutes: the episode is over
+    sink.write(pd.DataFrame([make_decision("ETHUSDT", 41, 3_041.0, True, "MEDIUM", "VOLUME 12x")]))  # new episode
+    assert sink.wait_delivered(5)
+    kinds = [(body["type"], body["decision"]["open_time"], body.get("follow_ups")) for body in receiver.bodies]
+    start = make_decision("ETHUSDT", 0, 1.0)["open_time"]
+    assert kinds == [("anomaly", start, None), ("update", start + 10 * 60_000, 2),
+                     ("update", start + 20 * 60_000, 1), ("anomaly", start + 41 * 60_000, None)]
+    first_update = receiver.bodies[1]
+    assert first_update["peak_confidence"] == "HIGH" and first_update["episode_over"] is False
+    assert first_update["episode_started_at"] == start and first_update["decision"]["reasons"] == "VOLUME 10x"
+    assert receiver.bodies[2]["episode_over"] is True
+    assert receiver.bodies[0]["decision"]["symbol"] == "ETHUSDT" and receiver.bodies[0]["decision"]["close"] == 3000.0
+    sink.close()
+
+
+def test_symbols_have_separate_cooldowns_and_min_confidence_filters(receiver, make_decision):
+    sink = sink_for(receiver.url, fmt="json", min_confidence="HIGH")
+    sink.write(pd.DataFrame([
+        make_decision("BTCUSDT", 0, 1.0, True, "MEDIUM", "VOLUME 5x"),  # below the minimum: ignored
+        make_decision("BTCUSDT", 1, 1.0, True, "HIGH", "Z-SCORE 8σ"),
+        make_decision("SOLUSDT", 1, 1.0, True, "HIGH", "Z-SCORE 9σ"),
+    ]))
+    assert sink.wait_delivered(5)
+    assert sorted((b["symbol"], b["decision"]["confidence"]) for b in receiver.bodies) == [
+        ("BTCUSDT", "HIGH"), ("SOLUSDT", "HIGH")]
+    sink.close()
+
+
+def test_a_receiver_that_fails_twice_gets_the_alert_on_the_third_attempt(make_decision, caplog):
+    flaky = Receiver(failures=2)
+    sink = sink_for(flaky.url, attempts=3)
+    sink.write(pd.DataFrame([make_decision("BTCUSDT", 0, 1.0, True, "HIGH", "Z-SCORE 8σ")]))
+    assert sink.wait_delivered(5)
+    assert flaky.attempts == 3 and len(flaky.bodies) == 1
+    assert sink.counts["delivered"] == 1 and sink.counts["failed"] == 0
+    sink.close()
+    flaky.close()
+
+
+def test_failed_delivery_is_logged_with_the_url_redacted(make_decision, caplog):
+    broken = Receiver(failures=100)
+    sink = sink_for(broken.url, attempts=2)
+    with caplog.at_level(logging.INFO, logger="market_anomaly.sinks.alerts"):
+        sink.write(pd.DataFrame([make_decision("BTCUSDT", 0, 1.0, True, "HIGH", "Z-SCORE 8σ")]))
+        assert sink.wait_delivered(5)
+        sink.close()
+    assert broken.attempts == 2 and sink.counts["failed"] == 1
+    errors = [record.getMessage() for record in caplog.records if record.levelno == logging.ERROR]
+    assert errors == [f"alerts: delivery to http://127.0.0.1:{broken.server.server_port}/… failed after "
+                      "2 attempt(s) (HTTP 500); 1 failed, 0 delivered so far"]
+    assert "s3cr3t" not in caplog.text
+    broken.close()
+
+
+def test_a_dead_receiver_never_blocks_write(make_decision):
+    # A socket that accepts connections and never answers: each POST waits for its timeout.
+    silent = socket.socket()
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(100)
+    sink = AlertSink([f"http://127.0.0.1:{silent.getsockname()[1]}/hook"], timeout_seconds=2, backoff_seconds=0.1,
+                     queue_size=5)
+    started = time.monotonic()
+    for minute in range(0, 400, 20):  # 20 separate episodes
+        sink.write(pd.DataFrame([make_decision("BTCUSDT", minute, 1.0, True, "HIGH", "Z-SCORE 8σ")]))
+    assert time.monotonic() - started < 0.5
+    assert sink.counts["dropped"] >= 14  # the bounded queue sheds load instead of growing
+    started = time.monotonic()
+    sink.close(timeout=0.2)
+    assert time.monotonic() - started < 2.5
+    silent.close()

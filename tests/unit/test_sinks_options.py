@@ -1,0 +1,104 @@
+"""The detect command's output flags, the fan-out that isolates a failing sink, and the shared helpers."""
+
+from __future__ import annotations
+
+import argparse
+import io
+import logging
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from market_anomaly import config
+from market_anomaly.sinks import SinkOptions, Sinks, add_sink_arguments, build_sinks
+from market_anomaly.sinks.common import hide_password, levels_at_least, redact_url, to_records
+from market_anomaly.sinks.console import ConsoleSink
+from market_anomaly.sinks.database import DatabaseError
+
+
+def parse(*argv: str) -> argparse.Namespace:
+    parser = argparse.ArgumentParser()
+    config.add_kafka_arguments(parser)
+    add_sink_arguments(parser)
+    return parser.parse_args(list(argv))
+
+
+def test_defaults(monkeypatch, tmp_path):
+    monkeypatch.setenv("MARKET_ANOMALY_HOME", str(tmp_path))
+    monkeypatch.delenv("MARKET_ANOMALY_WEBHOOK_URLS", raising=False)
+    monkeypatch.delenv("MARKET_ANOMALY_DB", raising=False)
+    options = SinkOptions.from_args(parse())
+    assert options == SinkOptions(
+        db_url=f"sqlite:///{tmp_path / 'anomalies.db'}", anomalies_topic="crypto-anomalies", anomalies_only=False,
+        console="table", webhooks=[], webhook_format="slack", alert_min_confidence="MEDIUM", alert_cooldown=900.0,
+        kafka_config={"bootstrap.servers": "localhost:9092"},
+    )
+
+
+def test_flags_env_webhooks_and_none(monkeypatch):
+    monkeypatch.setenv("MARKET_ANOMALY_WEBHOOK_URLS", "https://hooks.example/a?token=1, https://hooks.example/b")
+    options = SinkOptions.from_args(parse(
+        "--db", "none", "--anomalies-topic", "NONE", "--anomalies-only", "--console", "anomalies",
+        "--webhook", "https://hooks.example/b", "--webhook", "http://127.0.0.1:9/x", "--webhook-format", "json",
+        "--alert-min-confidence", "high", "--alert-cooldown", "60", "--bootstrap-servers", "k:9092",
+        "-X", "security.protocol=SSL",
+    ))
+    assert (options.db_url, options.anomalies_topic, options.anomalies_only, options.console) == (
+        None, None, True, "anomalies")
+    assert options.webhooks == ["https://hooks.example/b", "http://127.0.0.1:9/x", "https://hooks.example/a?token=1"]
+    assert (options.webhook_format, options.alert_min_confidence, options.alert_cooldown) == ("json", "HIGH", 60.0)
+    assert options.kafka_config == {"bootstrap.servers": "k:9092", "security.protocol": "SSL"}
+
+
+def test_console_only_and_bad_database_url_fails_at_startup():
+    sinks = build_sinks(SinkOptions(console="anomalies"))
+    assert [sink.name for sink in sinks.sinks] == ["console"]
+    with pytest.raises(DatabaseError, match="unsupported database URL 'mysql://u:\\*\\*\\*@db/x'"):
+        build_sinks(SinkOptions(db_url="mysql://u:pw@db/x"))
+
+
+class BrokenSink:
+    name = "broken"
+
+    def write(self, decisions):
+        raise ConnectionError("receiver gone")
+
+    def record_health(self, progress):
+        raise ConnectionError("receiver gone")
+
+    def close(self):
+        raise ConnectionError("receiver gone")
+
+
+def test_a_failing_sink_is_logged_and_counted_and_the_others_still_run(caplog):
+    out = io.StringIO()
+    sinks = Sinks([BrokenSink(), ConsoleSink("table", out)])
+    frame = pd.DataFrame([{"symbol": "BTCUSDT", "open_time": 0, "close": 1.0, "is_anomaly": False}])
+    with caplog.at_level(logging.ERROR):
+        sinks.write(frame)
+        sinks.write(frame)
+        sinks.record_health({"batch_id": 1})
+        sinks.close()
+    assert out.getvalue().count("BTCUSDT") == 2
+    assert sinks.failures == {"broken": 4, "console": 0}
+    assert "sink broken: writing 1 decision(s) failed (2 failure(s) so far); the stream continues" in caplog.text
+
+
+def test_records_are_plain_python_with_nan_as_none():
+    frame = pd.DataFrame({"open_time": np.array([1, 2], dtype="int64"), "zscore": [np.nan, 1.5],
+                          "is_anomaly": [True, False], "at": pd.to_datetime([0, 1000], unit="ms")})
+    records = to_records(frame)
+    assert records == [{"open_time": 1, "zscore": None, "is_anomaly": True, "at": 0},
+                       {"open_time": 2, "zscore": 1.5, "is_anomaly": False, "at": 1000}]
+    assert type(records[0]["open_time"]) is int and not any(isinstance(v, float) and math.isnan(v)
+                                                             for r in records for v in r.values())
+
+
+def test_urls_in_logs_hide_secrets():
+    assert redact_url("https://hooks.slack.com/services/T0/B0/XyZ?token=abc") == "https://hooks.slack.com/…"
+    assert redact_url("http://user:pw@127.0.0.1:8080/hook") == "http://127.0.0.1:8080/…"
+    assert hide_password("postgresql://app:pw@db:5432/x") == "postgresql://app:***@db:5432/x"
+    assert hide_password("sqlite:////var/a.db") == "sqlite:////var/a.db"
+    assert levels_at_least("medium") == ["MEDIUM", "HIGH"]

@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import itertools
 import subprocess
+import sys
 import tempfile
 import time
+import urllib.request
 from pathlib import Path
 
 import pandas as pd
@@ -91,8 +93,7 @@ def make_decision():
     return decision
 
 
-@pytest.fixture
-def market_frame() -> pd.DataFrame:
+def market_decisions() -> pd.DataFrame:
     """Two symbols, 30 minutes; BTCUSDT has two anomalies, ETHUSDT one; the first return is NaN (warm-up)."""
     records = []
     for minute in range(30):
@@ -107,3 +108,77 @@ def market_frame() -> pd.DataFrame:
                                 confidence="LOW" if minute == 20 else None,
                                 reasons="VOLUME 6x" if minute == 20 else ""))
     return pd.DataFrame(records)
+
+
+@pytest.fixture
+def market_frame() -> pd.DataFrame:
+    return market_decisions()
+
+
+# `market-anomaly dashboard` exactly as the CLI runs it (register + handler), without building the whole
+# CLI, so these tests do not depend on the other parts' commands.
+DASHBOARD_COMMAND = (
+    sys.executable, "-c",
+    "import argparse, logging, sys\n"
+    "from market_anomaly.dashboard import commands\n"
+    "logging.basicConfig(level='INFO')\n"
+    "parser = argparse.ArgumentParser(prog='market-anomaly')\n"
+    "commands.register(parser.add_subparsers())\n"
+    "args = parser.parse_args(sys.argv[1:])\n"
+    "sys.exit(args.handler(args))",
+    "dashboard",
+)
+
+
+@pytest.fixture
+def dashboard_command() -> tuple[str, ...]:
+    return DASHBOARD_COMMAND
+
+
+@pytest.fixture(scope="session")
+def dashboard_url(tmp_path_factory, kafka_broker):
+    """`market-anomaly dashboard` on a free port, over a SQLite database holding ``market_decisions()``
+    and a progress record 3 messages behind each partition of the candle topic (which gets 12)."""
+    from confluent_kafka import Producer
+
+    from market_anomaly import config
+    from market_anomaly.kafka.broker import free_port
+    from market_anomaly.kafka.topics import topic_offsets
+    from market_anomaly.sinks.database import DatabaseSink, open_database
+
+    producer = Producer(kafka_broker.client_config())
+    for index in range(12):
+        producer.produce(config.CANDLES_TOPIC, b"{}", partition=index % 4)
+    assert producer.flush(10) == 0
+    ends = topic_offsets(kafka_broker.client_config(), config.CANDLES_TOPIC)
+    url = f"sqlite:///{tmp_path_factory.mktemp('dashboard') / 'anomalies.db'}"
+    sink = DatabaseSink(open_database(url))
+    sink.write(market_decisions())
+    sink.record_health({
+        "batch_id": 42, "input_rows": 60, "processed_rows_per_second": 250.0, "batch_duration_ms": 240,
+        "partitions": {f"{config.CANDLES_TOPIC}:{p}": {"end_offset": high - 3} for p, (_, high) in ends.items()},
+        "at": int(time.time() * 1000),
+    })
+    sink.close()
+
+    port = free_port()
+    process = subprocess.Popen(
+        [*DASHBOARD_COMMAND, "--port", str(port), "--db", url, "--bootstrap-servers", kafka_broker.bootstrap_servers],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                urllib.request.urlopen(base + "/api/symbols", timeout=1).read()
+                break
+            except OSError:
+                if process.poll() is not None or time.monotonic() > deadline:
+                    process.kill()
+                    pytest.fail(f"the dashboard did not start:\n{process.communicate()[0]}", pytrace=False)
+                time.sleep(0.2)
+        yield base
+    finally:
+        process.terminate()
+        process.wait(10)

@@ -1,0 +1,1 @@
+"""The local dashboard: candlestick chart with anomaly markers, anomaly table, pipeline health."""

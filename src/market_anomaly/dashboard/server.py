@@ -1,0 +1,179 @@
+"""The dashboard's web server: the static page and the JSON API it polls, from the sinks' database.
+
+API (all JSON; times are epoch milliseconds, or ISO 8601 in UTC for ``since``/``until``):
+
+- ``/api/symbols``: ``{"symbols": [...]}``
+- ``/api/anomalies?symbol=&confidence=&reason=&since=&until=&limit=``: newest first; ``confidence``
+  is a minimum, ``reason`` a case-insensitive substring, ``since``/``until`` bound ``open_time``
+- ``/api/candles?symbol=&minutes=&until=``: the symbol's decisions (OHLC, anomaly, reasons) for
+  ``minutes`` of market time ending at ``until`` or at its latest candle (the simulator runs
+  faster than the clock, so "the last hour" means the market's last hour)
+- ``/api/health``: the job's latest progress, candles/s over the last minute, last candle per
+  symbol, Kafka message counts per topic and consumer lag per partition of the candle topic
+
+Kafka offsets are polled in the background (a slow or absent broker never delays a
+response); the page shows the last poll and its error, if any.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import logging
+import time
+from pathlib import Path
+
+from aiohttp import web
+
+from market_anomaly import config
+from market_anomaly.sinks.database import Database
+
+log = logging.getLogger(__name__)
+
+STATIC_DIR = Path(__file__).resolve().parent / "static"
+COUNTED_TOPICS = (config.CANDLES_TOPIC, config.DEAD_LETTER_TOPIC, config.ANOMALIES_TOPIC)
+MAX_CANDLES = 2000
+DATABASE = web.AppKey("database", Database)
+
+
+def parse_time(value: str | None, name: str) -> int | None:
+    """Epoch ms, or ISO 8601 (naive means UTC) -> epoch ms; a bad value is the client's error (400)."""
+    if value is None or value.strip() == "":
+        return None
+    text = value.strip()
+    if text.lstrip("-").isdigit():
+        return int(text)
+    try:
+        moment = dt.datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        raise web.HTTPBadRequest(text=f"{name}: not epoch milliseconds or an ISO 8601 time: {value!r}")
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=dt.timezone.utc)
+    return int(moment.timestamp() * 1000)
+
+
+def parse_int(value: str | None, name: str, default: int, maximum: int) -> int:
+    if value is None or value == "":
+        return default
+    try:
+        number = int(value)
+    except ValueError:
+        raise web.HTTPBadRequest(text=f"{name}: not an integer: {value!r}")
+    return max(1, min(number, maximum))
+
+
+class KafkaStats:
+    """Per-topic watermarks, refreshed in the background every ``interval`` seconds."""
+
+    def __init__(self, client_config: dict[str, str] | None, topics: tuple[str, ...] = COUNTED_TOPICS,
+                 interval: float = 3.0):
+        self.client_config = client_config
+        self.topics = topics
+        self.interval = interval
+        self.latest: dict[str, object] = {"topics": {}, "error": None, "at": None}
+        self._reported_error: str | None = None
+
+    def poll_once(self) -> dict[str, object]:
+        from market_anomaly.kafka.topics import topic_offsets
+
+        topics, errors = {}, []
+        for topic in self.topics:
+            try:
+                offsets = topic_offsets(self.client_config, topic, timeout=2.0)
+            except Exception as error:  # broker down, topic missing, auth: shown on the page
+                errors.append(f"{topic}: {error}")
+                continue
+            topics[topic] = {
+                "messages": sum(high - low for low, high in offsets.values()),
+                "partitions": {str(p): {"low": low, "high": high} for p, (low, high) in offsets.items()},
+            }
+        error = "; ".join(errors) or None
+        if error != self._reported_error:  # log changes only, not every poll
+            (log.warning if error else log.info)("kafka stats: %s", error or "broker answers")
+            self._reported_error = error
+        return {"topics": topics, "error": error, "at": int(time.time() * 1000)}
+
+    async def run(self) -> None:
+        while True:
+            self.latest = await asyncio.to_thread(self.poll_once)
+            await asyncio.sleep(self.interval)
+
+    def lag(self, progress: dict[str, object] | None, topic: str = config.CANDLES_TOPIC) -> list[dict[str, object]]:
+        """Per partition: the job's last end offset vs the log end; ``lag`` None until the job reports."""
+        reported = (progress or {}).get("partitions") or {}
+        rows = []
+        for partition, marks in sorted(self.latest["topics"].get(topic, {}).get("partitions", {}).items(),
+                                       key=lambda item: int(item[0])):
+            end_offset = reported.get(f"{topic}:{partition}", {}).get("end_offset")
+            rows.append({"partition": f"{topic}:{partition}", "end_offset": end_offset, "high": marks["high"],
+                         "lag": None if end_offset is None else max(0, marks["high"] - end_offset)})
+        return rows
+
+
+KAFKA = web.AppKey("kafka", KafkaStats)
+
+
+async def index(request: web.Request) -> web.FileResponse:
+    return web.FileResponse(STATIC_DIR / "index.html")
+
+
+async def symbols(request: web.Request) -> web.Response:
+    return web.json_response({"symbols": await asyncio.to_thread(request.app[DATABASE].symbols)})
+
+
+async def anomalies(request: web.Request) -> web.Response:
+    query = request.query
+    confidence = query.get("confidence") or None
+    if confidence and confidence.upper() not in ("NONE", "LOW", "MEDIUM", "HIGH"):
+        raise web.HTTPBadRequest(text=f"confidence: one of LOW, MEDIUM, HIGH, not {confidence!r}")
+    rows = await asyncio.to_thread(
+        request.app[DATABASE].recent_anomalies,
+        symbol=query.get("symbol") or None, min_confidence=confidence, reason=query.get("reason") or None,
+        since=parse_time(query.get("since"), "since"), until=parse_time(query.get("until"), "until"),
+        limit=parse_int(query.get("limit"), "limit", 200, 5000),
+    )
+    return web.json_response({"anomalies": rows})
+
+
+async def candles(request: web.Request) -> web.Response:
+    database = request.app[DATABASE]
+    symbol = request.query.get("symbol", "").strip().upper()
+    if not symbol:
+        raise web.HTTPBadRequest(text="symbol is required")
+    minutes = parse_int(request.query.get("minutes"), "minutes", 120, 7 * 24 * 60)
+    until = parse_time(request.query.get("until"), "until")
+    if until is None:
+        until = await asyncio.to_thread(database.latest_open_time, symbol)
+    rows = [] if until is None else await asyncio.to_thread(
+        database.decisions, symbol, since=until - minutes * 60_000 + 1, until=until, limit=MAX_CANDLES)
+    return web.json_response({"symbol": symbol, "minutes": minutes, "until": until, "candles": rows})
+
+
+async def health(request: web.Request) -> web.Response:
+    report = await asyncio.to_thread(request.app[DATABASE].health)
+    kafka: KafkaStats = request.app[KAFKA]
+    report["kafka"] = {**kafka.latest, "lag": kafka.lag(report["progress"]),
+                       "enabled": kafka.client_config is not None}
+    return web.json_response(report)
+
+
+def create_app(database: Database, kafka_config: dict[str, str] | None) -> web.Application:
+    """The dashboard application; ``kafka_config`` None leaves out the Kafka counts and lag."""
+    app = web.Application()
+    app[DATABASE] = database
+    app[KAFKA] = KafkaStats(kafka_config)
+
+    async def poll_kafka(app: web.Application):
+        task = asyncio.create_task(app[KAFKA].run()) if kafka_config is not None else None
+        yield
+        if task is not None:
+            task.cancel()
+
+    app.cleanup_ctx.append(poll_kafka)
+    app.router.add_get("/", index)
+    app.router.add_get("/api/symbols", symbols)
+    app.router.add_get("/api/anomalies", anomalies)
+    app.router.add_get("/api/candles", candles)
+    app.router.add_get("/api/health", health)
+    app.router.add_static("/static/", STATIC_DIR)
+    return app

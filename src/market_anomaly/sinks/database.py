@@ -127,6 +127,14 @@ def decision_row(record: dict[str, object]) -> tuple:
     return tuple(values[column] for column in STORED_COLUMNS)
 
 
+def _bound_open_time(where: list[str], params: list, since: int | None, until: int | None) -> None:
+    """Add the inclusive ``since <= open_time <= until`` conditions that are given."""
+    for bound, operator in ((since, ">="), (until, "<=")):
+        if bound is not None:
+            where.append(f"open_time {operator} ?")
+            params.append(int(bound))
+
+
 class Database:
     """One connection shared by the job's batch thread and Spark's listener thread (hence the lock)."""
 
@@ -251,12 +259,7 @@ class Database:
             escaped = reason.lower().replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
             where.append("LOWER(reasons) LIKE ? ESCAPE '\\'")
             params.append(f"%{escaped}%")
-        if since is not None:
-            where.append("open_time >= ?")
-            params.append(int(since))
-        if until is not None:
-            where.append("open_time <= ?")
-            params.append(int(until))
+        _bound_open_time(where, params, since, until)
         rows = self.query(f"SELECT {READ_COLUMNS} FROM anomalies WHERE {' AND '.join(where)} "
                           "ORDER BY open_time DESC, symbol LIMIT ?", [*params, int(limit)])
         return [self._decision(row) for row in rows]
@@ -265,12 +268,7 @@ class Database:
                   limit: int = 1000) -> list[dict[str, object]]:
         """Decisions (with OHLC where stored) of one symbol in open_time order; the newest ``limit``."""
         where, params = ["symbol = ?"], [symbol.upper()]
-        if since is not None:
-            where.append("open_time >= ?")
-            params.append(int(since))
-        if until is not None:
-            where.append("open_time <= ?")
-            params.append(int(until))
+        _bound_open_time(where, params, since, until)
         rows = self.query(f"SELECT {READ_COLUMNS} FROM decisions WHERE {' AND '.join(where)} "
                           "ORDER BY open_time DESC LIMIT ?", [*params, int(limit)])
         return [self._decision(row) for row in reversed(rows)]

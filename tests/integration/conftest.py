@@ -71,6 +71,14 @@ def chromium_path() -> str:
     return run_script("install-chromium.sh", timeout=900)
 
 
+@pytest.fixture(scope="session")
+def artifacts_dir() -> Path:
+    """artifacts/ at the repository root (git-ignored): screenshots and other evidence a test leaves."""
+    directory = Path(__file__).resolve().parents[2] / "artifacts"
+    directory.mkdir(exist_ok=True)
+    return directory
+
+
 def decision(symbol: str, minute: int, close: float, anomaly: bool = False, confidence: str | None = None,
              reasons: str = "", **overrides) -> dict[str, object]:
     """One decision record as the Spark job hands it to the sinks (open/high/low included)."""

@@ -7,14 +7,9 @@ and saves a screenshot to artifacts/dashboard.png.
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 
 pytestmark = pytest.mark.integration
-
-ARTIFACTS = Path(__file__).resolve().parents[2] / "artifacts"
-
 
 @pytest.fixture
 def page(chromium_path):
@@ -30,10 +25,10 @@ def page(chromium_path):
         assert errors == [], f"JavaScript errors on the page: {errors}"
 
 
-def test_chart_markers_table_and_health(page, dashboard_url):
+def test_chart_markers_table_and_health(page, dashboard_url, artifacts_dir):
     page.goto(dashboard_url + "/#BTCUSDT")
     page.wait_for_selector("#chart[data-candles='30']", timeout=15_000)
-    markers = page.locator(".anomaly-marker")
+    markers = page.locator("[data-anomaly-marker='BTCUSDT']")
     markers.first.wait_for(timeout=15_000)
     assert markers.count() == 2
     assert sorted(markers.evaluate_all("ms => ms.map(m => m.dataset.confidence + ': ' + m.dataset.reasons)")) == [
@@ -68,6 +63,5 @@ def test_chart_markers_table_and_health(page, dashboard_url):
     page.select_option("#symbol", "BTCUSDT")
     page.wait_for_function("document.querySelectorAll('.anomaly-marker').length === 2")
 
-    ARTIFACTS.mkdir(exist_ok=True)
-    page.screenshot(path=str(ARTIFACTS / "dashboard.png"), full_page=True)
-    assert (ARTIFACTS / "dashboard.png").stat().st_size > 10_000
+    page.screenshot(path=str(artifacts_dir / "dashboard.png"), full_page=True)
+    assert (artifacts_dir / "dashboard.png").stat().st_size > 10_000

@@ -66,10 +66,13 @@ function filterQuery() {
   return params.toString();
 }
 
-function updateSymbols(symbols) {
+function updateSymbols(symbols, newestAnomaly) {
   const chartSelect = $("symbol");
   const filterSelect = $("filters").elements.symbol;
-  if (!state.symbol || !symbols.includes(state.symbol)) state.symbol = symbols[0] || null;
+  // Without a choice (or #SYMBOL in the address), show where the latest anomaly happened.
+  if (!state.symbol || !symbols.includes(state.symbol)) {
+    state.symbol = newestAnomaly && symbols.includes(newestAnomaly.symbol) ? newestAnomaly.symbol : symbols[0] || null;
+  }
   const known = [...chartSelect.options].map((o) => o.value);
   if (known.join() !== symbols.join()) {
     chartSelect.replaceChildren(...symbols.map((s) => new Option(s, s)));
@@ -82,8 +85,11 @@ function updateSymbols(symbols) {
 
 async function refresh() {
   try {
-    const { symbols } = await getJSON("/api/symbols");
-    updateSymbols(symbols);
+    const [{ symbols }, newest] = await Promise.all([
+      getJSON("/api/symbols"),
+      state.symbol ? Promise.resolve({ anomalies: [] }) : getJSON("/api/anomalies?limit=1"),
+    ]);
+    updateSymbols(symbols, newest.anomalies[0]);
     const minutes = $("minutes").value;
     const [candles, anomalies, health] = await Promise.all([
       state.symbol ? getJSON(`/api/candles?symbol=${encodeURIComponent(state.symbol)}&minutes=${minutes}`)
@@ -231,7 +237,7 @@ function drawChart() {
   // Time axis: about one label per 110 px, on whole minutes.
   const labelEvery = Math.max(1, Math.ceil((span / MINUTE_MS) / (plotWidth / 110)));
   for (let t = first; t <= last; t += labelEvery * MINUTE_MS) {
-    ctx.fillText(utc(t, false), x(t) - 14, height - 6);
+    ctx.fillText(utc(t, false), Math.max(pad.left, x(t) - 14), height - 6);
   }
 
   for (const c of candles) {
@@ -274,7 +280,7 @@ function describe(c) {
   const lines = [
     `${c.symbol} ${utc(c.open_time)} UTC`,
     `O ${price(c.open)}  H ${price(c.high)}  L ${price(c.low)}  C ${price(c.close)}`,
-    `return ${signed(c.return_pct)}%  volume ${c.volume ?? "–"}  votes ${c.votes ?? "–"}`,
+    `return ${signed(c.return_pct)}%  volume ${c.volume?.toPrecision(4) ?? "–"}  votes ${c.votes ?? "–"}`,
   ];
   if (c.is_anomaly) lines.push(`ANOMALY (${c.confidence}): ${c.reasons || "no reason given"}`);
   if (c.market_event) lines.push("market-wide event");
@@ -284,6 +290,7 @@ function describe(c) {
 function addMarker(container, c, cx, bottomY) {
   const marker = document.createElement("div");
   marker.className = "anomaly-marker";
+  marker.dataset.anomalyMarker = c.symbol;
   marker.style.left = `${cx}px`;
   marker.style.top = `${bottomY}px`;
   marker.dataset.openTime = String(c.open_time);

@@ -146,6 +146,22 @@ def test_candles_symbols_and_health(database, market_frame):
     assert database.health(now_ms=int(market_frame["decided_at"].max()) + 61_000)["candles_per_second"] == 0
 
 
+def test_a_dropped_postgresql_connection_is_reopened_without_losing_the_batch(postgres_url, postgres_server,
+                                                                           market_frame):
+    import psycopg
+
+    database = open_database(postgres_url)
+    sink = DatabaseSink(database)
+    sink.write(market_frame.iloc[:10])
+    backend = database.query("SELECT pg_backend_pid() AS pid")[0]["pid"]
+    with psycopg.connect(postgres_server, autocommit=True) as admin:  # what a server restart does to clients
+        admin.execute("SELECT pg_terminate_backend(%s)", (backend,))
+    sink.write(market_frame.iloc[10:])
+    assert count(database) == 60
+    sink.close()
+    sink.record_health({"batch_id": 1})  # late progress after close: ignored, not an error
+
+
 def test_sqlite_uses_wal_so_the_dashboard_reads_while_the_job_writes(tmp_path, market_frame):
     url = f"sqlite:///{tmp_path / 'live.db'}"
     writer = open_database(url)

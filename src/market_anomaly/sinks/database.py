@@ -143,6 +143,7 @@ class Database:
     def __init__(self, url: str):
         self.url = url
         self._lock = threading.RLock()
+        self._closed = False
         try:
             self._connection = self._connect()
             self.migrate()
@@ -173,16 +174,35 @@ class Database:
             try:
                 yield cursor
             except BaseException:
-                cursor.execute("ROLLBACK")
+                if not self._connection_lost():
+                    cursor.execute("ROLLBACK")
                 raise
             cursor.execute("COMMIT")
 
-    def query(self, statement: str, params: tuple | list = ()) -> list[dict[str, object]]:
+    def _connection_lost(self) -> bool:
+        """True when the server dropped the connection (e.g. a PostgreSQL restart); a SQLite file never does."""
+        return False
+
+    def _retrying(self, action):
+        """Run ``action``; when the server dropped the connection, once more on a new one (no batch lost)."""
         with self._lock:
+            try:
+                return action()
+            except Exception:
+                if self._closed or not self._connection_lost():
+                    raise
+                log.warning("database %s: connection lost; reconnecting", hide_password(self.url))
+                self._connection = self._connect()
+                return action()
+
+    def query(self, statement: str, params: tuple | list = ()) -> list[dict[str, object]]:
+        def run():
             cursor = self._connection.cursor()
             cursor.execute(self._sql(statement), tuple(params))
             names = [column[0] for column in cursor.description]
             return [dict(zip(names, row)) for row in cursor.fetchall()]
+
+        return self._retrying(run)
 
     def schema_version(self) -> int:
         rows = self.query("SELECT MAX(version) AS version FROM schema_version")
@@ -208,8 +228,13 @@ class Database:
             log.info("database %s: schema migrated to version %d", hide_password(self.url), applied[-1])
         return applied
 
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
     def close(self) -> None:
         with self._lock:
+            self._closed = True
             self._connection.close()
 
     # -- writes ----------------------------------------------------------------------------------
@@ -219,8 +244,7 @@ class Database:
         latest = {tuple(record.get(key) for key in KEY_COLUMNS): record for record in records}
         rows = [decision_row(record) for record in latest.values()]
         if rows:
-            with self.transaction() as cursor:
-                cursor.executemany(self._sql(UPSERT_DECISION), rows)
+            self._write(UPSERT_DECISION, rows)
         return len(rows)
 
     def save_health(self, progress: dict[str, object], query: str = "detect") -> None:
@@ -228,8 +252,14 @@ class Database:
         values["query"] = query
         values["partitions"] = json.dumps(progress.get("partitions") or {}, sort_keys=True)
         values["at"] = values["at"] or int(time.time() * 1000)
-        with self.transaction() as cursor:
-            cursor.execute(self._sql(UPSERT_HEALTH), tuple(values[name] for name in HEALTH_COLUMNS))
+        self._write(UPSERT_HEALTH, [tuple(values[name] for name in HEALTH_COLUMNS)])
+
+    def _write(self, statement: str, rows: list[tuple]) -> None:
+        def run():
+            with self.transaction() as cursor:
+                cursor.executemany(self._sql(statement), rows)
+
+        self._retrying(run)
 
     # -- reads (the dashboard) -------------------------------------------------------------------
 
@@ -340,6 +370,9 @@ class PostgresDatabase(Database):
         if migration:
             cursor.execute(f"SELECT pg_advisory_xact_lock({self.MIGRATION_LOCK})")
 
+    def _connection_lost(self) -> bool:
+        return self._connection.broken or self._connection.closed
+
 
 class DatabaseSink:
     """The job's side: each micro-batch upserted in one transaction; the latest progress kept."""
@@ -354,7 +387,8 @@ class DatabaseSink:
         self.written += self.database.upsert_decisions(to_records(decisions))
 
     def record_health(self, progress: dict[str, object]) -> None:
-        self.database.save_health(progress)
+        if not self.database.closed:  # Spark may report the last progress after the job closed its sinks
+            self.database.save_health(progress)
 
     def close(self) -> None:
         self.database.close()

@@ -106,3 +106,32 @@ def test_bad_database_url_fails_at_startup(dashboard_command):
     result = subprocess.run([*dashboard_command, "--db", "mysql://x/y", "--port", str(free_port()), "--no-kafka"],
                             capture_output=True, text=True, timeout=60)
     assert result.returncode == 1 and "unsupported database URL" in result.stderr
+
+
+def test_an_unreachable_broker_is_reported_without_delaying_responses(dashboard_command, tmp_path):
+    port = free_port()
+    process = subprocess.Popen([*dashboard_command, "--db", f"sqlite:///{tmp_path / 'empty.db'}", "--port", str(port),
+                                "--bootstrap-servers", f"127.0.0.1:{free_port()}"],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 30
+        health = None
+        while time.monotonic() < deadline:
+            started = time.monotonic()
+            try:
+                health = api(base, "/api/health")
+            except OSError:  # not listening yet
+                time.sleep(0.2)
+                continue
+            assert time.monotonic() - started < 1.0
+            if health["kafka"]["error"]:
+                break
+            time.sleep(0.5)
+        assert health is not None and "crypto-candles" in health["kafka"]["error"]
+        assert (health["kafka"]["lag"], health["kafka"]["topics"], health["progress"]) == ([], {}, None)
+        assert (health["decisions"], health["last_candles"]) == (0, [])
+        assert api(base, "/api/symbols") == {"symbols": []}
+    finally:
+        process.terminate()
+        assert process.wait(10) == 0  # SIGTERM stops the server cleanly

@@ -26,6 +26,7 @@ from pathlib import Path
 from aiohttp import web
 
 from market_anomaly import config
+from market_anomaly.sinks.common import CONFIDENCE_LEVELS
 from market_anomaly.sinks.database import Database
 
 log = logging.getLogger(__name__)
@@ -124,8 +125,8 @@ async def symbols(request: web.Request) -> web.Response:
 async def anomalies(request: web.Request) -> web.Response:
     query = request.query
     confidence = query.get("confidence") or None
-    if confidence and confidence.upper() not in ("NONE", "LOW", "MEDIUM", "HIGH"):
-        raise web.HTTPBadRequest(text=f"confidence: one of LOW, MEDIUM, HIGH, not {confidence!r}")
+    if confidence and confidence.upper() not in CONFIDENCE_LEVELS:
+        raise web.HTTPBadRequest(text=f"confidence: one of {', '.join(CONFIDENCE_LEVELS)}, not {confidence!r}")
     rows = await asyncio.to_thread(
         request.app[DATABASE].recent_anomalies,
         symbol=query.get("symbol") or None, min_confidence=confidence, reason=query.get("reason") or None,

@@ -157,9 +157,14 @@ class AlertSink:
 
     def _deliver_forever(self) -> None:
         while (message := self._queue.get()) is not _STOP:
-            for url in self.urls:
-                self._deliver(url, webhook_body(message, self.fmt))
-            self._queue.task_done()
+            try:
+                body = webhook_body(message, self.fmt)
+                for url in self.urls:
+                    self._deliver(url, body)
+            except Exception:  # a bug in one message must not silence every later alert
+                log.exception("alerts: could not send a %s for %s", message["type"], message["symbol"])
+            finally:
+                self._queue.task_done()
         self._queue.task_done()
 
     def _deliver(self, url: str, body: bytes) -> bool:

@@ -1,1 +1,13 @@
-"""The detection core: pure Python/NumPy (no Spark), shared by the stream and offline commands."""
+"""The detection core: pure Python/NumPy (no Spark), shared by the stream and offline commands.
+
+``DetectionEngine(params).process(symbol, candles, state)`` turns one symbol's candles
+into decisions (``DECISION_SCHEMA``); ``ParamsWatcher`` follows ``model_params.json``;
+``mark_market_events`` joins anomalies shared by many symbols into one market event.
+"""
+
+from market_anomaly.detection.consensus import mark_market_events
+from market_anomaly.detection.engine import DECISION_SCHEMA, DetectionEngine
+from market_anomaly.detection.params import InvalidParams, ModelParams, ParamsWatcher, load_params
+
+__all__ = ["DECISION_SCHEMA", "DetectionEngine", "InvalidParams", "ModelParams", "ParamsWatcher",
+           "load_params", "mark_market_events"]

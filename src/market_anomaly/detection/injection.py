@@ -70,19 +70,17 @@ def inject(candles: pd.DataFrame, kind: str, at: int, rng: np.random.Generator,
 
 
 def inject_random(frame_by_symbol: dict[str, pd.DataFrame], count: int, rng: np.random.Generator,
-                  kinds: tuple[str, ...] = KINDS, min_gap: int = 240, earliest: int = LOOKBACK
+                  kinds: tuple[str, ...] = KINDS, min_gap: int = 240, earliest: int | dict[str, int] = LOOKBACK
                   ) -> tuple[dict[str, pd.DataFrame], list[dict]]:
     """Inject ``count`` events, kinds in turn, at random rows at least ``min_gap`` candles apart per symbol.
 
-    ``earliest`` is the first row an event may start at (e.g. the start of a held-out part).
+    ``earliest`` is the first row an event may start at (e.g. the start of a held-out part),
+    for all symbols or per symbol.
     Labels gain a ``"symbol"`` key. Raises ``ValueError`` when the frames cannot hold that many events.
     """
     frames = {symbol: frame.sort_values("open_time", kind="stable").reset_index(drop=True)
               for symbol, frame in frame_by_symbol.items()}
-    # Slots 1.5 gaps apart, each jittered by up to a quarter gap: events stay at least ``min_gap`` apart.
-    spacing = min_gap * 3 // 2
-    slots = [(symbol, row) for symbol, frame in frames.items()
-             for row in range(max(earliest, MIN_HISTORY) + min_gap // 4, len(frame) - spacing, spacing)]
+    slots = injection_slots(frames, min_gap, earliest)
     if count > len(slots):
         raise ValueError(f"{count} events do not fit {min_gap} candles apart ({len(slots)} slots)")
     labels = []
@@ -92,6 +90,15 @@ def inject_random(frame_by_symbol: dict[str, pd.DataFrame], count: int, rng: np.
         frames[symbol], label = inject(frames[symbol], kinds[number % len(kinds)], row + jitter, rng)
         labels.append({"symbol": symbol, **label})
     return frames, labels
+
+
+def injection_slots(frames: dict[str, pd.DataFrame], min_gap: int, earliest: int | dict[str, int]
+                    ) -> list[tuple[str, int]]:
+    """(symbol, row) places for events: 1.5 gaps apart, so with a quarter-gap jitter they stay ``min_gap`` apart."""
+    spacing = min_gap * 3 // 2
+    return [(symbol, row) for symbol, frame in frames.items()
+            for row in range(max(earliest[symbol] if isinstance(earliest, dict) else earliest, MIN_HISTORY)
+                             + min_gap // 4, len(frame) - spacing, spacing)]
 
 
 # -- shapes: (candles available, magnitude, sigma, median volume, volumes, rng) -> per-candle factors ---------
@@ -129,9 +136,9 @@ def _flash_crash(n, magnitude, sigma, median_volume, volume, rng):
 
 
 def _pump_and_dump(n, magnitude, sigma, median_volume, volume, rng):
-    """An accelerating rise of ``magnitude`` over 5-15 candles, then a dump back over 2-5 candles."""
+    """A steady rise of ``magnitude`` over 5-15 candles on 3-10x volume, then a dump back over 2-5 candles."""
     pump, dump = int(rng.integers(5, 16)), int(rng.integers(2, 6))
-    rise = (1 + magnitude) ** (np.arange(1, pump + 1) / pump) ** 2
+    rise = (1 + magnitude) ** (np.arange(1, pump + 1) / pump)
     path = np.concatenate([rise, np.linspace(1 + magnitude, 1, dump + 1)[1:]])
     volumes = np.concatenate([np.linspace(3, 10, pump), rng.uniform(6, 15, dump)]) * median_volume
     return _level_path(path, n), _volume_to(volume, volumes, n)

@@ -1,0 +1,83 @@
+"""Reading candle files (CSV or Parquet) for the offline commands.
+
+Accepted columns: ``open, high, low, close, volume`` plus a time, either ``open_time``
+(epoch ms), ``open_time_ms`` or ``timestamp`` (ISO text, taken as UTC when it has no
+zone, or epoch ms); ``symbol`` is optional when the file name starts with it
+(``BTCUSDT_1m.csv``). Optional columns (``quote_volume``, ``trades``, ``taker_buy_base``,
+``taker_buy_quote``, ``close_time``, ``interval``) pass through.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+log = logging.getLogger("market_anomaly.detection")
+
+PRICE_COLUMNS = ("open", "high", "low", "close", "volume")
+SYMBOL_IN_NAME = re.compile(r"^([A-Za-z0-9]+?)(?:[_\-.]|$)")
+
+
+class CandleFileError(ValueError):
+    """A candle file that cannot be used, with the reason."""
+
+
+def read_candles(path: Path | str) -> pd.DataFrame:
+    """The file's candles with ``symbol`` and ``open_time`` (int64 ms), rows in file order."""
+    path = Path(path)
+    try:
+        frame = pd.read_parquet(path) if path.suffix.lower() in (".parquet", ".pq") else pd.read_csv(path)
+    except (OSError, ValueError) as error:
+        raise CandleFileError(f"{path}: cannot read it ({error})") from None
+    missing = [name for name in PRICE_COLUMNS if name not in frame.columns]
+    if missing:
+        raise CandleFileError(f"{path}: missing columns {', '.join(missing)}")
+    frame["open_time"] = _open_time(frame, path)
+    if "symbol" not in frame.columns:
+        match = SYMBOL_IN_NAME.match(path.name)
+        if not match:
+            raise CandleFileError(f"{path}: no symbol column and the file name does not start with a symbol")
+        frame["symbol"] = match.group(1).upper()
+    frame["symbol"] = frame["symbol"].astype(str).str.upper()
+    for name in PRICE_COLUMNS:
+        frame[name] = pd.to_numeric(frame[name], errors="coerce")
+    prices = frame[list(PRICE_COLUMNS)].to_numpy(float)
+    bad = ~np.isfinite(prices).all(axis=1) | (prices[:, :4] <= 0).any(axis=1) | (prices[:, 4] < 0)
+    if bad.any():
+        log.warning("%s: %d rows with missing or non-positive prices/volume skipped", path, int(bad.sum()))
+        frame = frame[~bad]
+    return frame.drop(columns=[c for c in ("timestamp", "open_time_ms") if c in frame.columns])
+
+
+def series_by_symbol(paths: list[Path | str]) -> dict[str, pd.DataFrame]:
+    """One sorted candle series per symbol and file; a symbol found in several files gets ``SYMBOL@file``."""
+    series: dict[str, pd.DataFrame] = {}
+    for path in paths:
+        for symbol, frame in read_candles(path).groupby("symbol", sort=True):
+            key = symbol if symbol not in series else f"{symbol}@{Path(path).stem}"
+            ordered = frame.sort_values("open_time", kind="stable")
+            series[key] = ordered[~ordered["open_time"].duplicated()].reset_index(drop=True)
+    return series
+
+
+def _open_time(frame: pd.DataFrame, path: Path) -> np.ndarray:
+    for name in ("open_time", "open_time_ms"):
+        if name in frame.columns:
+            values = pd.to_numeric(frame[name], errors="coerce")
+            if values.isna().any():
+                raise CandleFileError(f"{path}: column {name} has non-numeric values")
+            return values.to_numpy(np.int64)
+    if "timestamp" not in frame.columns:
+        raise CandleFileError(f"{path}: needs an open_time (ms) or timestamp column")
+    stamps = frame["timestamp"]
+    if pd.api.types.is_numeric_dtype(stamps):
+        return stamps.to_numpy(np.int64)
+    try:
+        parsed = pd.to_datetime(stamps, utc=True, format="ISO8601")
+    except (ValueError, TypeError) as error:
+        raise CandleFileError(f"{path}: timestamp column is not ISO time or epoch ms ({error})") from None
+    return parsed.to_numpy("datetime64[ms]").astype(np.int64)

@@ -1,0 +1,125 @@
+"""`market-anomaly train | score | evaluate`: the detection core on candle files."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import time
+from pathlib import Path
+
+import pandas as pd
+
+from market_anomaly import config
+
+log = logging.getLogger("market_anomaly.detection")
+
+INPUT_HELP = ("candle file(s), CSV or Parquet: open, high, low, close, volume and open_time (ms) or timestamp "
+              "(ISO or ms); symbol column optional when the file name starts with it (BTCUSDT_1m.csv)")
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    train = subparsers.add_parser(
+        "train", help="fit the detectors' learned model on historical candles, write model_params.json",
+        description="Fit the learned model (minor principal components of normal activity) on historical "
+                    "candles and calibrate its alarm level; write the parameter file plus the model file "
+                    "next to it. Thresholds and windows come from --base (default: the built-in defaults).")
+    train.add_argument("--input", nargs="+", required=True, type=Path, metavar="FILE", help=INPUT_HELP)
+    train.add_argument("--output", type=Path, default=Path("model_params.json"),
+                       help="parameter file to write; the model file goes next to it (default: %(default)s)")
+    train.add_argument("--base", type=Path, default=None,
+                       help="existing parameter file whose thresholds and windows to keep (default: built-in)")
+    train.add_argument("--alarm-quantile", type=float, default=None,
+                       help="share of training candles the learned model may flag alone (default: 0.999)")
+    train.set_defaults(handler=run_train)
+
+    score = subparsers.add_parser(
+        "score", help="score a candle file offline: one decision per candle",
+        description="Run the detection core over a candle file (the same code as the stream). Several symbols "
+                    "are scored independently, each from an empty state (the first hours are warm-up). The "
+                    "output has one row per distinct (symbol, open_time), sorted by symbol and time: a "
+                    "duplicated candle is scored once (its first occurrence) and the number of duplicates "
+                    "is logged; gaps are allowed (see the detection docs). CSV or Parquet by extension.")
+    score.add_argument("--input", required=True, type=Path, metavar="IN", help=INPUT_HELP)
+    score.add_argument("--output", required=True, type=Path, metavar="OUT", help="decisions file (.csv or .parquet)")
+    score.add_argument("--params", type=Path, default=config.model_params_path(),
+                       help="model parameters (default: %(default)s)")
+    score.set_defaults(handler=run_score)
+
+    evaluate = subparsers.add_parser(
+        "evaluate", help="recall on injected anomalies and false alarms on real candles, vs a naive baseline",
+        description="Train on the first part of each series, then on the held-out rest: inject labelled "
+                    "anomalies (price spike, volume burst, volatility burst, flash crash, pump-and-dump), "
+                    "score, and report recall within 5 minutes per kind, median delay, and false-alarm "
+                    "episodes per symbol-day on the untouched candles; the same for a naive rolling 60-minute "
+                    "z-score (threshold 3 on return and volume).")
+    evaluate.add_argument("--input", nargs="+", required=True, type=Path, metavar="FILE", help=INPUT_HELP)
+    evaluate.add_argument("--injections", type=int, default=200, help="events to inject (default: %(default)s)")
+    evaluate.add_argument("--seed", type=int, default=0, help="random seed for injections (default: %(default)s)")
+    evaluate.add_argument("--train-fraction", type=float, default=0.5,
+                          help="leading share of each series used for training (default: %(default)s)")
+    evaluate.add_argument("--base", type=Path, default=None,
+                          help="parameter file whose thresholds to evaluate (default: built-in defaults)")
+    evaluate.add_argument("--json", type=Path, default=None, metavar="FILE", help="also write the report as JSON")
+    evaluate.set_defaults(handler=run_evaluate)
+
+
+def run_train(args: argparse.Namespace) -> int:
+    from market_anomaly.detection.candle_files import series_by_symbol
+    from market_anomaly.detection.training import DEFAULT_ALARM_QUANTILE, train, write_params
+
+    series = series_by_symbol(args.input)
+    params = train(series, base=_base_document(args.base),
+                   alarm_quantile=args.alarm_quantile or DEFAULT_ALARM_QUANTILE, sources=[p.name for p in args.input])
+    model_path = write_params(params, args.output)
+    log.info("trained on %d candles of %d series; wrote %s and %s", params.trained_on["candles"], len(series),
+             args.output, model_path)
+    return 0
+
+
+def run_score(args: argparse.Namespace) -> int:
+    from market_anomaly.detection import DetectionEngine, load_params, mark_market_events
+    from market_anomaly.detection.candle_files import read_candles
+
+    started = time.perf_counter()
+    params = load_params(args.params)
+    candles = read_candles(args.input)
+    engine = DetectionEngine(params)
+    decisions = [engine.process(symbol, frame, None)[0] for symbol, frame in candles.groupby("symbol", sort=True)]
+    result = mark_market_events(pd.concat(decisions, ignore_index=True), params)
+    duplicates = len(candles) - len(result)
+    if duplicates:
+        log.warning("%d duplicate candles (same symbol and open_time) scored once", duplicates)
+    args.output.parent.mkdir(parents=True, exist_ok=True)
+    if args.output.suffix.lower() in (".parquet", ".pq"):
+        result.to_parquet(args.output, index=False)
+    else:
+        result.to_csv(args.output, index=False)
+    elapsed = time.perf_counter() - started
+    log.info("scored %d candles (%d anomalies) in %.2fs -> %s", len(result), int(result["is_anomaly"].sum()),
+             elapsed, args.output)
+    return 0
+
+
+def run_evaluate(args: argparse.Namespace) -> int:
+    from market_anomaly.detection.candle_files import series_by_symbol
+    from market_anomaly.detection.evaluation import evaluate, format_report
+
+    report = evaluate(series_by_symbol(args.input), injections=args.injections, seed=args.seed,
+                      train_fraction=args.train_fraction, base=_base_document(args.base))
+    print(format_report(report))
+    if args.json:
+        args.json.write_text(json.dumps(report, indent=2) + "\n")
+    return 0
+
+
+def _base_document(path: Path | None) -> dict | None:
+    """The JSON of an existing parameter file, validated (its model file is not needed), or None for the defaults."""
+    if path is None:
+        return None
+    from market_anomaly.detection.params import InvalidParams, params_from_dict
+
+    try:
+        return params_from_dict(json.loads(path.read_text()), path).to_json()
+    except (OSError, ValueError) as error:
+        raise InvalidParams(path, str(error)) from None

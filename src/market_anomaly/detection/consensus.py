@@ -1,0 +1,82 @@
+"""Consensus: detectors' votes -> decision, confidence and reasons; market-wide events across symbols."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from market_anomaly.detection.params import CONFIDENCE_LEVELS, ConsensusParams, MarketParams
+
+REASON_SEPARATOR = " | "
+
+
+def consensus(votes_by_detector: dict[str, np.ndarray], reasons_by_detector: dict[str, callable],
+              scores_by_detector: dict[str, np.ndarray], params: ConsensusParams
+              ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """(votes, is_anomaly, confidence, reasons) per candle.
+
+    Confidence grows with the number of agreeing detectors (``params.confidence``: the
+    votes each level needs). A candle is an anomaly with at least ``params.min_votes``
+    votes, or when one detector's score reaches its ``params.alone`` level (a deviation so
+    large, or for the learned model so inconsistent, that it needs no second opinion).
+    Reasons name every detector that voted, with the size of its deviation.
+
+    >>> from market_anomaly.detection.params import ConsensusParams
+    >>> params = ConsensusParams(min_votes=2, alone={"Z-SCORE": 14.0}, confidence={"LOW": 1, "MEDIUM": 2, "HIGH": 3})
+    >>> votes = {"Z-SCORE": np.array([True, True, True, False]), "VOLUME": np.array([True, False, False, False])}
+    >>> scores = {"Z-SCORE": np.array([7.24, 6.5, -15.0, 1.0]), "VOLUME": np.array([14.0, 2.0, 1.0, 1.0])}
+    >>> reasons = {"Z-SCORE": lambda s: f"Z-SCORE {abs(s):.1f}σ", "VOLUME": lambda s: f"VOLUME {s:.0f}x"}
+    >>> count, anomaly, confidence, why = consensus(votes, reasons, scores, params)
+    >>> count.tolist(), anomaly.tolist(), confidence.tolist()
+    ([2, 1, 1, 0], [True, False, True, False], ['MEDIUM', 'LOW', 'LOW', 'NONE'])
+    >>> why.tolist()
+    ['Z-SCORE 7.2σ | VOLUME 14x', 'Z-SCORE 6.5σ', 'Z-SCORE 15.0σ', '']
+    """
+    names = list(votes_by_detector)
+    matrix = np.column_stack([votes_by_detector[name] for name in names])
+    count = matrix.sum(axis=1).astype(np.int64)
+    levels = np.array(("NONE",) + CONFIDENCE_LEVELS, dtype=object)
+    level_index = np.searchsorted([params.confidence[level] for level in CONFIDENCE_LEVELS], count, side="right")
+    reasons = np.full(len(count), "", dtype=object)
+    for row in np.flatnonzero(count):  # only the few rows with a vote pay for string formatting
+        reasons[row] = REASON_SEPARATOR.join(
+            reasons_by_detector[name](scores_by_detector[name][row]) for name in names if matrix[row, names.index(name)])
+    alone = np.zeros(len(count), dtype=bool)
+    for name, level in params.alone.items():
+        if name in votes_by_detector:
+            with np.errstate(invalid="ignore"):
+                alone |= votes_by_detector[name] & (np.abs(scores_by_detector[name]) >= level)
+    return count, (count >= params.min_votes) | alone, levels[level_index], reasons
+
+
+def market_threshold(active_symbols: np.ndarray, params: MarketParams) -> np.ndarray:
+    """Anomalous symbols needed in one minute for a market-wide event, given the symbols active in it.
+
+    >>> from market_anomaly.detection.params import MarketParams
+    >>> market_threshold(np.array([1, 8, 20]), MarketParams(min_symbols=3, min_fraction=0.3)).tolist()
+    [3, 3, 6]
+    """
+    return np.maximum(params.min_symbols, np.ceil(params.min_fraction * active_symbols)).astype(np.int64)
+
+
+def mark_market_events(decisions: pd.DataFrame, params) -> pd.DataFrame:
+    """Mark anomalies shared by many symbols in the same minute as one market-wide event.
+
+    In each ``open_time`` minute, when at least ``market_threshold`` of the symbols with a
+    decision are anomalous, their rows get ``market_event = True`` and the reason
+    ``MARKET n/N``. Returns a copy; works on one micro-batch or a whole offline file.
+    """
+    marked = decisions.copy()
+    if marked.empty:
+        return marked
+    minute = marked.groupby("open_time")
+    active = minute["symbol"].transform("nunique").to_numpy()
+    anomalous = minute["is_anomaly"].transform("sum").to_numpy()
+    event = marked["is_anomaly"].to_numpy(bool) & (anomalous >= market_threshold(active, params.market))
+    marked["market_event"] = marked["market_event"].to_numpy(bool) | event
+    for row in np.flatnonzero(event):
+        tag = f"MARKET {anomalous[row]}/{active[row]}"
+        current = marked["reasons"].iat[row]
+        if tag not in current:
+            marked.iat[row, marked.columns.get_loc("reasons")] = current + REASON_SEPARATOR + tag if current else tag
+    return marked

@@ -1,0 +1,236 @@
+"""The detectors: one small class each, ``score(values)`` then ``learn(values)`` on arrays of new candles.
+
+``score`` looks at new values against what was learned before (and the earlier values of
+the same array); ``learn`` appends them to the detector's short memory. ``votes`` turns
+scores into votes, silent during the detector's warm-up (``positions`` count the
+candles the symbol has seen) and wherever the score is not defined yet. ``reason``
+says how big a deviation is. Each detector keeps its memory in ``state()``/``restore()``
+as plain arrays.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from market_anomaly.detection.features import (RollingStats, median_mad, median_only, root_mean_square,
+                                                trailing_windows)
+from market_anomaly.detection.learned import MinorComponents, model_inputs
+from market_anomaly.detection.params import LearnedParams, ReturnZScoreParams, VolatilityParams, VolumeParams
+
+
+class Detector:
+    """What the engine and consensus need from every detector: a name, votes and a reason."""
+
+    name = ""
+    threshold: float
+    warmup: int
+
+    def votes(self, scores: np.ndarray, positions: np.ndarray) -> np.ndarray:
+        with np.errstate(invalid="ignore"):
+            return (positions >= self.warmup) & (np.abs(scores) >= self.threshold)
+
+    def reason(self, score: float) -> str:
+        return f"{self.name} {abs(score):.1f}σ"
+
+
+class ReturnZScore(Detector):
+    """Robust, adaptive z-score of the 1-minute log return.
+
+    Center: the median of the last ``window`` returns. Scale: the larger of their
+    MAD-based sigma and the root mean square of the last ``recent_window`` returns, so a
+    market that has just turned busy judges its next move against the busy level. Both
+    are refreshed every ``refresh`` candles and ignore the outliers they are meant to find.
+
+    >>> from market_anomaly.detection.params import ReturnZScoreParams
+    >>> params = ReturnZScoreParams(window=4, recent_window=2, threshold=6.0, min_sigma_pct=0.0, warmup=4)
+    >>> detector = ReturnZScore(params, refresh=1)
+    >>> returns = np.array([0.001, -0.001, 0.002, -0.002, 0.05])
+    >>> scores = detector.score(returns)
+    >>> round(float(scores[-1]), 1), detector.votes(scores, np.arange(5)).tolist()
+    (22.5, [False, False, False, False, True])
+    >>> detector.learn(returns); detector.reason(scores[-1])
+    'Z-SCORE 22.5σ'
+    """
+
+    name = "Z-SCORE"
+
+    def __init__(self, params: ReturnZScoreParams, refresh: int):
+        self.threshold, self.warmup = params.threshold, params.warmup
+        self.min_sigma = params.min_sigma_pct / 100
+        self.stats = RollingStats(params.window, refresh, median_mad)
+        self.recent = RollingStats(params.recent_window, refresh, root_mean_square)
+
+    def score(self, log_returns: np.ndarray) -> np.ndarray:
+        center, sigma = self.stats.baselines(log_returns)
+        recent_rms = self.recent.baselines(log_returns)[1]
+        return (log_returns - center) / np.maximum(np.maximum(sigma, recent_rms), self.min_sigma)
+
+    def learn(self, log_returns: np.ndarray) -> None:
+        self.stats.learn(log_returns)
+        self.recent.learn(log_returns)
+
+    def state(self) -> dict[str, np.ndarray]:
+        return {**self.stats.state("zscore"), **self.recent.state("zscore.recent")}
+
+    def restore(self, state: dict[str, np.ndarray]) -> None:
+        self.stats.restore(state, "zscore")
+        self.recent.restore(state, "zscore.recent")
+
+
+class Volatility(Detector):
+    """The 1-hour window's return standard deviation against the history of that same quantity.
+
+    Every ``refresh`` candles the logarithm of the window's standard deviation is sampled;
+    a candle's score is the robust z-score of the current value against the last
+    ``history`` samples taken before its refresh point. Only rises vote.
+
+    >>> from market_anomaly.detection.params import VolatilityParams
+    >>> detector = Volatility(VolatilityParams(window=3, history=4, threshold=3.0, warmup=0), refresh=2,
+    ...                       floor_pct=1e-6)
+    >>> calm = np.tile([0.01, -0.01, 0.012, -0.011], 5)
+    >>> z, mean, std = detector.score(np.concatenate([calm, [0.2, -0.2]]))
+    >>> bool(z[-1] > 3), round(float(std[-1]), 3)
+    (True, 0.2)
+    """
+
+    name = "VOLATILITY"
+
+    def __init__(self, params: VolatilityParams, refresh: int, floor_pct: float):
+        self.threshold, self.warmup = params.threshold, params.warmup
+        self.window, self.refresh, self.floor = params.window, refresh, floor_pct
+        self.recent = np.empty(0)  # the last window-1 returns
+        self.seen = 0
+        self.samples = RollingStats(params.history, 1, median_mad)
+
+    def score(self, returns_pct: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(z-score, window mean, window standard deviation) per new candle; returns in percent."""
+        windows = trailing_windows(self.recent, returns_pct, self.window)
+        mean, std = windows.mean(axis=1), windows.std(axis=1, ddof=1)
+        log_std = np.log(np.maximum(std, self.floor))
+        positions = self.seen + np.arange(len(returns_pct))
+        center, sigma = self.samples.baselines_at(log_std[(positions + 1) % self.refresh == 0],
+                                                  positions // self.refresh)
+        return (log_std - center) / np.maximum(sigma, 1e-9), mean, std
+
+    def votes(self, scores: np.ndarray, positions: np.ndarray) -> np.ndarray:
+        with np.errstate(invalid="ignore"):
+            return (positions >= self.warmup) & (scores >= self.threshold)
+
+    def learn(self, returns_pct: np.ndarray) -> None:
+        windows = trailing_windows(self.recent, returns_pct, self.window)
+        positions = self.seen + np.arange(len(returns_pct))
+        sampled = (positions + 1) % self.refresh == 0
+        self.samples.learn(np.log(np.maximum(windows[sampled].std(axis=1, ddof=1), self.floor)))
+        self.recent = np.concatenate([self.recent, returns_pct])[-(self.window - 1):]
+        self.seen += len(returns_pct)
+
+    def state(self) -> dict[str, np.ndarray]:
+        return {"volatility.recent": self.recent, "volatility.seen": np.array([self.seen]),
+                **self.samples.state("volatility.samples")}
+
+    def restore(self, state: dict[str, np.ndarray]) -> None:
+        if "volatility.recent" in state:
+            self.recent, self.seen = state["volatility.recent"], int(state["volatility.seen"][0])
+            self.samples.restore(state, "volatility.samples")
+
+
+class VolumeSpike(Detector):
+    """Volume as a multiple of the median volume of the last ``window`` candles.
+
+    >>> from market_anomaly.detection.params import VolumeParams
+    >>> detector = VolumeSpike(VolumeParams(window=3, threshold=8.0, warmup=3), refresh=1)
+    >>> ratios = detector.score(np.array([2.0, 3.0, 2.5, 40.0]))
+    >>> ratios.round(1).tolist(), detector.votes(ratios, np.arange(4)).tolist(), detector.reason(ratios[-1])
+    ([nan, nan, nan, 16.0], [False, False, False, True], 'VOLUME 16x')
+    """
+
+    name = "VOLUME"
+
+    def __init__(self, params: VolumeParams, refresh: int):
+        self.threshold, self.warmup = params.threshold, params.warmup
+        self.stats = RollingStats(params.window, refresh, median_only)
+
+    def score(self, volumes: np.ndarray) -> np.ndarray:
+        median, _ = self.stats.baselines(volumes)
+        return (volumes + 1e-12) / (median + 1e-12)  # an idle market (median 0) is not an infinite spike
+
+    def learn(self, volumes: np.ndarray) -> None:
+        self.stats.learn(volumes)
+
+    def reason(self, score: float) -> str:
+        return f"{self.name} {score:.0f}x"
+
+    def state(self) -> dict[str, np.ndarray]:
+        return self.stats.state("volume")
+
+    def restore(self, state: dict[str, np.ndarray]) -> None:
+        self.stats.restore(state, "volume")
+
+
+class LearnedSurprise(Detector):
+    """How inconsistent a candle and its last few minutes are with normal activity (``learned``).
+
+    Inputs (``learned.model_inputs``) come from this candle's z-score, volume and range
+    ratios and from the last ``sequence`` candles (RMS and drift of z, the reversal
+    ``sqrt(-z_t * z_t-1)``, mean volume ratio); the memory is those candles' z-scores and
+    log volume ratios. The score is the model's distance scaled so that a typical candle
+    scores 0 and the alarm level calibrated by ``train`` scores 1; it votes at 1 or above.
+
+    >>> from market_anomaly.detection.params import LearnedParams
+    >>> rng = np.random.default_rng(0)
+    >>> params = LearnedParams("m.npz", sequence=3, skip_components=1, typical_score=0.0, alarm_score=1.0, warmup=0)
+    >>> detector = LearnedSurprise(params)
+    >>> z, volume, range_ = rng.normal(size=3000), rng.lognormal(size=3000), rng.lognormal(size=3000)
+    >>> inputs = detector.inputs(z, np.log(volume), np.log(range_))
+    >>> detector.fit(inputs, alarm_quantile=0.999)
+    >>> scores = detector.score(np.array([0.1, 0.2, 12.0]), np.zeros(3), np.zeros(3))
+    >>> detector.votes(scores, np.arange(3)).tolist(), detector.reason(scores[2])[:6]
+    ([False, False, True], 'MODEL ')
+    """
+
+    name = "MODEL"
+    threshold = 1.0
+
+    def __init__(self, params: LearnedParams, model: MinorComponents | None = None):
+        self.params, self.model, self.warmup = params, model, params.warmup
+        self.typical, self.alarm = params.typical_score, params.alarm_score
+        self.recent_z = self.recent_volume = np.empty(0)
+
+    def inputs(self, zscore: np.ndarray, log_volume_ratio: np.ndarray, log_range_ratio: np.ndarray) -> np.ndarray:
+        z = trailing_windows(self.recent_z, zscore, self.params.sequence)
+        volume = trailing_windows(self.recent_volume, log_volume_ratio, self.params.sequence)
+        reversal = np.sqrt(np.maximum(-z[:, -1] * z[:, -2], 0))
+        return model_inputs(zscore, log_volume_ratio, log_range_ratio, np.sqrt(np.mean(z * z, axis=1)),
+                            z.sum(axis=1) / np.sqrt(self.params.sequence), reversal, volume.mean(axis=1))
+
+    def score(self, zscore: np.ndarray, log_volume_ratio: np.ndarray, log_range_ratio: np.ndarray) -> np.ndarray:
+        if self.model is None:
+            return np.full(len(zscore), np.nan)
+        distance = self.model.distance(self.inputs(zscore, log_volume_ratio, log_range_ratio))
+        return (distance - self.typical) / (self.alarm - self.typical)
+
+    def votes(self, scores: np.ndarray, positions: np.ndarray) -> np.ndarray:
+        with np.errstate(invalid="ignore"):
+            return (positions >= self.warmup) & (scores >= self.threshold)
+
+    def learn(self, zscore: np.ndarray, log_volume_ratio: np.ndarray) -> None:
+        keep = self.params.sequence - 1
+        self.recent_z = np.concatenate([self.recent_z, zscore])[-keep:]
+        self.recent_volume = np.concatenate([self.recent_volume, log_volume_ratio])[-keep:]
+
+    def fit(self, inputs: np.ndarray, alarm_quantile: float) -> None:
+        """Training: fit the model, then typical level = median distance, alarm level = its ``alarm_quantile``."""
+        self.model = MinorComponents.fit(inputs, self.params.skip_components)
+        distance = self.model.distance(inputs)
+        distance = distance[np.isfinite(distance)]
+        self.typical, self.alarm = float(np.median(distance)), float(np.quantile(distance, alarm_quantile))
+
+    def reason(self, score: float) -> str:
+        return f"{self.name} {score:.1f}x"
+
+    def state(self) -> dict[str, np.ndarray]:
+        return {"learned.z": self.recent_z, "learned.volume": self.recent_volume}
+
+    def restore(self, state: dict[str, np.ndarray]) -> None:
+        if "learned.z" in state:
+            self.recent_z, self.recent_volume = state["learned.z"], state["learned.volume"]

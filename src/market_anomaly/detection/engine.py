@@ -1,0 +1,127 @@
+"""The per-symbol detection engine: candles + state in, decisions + state out.
+
+The same code serves the Spark stream (one call per symbol and micro-batch) and offline
+scoring (one call per symbol and file). Decisions do not depend on how a series is cut
+into calls: every feature and baseline is a function of stream positions (see
+``features``), and the state carries exactly the tails those need.
+
+Input handling: candles are sorted by ``open_time``; of several candles with the same
+``open_time`` the first wins; candles not after the last processed one are dropped (a
+Kafka replay or a REST backfill of known minutes changes nothing).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from market_anomaly.detection.consensus import consensus
+from market_anomaly.detection.detectors import LearnedSurprise, ReturnZScore, Volatility, VolumeSpike
+from market_anomaly.detection.features import RollingStats, candle_features, median_only
+from market_anomaly.detection.params import ModelParams
+from market_anomaly.detection.state import pack, unpack
+
+DECISION_SCHEMA: list[tuple[str, str]] = [
+    ("symbol", "object"), ("interval", "object"), ("open_time", "int64"), ("close_time", "int64"),
+    ("close", "float64"), ("return_pct", "float64"), ("log_return", "float64"), ("range_pct", "float64"),
+    ("volume", "float64"), ("volume_change", "float64"), ("volume_ratio", "float64"), ("range_ratio", "float64"),
+    ("taker_buy_share", "float64"), ("window_mean", "float64"), ("window_std", "float64"),
+    ("zscore", "float64"), ("volatility_z", "float64"), ("model_score", "float64"),
+    ("votes", "int64"), ("is_anomaly", "bool"), ("confidence", "object"), ("reasons", "object"),
+    ("market_event", "bool"), ("produced_at", "int64"),
+]
+
+INTERVAL_NAMES = {60_000: "1m", 180_000: "3m", 300_000: "5m", 900_000: "15m", 1_800_000: "30m",
+                  3_600_000: "1h", 14_400_000: "4h", 86_400_000: "1d"}
+
+
+def empty_decisions() -> pd.DataFrame:
+    return pd.DataFrame({name: pd.Series(dtype=dtype) for name, dtype in DECISION_SCHEMA})
+
+
+def new_candles(candles: pd.DataFrame, after_open_time: int) -> pd.DataFrame:
+    """Sorted, first of each ``open_time``, only after ``after_open_time``."""
+    ordered = candles.sort_values("open_time", kind="stable")
+    ordered = ordered[~ordered["open_time"].duplicated(keep="first")]
+    return ordered[ordered["open_time"].to_numpy(np.int64) > after_open_time]
+
+
+class DetectionEngine:
+    """Stateless apart from its parameters: the per-symbol state travels in and out of ``process``."""
+
+    def __init__(self, params: ModelParams):
+        self.params = params
+        self.interval_name = INTERVAL_NAMES.get(params.interval_ms, f"{params.interval_ms}ms")
+
+    def process(self, symbol: str, candles: pd.DataFrame, state: bytes | None) -> tuple[pd.DataFrame, bytes]:
+        """Decisions (``DECISION_SCHEMA``, one row per new candle, by ``open_time``) and the new state."""
+        params = self.params
+        memory = unpack(state) if state else {}
+        last_open_time, last_close, last_volume, seen = (
+            memory["engine.last"].tolist() if "engine.last" in memory else [-1, np.nan, np.nan, 0])
+        candles = new_candles(candles, int(last_open_time))
+        if candles.empty:
+            return empty_decisions(), state if state else pack({})
+        zscore_detector = ReturnZScore(params.return_zscore, params.refresh)
+        volatility_detector = Volatility(params.volatility, params.refresh, params.return_zscore.min_sigma_pct)
+        volume_detector = VolumeSpike(params.volume, params.refresh)
+        learned = LearnedSurprise(params.learned, params.model)
+        range_level = RollingStats(params.range.window, params.refresh, median_only)
+        detectors = (zscore_detector, volatility_detector, volume_detector, learned)
+        for detector in detectors:
+            detector.restore(memory)
+        range_level.restore(memory, "range")
+
+        features = candle_features(candles, int(last_open_time), last_close, last_volume, params.interval_ms,
+                                   params.range.floor_pct)
+        positions = int(seen) + np.arange(len(candles))
+        zscore = zscore_detector.score(features.log_return)
+        volatility_z, window_mean, window_std = volatility_detector.score(features.return_pct)
+        volume_ratio = volume_detector.score(features.volume)
+        log_range_ratio = features.log_range - range_level.baselines(features.log_range)[0]
+        log_volume_ratio = np.log(volume_ratio)
+        model_score = learned.score(zscore, log_volume_ratio, log_range_ratio)
+
+        zscore_detector.learn(features.log_return)
+        volatility_detector.learn(features.return_pct)
+        volume_detector.learn(features.volume)
+        range_level.learn(features.log_range)
+        learned.learn(zscore, log_volume_ratio)
+
+        scores = dict(zip((d.name for d in detectors), (zscore, volatility_z, volume_ratio, model_score)))
+        votes, is_anomaly, confidence, reasons = consensus(
+            {d.name: d.votes(scores[d.name], positions) for d in detectors},
+            {d.name: d.reason for d in detectors}, scores, params.consensus)
+
+        open_time = candles["open_time"].to_numpy(np.int64)
+        decisions = pd.DataFrame({
+            "symbol": symbol,
+            "interval": _column_or(candles, "interval", self.interval_name),
+            "open_time": open_time,
+            "close_time": _column_or(candles, "close_time", open_time + params.interval_ms - 1),
+            "close": features.close, "return_pct": features.return_pct, "log_return": features.log_return,
+            "range_pct": features.range_pct, "volume": features.volume, "volume_change": features.volume_change,
+            "volume_ratio": volume_ratio, "range_ratio": np.exp(log_range_ratio), "taker_buy_share": features.taker_buy_share,
+            "window_mean": window_mean, "window_std": window_std, "zscore": zscore,
+            "volatility_z": volatility_z, "model_score": model_score,
+            "votes": votes, "is_anomaly": is_anomaly, "confidence": confidence, "reasons": reasons,
+            "market_event": False,
+            "produced_at": _column_or(candles, "produced_at", 0),
+        })
+        decisions = decisions.astype(dict(DECISION_SCHEMA))
+        new_memory = {
+            "engine.last": np.array([open_time[-1], features.close[-1], features.volume[-1], positions[-1] + 1]),
+            **{name: values for detector in detectors for name, values in detector.state().items()},
+            **range_level.state("range"),
+        }
+        return decisions, pack(new_memory)
+
+
+def _column_or(candles: pd.DataFrame, name: str, default) -> np.ndarray:
+    """The column where present, ``default`` where it is missing or null."""
+    if name not in candles.columns:
+        return np.broadcast_to(default, len(candles)).copy() if np.ndim(default) else np.full(len(candles), default)
+    column = candles[name]
+    if np.ndim(default):
+        return column.where(column.notna(), pd.Series(default, index=column.index)).to_numpy()
+    return column.fillna(default).to_numpy()

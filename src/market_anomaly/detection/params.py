@@ -1,0 +1,267 @@
+"""Model parameters (``model_params.json`` + the learned model file next to it) and their live reload.
+
+Every threshold, window, warm-up length, vote rule and the market-wide rule comes from the
+file; the only numbers in code are ``DEFAULTS``, which ``market-anomaly train`` writes
+(with the fitted values) into a new file. All keys are required, unknown keys are errors:
+a typo must not silently fall back to a default.
+
+Units: windows, warm-ups and ``refresh`` count candles; ``history`` counts volatility
+samples (one per ``refresh`` candles); ``*_pct`` are percent.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import types
+import typing
+from dataclasses import dataclass, fields
+from pathlib import Path
+
+from market_anomaly.detection.learned import MinorComponents
+
+log = logging.getLogger("market_anomaly.detection")
+
+CONFIDENCE_LEVELS = ("LOW", "MEDIUM", "HIGH")
+DETECTOR_NAMES = ("Z-SCORE", "VOLATILITY", "VOLUME", "MODEL")
+
+DEFAULTS: dict = {
+    "version": 1,
+    "trained_on": {},
+    "interval_ms": 60_000,
+    "refresh": 5,
+    "return_zscore": {"window": 240, "recent_window": 30, "threshold": 6.0, "min_sigma_pct": 0.002, "warmup": 240},
+    "volatility": {"window": 60, "history": 288, "threshold": 3.0, "warmup": 360},
+    "volume": {"window": 60, "threshold": 8.0, "warmup": 60},
+    "range": {"window": 60, "floor_pct": 0.0001},
+    "learned": {"file": "model_params.model.npz", "sequence": 5, "skip_components": 1, "typical_score": 0.0,
+                "alarm_score": 40.0, "warmup": 240},
+    "consensus": {"min_votes": 3, "alone": {"MODEL": 1.0, "Z-SCORE": 14.0},
+                  "confidence": {"LOW": 1, "MEDIUM": 2, "HIGH": 3}},
+    "market": {"min_symbols": 3, "min_fraction": 0.3},
+}
+
+
+class InvalidParams(ValueError):
+    """The parameter file (or its model file) is missing, malformed or out of range."""
+
+    def __init__(self, path: Path | str, reason: str):
+        super().__init__(f"invalid model parameters {path}: {reason}")
+        self.path, self.reason = str(path), reason
+
+
+@dataclass(frozen=True)
+class ReturnZScoreParams:
+    window: int
+    recent_window: int  # the scale is at least the RMS of this many recent returns (a busy market is not news)
+    threshold: float
+    min_sigma_pct: float  # floor on the return scale (quiet or tick-bound markets)
+    warmup: int
+
+
+@dataclass(frozen=True)
+class VolatilityParams:
+    window: int
+    history: int
+    threshold: float
+    warmup: int
+
+
+@dataclass(frozen=True)
+class VolumeParams:
+    window: int
+    threshold: float
+    warmup: int
+
+
+@dataclass(frozen=True)
+class RangeParams:
+    window: int
+    floor_pct: float  # a candle with high == low has this range, so its logarithm exists
+
+
+@dataclass(frozen=True)
+class LearnedParams:
+    file: str
+    sequence: int         # candles in the "recent" inputs (run of moves, reversal, sustained volume)
+    skip_components: int  # leading principal components (overall activity) the distance ignores
+    typical_score: float  # median distance of the training candles
+    alarm_score: float    # the model votes at or above this distance
+    warmup: int
+
+
+@dataclass(frozen=True)
+class ConsensusParams:
+    min_votes: int
+    alone: typing.Mapping[str, float]  # detector -> score at which it flags an anomaly on its own
+    confidence: typing.Mapping[str, int]  # level -> votes needed
+
+
+@dataclass(frozen=True)
+class MarketParams:
+    min_symbols: int
+    min_fraction: float
+
+
+@dataclass(frozen=True, eq=False)
+class ModelParams:
+    """Immutable; compared by identity (engines are cached per object)."""
+
+    version: int
+    trained_on: typing.Mapping[str, object]
+    interval_ms: int
+    refresh: int
+    return_zscore: ReturnZScoreParams
+    volatility: VolatilityParams
+    volume: VolumeParams
+    range: RangeParams
+    learned: LearnedParams
+    consensus: ConsensusParams
+    market: MarketParams
+    model: MinorComponents | None = None  # the fitted learned model (None only before training)
+
+    def to_json(self) -> dict:
+        """The file's content (without the fitted arrays, which live in ``learned.file``)."""
+        def plain(value):
+            if hasattr(value, "__dataclass_fields__"):
+                return {f.name: plain(getattr(value, f.name)) for f in fields(value)}
+            return dict(value) if isinstance(value, types.MappingProxyType) else value
+        return {name: value for name, value in plain(self).items() if name != "model"}
+
+
+def params_from_dict(raw: dict, path: Path | str = "<dict>", model: MinorComponents | None = None) -> ModelParams:
+    """Validate ``raw`` (the JSON document) and build ``ModelParams``; raises ``InvalidParams``."""
+    params = _build(ModelParams, raw, path, "", skip=("model",))
+    for section in (params.return_zscore, params.volatility, params.volume, params.range):
+        if section.window < 2:
+            raise InvalidParams(path, f"windows need at least 2 candles, got {section}")
+    if params.return_zscore.recent_window < 2 or params.learned.sequence < 2:
+        raise InvalidParams(path, "return_zscore.recent_window and learned.sequence need at least 2 candles")
+    if params.refresh < 1 or params.interval_ms < 1:
+        raise InvalidParams(path, "refresh and interval_ms must be at least 1")
+    levels = params.consensus.confidence
+    votes = list(levels.values())
+    if (tuple(levels) != CONFIDENCE_LEVELS or not all(isinstance(v, int) and v >= 1 for v in votes)
+            or votes != sorted(votes)):
+        raise InvalidParams(path, f"consensus.confidence must map {', '.join(CONFIDENCE_LEVELS)} to increasing "
+                                  f"vote counts >= 1, got {dict(levels)}")
+    if params.learned.alarm_score <= params.learned.typical_score:
+        raise InvalidParams(path, "learned.alarm_score must be above learned.typical_score")
+    unknown = sorted(set(params.consensus.alone) - set(DETECTOR_NAMES))
+    if unknown or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in params.consensus.alone.values()):
+        raise InvalidParams(path, f"consensus.alone maps detector names ({', '.join(DETECTOR_NAMES)}) to scores, "
+                                  f"got {dict(params.consensus.alone)}")
+    if not 0 <= params.market.min_fraction <= 1:
+        raise InvalidParams(path, "market.min_fraction must be between 0 and 1")
+    return _with_model(params, model)
+
+
+def load_params(path: Path | str) -> ModelParams:
+    """Read and validate ``model_params.json`` and the learned model file it names (relative to it)."""
+    path = Path(path)
+    try:
+        raw = json.loads(path.read_text())
+    except OSError as error:
+        raise InvalidParams(path, f"cannot read it ({error.strerror or error})") from None
+    except ValueError as error:
+        raise InvalidParams(path, f"not valid JSON ({error})") from None
+    if not isinstance(raw, dict):
+        raise InvalidParams(path, "the document must be a JSON object")
+    params = params_from_dict(raw, path)
+    model_path = model_file(path, params)
+    try:
+        model = MinorComponents.load(model_path)
+    except (OSError, ValueError, KeyError) as error:
+        raise InvalidParams(path, f"learned model {model_path} unusable ({error})") from None
+    return _with_model(params, model)
+
+
+def model_file(params_path: Path | str, params: ModelParams) -> Path:
+    """Where the learned model lives: ``learned.file`` relative to the parameter file."""
+    return Path(params_path).resolve().parent / params.learned.file
+
+
+class ParamsWatcher:
+    """Current parameters of a file; re-read when it (or its model file) changes, cheaply checked by ``stat``.
+
+    Returns the same object while nothing changed. A bad new version is logged once at
+    ERROR and the previous parameters stay in force; with no previous version the error
+    is raised (``InvalidParams``).
+    """
+
+    def __init__(self, path: Path | str):
+        self.path = Path(path)
+        self._params: ModelParams | None = None
+        self._loaded_key: tuple | None = None
+        self._rejected_key: tuple | None = None
+
+    def current(self) -> ModelParams:
+        key = self._file_key()
+        if key == self._loaded_key or (key == self._rejected_key and self._params is not None):
+            return self._params
+        try:
+            params = load_params(self.path)
+        except InvalidParams as error:
+            if self._params is None:
+                raise
+            log.error("%s; keeping the parameters loaded before", error)
+            self._rejected_key = key
+            return self._params
+        if self._params is not None:
+            log.info("model parameters reloaded from %s", self.path)
+        self._params = params
+        self._loaded_key, self._rejected_key = self._file_key(), None
+        return params
+
+    def _file_key(self) -> tuple:
+        """(mtime, size) of the parameter file and of the model file it currently names."""
+        def stamp(path: Path):
+            try:
+                stat = os.stat(path)
+            except OSError:
+                return None
+            return stat.st_mtime_ns, stat.st_size
+        model = model_file(self.path, self._params) if self._params is not None else None
+        return stamp(self.path), stamp(model) if model is not None else None
+
+
+def _with_model(params: ModelParams, model: MinorComponents | None) -> ModelParams:
+    values = {f.name: getattr(params, f.name) for f in fields(params)}
+    return ModelParams(**{**values, "model": model})
+
+
+def _build(cls, raw, path, where: str, skip: tuple[str, ...] = ()):
+    """A frozen dataclass from a JSON object: every field required, no unknown keys, types checked."""
+    if not isinstance(raw, dict):
+        raise InvalidParams(path, f"{where or 'the document'} must be a JSON object")
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in fields(cls) if f.name not in skip]
+    unknown = sorted(set(raw) - set(names))
+    missing = [name for name in names if name not in raw]
+    if unknown or missing:
+        raise InvalidParams(path, "; ".join(filter(None, [
+            unknown and f"unknown keys {', '.join(where + k for k in unknown)}",
+            missing and f"missing keys {', '.join(where + k for k in missing)}"])))
+    values = {}
+    for name in names:
+        kind, value, key = hints[name], raw[name], where + name
+        if hasattr(kind, "__dataclass_fields__"):
+            values[name] = _build(kind, value, path, key + ".")
+        elif kind is int:
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise InvalidParams(path, f"{key} must be a non-negative integer, got {value!r}")
+            values[name] = value
+        elif kind is float:
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not value == value:
+                raise InvalidParams(path, f"{key} must be a number, got {value!r}")
+            values[name] = float(value)
+        elif kind is str:
+            if not isinstance(value, str) or not value:
+                raise InvalidParams(path, f"{key} must be a non-empty string, got {value!r}")
+            values[name] = value
+        else:  # a mapping
+            if not isinstance(value, dict):
+                raise InvalidParams(path, f"{key} must be a JSON object, got {value!r}")
+            values[name] = types.MappingProxyType(dict(value))
+    return cls(**values)

@@ -1,0 +1,80 @@
+"""`market-anomaly train | score | evaluate` on small files."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from market_anomaly.cli import main
+from market_anomaly.detection import DECISION_SCHEMA
+from market_anomaly.detection.candle_files import CandleFileError, read_candles
+from test_detection_core import market, small_document
+
+
+def write_market_file(path, symbols=("AAAUSDT", "BBBUSDT"), n=2500):
+    frames = [market(n, seed=i, symbol=symbol) for i, symbol in enumerate(symbols)]
+    frame = pd.concat(frames, ignore_index=True)[["symbol", "open_time", "open", "high", "low", "close", "volume"]]
+    frame.to_csv(path, index=False)
+    return frame
+
+
+@pytest.fixture
+def trained(tmp_path):
+    base = tmp_path / "base.json"
+    base.write_text(json.dumps(small_document()))
+    candles = tmp_path / "history.csv"
+    write_market_file(candles)
+    params = tmp_path / "model_params.json"
+    assert main(["train", "--input", str(candles), "--output", str(params), "--base", str(base)]) == 0
+    return params
+
+
+def test_train_writes_params_and_a_small_model_file(trained):
+    document = json.loads(trained.read_text())
+    assert document["trained_on"]["candles"] == 5000
+    assert set(document["trained_on"]["series"]) == {"AAAUSDT", "BBBUSDT"}
+    assert document["learned"]["alarm_score"] > document["learned"]["typical_score"]
+    assert (trained.parent / document["learned"]["file"]).stat().st_size < 10_000
+
+
+def test_score_gives_one_row_per_distinct_candle_per_symbol(tmp_path, trained):
+    frame = write_market_file(tmp_path / "in.csv", n=600)
+    # duplicates, a gap and disorder in the input
+    messy = pd.concat([frame, frame.iloc[[5, 700]]]).drop(index=[100, 101, 102]).sample(frac=1, random_state=0)
+    messy.to_csv(tmp_path / "messy.csv", index=False)
+    assert main(["score", "--input", str(tmp_path / "messy.csv"), "--output", str(tmp_path / "out.csv"),
+                 "--params", str(trained)]) == 0
+    out = pd.read_csv(tmp_path / "out.csv", keep_default_na=False)
+    assert list(out.columns) == [name for name, _ in DECISION_SCHEMA]
+    assert len(out) == 1197 and not out.duplicated(["symbol", "open_time"]).any()
+    assert out.groupby("symbol")["open_time"].apply(lambda t: t.is_monotonic_increasing).all()
+    assert set(out["confidence"]) <= {"NONE", "LOW", "MEDIUM", "HIGH"}
+
+
+def test_symbol_from_file_name_and_iso_timestamps(tmp_path):
+    path = tmp_path / "ethusdt_1m.csv"
+    pd.DataFrame({"timestamp": ["2026-01-24 20:17:00", "2026-01-24 20:18:00"], "open": [1.0, 1.1],
+                  "high": [1.2, 1.2], "low": [0.9, 1.0], "close": [1.1, 1.0], "volume": [3.0, 4.0]}).to_csv(path, index=False)
+    candles = read_candles(path)
+    assert candles["symbol"].tolist() == ["ETHUSDT", "ETHUSDT"]
+    assert candles["open_time"].tolist() == [1769285820000, 1769285880000]
+    (tmp_path / "nosymbol.csv").write_text("open,high,low,close,volume\n1,1,1,1,1\n")
+    with pytest.raises(CandleFileError, match="open_time"):
+        read_candles(tmp_path / "nosymbol.csv")
+
+
+def test_evaluate_reports_recall_false_alarms_and_baseline(tmp_path, capsys):
+    write_market_file(tmp_path / "m.csv", n=4000)
+    base = tmp_path / "base.json"
+    base.write_text(json.dumps(small_document()))
+    assert main(["evaluate", "--input", str(tmp_path / "m.csv"), "--injections", "10", "--base", str(base),
+                 "--json", str(tmp_path / "report.json")]) == 0
+    table = capsys.readouterr().out
+    assert "price_spike" in table and "baseline" in table and "held out" in table
+    report = json.loads((tmp_path / "report.json").read_text())
+    assert report["recall"]["all"]["events"] == 10
+    assert 0 <= report["recall"]["all"]["recall"] <= 1
+    assert np.isfinite(report["false_alarm_episodes_per_symbol_day"])

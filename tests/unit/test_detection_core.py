@@ -1,0 +1,292 @@
+"""The detection core: features, detectors, consensus, engine state, chunk invariance, parameters."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from market_anomaly.detection import (DECISION_SCHEMA, DetectionEngine, InvalidParams, ParamsWatcher, load_params,
+                                      mark_market_events)
+from market_anomaly.detection.detectors import ReturnZScore, Volatility, VolumeSpike
+from market_anomaly.detection.features import RollingStats, candle_features, median_mad
+from market_anomaly.detection.params import DEFAULTS, params_from_dict
+from market_anomaly.detection.state import unpack
+from market_anomaly.detection.training import train, write_params
+
+MINUTE = 60_000
+START = 1_700_000_000_000
+
+
+def market(n: int = 3000, seed: int = 0, symbol: str = "TESTUSDT") -> pd.DataFrame:
+    """A synthetic 1-minute market: volatility clustering, fat tails, volume that moves with volatility."""
+    rng = np.random.default_rng(seed)
+    log_vol = np.zeros(n)
+    for i in range(1, n):
+        log_vol[i] = 0.97 * log_vol[i - 1] + 0.2 * rng.normal()
+    sigma = 0.0006 * np.exp(log_vol)
+    returns = sigma * rng.standard_t(4, n) / np.sqrt(2)
+    close = 100 * np.exp(np.cumsum(returns))
+    open_ = np.concatenate([[100.0], close[:-1]])
+    wick = np.abs(rng.normal(0, 0.5, n)) * sigma * close
+    volume = 10 * np.exp(log_vol + 0.5 * rng.normal(size=n)) * (1 + 50 * np.abs(returns))
+    return pd.DataFrame({
+        "symbol": symbol, "interval": "1m", "open_time": START + np.arange(n) * MINUTE,
+        "close_time": START + np.arange(n) * MINUTE + MINUTE - 1, "open": open_, "high": np.maximum(open_, close) + wick,
+        "low": np.minimum(open_, close) - wick, "close": close, "volume": volume,
+        "taker_buy_base": volume * rng.uniform(0.3, 0.7, n), "produced_at": START + np.arange(n) * MINUTE + MINUTE + 5,
+    })
+
+
+def small_document() -> dict:
+    """Defaults with short windows so synthetic series of a few thousand candles warm up."""
+    document = json.loads(json.dumps(DEFAULTS))
+    document["volatility"].update(history=48, warmup=300)
+    return document
+
+
+@pytest.fixture(scope="module")
+def params():
+    return train({"TESTUSDT": market(4000, seed=1)}, base=small_document())
+
+
+@pytest.fixture(scope="module")
+def engine(params):
+    return DetectionEngine(params)
+
+
+# -- features -----------------------------------------------------------------------------------
+
+
+def test_candle_features_on_a_hand_computed_example():
+    candles = pd.DataFrame({"open_time": [0, MINUTE, 3 * MINUTE], "open": [100.0, 101.0, 99.0],
+                            "high": [101.0, 102.0, 99.5], "low": [99.0, 100.5, 98.0], "close": [101.0, 102.0, 99.0],
+                            "volume": [2.0, 4.0, 1.0], "taker_buy_base": [1.0, 3.0, 0.5]})
+    features = candle_features(candles, last_open_time=-MINUTE, last_close=100.0, last_volume=4.0,
+                               interval_ms=MINUTE, range_floor_pct=1e-4)
+    # close-to-close for consecutive minutes; after the 2-minute gap, the candle's own open-to-close
+    np.testing.assert_allclose(features.log_return, [np.log(1.01), np.log(102 / 101), np.log(99 / 99)])
+    np.testing.assert_allclose(features.return_pct, [1.0, 100 * (102 / 101 - 1), 0.0])
+    np.testing.assert_allclose(features.range_pct, [2.0, 1.5 / 101 * 100, 1.5 / 99 * 100])
+    np.testing.assert_allclose(features.volume_change, [-0.5, 1.0, np.nan])
+    np.testing.assert_allclose(features.taker_buy_share, [0.5, 0.75, 0.5])
+
+
+def test_rolling_stats_use_only_values_before_the_refresh_point_and_survive_chunking():
+    values = np.array([1.0, 2.0, 3.0, 4.0, 100.0, 6.0, 7.0, 8.0])
+    whole = RollingStats(window=4, refresh=2, statistic=median_mad)
+    center, scale = whole.baselines(values)
+    # value 5 (position 4) and 6 use positions 0-3: median 2.5, MAD 1.0
+    assert np.isnan(center[:4]).all()
+    assert center[4] == center[5] == 2.5 and scale[4] == pytest.approx(1.4826)
+    # positions 6 and 7 use positions 2-5: [3, 4, 100, 6] -> median 5, MAD median(|-2|,|-1|,95,1) = 1.5
+    assert center[6] == 5.0 and scale[6] == pytest.approx(1.5 * 1.4826)
+    chunked = RollingStats(window=4, refresh=2, statistic=median_mad)
+    parts = []
+    for piece in (values[:3], values[3:4], values[4:]):
+        parts.append(chunked.baselines(piece)[0])
+        chunked.learn(piece)
+    np.testing.assert_array_equal(np.concatenate(parts), center)
+
+
+# -- detectors on synthetic series ---------------------------------------------------------------
+
+
+def test_return_zscore_flags_a_jump_and_adapts_to_a_busier_market():
+    params = params_from_dict(DEFAULTS).return_zscore
+    rng = np.random.default_rng(0)
+    calm = rng.normal(0, 0.001, 300)
+    detector = ReturnZScore(params, refresh=5)
+    detector.learn(calm)
+    jump = detector.score(np.array([0.012]))[0]
+    assert 10 < jump < 14  # 12 sigmas of the calm market
+    assert detector.votes(np.array([jump]), np.array([300])).tolist() == [True]
+    assert detector.votes(np.array([jump]), np.array([10])).tolist() == [False]  # still warming up
+    detector.learn(rng.normal(0, 0.004, 30))  # the market turns four times busier
+    assert abs(detector.score(np.array([0.012]))[0]) < 5
+
+
+def test_volatility_votes_when_the_hour_is_far_more_volatile_than_its_history():
+    params = params_from_dict(small_document()).volatility
+    rng = np.random.default_rng(1)
+    detector = Volatility(params, refresh=5, floor_pct=1e-4)
+    calm = rng.normal(0, 0.05, 2000)
+    detector.learn(calm)
+    z, mean, std = detector.score(rng.normal(0, 0.5, 30))
+    assert std[-1] > 0.2 and z[-1] > params.threshold
+    assert detector.votes(z, 2000 + np.arange(30))[-1]
+    assert abs(detector.score(rng.normal(0, 0.05, 1))[0][0]) < 3
+
+
+def test_volume_spike_is_a_multiple_of_the_rolling_median():
+    params = params_from_dict(DEFAULTS).volume
+    detector = VolumeSpike(params, refresh=5)
+    detector.learn(np.full(100, 5.0))
+    ratios = detector.score(np.array([5.0, 70.0]))
+    np.testing.assert_allclose(ratios, [1.0, 14.0])
+    assert detector.votes(ratios, np.array([100, 101])).tolist() == [False, True]
+    assert detector.reason(ratios[1]) == "VOLUME 14x"
+
+
+# -- engine ------------------------------------------------------------------------------------------
+
+
+def test_decisions_follow_the_schema_and_flag_an_injected_crash(engine):
+    candles = market(2000, seed=3)
+    candles.loc[1500:, ["open", "high", "low", "close"]] *= 0.95  # a 5 % gap down at minute 1500
+    candles.loc[1500, "open"] = candles.loc[1499, "close"]
+    candles.loc[1500, "high"] = candles.loc[1500, "open"]
+    candles.loc[1500, "volume"] *= 20
+    decisions, state = engine.process("TESTUSDT", candles, None)
+    assert list(decisions.columns) == [name for name, _ in DECISION_SCHEMA]
+    assert [str(t) for t in decisions.dtypes] == [dtype for _, dtype in DECISION_SCHEMA]
+    assert len(decisions) == 2000 and decisions["open_time"].is_monotonic_increasing
+    crash = decisions.iloc[1500]
+    assert crash["is_anomaly"] and crash["confidence"] in ("LOW", "MEDIUM", "HIGH")
+    assert "Z-SCORE" in crash["reasons"] and "σ" in crash["reasons"]
+    assert crash["produced_at"] == candles["produced_at"][1500]
+    for column in ("votes", "is_anomaly", "market_event", "produced_at", "open_time", "close_time"):
+        assert decisions[column].notna().all()
+    assert not decisions["is_anomaly"].iloc[:240].any()  # warm-up: detectors do not vote yet
+    assert decisions["is_anomaly"].mean() < 0.01
+    assert len(state) < 16_000
+
+
+def test_chunk_invariance_for_random_chunkings(engine):
+    candles = market(1800, seed=4)
+    candles.loc[1200, "close"] *= 1.02  # something to flag
+    whole, whole_state = engine.process("TESTUSDT", candles, None)
+    assert whole["votes"].sum() > 0
+    rng = np.random.default_rng(0)
+    for _ in range(4):
+        cuts = np.sort(rng.choice(np.arange(1, len(candles)), size=rng.integers(1, 40), replace=False)).tolist()
+        state, parts = None, []
+        for start, end in zip([0] + cuts, cuts + [len(candles)]):
+            decisions, state = engine.process("TESTUSDT", candles.iloc[start:end], state)
+            parts.append(decisions)
+        pd.testing.assert_frame_equal(pd.concat(parts, ignore_index=True), whole)
+        assert state == whole_state
+
+
+def test_one_candle_per_call_matches_one_call(engine):
+    candles = market(700, seed=5)
+    whole, _ = engine.process("TESTUSDT", candles, None)
+    state, head = engine.process("TESTUSDT", candles.iloc[:600], None)[1], whole.iloc[:600]
+    rows = [head]
+    for i in range(600, 700):
+        decisions, state = engine.process("TESTUSDT", candles.iloc[i:i + 1], state)
+        rows.append(decisions)
+    pd.testing.assert_frame_equal(pd.concat(rows, ignore_index=True), whole)
+
+
+def test_duplicates_replays_and_disorder_are_dropped(engine):
+    candles = market(600, seed=6)
+    expected, _ = engine.process("TESTUSDT", candles, None)
+    first, state = engine.process("TESTUSDT", candles.iloc[:400], None)
+    # a replay of 300-399 plus new candles, shuffled, with duplicates of new ones
+    replay = pd.concat([candles.iloc[300:600], candles.iloc[450:460]]).sample(frac=1.0, random_state=1)
+    second, state = engine.process("TESTUSDT", replay, state)
+    assert second["open_time"].tolist() == candles["open_time"].iloc[400:600].tolist()
+    pd.testing.assert_frame_equal(pd.concat([first, second], ignore_index=True), expected)
+    again, same_state = engine.process("TESTUSDT", candles.iloc[100:600], state)
+    assert again.empty and list(again.columns) == [name for name, _ in DECISION_SCHEMA] and same_state == state
+
+
+def test_a_gap_is_not_one_huge_return(engine):
+    candles = market(800, seed=7).drop(index=range(500, 560)).reset_index(drop=True)
+    # the price moved 3 % while no candles came
+    candles.loc[500:, ["open", "high", "low", "close"]] *= 1.03
+    decisions, _ = engine.process("TESTUSDT", candles, None)
+    after_gap = decisions.iloc[500]
+    assert after_gap["log_return"] == pytest.approx(np.log(candles["close"][500] / candles["open"][500]))
+    assert abs(after_gap["zscore"]) < 6 and not after_gap["is_anomaly"]
+    assert np.isnan(after_gap["volume_change"])
+
+
+def test_missing_optional_columns_are_filled(engine):
+    candles = market(300, seed=8)[["open_time", "open", "high", "low", "close", "volume"]]
+    decisions, _ = engine.process("ABC", candles, None)
+    assert (decisions["interval"] == "1m").all() and (decisions["produced_at"] == 0).all()
+    assert (decisions["close_time"] == decisions["open_time"] + MINUTE - 1).all()
+    assert decisions["taker_buy_share"].isna().all()
+
+
+def test_state_is_compact_and_plain(engine):
+    _, state = engine.process("TESTUSDT", market(3000, seed=9), None)
+    arrays = unpack(state)
+    assert len(state) < 16_000
+    assert arrays["engine.last"][0] == START + 2999 * MINUTE and arrays["engine.last"][3] == 3000
+
+
+# -- consensus and market-wide events -----------------------------------------------------------
+
+
+def decision_rows(anomalous: dict[str, list[bool]]) -> pd.DataFrame:
+    rows = []
+    for symbol, flags in anomalous.items():
+        for minute, flag in enumerate(flags):
+            rows.append({"symbol": symbol, "open_time": minute * MINUTE, "is_anomaly": flag,
+                         "reasons": "Z-SCORE 9.0σ" if flag else "", "market_event": False})
+    return pd.DataFrame(rows)
+
+
+def test_market_event_needs_enough_symbols_in_the_same_minute(params):
+    decisions = decision_rows({f"S{i}": [i < 4, i < 2] for i in range(10)})
+    marked = mark_market_events(decisions, params)
+    minute0 = marked[marked["open_time"] == 0]
+    assert minute0["market_event"].sum() == 4  # 4 of 10 >= max(3, 30 %)
+    assert minute0[minute0["market_event"]]["reasons"].eq("Z-SCORE 9.0σ | MARKET 4/10").all()
+    assert not marked[marked["open_time"] == MINUTE]["market_event"].any()  # 2 of 10 is not a market event
+    assert not decisions["market_event"].any()  # the input is not modified
+
+
+# -- parameters -----------------------------------------------------------------------------------
+
+
+def test_params_watcher_follows_live_edits_and_keeps_the_last_good_file(tmp_path, params, caplog):
+    path = tmp_path / "model_params.json"
+    write_params(params, path)
+    watcher = ParamsWatcher(path)
+    first = watcher.current()
+    assert watcher.current() is first  # unchanged file: the same object
+    document = json.loads(path.read_text())
+    document["return_zscore"]["threshold"] = 7.5
+    path.write_text(json.dumps(document))
+    os.utime(path, ns=(0, path.stat().st_mtime_ns + 1_000_000_000))
+    second = watcher.current()
+    assert second is not first and second.return_zscore.threshold == 7.5
+    path.write_text("{ not json")
+    os.utime(path, ns=(0, path.stat().st_mtime_ns + 1_000_000_000))
+    with caplog.at_level(logging.ERROR, logger="market_anomaly.detection"):
+        assert watcher.current() is second
+        assert watcher.current() is second
+    errors = [r for r in caplog.records if r.levelno == logging.ERROR]
+    assert len(errors) == 1 and str(path) in errors[0].getMessage() and "not valid JSON" in errors[0].getMessage()
+
+
+@pytest.mark.parametrize("edit, reason", [
+    (lambda d: d["consensus"].update(min_votes="two"), "consensus.min_votes"),
+    (lambda d: d["volume"].pop("threshold"), "missing keys volume.threshold"),
+    (lambda d: d["volume"].update(treshold=3), "unknown keys volume.treshold"),
+    (lambda d: d["consensus"]["confidence"].update(HIGH=1), "consensus.confidence"),
+    (lambda d: d["learned"].update(file="nowhere.npz"), "nowhere.npz"),
+])
+def test_invalid_params_are_rejected_with_the_path_and_reason(tmp_path, params, edit, reason):
+    path = tmp_path / "model_params.json"
+    write_params(params, path)
+    document = json.loads(path.read_text())
+    edit(document)
+    path.write_text(json.dumps(document))
+    with pytest.raises(InvalidParams, match=reason) as error:
+        ParamsWatcher(path).current()
+    assert isinstance(error.value, ValueError) and str(path) in str(error.value)
+
+
+def test_committed_model_params_load(request):
+    params = load_params(request.config.rootpath / "model_params.json")
+    assert params.model is not None and params.version >= 1 and params.trained_on["candles"] > 0
+    assert (request.config.rootpath / params.learned.file).stat().st_size < 1_000_000

@@ -123,19 +123,8 @@ def market_frame() -> pd.DataFrame:
     return market_decisions()
 
 
-# `market-anomaly dashboard` exactly as the CLI runs it (register + handler), without building the whole
-# CLI, so these tests do not depend on the other parts' commands.
-DASHBOARD_COMMAND = (
-    sys.executable, "-c",
-    "import argparse, logging, sys\n"
-    "from market_anomaly.dashboard import commands\n"
-    "logging.basicConfig(level='INFO')\n"
-    "parser = argparse.ArgumentParser(prog='market-anomaly')\n"
-    "commands.register(parser.add_subparsers())\n"
-    "args = parser.parse_args(sys.argv[1:])\n"
-    "sys.exit(args.handler(args))",
-    "dashboard",
-)
+DASHBOARD_COMMAND = (sys.executable, "-m", "market_anomaly", "dashboard")
+DASHBOARD_CANDLES_TOPIC = "dashboard-candles"
 
 
 @pytest.fixture
@@ -146,34 +135,38 @@ def dashboard_command() -> tuple[str, ...]:
 @pytest.fixture(scope="session")
 def dashboard_url(tmp_path_factory, kafka_broker):
     """`market-anomaly dashboard` on a free port, over a SQLite database holding ``market_decisions()``
-    and a progress record 3 messages behind each partition of the candle topic (which gets 12)."""
+    and a progress record 3 messages behind each partition of its candle topic (which gets 12)."""
     from confluent_kafka import Producer
 
-    from market_anomaly import config
     from market_anomaly.kafka.broker import free_port
-    from market_anomaly.kafka.topics import topic_offsets
+    from market_anomaly.kafka.topics import ensure_topics, topic_offsets
     from market_anomaly.sinks.database import DatabaseSink, open_database
 
+    candles_topic = DASHBOARD_CANDLES_TOPIC  # its own, so no other test reads these records
+    ensure_topics(kafka_broker.client_config(), {candles_topic: 4})
     producer = Producer(kafka_broker.client_config())
     for index in range(12):
-        producer.produce(config.CANDLES_TOPIC, b"{}", partition=index % 4)
+        producer.produce(candles_topic, b"{}", partition=index % 4)
     assert producer.flush(10) == 0
-    ends = topic_offsets(kafka_broker.client_config(), config.CANDLES_TOPIC)
+    ends = topic_offsets(kafka_broker.client_config(), candles_topic)
     url = f"sqlite:///{tmp_path_factory.mktemp('dashboard') / 'anomalies.db'}"
     sink = DatabaseSink(open_database(url))
     sink.write(market_decisions())
     sink.record_health({
         "batch_id": 42, "input_rows": 60, "processed_rows_per_second": 250.0, "batch_duration_ms": 240,
-        "partitions": {f"{config.CANDLES_TOPIC}:{p}": {"end_offset": high - 3} for p, (_, high) in ends.items()},
+        "partitions": {f"{candles_topic}:{p}": {"end_offset": high - 3} for p, (_, high) in ends.items()},
         "at": int(time.time() * 1000),
     })
     sink.close()
 
     port = free_port()
-    process = subprocess.Popen(
-        [*DASHBOARD_COMMAND, "--port", str(port), "--db", url, "--bootstrap-servers", kafka_broker.bootstrap_servers],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-    )
+    log_path = tmp_path_factory.mktemp("dashboard-log") / "dashboard.log"
+    with open(log_path, "wb") as log:  # a file, not a pipe nobody reads: a full pipe would block the server
+        process = subprocess.Popen(
+            [*DASHBOARD_COMMAND, "--port", str(port), "--db", url, "--topic", candles_topic,
+             "--bootstrap-servers", kafka_broker.bootstrap_servers],
+            stdout=log, stderr=subprocess.STDOUT,
+        )
     base = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 30
@@ -184,7 +177,7 @@ def dashboard_url(tmp_path_factory, kafka_broker):
             except OSError:
                 if process.poll() is not None or time.monotonic() > deadline:
                     process.kill()
-                    pytest.fail(f"the dashboard did not start:\n{process.communicate()[0]}", pytrace=False)
+                    pytest.fail(f"the dashboard did not start:\n{log_path.read_text()}", pytrace=False)
                 time.sleep(0.2)
         yield base
     finally:

@@ -85,10 +85,11 @@ def test_health_reports_progress_lag_topic_counts_and_last_candles(dashboard_url
         ("BTCUSDT", start + 29 * MINUTE_MS), ("ETHUSDT", start + 29 * MINUTE_MS)]
     kafka = health["kafka"]
     assert kafka["error"] is None and kafka["enabled"] is True
-    assert [row["partition"] for row in kafka["lag"]] == [f"crypto-candles:{p}" for p in range(4)]
+    assert kafka["candles_topic"] == "dashboard-candles"
+    assert [row["partition"] for row in kafka["lag"]] == [f"dashboard-candles:{p}" for p in range(4)]
     assert all(row["lag"] == 3 and row["high"] - row["end_offset"] == 3 for row in kafka["lag"])
-    assert set(kafka["topics"]) == {"crypto-candles", "crypto-candles-dlq", "crypto-anomalies"}
-    assert kafka["topics"]["crypto-candles"]["messages"] >= 12
+    assert set(kafka["topics"]) == {"dashboard-candles", "crypto-candles-dlq", "crypto-anomalies"}
+    assert kafka["topics"]["dashboard-candles"]["messages"] == 12
 
 
 def test_page_and_static_files_are_served_without_external_resources(dashboard_url):

@@ -24,6 +24,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--port", type=int, default=8050, help="port (default: %(default)s)")
     parser.add_argument("--db", default=config.env("DB", default_url()), metavar="URL",
                         help="the detect job's database (env MARKET_ANOMALY_DB; default: %(default)s)")
+    parser.add_argument("--topic", default=config.env("CANDLES_TOPIC", config.CANDLES_TOPIC),
+                        help="the candle topic the detect job reads; lag is measured on it (default: %(default)s)")
     parser.add_argument("--no-kafka", action="store_true", help="do not ask Kafka for counts and lag")
     config.add_kafka_arguments(parser)
     parser.set_defaults(handler=run)
@@ -44,7 +46,7 @@ def run(args: argparse.Namespace) -> int:
     kafka_config = None if args.no_kafka else config.kafka_client_config(args)
     log.info("dashboard: http://%s:%d (database %s)", args.host, args.port, hide_password(args.db))
     try:
-        web.run_app(create_app(database, kafka_config), host=args.host, port=args.port, print=None,
+        web.run_app(create_app(database, kafka_config, args.topic), host=args.host, port=args.port, print=None,
                     access_log=None)
     finally:
         database.close()

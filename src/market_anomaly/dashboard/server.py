@@ -32,7 +32,6 @@ from market_anomaly.sinks.database import Database
 log = logging.getLogger(__name__)
 
 STATIC_DIR = Path(__file__).resolve().parent / "static"
-COUNTED_TOPICS = (config.CANDLES_TOPIC, config.DEAD_LETTER_TOPIC, config.ANOMALIES_TOPIC)
 MAX_CANDLES = 2000
 DATABASE = web.AppKey("database", Database)
 
@@ -64,12 +63,13 @@ def parse_int(value: str | None, name: str, default: int, maximum: int) -> int:
 
 
 class KafkaStats:
-    """Per-topic watermarks, refreshed in the background every ``interval`` seconds."""
+    """Watermarks of the candle, dead-letter and anomaly topics, refreshed in the background every ``interval`` s."""
 
-    def __init__(self, client_config: dict[str, str] | None, topics: tuple[str, ...] = COUNTED_TOPICS,
+    def __init__(self, client_config: dict[str, str] | None, candles_topic: str = config.CANDLES_TOPIC,
                  interval: float = 3.0):
         self.client_config = client_config
-        self.topics = topics
+        self.candles_topic = candles_topic
+        self.topics = (candles_topic, config.DEAD_LETTER_TOPIC, config.ANOMALIES_TOPIC)
         self.interval = interval
         self.latest: dict[str, object] = {"topics": {}, "error": None, "at": None}
         self._reported_error: str | None = None
@@ -99,9 +99,10 @@ class KafkaStats:
             self.latest = await asyncio.to_thread(self.poll_once)
             await asyncio.sleep(self.interval)
 
-    def lag(self, progress: dict[str, object] | None, topic: str = config.CANDLES_TOPIC) -> list[dict[str, object]]:
-        """Per partition: the job's last end offset vs the log end; ``lag`` None until the job reports."""
+    def lag(self, progress: dict[str, object] | None) -> list[dict[str, object]]:
+        """Per candle-topic partition: the job's last end offset vs the log end; ``lag`` None until the job reports."""
         reported = (progress or {}).get("partitions") or {}
+        topic = self.candles_topic
         rows = []
         for partition, marks in sorted(self.latest["topics"].get(topic, {}).get("partitions", {}).items(),
                                        key=lambda item: int(item[0])):
@@ -153,16 +154,17 @@ async def candles(request: web.Request) -> web.Response:
 async def health(request: web.Request) -> web.Response:
     report = await asyncio.to_thread(request.app[DATABASE].health)
     kafka: KafkaStats = request.app[KAFKA]
-    report["kafka"] = {**kafka.latest, "lag": kafka.lag(report["progress"]),
+    report["kafka"] = {**kafka.latest, "lag": kafka.lag(report["progress"]), "candles_topic": kafka.candles_topic,
                        "enabled": kafka.client_config is not None}
     return web.json_response(report)
 
 
-def create_app(database: Database, kafka_config: dict[str, str] | None) -> web.Application:
+def create_app(database: Database, kafka_config: dict[str, str] | None,
+               candles_topic: str = config.CANDLES_TOPIC) -> web.Application:
     """The dashboard application; ``kafka_config`` None leaves out the Kafka counts and lag."""
     app = web.Application()
     app[DATABASE] = database
-    app[KAFKA] = KafkaStats(kafka_config)
+    app[KAFKA] = KafkaStats(kafka_config, candles_topic)
 
     async def poll_kafka(app: web.Application):
         task = asyncio.create_task(app[KAFKA].run()) if kafka_config is not None else None

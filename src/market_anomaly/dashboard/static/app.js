@@ -137,6 +137,7 @@ function renderHealth(health) {
     : "the job has not reported yet";
 
   const kafka = health.kafka;
+  $("lag-topic").textContent = `(${kafka.candles_topic})`;
   fillTable($("lag"), kafka.lag, (row, l) => {
     cell(row, l.partition);
     cell(row, l.end_offset ?? "–", "num");

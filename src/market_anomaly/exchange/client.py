@@ -116,16 +116,20 @@ class _KlineConnection:
         try:
             while True:
                 try:
-                    await self._connect_and_read()
+                    if await self._connect_and_read():
+                        continue    # renewed before the age limit: no back-off, the catch-up covers the switch
+                    problem = "closed by the exchange"
                 except (websockets.ConnectionClosed, websockets.InvalidHandshake, OSError, TimeoutError) as error:
-                    delay = self.backoff.next_delay()
-                    log.warning("WebSocket %s (%d streams): %s; reconnecting in %.1fs", self.client.ws_url,
-                                len(self.streams), error or type(error).__name__, delay)
-                    await asyncio.sleep(delay)
+                    problem = str(error) or type(error).__name__
+                delay = self.backoff.next_delay()
+                log.warning("WebSocket %s (%d streams): %s; reconnecting in %.1fs", self.client.ws_url,
+                            len(self.streams), problem, delay)
+                await asyncio.sleep(delay)
         except Exception as error:  # a bug or a bad URL: surface it to the consumer instead of hanging
             await self.queue.put(error)
 
-    async def _connect_and_read(self) -> None:
+    async def _connect_and_read(self) -> bool:
+        """One connection's life; True if it ended because it reached the age limit."""
         client = self.client
         url = f"{client.ws_url}/stream?streams={'/'.join(self.streams)}"
         subscribe = len(url) > MAX_URL_LENGTH
@@ -133,22 +137,25 @@ class _KlineConnection:
         async with websockets.connect(f"{client.ws_url}/stream" if subscribe else url,
                                       ping_interval=client.ping_interval, ping_timeout=client.ping_timeout,
                                       open_timeout=client.rest_timeout, max_queue=4096) as ws:
-            connected_at = time.monotonic()
             log.info("connected to %s: %d kline streams", client.ws_url, len(self.streams))
-            if subscribe:
-                await self._subscribe(ws)
-            # Connected first, then REST: a candle closing meanwhile is in the socket's queue, not lost.
-            await self._catch_up()
-            while (remaining := client.max_connection_age - (time.monotonic() - connected_at)) > 0:
-                try:
-                    frame = await asyncio.wait_for(ws.recv(), timeout=remaining)
-                except TimeoutError:
-                    break
-                item = parse_frame(frame)
-                if item is not None:
-                    self.backoff.reset()   # the connection works: the next drop starts the back-off afresh
-                    await self._emit(item, live=True)
-            log.info("reconnecting before the exchange's 24 h connection limit")
+            age_limit = asyncio.timeout(client.max_connection_age)
+            try:
+                async with age_limit:
+                    if subscribe:
+                        await self._subscribe(ws)
+                    # Connected first, then REST: a candle closing meanwhile waits in the socket's queue.
+                    await self._catch_up()
+                    async for frame in ws:
+                        item = parse_frame(frame)
+                        if item is not None:
+                            self.backoff.reset()   # the connection works: the next drop starts afresh
+                            await self._emit(item, live=True)
+            except TimeoutError:
+                if not age_limit.expired():
+                    raise
+                log.info("reconnecting before the exchange's 24 h connection limit")
+                return True
+        return False
 
     async def _subscribe(self, ws: ClientConnection) -> None:
         for request_id, start in enumerate(range(0, len(self.streams), STREAMS_PER_SUBSCRIBE), start=1):

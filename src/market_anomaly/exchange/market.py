@@ -320,6 +320,8 @@ class Market:
         self.interval_ms = interval_ms(source.interval)
         self.labels: list[dict] = []
         self._frames = {symbol: pd.DataFrame(columns=list(COLUMNS)) for symbol in self.symbols}
+        self._columns: dict[str, dict[str, np.ndarray]] = {symbol: {"open_time": np.empty(0, np.int64)}
+                                                           for symbol in self.symbols}
         self._price_level = {symbol: 1.0 for symbol in self.symbols}
         self._exhausted: set[str] = set()
         self._rng = np.random.default_rng([seed, 1])
@@ -329,11 +331,11 @@ class Market:
         for injection in sorted(injections, key=lambda item: item.open_time):
             self._inject(injection)
 
-    def _extend_to(self, symbol: str, open_time: int) -> pd.DataFrame:
-        """Make sure the candle opening at ``open_time`` has been produced (if the source has it)."""
-        frame = self._frames[symbol]
-        blocks = [frame] if len(frame) else []
-        last_open_time = frame["open_time"].iloc[-1] if len(frame) else -1
+    def _extend_to(self, symbol: str, open_time: int) -> dict[str, np.ndarray]:
+        """Make sure the candle opening at ``open_time`` has been produced (if the source has it); the columns."""
+        open_times = self._columns[symbol]["open_time"]
+        last_open_time = open_times[-1] if len(open_times) else -1
+        blocks = []
         while symbol not in self._exhausted and last_open_time < open_time:
             block = self.source.next_block(symbol, self.BLOCK)
             if len(block) < self.BLOCK:
@@ -342,23 +344,29 @@ class Market:
                 level = self._price_level[symbol]
                 blocks.append(block.assign(**{column: block[column] * level for column in self.PRICE_COLUMNS}))
                 last_open_time = block["open_time"].iloc[-1]
-        if len(blocks) > 1 or (blocks and not len(frame)):
-            frame = self._store(symbol, pd.concat(blocks, ignore_index=True))
-        return frame
+        if blocks:
+            existing = [self._frames[symbol]] if len(open_times) else []
+            self._store(symbol, pd.concat(existing + blocks, ignore_index=True))
+        return self._columns[symbol]
 
     def _store(self, symbol: str, frame: pd.DataFrame) -> pd.DataFrame:
         # Trade ids count every trade since the market began, as Binance's do.
         trades = frame["trades"].to_numpy()
-        self._frames[symbol] = frame.assign(first_trade_id=np.cumsum(trades) - trades)
-        return self._frames[symbol]
+        frame = frame.assign(first_trade_id=np.cumsum(trades) - trades)
+        self._frames[symbol] = frame
+        # Plain arrays too: the simulator looks candles up one by one, many times a second.
+        self._columns[symbol] = {column: frame[column].to_numpy() for column in frame.columns}
+        return frame
 
     def _inject(self, injection: Injection) -> None:
-        frame = self._extend_to(injection.symbol, injection.open_time + self.INJECTION_CONTEXT * self.interval_ms)
-        matches = np.flatnonzero(frame["open_time"].to_numpy() == injection.open_time)
+        open_times = self._extend_to(injection.symbol,
+                                     injection.open_time + self.INJECTION_CONTEXT * self.interval_ms)["open_time"]
+        matches = np.flatnonzero(open_times == injection.open_time)
         if not len(matches):
             log.warning("no %s candle opens at %d; injection %s skipped", injection.symbol, injection.open_time,
                         injection.kind)
             return
+        frame = self._frames[injection.symbol]
         start = max(0, int(matches[0]) - self.INJECTION_CONTEXT)
         before = frame.iloc[start:][list(COLUMNS)].reset_index(drop=True)
         injected, label = self._injector(before, injection.kind, int(matches[0]) - start, self._rng,
@@ -370,22 +378,23 @@ class Market:
         log.info("injected %s into %s at %s", injection.kind, injection.symbol,
                  pd.Timestamp(injection.open_time, unit="ms", tz="UTC"))
 
-    def _position(self, symbol: str, open_time: int, side: str = "left") -> tuple[pd.DataFrame, int]:
-        frame = self._extend_to(symbol, open_time)
-        return frame, int(np.searchsorted(frame["open_time"].to_numpy(), open_time, side=side))
+    def prepare(self, open_time: int) -> None:
+        """Produce every symbol's candles up to ``open_time`` now, rather than on the first requests."""
+        for symbol in self.symbols:
+            self._extend_to(symbol, open_time)
 
     def candle(self, symbol: str, open_time: int) -> dict | None:
         """The candle opening at ``open_time`` (``COLUMNS`` and ``first_trade_id``); None if there is none."""
-        frame, index = self._position(symbol, open_time)
-        if index >= len(frame) or frame["open_time"].iloc[index] != open_time:
+        columns = self._extend_to(symbol, open_time)
+        index = int(np.searchsorted(columns["open_time"], open_time))
+        if index >= len(columns["open_time"]) or columns["open_time"][index] != open_time:
             return None
-        return frame.iloc[index].to_dict()
+        return {column: values[index].item() for column, values in columns.items()}
 
     def candles(self, symbol: str, start_time: int | None, end_time: int, limit: int) -> pd.DataFrame:
         """Up to ``limit`` candles opening in ``[start_time, end_time]``, oldest first; without a
         start time, the last ``limit`` opening at or before ``end_time`` (as Binance's klines)."""
-        frame, end = self._position(symbol, end_time, side="right")
-        if start_time is None:
-            return frame.iloc[max(0, end - limit):end]
-        first = int(np.searchsorted(frame["open_time"].to_numpy(), start_time))
-        return frame.iloc[first:min(end, first + limit)]
+        open_times = self._extend_to(symbol, end_time)["open_time"]
+        end = int(np.searchsorted(open_times, end_time, side="right"))
+        first = max(0, end - limit) if start_time is None else int(np.searchsorted(open_times, start_time))
+        return self._frames[symbol].iloc[first:min(end, first + limit)]

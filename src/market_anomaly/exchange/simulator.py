@@ -100,6 +100,7 @@ class ExchangeSimulator:
 
     async def start(self, host: str = "127.0.0.1", port: int = 0) -> None:
         """Listen on ``host:port`` (0: a free port, see ``self.port``) and start the market ticking."""
+        self.market.prepare(self.clock.now() + self.market.interval_ms)
         self._runner = web.AppRunner(self.application(), access_log=None)
         await self._runner.setup()
         await web.TCPSite(self._runner, host, port).start()
@@ -212,20 +213,17 @@ class ExchangeSimulator:
 
     async def _send(self, ws: web.WebSocketResponse, subscriber: Subscriber) -> None:
         """Drain the subscriber's queue into the socket; close on the fault switches and at the age limit."""
-        deadline = time.monotonic() + self.max_connection_age
         try:
-            while True:
-                message = await asyncio.wait_for(subscriber.queue.get(), timeout=deadline - time.monotonic())
-                if message is None:
-                    break
-                await ws.send_str(message)
-                subscriber.sent += 1
-                if self.malformed_every and subscriber.sent % self.malformed_every == 0:
-                    await ws.send_str(next(self._garbage))
-                if self.drop_every and subscriber.sent >= self.drop_every:
-                    log.info("dropping a connection after %d messages (--drop-every)", subscriber.sent)
-                    break
-        except (asyncio.TimeoutError, TimeoutError):
+            async with asyncio.timeout(self.max_connection_age):
+                while (message := await subscriber.queue.get()) is not None:
+                    await ws.send_str(message)
+                    subscriber.sent += 1
+                    if self.malformed_every and subscriber.sent % self.malformed_every == 0:
+                        await ws.send_str(next(self._garbage))
+                    if self.drop_every and subscriber.sent >= self.drop_every:
+                        log.info("dropping a connection after %d messages (--drop-every)", subscriber.sent)
+                        break
+        except TimeoutError:
             log.info("closing a connection after %.0f s (the 24 h limit)", self.max_connection_age)
         except ConnectionError:
             return

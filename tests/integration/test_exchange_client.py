@@ -6,6 +6,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import re
+import signal
+import subprocess
+import sys
 import time
 from collections import defaultdict
 
@@ -262,3 +266,33 @@ def test_backoff_doubles_with_jitter_up_to_the_cap_and_resets():
         assert nominal / 2 <= delay <= nominal
     backoff.reset()
     assert backoff.next_delay() <= 0.5
+
+
+@pytest.mark.integration
+def test_exchange_command_serves_and_writes_labels(tmp_path):
+    labels_path = tmp_path / "labels.json"
+    process = subprocess.Popen(
+        [sys.executable, "-m", "market_anomaly", "exchange", "--port", "0", "--symbols", "BTCUSDT,ETHUSDT",
+         "--history", "30", "--inject", "flash_crash:ETHUSDT:20", "--inject-random", "4",
+         "--labels-out", str(labels_path)],
+        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    try:
+        line = process.stdout.readline()
+        match = re.fullmatch(r"exchange simulator listening: (ws://127\.0\.0\.1:\d+) rest (http://127\.0\.0\.1:\d+)\n",
+                             line)
+        assert match, line
+
+        async def latest_closed():
+            async with aiohttp.ClientSession() as session:
+                return await get(session, f"{match[2]}/api/v3/klines", symbol="ETHUSDT", interval="1m")
+        status, rows = asyncio.run(latest_closed())
+        assert status == 200 and len(rows) >= 30    # the history, and the live candles closed since
+        labels = json.loads(labels_path.read_text())
+        assert len(labels) == 5 and {"symbol", "kind", "open_time", "end_time"} <= set(labels[0])
+        live_start = rows[0][0] + 30 * MINUTE
+        expected = {"symbol": "ETHUSDT", "kind": "flash_crash", "open_time": live_start + 20 * MINUTE}
+        assert any(expected.items() <= label.items() for label in labels)
+        assert all(label["open_time"] >= live_start + 15 * MINUTE for label in labels)
+    finally:
+        process.send_signal(signal.SIGINT)
+        assert process.wait(timeout=20) == 0

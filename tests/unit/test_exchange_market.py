@@ -135,6 +135,9 @@ def test_random_injections_respect_warm_up_spacing_and_kinds():
     for symbol in symbols:
         times = sorted(item.open_time for item in chosen if item.symbol == symbol)
         assert all(b - a >= 10 * MINUTE for a, b in zip(times, times[1:]))
+    planned = [Injection("BTCUSDT", "price_spike", live + 20 * MINUTE)]
+    around_planned = random_injections(["BTCUSDT"], KINDS, 4, live, "1m", np.random.default_rng(3), planned=planned)
+    assert all(abs(item.open_time - planned[0].open_time) >= 10 * MINUTE for item in around_planned)
 
 
 def test_replay_reads_real_candles(shared_data):

@@ -103,7 +103,7 @@ def build_market(args: argparse.Namespace) -> tuple[Market, int]:
         from market_anomaly.detection.injection import KINDS
 
         injections += random_injections(source.symbols, KINDS, args.inject_random, live_start, args.interval,
-                                        np.random.default_rng([args.seed, 2]))
+                                        np.random.default_rng([args.seed, 2]), planned=injections)
     return Market(source, injections, seed=args.seed), live_start
 
 

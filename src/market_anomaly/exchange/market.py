@@ -263,13 +263,14 @@ class Injection:
 
 
 def random_injections(symbols: Sequence[str], kinds: Sequence[str], count: int, live_start: int, interval: str,
-                      rng: np.random.Generator, *, earliest_minute: int = 15, span_minutes: int = 60,
-                      min_gap_minutes: int = 10) -> list[Injection]:
+                      rng: np.random.Generator, *, planned: Sequence[Injection] = (), earliest_minute: int = 15,
+                      span_minutes: int = 60, min_gap_minutes: int = 10) -> list[Injection]:
     """``count`` injections spread over ``span_minutes`` starting ``earliest_minute`` after the live start
-    (so detectors are warm), kinds in turn, never closer than ``min_gap_minutes`` on one symbol."""
+    (so detectors are warm), kinds in turn, never closer than ``min_gap_minutes`` on one symbol to
+    each other or to the ``planned`` ones."""
     step = interval_ms(interval)
     # Widen the window when it cannot hold that many injections at the minimum gap.
-    span_minutes = max(span_minutes, math.ceil(count / len(symbols)) * (min_gap_minutes + 1))
+    span_minutes = max(span_minutes, math.ceil((count + len(planned)) / len(symbols)) * (min_gap_minutes + 1))
     chosen: list[Injection] = []
     kind_order = rng.permutation(len(kinds))
     while len(chosen) < count:
@@ -277,7 +278,7 @@ def random_injections(symbols: Sequence[str], kinds: Sequence[str], count: int, 
         minute = earliest_minute + int(rng.integers(0, span_minutes))
         open_time = live_start + minute * MINUTE_MS // step * step
         if all(other.symbol != symbol or abs(other.open_time - open_time) >= min_gap_minutes * MINUTE_MS
-               for other in chosen):
+               for other in [*planned, *chosen]):
             chosen.append(Injection(symbol, kinds[kind_order[len(chosen) % len(kinds)]], open_time))
     return sorted(chosen, key=lambda injection: injection.open_time)
 

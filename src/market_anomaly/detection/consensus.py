@@ -17,20 +17,28 @@ def consensus(votes_by_detector: dict[str, np.ndarray], reasons_by_detector: dic
 
     Confidence grows with the number of agreeing detectors (``params.confidence``: the
     votes each level needs). A candle is an anomaly with at least ``params.min_votes``
-    votes, or when one detector's score reaches its ``params.alone`` level (a deviation so
-    large, or for the learned model so inconsistent, that it needs no second opinion).
-    Reasons name every detector that voted, with the size of its deviation.
+    votes including every detector in ``params.required`` (big moves on big volume are
+    what busy markets do, so that pair alone is no news: the move and the learned model
+    must agree; the other detectors add confidence and reasons), or when one detector's
+    score reaches its ``params.alone`` level (a deviation so large, or so inconsistent,
+    that it needs no second opinion). Reasons name every detector that voted, with the
+    size of its deviation.
 
     >>> from market_anomaly.detection.params import ConsensusParams
-    >>> params = ConsensusParams(min_votes=2, alone={"Z-SCORE": 14.0}, confidence={"LOW": 1, "MEDIUM": 2, "HIGH": 3})
-    >>> votes = {"Z-SCORE": np.array([True, True, True, False]), "VOLUME": np.array([True, False, False, False])}
-    >>> scores = {"Z-SCORE": np.array([7.24, 6.5, -15.0, 1.0]), "VOLUME": np.array([14.0, 2.0, 1.0, 1.0])}
-    >>> reasons = {"Z-SCORE": lambda s: f"Z-SCORE {abs(s):.1f}σ", "VOLUME": lambda s: f"VOLUME {s:.0f}x"}
+    >>> params = ConsensusParams(min_votes=2, required=("MODEL",), alone={"Z-SCORE": 14.0},
+    ...                          confidence={"LOW": 1, "MEDIUM": 2, "HIGH": 3})
+    >>> votes = {"Z-SCORE": np.array([True, True, True, False, True]),
+    ...          "VOLUME": np.array([False, True, False, False, True]),
+    ...          "MODEL": np.array([True, False, False, False, True])}
+    >>> scores = {"Z-SCORE": np.array([7.24, 6.5, -15.0, 1.0, 9.0]), "VOLUME": np.array([1.0, 14.0, 1.0, 1.0, 9.0]),
+    ...           "MODEL": np.array([0.6, 0.1, 0.2, 0.0, 0.9])}
+    >>> reasons = {"Z-SCORE": lambda s: f"Z-SCORE {abs(s):.1f}σ", "VOLUME": lambda s: f"VOLUME {s:.0f}x",
+    ...            "MODEL": lambda s: f"MODEL {s:.1f}x"}
     >>> count, anomaly, confidence, why = consensus(votes, reasons, scores, params)
     >>> count.tolist(), anomaly.tolist(), confidence.tolist()
-    ([2, 1, 1, 0], [True, False, True, False], ['MEDIUM', 'LOW', 'LOW', 'NONE'])
+    ([2, 2, 1, 0, 3], [True, False, True, False, True], ['MEDIUM', 'MEDIUM', 'LOW', 'NONE', 'HIGH'])
     >>> why.tolist()
-    ['Z-SCORE 7.2σ | VOLUME 14x', 'Z-SCORE 6.5σ', 'Z-SCORE 15.0σ', '']
+    ['Z-SCORE 7.2σ | MODEL 0.6x', 'Z-SCORE 6.5σ | VOLUME 14x', 'Z-SCORE 15.0σ', '', 'Z-SCORE 9.0σ | VOLUME 9x | MODEL 0.9x']
     """
     names = list(votes_by_detector)
     matrix = np.column_stack([votes_by_detector[name] for name in names])
@@ -38,15 +46,21 @@ def consensus(votes_by_detector: dict[str, np.ndarray], reasons_by_detector: dic
     levels = np.array(("NONE",) + CONFIDENCE_LEVELS, dtype=object)
     level_index = np.searchsorted([params.confidence[level] for level in CONFIDENCE_LEVELS], count, side="right")
     reasons = np.full(len(count), "", dtype=object)
-    for row in np.flatnonzero(count):  # only the few rows with a vote pay for string formatting
-        reasons[row] = REASON_SEPARATOR.join(
-            reasons_by_detector[name](scores_by_detector[name][row]) for name in names if matrix[row, names.index(name)])
+    voted = np.flatnonzero(count)  # only the few rows with a vote pay for string formatting
+    texts = []
+    for column, name in enumerate(names):
+        describe, scores = reasons_by_detector[name], scores_by_detector[name]
+        texts.append([describe(scores[row]) if matrix[row, column] else "" for row in voted])
+    reasons[voted] = [REASON_SEPARATOR.join(filter(None, row)) for row in zip(*texts)]
+    enough = count >= params.min_votes
+    for name in params.required:
+        enough &= votes_by_detector[name]
     alone = np.zeros(len(count), dtype=bool)
     for name, level in params.alone.items():
         if name in votes_by_detector:
             with np.errstate(invalid="ignore"):
                 alone |= votes_by_detector[name] & (np.abs(scores_by_detector[name]) >= level)
-    return count, (count >= params.min_votes) | alone, levels[level_index], reasons
+    return count, enough | alone, levels[level_index], reasons
 
 
 def market_threshold(active_symbols: np.ndarray, params: MarketParams) -> np.ndarray:

@@ -81,8 +81,9 @@ class Volatility(Detector):
     """The 1-hour window's return standard deviation against the history of that same quantity.
 
     Every ``refresh`` candles the logarithm of the window's standard deviation is sampled;
-    a candle's score is the robust z-score of the current value against the last
-    ``history`` samples taken before its refresh point. Only rises vote.
+    a candle's score is the robust z-score of the current value against ``history``
+    samples taken before its refresh point (median and MAD, themselves refreshed every
+    ``refresh`` samples: the history is long, a little lag costs nothing). Only rises vote.
 
     >>> from market_anomaly.detection.params import VolatilityParams
     >>> detector = Volatility(VolatilityParams(window=3, history=4, threshold=3.0, warmup=0), refresh=2,
@@ -100,7 +101,7 @@ class Volatility(Detector):
         self.window, self.refresh, self.floor = params.window, refresh, floor_pct
         self.recent = np.empty(0)  # the last window-1 returns
         self.seen = 0
-        self.samples = RollingStats(params.history, 1, median_mad)
+        self.samples = RollingStats(params.history, refresh, median_mad)
 
     def score(self, returns_pct: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(z-score, window mean, window standard deviation) per new candle; returns in percent."""
@@ -108,8 +109,9 @@ class Volatility(Detector):
         mean, std = windows.mean(axis=1), windows.std(axis=1, ddof=1)
         log_std = np.log(np.maximum(std, self.floor))
         positions = self.seen + np.arange(len(returns_pct))
+        samples_before = positions // self.refresh
         center, sigma = self.samples.baselines_at(log_std[(positions + 1) % self.refresh == 0],
-                                                  positions // self.refresh)
+                                                  samples_before - samples_before % self.refresh)
         return (log_std - center) / np.maximum(sigma, 1e-9), mean, std
 
     def votes(self, scores: np.ndarray, positions: np.ndarray) -> np.ndarray:
@@ -174,11 +176,12 @@ class LearnedSurprise(Detector):
     ratios and from the last ``sequence`` candles (RMS and drift of z, the reversal
     ``sqrt(-z_t * z_t-1)``, mean volume ratio); the memory is those candles' z-scores and
     log volume ratios. The score is the model's distance scaled so that a typical candle
-    scores 0 and the alarm level calibrated by ``train`` scores 1; it votes at 1 or above.
+    scores 0 and the alarm level calibrated by ``train`` scores 1; it votes at ``threshold``.
 
     >>> from market_anomaly.detection.params import LearnedParams
     >>> rng = np.random.default_rng(0)
-    >>> params = LearnedParams("m.npz", sequence=3, skip_components=1, typical_score=0.0, alarm_score=1.0, warmup=0)
+    >>> params = LearnedParams("m.npz", sequence=3, skip_components=1, typical_score=0.0, alarm_score=1.0,
+    ...                        threshold=1.0, warmup=0)
     >>> detector = LearnedSurprise(params)
     >>> z, volume, range_ = rng.normal(size=3000), rng.lognormal(size=3000), rng.lognormal(size=3000)
     >>> inputs = detector.inputs(z, np.log(volume), np.log(range_))
@@ -189,10 +192,10 @@ class LearnedSurprise(Detector):
     """
 
     name = "MODEL"
-    threshold = 1.0
 
     def __init__(self, params: LearnedParams, model: MinorComponents | None = None):
-        self.params, self.model, self.warmup = params, model, params.warmup
+        self.params, self.model = params, model
+        self.threshold, self.warmup = params.threshold, params.warmup
         self.typical, self.alarm = params.typical_score, params.alarm_score
         self.recent_z = self.recent_volume = np.empty(0)
 

@@ -32,14 +32,26 @@ def median_mad(windows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     >>> median_mad(np.array([[1.0, 2.0, 3.0, 4.0, 100.0]]))
     (array([3.]), array([1.4826]))
     """
-    center = np.median(windows, axis=1)
-    return center, MAD_TO_SIGMA * np.median(np.abs(windows - center[:, None]), axis=1)
+    center = _row_median(np.array(windows))
+    return center, MAD_TO_SIGMA * _row_median(np.abs(windows - center[:, None]))
 
 
 def median_only(windows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Row-wise median (the scale is not needed: NaN)."""
-    center = np.median(windows, axis=1)
+    center = _row_median(np.array(windows))
     return center, np.full_like(center, np.nan)
+
+
+def _row_median(values: np.ndarray) -> np.ndarray:
+    """Row-wise median that reorders ``values`` in place (cheaper than ``np.median``, which copies); NaN rows -> NaN."""
+    half = values.shape[1] // 2
+    if values.shape[1] % 2:
+        values.partition(half, axis=1)
+        median = values[:, half].copy()
+    else:
+        values.partition([half - 1, half], axis=1)
+        median = (values[:, half - 1] + values[:, half]) / 2
+    return np.where(np.isnan(values[:, -1]), np.nan, median)  # partitioning puts NaN last
 
 
 def root_mean_square(windows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -36,8 +36,8 @@ DEFAULTS: dict = {
     "volume": {"window": 60, "threshold": 8.0, "warmup": 60},
     "range": {"window": 60, "floor_pct": 0.0001},
     "learned": {"file": "model_params.model.npz", "sequence": 5, "skip_components": 1, "typical_score": 0.0,
-                "alarm_score": 40.0, "warmup": 240},
-    "consensus": {"min_votes": 3, "alone": {"MODEL": 1.0, "Z-SCORE": 14.0},
+                "alarm_score": 40.0, "threshold": 0.5, "warmup": 240},
+    "consensus": {"min_votes": 2, "required": ["Z-SCORE", "MODEL"], "alone": {"MODEL": 0.8, "Z-SCORE": 14.0},
                   "confidence": {"LOW": 1, "MEDIUM": 2, "HIGH": 3}},
     "market": {"min_symbols": 3, "min_fraction": 0.3},
 }
@@ -86,14 +86,16 @@ class LearnedParams:
     file: str
     sequence: int         # candles in the "recent" inputs (run of moves, reversal, sustained volume)
     skip_components: int  # leading principal components (overall activity) the distance ignores
-    typical_score: float  # median distance of the training candles
-    alarm_score: float    # the model votes at or above this distance
+    typical_score: float  # median distance of the training candles: score 0
+    alarm_score: float    # distance at the training alarm quantile: score 1
+    threshold: float      # the model votes at or above this score
     warmup: int
 
 
 @dataclass(frozen=True)
 class ConsensusParams:
     min_votes: int
+    required: tuple[str, ...]          # detectors that must all be among the votes (empty: any votes count)
     alone: typing.Mapping[str, float]  # detector -> score at which it flags an anomaly on its own
     confidence: typing.Mapping[str, int]  # level -> votes needed
 
@@ -126,6 +128,8 @@ class ModelParams:
         def plain(value):
             if hasattr(value, "__dataclass_fields__"):
                 return {f.name: plain(getattr(value, f.name)) for f in fields(value)}
+            if isinstance(value, tuple):
+                return list(value)
             return dict(value) if isinstance(value, types.MappingProxyType) else value
         return {name: value for name, value in plain(self).items() if name != "model"}
 
@@ -148,10 +152,11 @@ def params_from_dict(raw: dict, path: Path | str = "<dict>", model: MinorCompone
                                   f"vote counts >= 1, got {dict(levels)}")
     if params.learned.alarm_score <= params.learned.typical_score:
         raise InvalidParams(path, "learned.alarm_score must be above learned.typical_score")
-    unknown = sorted(set(params.consensus.alone) - set(DETECTOR_NAMES))
+    unknown = sorted((set(params.consensus.alone) | set(params.consensus.required)) - set(DETECTOR_NAMES))
     if unknown or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in params.consensus.alone.values()):
-        raise InvalidParams(path, f"consensus.alone maps detector names ({', '.join(DETECTOR_NAMES)}) to scores, "
-                                  f"got {dict(params.consensus.alone)}")
+        raise InvalidParams(path, f"consensus.alone maps detector names ({', '.join(DETECTOR_NAMES)}) to scores "
+                                  f"and consensus.required lists some of them; got {dict(params.consensus.alone)}, "
+                                  f"{list(params.consensus.required)}")
     if not 0 <= params.market.min_fraction <= 1:
         raise InvalidParams(path, "market.min_fraction must be between 0 and 1")
     return _with_model(params, model)
@@ -260,6 +265,10 @@ def _build(cls, raw, path, where: str, skip: tuple[str, ...] = ()):
             if not isinstance(value, str) or not value:
                 raise InvalidParams(path, f"{key} must be a non-empty string, got {value!r}")
             values[name] = value
+        elif typing.get_origin(kind) is tuple:
+            if not isinstance(value, list) or not all(isinstance(item, str) for item in value):
+                raise InvalidParams(path, f"{key} must be a list of names, got {value!r}")
+            values[name] = tuple(value)
         else:  # a mapping
             if not isinstance(value, dict):
                 raise InvalidParams(path, f"{key} must be a JSON object, got {value!r}")

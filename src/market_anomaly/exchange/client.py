@@ -13,7 +13,6 @@ import asyncio
 import json
 import logging
 import random
-import time
 from typing import AsyncIterator
 
 import aiohttp
@@ -172,6 +171,7 @@ class _KlineConnection:
         if server_time is None:
             return
         step = self.client.interval_ms
+        counts = {}
         for symbol in self.symbols:
             if seed:
                 start = server_time // step * step - seed * step
@@ -179,9 +179,11 @@ class _KlineConnection:
                 start = self.last_open_time[symbol] + step
             else:
                 continue
-            count = await self._backfill(symbol, start, server_time)
-            log.info("%s %s: %d closed candles from REST since %s", "seeded" if seed else "backfilled", symbol,
-                     count, time.strftime("%H:%M:%S", time.gmtime(start / 1000)))
+            counts[symbol] = await self._backfill(symbol, start, server_time)
+        log.info("%s %d closed candles from REST for %d symbols (%s)", "seeded" if seed else "backfilled",
+                 sum(counts.values()), len(counts),
+                 ", ".join(f"{symbol} {count}" for symbol, count in list(counts.items())[:8])
+                 + (", ..." if len(counts) > 8 else ""))
         self.seeded = True
 
     async def _emit(self, item: Candle | Rejected, live: bool = False) -> None:

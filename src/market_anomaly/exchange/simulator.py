@@ -156,18 +156,21 @@ class ExchangeSimulator:
         for subscriber in list(self.subscribers):
             for stream in sorted(subscriber.streams):
                 message = text(stream, subscriber.combined)
-                if message is not None:
-                    self._enqueue(subscriber, message)
+                if message is not None and not self._enqueue(subscriber, message):
+                    break
 
-    def _enqueue(self, subscriber: Subscriber, message: str) -> None:
+    def _enqueue(self, subscriber: Subscriber, message: str) -> bool:
+        """Queue a message for one connection; False if it is too far behind and is being disconnected."""
         try:
             subscriber.queue.put_nowait(message)
+            return True
         except asyncio.QueueFull:
             log.warning("a client is %d messages behind; disconnecting it", MAX_QUEUED_MESSAGES)
             self.subscribers.discard(subscriber)
             while not subscriber.queue.empty():
                 subscriber.queue.get_nowait()
             subscriber.queue.put_nowait(None)   # tells its sender to close
+            return False
 
     # -- WebSocket ---------------------------------------------------------------------------------
 

@@ -117,7 +117,7 @@ def test_symbols_have_separate_cooldowns_and_min_confidence_filters(receiver, ma
     sink.close()
 
 
-def test_a_receiver_that_fails_twice_gets_the_alert_on_the_third_attempt(make_decision, caplog):
+def test_a_receiver_that_fails_twice_gets_the_alert_on_the_third_attempt(make_decision):
     flaky = Receiver(failures=2)
     sink = sink_for(flaky.url, attempts=3)
     sink.write(pd.DataFrame([make_decision("BTCUSDT", 0, 1.0, True, "HIGH", "Z-SCORE 8σ")]))

@@ -30,7 +30,8 @@ def read_candles(path: Path | str) -> pd.DataFrame:
     """The file's candles with ``symbol`` and ``open_time`` (int64 ms), rows in file order."""
     path = Path(path)
     try:
-        frame = pd.read_parquet(path) if path.suffix.lower() in (".parquet", ".pq") else pd.read_csv(path)
+        frame = (pd.read_parquet(path) if path.suffix.lower() in (".parquet", ".pq")
+                 else pd.read_csv(path, engine="pyarrow"))
     except (OSError, ValueError) as error:
         raise CandleFileError(f"{path}: cannot read it ({error})") from None
     missing = [name for name in PRICE_COLUMNS if name not in frame.columns]

@@ -22,7 +22,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from market_anomaly.detection.injection import KINDS, inject_random, injection_slots
+from market_anomaly.detection.injection import KINDS, MAGNITUDE_RANGES, inject_random, injection_slots
 from market_anomaly.detection.training import score_series, train
 
 DETECTION_WINDOW_MIN = 5
@@ -106,8 +106,11 @@ def _report(outcomes: list[dict], false_alarms: dict, params, train_fraction: fl
         for kind in KINDS + ("all",):
             rows = frame if kind == "all" else frame[frame["kind"] == kind]
             detected = rows[column].notna()
-            table[kind] = {"events": int(len(rows)), "recall": round(float(detected.mean()), 4) if len(rows) else None,
+            table[kind] = {"events": int(len(rows)), "recall": _share(detected),
                            "median_delay_min": float(rows[column].median()) if detected.any() else None}
+            if kind in MAGNITUDE_RANGES:  # weak events (lower half of the range) vs strong ones
+                strong = rows["magnitude"] >= np.mean(MAGNITUDE_RANGES[kind])
+                table[kind].update(recall_weaker_half=_share(detected[~strong]), recall_stronger_half=_share(detected[strong]))
         return table
 
     return {
@@ -130,17 +133,25 @@ def _report(outcomes: list[dict], false_alarms: dict, params, train_fraction: fl
 def format_report(report: dict) -> str:
     """The report as a readable table."""
     lines = [report["protocol"], "",
-             f"{'kind':<18}{'events':>7}  {'recall':>7}  {'delay(min)':>10}   {'baseline':>8}  {'delay(min)':>10}"]
+             f"{'kind':<18}{'events':>7}  {'recall':>7}  {'weak/strong half':>16}  {'delay(min)':>10}   "
+             f"{'baseline':>8}  {'delay(min)':>10}"]
     for kind, ours in report["recall"].items():
         theirs = report["baseline_recall"][kind]
-        lines.append(f"{kind:<18}{ours['events']:>7}  {_fmt(ours['recall']):>7}  {_fmt(ours['median_delay_min']):>10}"
-                     f"   {_fmt(theirs['recall']):>8}  {_fmt(theirs['median_delay_min']):>10}")
+        halves = (f"{_fmt(ours['recall_weaker_half'])}/{_fmt(ours['recall_stronger_half'])}"
+                  if "recall_weaker_half" in ours else "")
+        lines.append(f"{kind:<18}{ours['events']:>7}  {_fmt(ours['recall']):>7}  {halves:>16}  "
+                     f"{_fmt(ours['median_delay_min']):>10}   {_fmt(theirs['recall']):>8}  "
+                     f"{_fmt(theirs['median_delay_min']):>10}")
     lines += ["", f"{'series':<28}{'held-out days':>14}{'episodes':>10}{'baseline':>10}"]
     for key, entry in report["false_alarms"].items():
         lines.append(f"{key:<28}{entry['held_out_days']:>14}{entry['episodes']:>10}{entry['baseline_episodes']:>10}")
     lines.append(f"false-alarm episodes per symbol-day: {report['false_alarm_episodes_per_symbol_day']} "
                  f"(baseline {report['baseline_false_alarm_episodes_per_symbol_day']})")
     return "\n".join(lines)
+
+
+def _share(flags: pd.Series) -> float | None:
+    return round(float(flags.mean()), 4) if len(flags) else None
 
 
 def _fmt(value) -> str:

@@ -83,7 +83,9 @@ def test_a_failing_sink_is_logged_and_counted_and_the_others_still_run(caplog):
         sinks.close()
     assert out.getvalue().count("BTCUSDT") == 2
     assert sinks.failures == {"broken": 4, "console": 0}
-    assert "sink broken: writing 1 decision(s) failed (2 failure(s) so far); the stream continues" in caplog.text
+    assert ("sink broken: writing 1 decision(s) failed: receiver gone (2 failure(s) so far); the stream continues"
+            in caplog.text)
+    assert [bool(record.exc_info) for record in caplog.records] == [True, False, False, False]
 
 
 def test_records_are_plain_python_with_nan_as_none():

@@ -94,10 +94,11 @@ class Sinks:
     def _guarded(self, sink, action: str, call) -> None:
         try:
             call()
-        except Exception:
+        except Exception as error:
             self.failures[sink.name] += 1
-            log.exception("sink %s: %s failed (%d failure(s) so far); the stream continues",
-                          sink.name, action, self.failures[sink.name])
+            # The traceback once; a sink that stays down (say, Kafka) then costs one line per batch.
+            log.error("sink %s: %s failed: %s (%d failure(s) so far); the stream continues",
+                      sink.name, action, error, self.failures[sink.name], exc_info=self.failures[sink.name] == 1)
 
     def write(self, decisions: pd.DataFrame) -> None:
         for sink in self.sinks:

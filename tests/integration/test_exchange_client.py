@@ -296,3 +296,20 @@ def test_exchange_command_serves_and_writes_labels(tmp_path):
     finally:
         process.send_signal(signal.SIGINT)
         assert process.wait(timeout=20) == 0
+
+
+@pytest.mark.integration
+def test_stream_closes_while_a_read_is_pending_and_surfaces_fatal_errors():
+    async def scenario():
+        async with simulator(speed=60.0) as sim:
+            stream = BinanceKlineClient(sim.ws_url, sim.rest_url, ["BTCUSDT"], "1m").candles()
+            pending = asyncio.ensure_future(anext(stream))
+            await asyncio.sleep(0.3)
+            pending.cancel()
+            await stream.aclose()    # what the producer does on SIGTERM; an async generator refuses it
+            with pytest.raises(StopAsyncIteration):
+                await anext(stream)
+        broken = BinanceKlineClient("nowhere", "http://127.0.0.1:9", ["BTCUSDT"], "1m").candles()
+        with pytest.raises(websockets.InvalidURI):
+            await asyncio.wait_for(anext(broken), 10)
+    asyncio.run(scenario())

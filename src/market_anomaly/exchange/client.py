@@ -10,11 +10,10 @@ candle it yielded. Frames that are not valid klines come out as ``Rejected``.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import random
-from typing import AsyncIterator
-
 import aiohttp
 import websockets
 from websockets.asyncio.client import ClientConnection
@@ -74,24 +73,64 @@ class BinanceKlineClient:
         self.rest_attempts = rest_attempts
         self.rest_timeout = rest_timeout
 
-    async def candles(self) -> AsyncIterator[Candle | Rejected]:
-        """Closed candles (and rejected frames) as they come, until the generator is closed."""
-        queue: asyncio.Queue = asyncio.Queue(maxsize=10_000)
-        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=self.rest_timeout)) as session:
-            groups = [self.symbols[i:i + self.streams_per_connection]
-                      for i in range(0, len(self.symbols), self.streams_per_connection)]
-            connections = [asyncio.create_task(_KlineConnection(self, group, session, queue).run_forever())
-                           for group in groups]
-            try:
-                while True:
-                    item = await queue.get()
-                    if isinstance(item, BaseException):
-                        raise item
-                    yield item
-            finally:
-                for task in connections:
-                    task.cancel()
-                await asyncio.gather(*connections, return_exceptions=True)
+    def candles(self) -> CandleStream:
+        """Closed candles (and rejected frames) as they come: ``anext()`` them, ``aclose()`` when done."""
+        return CandleStream(self)
+
+
+class CandleStream:
+    """The async iterator ``candles()`` returns; the connections start on the first ``anext()``.
+
+    A class rather than an async generator: ``aclose()`` must work even while an ``anext()``
+    is still pending (a consumer that stops on a signal cancels that call and closes at once,
+    which an async generator refuses with "already running").
+    """
+
+    _CLOSED = object()
+
+    def __init__(self, client: BinanceKlineClient):
+        self._client = client
+        self._queue: asyncio.Queue = asyncio.Queue(maxsize=10_000)
+        self._session: aiohttp.ClientSession | None = None
+        self._connections: list[asyncio.Task] = []
+        self._closed = False
+
+    def __aiter__(self) -> CandleStream:
+        return self
+
+    async def __anext__(self) -> Candle | Rejected:
+        if self._closed:
+            raise StopAsyncIteration
+        if self._session is None:
+            self._start()
+        item = await self._queue.get()
+        if item is self._CLOSED:
+            raise StopAsyncIteration
+        if isinstance(item, BaseException):
+            await self.aclose()
+            raise item
+        return item
+
+    def _start(self) -> None:
+        client = self._client
+        self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=client.rest_timeout))
+        groups = [client.symbols[i:i + client.streams_per_connection]
+                  for i in range(0, len(client.symbols), client.streams_per_connection)]
+        self._connections = [asyncio.create_task(_KlineConnection(client, group, self._session, self._queue)
+                                                 .run_forever()) for group in groups]
+
+    async def aclose(self) -> None:
+        """Stop every connection and release the HTTP session; a pending ``anext()`` ends the iteration."""
+        if self._closed:
+            return
+        self._closed = True
+        for task in self._connections:
+            task.cancel()
+        await asyncio.gather(*self._connections, return_exceptions=True)
+        if self._session is not None:
+            await self._session.close()
+        with contextlib.suppress(asyncio.QueueFull):   # a full queue has no waiting anext() to wake
+            self._queue.put_nowait(self._CLOSED)
 
 
 class _KlineConnection:

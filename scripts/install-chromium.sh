@@ -14,5 +14,5 @@ if [ ! -x "$CHROMIUM" ]; then
     "${SUDO[@]}" apt-get install -y -q --no-install-recommends chromium >&2 \
         || { "${SUDO[@]}" apt-get update -q >&2 && "${SUDO[@]}" apt-get install -y -q --no-install-recommends chromium >&2; }
 fi
-"$CHROMIUM" --version >&2
+[ -x "$CHROMIUM" ] || { echo "chromium is still missing after the install" >&2; exit 1; }
 echo "$CHROMIUM"

@@ -1,6 +1,6 @@
 """Where the simulator's candles come from: a synthetic market, a CSV replay, and labelled injected anomalies.
 
-Two sources with one interface (``first_open_time``, ``next_block``): ``SyntheticSource``
+Two sources with one interface (``next_block``): ``SyntheticSource``
 generates realistic candles (GARCH(1,1) volatility clustering with Student-t innovations,
 intraday seasonality, volume that rises with volatility and with the size of the move,
 taker-buy share leaning with the move), ``ReplaySource`` plays real candle files back.
@@ -103,9 +103,6 @@ class CandleSource(Protocol):
     symbols: tuple[str, ...]
     interval: str
 
-    def first_open_time(self, symbol: str) -> int | None:
-        """Open time of the first candle the source produces for the symbol (None: it has none)."""
-
     def next_block(self, symbol: str, count: int) -> pd.DataFrame:
         """The next ``count`` candles (``COLUMNS``) after the previous block; fewer when the source runs out."""
 
@@ -134,7 +131,6 @@ class SyntheticSource:
         self.symbols = tuple(symbols)
         self.interval = interval
         self._interval_ms = interval_ms(interval)
-        self._first_open_time = first_open_time
         self._state: dict[str, _PathState] = {}
         for symbol in self.symbols:
             profile = profile_for(symbol)
@@ -147,9 +143,6 @@ class SyntheticSource:
 
     def _target_variance(self, profile: SymbolProfile) -> float:
         return profile.volatility ** 2 * self._interval_ms / MINUTE_MS
-
-    def first_open_time(self, symbol: str) -> int | None:
-        return self._first_open_time
 
     def next_block(self, symbol: str, count: int) -> pd.DataFrame:
         state = self._state[symbol]
@@ -237,10 +230,6 @@ class ReplaySource:
             self._frames[symbol] = frame[list(COLUMNS)]
             self._positions[symbol] = 0
         self.symbols = tuple(self._frames)
-
-    def first_open_time(self, symbol: str) -> int | None:
-        frame = self._frames[symbol]
-        return int(frame["open_time"].iloc[0]) if len(frame) else None
 
     def live_start(self, history: int) -> int:
         """The first open time at which every symbol has ``history`` candles before it (if it has that many)."""

@@ -313,3 +313,23 @@ def test_stream_closes_while_a_read_is_pending_and_surfaces_fatal_errors():
         with pytest.raises(websockets.InvalidURI):
             await asyncio.wait_for(anext(broken), 10)
     asyncio.run(scenario())
+
+
+@pytest.mark.integration
+def test_client_fills_a_candle_the_stream_skipped_from_rest_without_reconnecting():
+    async def scenario():
+        async with simulator(speed=600.0) as sim:
+            publish = sim._publish
+
+            def skip_every_fifth_close(open_time, fraction, final):
+                if not (final and open_time // MINUTE % 5 == 0):
+                    publish(open_time, fraction, final)
+            sim._publish = skip_every_fifth_close
+            client = BinanceKlineClient(sim.ws_url, sim.rest_url, SYMBOLS[:2], "1m")
+            return sim, await collect(client, 3.0)
+    sim, items = asyncio.run(scenario())
+    assert sim.connections_served == 1
+    for series in by_symbol(items).values():
+        assert_contiguous(series)
+        filled = [candle for candle in series if candle.source == "rest"]
+        assert len(filled) >= 3 and all(candle.open_time // MINUTE % 5 == 0 for candle in filled)

@@ -54,11 +54,11 @@ class ReturnZScore(Detector):
 
     name = "Z-SCORE"
 
-    def __init__(self, params: ReturnZScoreParams, refresh: int):
+    def __init__(self, params: ReturnZScoreParams, refresh: int, guard: int = 0):
         self.threshold, self.warmup = params.threshold, params.warmup
         self.min_sigma = params.min_sigma_pct / 100
-        self.stats = RollingStats(params.window, refresh, median_mad)
-        self.recent = RollingStats(params.recent_window, refresh, root_mean_square)
+        self.stats = RollingStats(params.window, refresh, median_mad, guard)
+        self.recent = RollingStats(params.recent_window, refresh, root_mean_square, guard)
 
     def score(self, log_returns: np.ndarray) -> np.ndarray:
         center, sigma = self.stats.baselines(log_returns)
@@ -148,9 +148,9 @@ class VolumeSpike(Detector):
 
     name = "VOLUME"
 
-    def __init__(self, params: VolumeParams, refresh: int):
+    def __init__(self, params: VolumeParams, refresh: int, guard: int = 0):
         self.threshold, self.warmup = params.threshold, params.warmup
-        self.stats = RollingStats(params.window, refresh, median_only)
+        self.stats = RollingStats(params.window, refresh, median_only, guard)
 
     def score(self, volumes: np.ndarray) -> np.ndarray:
         median, _ = self.stats.baselines(volumes)

@@ -62,11 +62,11 @@ class DetectionEngine:
         candles = new_candles(candles, int(last_open_time))
         if candles.empty:
             return empty_decisions(), state if state else pack({})
-        zscore_detector = ReturnZScore(params.return_zscore, params.refresh)
+        zscore_detector = ReturnZScore(params.return_zscore, params.refresh, params.guard)
         volatility_detector = Volatility(params.volatility, params.refresh, params.return_zscore.min_sigma_pct)
-        volume_detector = VolumeSpike(params.volume, params.refresh)
+        volume_detector = VolumeSpike(params.volume, params.refresh, params.guard)
         learned = LearnedSurprise(params.learned, params.model)
-        range_level = RollingStats(params.range.window, params.refresh, median_only)
+        range_level = RollingStats(params.range.window, params.refresh, median_only, params.guard)
         detectors = (zscore_detector, volatility_detector, volume_detector, learned)
         for detector in detectors:
             detector.restore(memory)

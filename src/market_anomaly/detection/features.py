@@ -67,8 +67,9 @@ class RollingStats:
     """A statistic of the last ``window`` values, refreshed every ``refresh`` values; state is a short tail.
 
     ``baselines(values)`` gives, for each new value, the statistic over the ``window``
-    values before its refresh point (NaN until ``window`` values are known); ``learn(values)``
-    then appends them.
+    values ending ``guard`` values before its refresh point (NaN until they are known);
+    ``learn(values)`` then appends them. The guard band (as in radar CFAR detectors) keeps
+    an event's first minutes out of its own baseline, so they cannot mask each other.
 
     >>> stats = RollingStats(window=3, refresh=2, statistic=median_mad)
     >>> center, scale = stats.baselines(np.array([1.0, 2.0, 3.0, 10.0, 20.0, 30.0]))
@@ -79,14 +80,14 @@ class RollingStats:
     [nan, 3.0, 3.0]
     """
 
-    def __init__(self, window: int, refresh: int, statistic: Statistic):
-        self.window, self.refresh, self.statistic = window, refresh, statistic
+    def __init__(self, window: int, refresh: int, statistic: Statistic, guard: int = 0):
+        self.window, self.refresh, self.statistic, self.guard = window, refresh, statistic, guard
         self.tail = np.empty(0)
         self.seen = 0
 
     def baselines(self, values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         positions = self.seen + np.arange(len(values))
-        return self.baselines_at(values, positions - positions % self.refresh)
+        return self.baselines_at(values, positions - positions % self.refresh - self.guard)
 
     def baselines_at(self, values: np.ndarray, refresh_points: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """The statistic over the ``window`` values before each of ``refresh_points`` (absolute positions).
@@ -105,7 +106,7 @@ class RollingStats:
         return center[inverse], scale[inverse]
 
     def learn(self, values: np.ndarray) -> None:
-        self.tail = np.concatenate([self.tail, values])[-(self.window + self.refresh):]
+        self.tail = np.concatenate([self.tail, values])[-(self.window + self.refresh + self.guard):]
         self.seen += len(values)
 
     def state(self, prefix: str) -> dict[str, np.ndarray]:

@@ -31,13 +31,14 @@ DEFAULTS: dict = {
     "trained_on": {},
     "interval_ms": 60_000,
     "refresh": 5,
+    "guard": 2,
     "return_zscore": {"window": 240, "recent_window": 30, "threshold": 6.0, "min_sigma_pct": 0.002, "warmup": 240},
     "volatility": {"window": 60, "history": 288, "threshold": 3.0, "warmup": 360},
     "volume": {"window": 60, "threshold": 8.0, "warmup": 60},
     "range": {"window": 60, "floor_pct": 0.0001},
     "learned": {"file": "model_params.model.npz", "sequence": 5, "skip_components": 1, "typical_score": 0.0,
                 "alarm_score": 40.0, "threshold": 0.5, "warmup": 240},
-    "consensus": {"min_votes": 2, "required": ["Z-SCORE", "MODEL"], "alone": {"MODEL": 0.8, "Z-SCORE": 14.0},
+    "consensus": {"min_votes": 2, "required": ["Z-SCORE", "MODEL"], "alone": {"MODEL": 0.9, "Z-SCORE": 14.0},
                   "confidence": {"LOW": 1, "MEDIUM": 2, "HIGH": 3}},
     "market": {"min_symbols": 3, "min_fraction": 0.3},
 }
@@ -113,7 +114,8 @@ class ModelParams:
     version: int
     trained_on: typing.Mapping[str, object]
     interval_ms: int
-    refresh: int
+    refresh: int  # rolling baselines are recomputed every this many candles
+    guard: int    # and end this many candles before their refresh point (an event cannot mask itself)
     return_zscore: ReturnZScoreParams
     volatility: VolatilityParams
     volume: VolumeParams

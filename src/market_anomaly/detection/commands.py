@@ -24,11 +24,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description="Fit the learned model (minor principal components of normal activity) on historical "
                     "candles and calibrate its alarm level; write the parameter file plus the model file "
                     "next to it. Thresholds and windows come from --base (default: the built-in defaults).")
-    train.add_argument("--input", nargs="+", required=True, type=Path, metavar="FILE", help=INPUT_HELP)
+    add_history_arguments(train, base_help="existing parameter file whose thresholds and windows to keep")
     train.add_argument("--output", type=Path, default=Path("model_params.json"),
                        help="parameter file to write; the model file goes next to it (default: %(default)s)")
-    train.add_argument("--base", type=Path, default=None,
-                       help="existing parameter file whose thresholds and windows to keep (default: built-in)")
     train.add_argument("--alarm-quantile", type=float, default=None,
                        help="share of training candles the learned model may flag alone (default: 0.999)")
     train.set_defaults(handler=run_train)
@@ -53,15 +51,20 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                     "score, and report recall within 5 minutes per kind, median delay, and false-alarm "
                     "episodes per symbol-day on the untouched candles; the same for a naive rolling 60-minute "
                     "z-score (threshold 3 on return and volume).")
-    evaluate.add_argument("--input", nargs="+", required=True, type=Path, metavar="FILE", help=INPUT_HELP)
+    add_history_arguments(evaluate, base_help="parameter file whose thresholds to evaluate")
     evaluate.add_argument("--injections", type=int, default=200, help="events to inject (default: %(default)s)")
     evaluate.add_argument("--seed", type=int, default=0, help="random seed for injections (default: %(default)s)")
     evaluate.add_argument("--train-fraction", type=float, default=0.5,
                           help="leading share of each series used for training (default: %(default)s)")
-    evaluate.add_argument("--base", type=Path, default=None,
-                          help="parameter file whose thresholds to evaluate (default: built-in defaults)")
     evaluate.add_argument("--json", type=Path, default=None, metavar="FILE", help="also write the report as JSON")
     evaluate.set_defaults(handler=run_evaluate)
+
+
+def add_history_arguments(parser: argparse.ArgumentParser, base_help: str) -> None:
+    """--input FILES and --base PARAMS, shared by the commands that train."""
+    parser.add_argument("--input", nargs="+", required=True, type=Path, metavar="FILE", help=INPUT_HELP)
+    parser.add_argument("--base", type=Path, default=None, metavar="PARAMS",
+                        help=f"{base_help} (its model file is not needed; default: built-in defaults)")
 
 
 def run_train(args: argparse.Namespace) -> int:

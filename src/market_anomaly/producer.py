@@ -114,7 +114,9 @@ async def pump(client, producer: CandleProducer, max_candles: int | None, stop: 
             stopped = asyncio.ensure_future(stop.wait())
             done, _ = await asyncio.wait({next_item, stopped}, return_when=asyncio.FIRST_COMPLETED)
             if next_item not in done:
+                # Let the pending read unwind before closing the stream under it.
                 next_item.cancel()
+                await asyncio.gather(next_item, return_exceptions=True)
                 break
             stopped.cancel()
             try:

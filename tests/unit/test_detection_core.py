@@ -13,7 +13,7 @@ import pytest
 from market_anomaly.detection import (DECISION_SCHEMA, DetectionEngine, InvalidParams, ParamsWatcher, load_params,
                                       mark_market_events)
 from market_anomaly.detection.detectors import ReturnZScore, Volatility, VolumeSpike
-from market_anomaly.detection.features import RollingStats, candle_features, median_mad
+from market_anomaly.detection.features import RollingStats, candle_features, median_iqr
 from market_anomaly.detection.params import DEFAULTS, params_from_dict
 from market_anomaly.detection.state import unpack
 from market_anomaly.detection.training import train, write_params
@@ -78,14 +78,14 @@ def test_candle_features_on_a_hand_computed_example():
 
 def test_rolling_stats_use_only_values_before_the_refresh_point_and_survive_chunking():
     values = np.array([1.0, 2.0, 3.0, 4.0, 100.0, 6.0, 7.0, 8.0])
-    whole = RollingStats(window=4, refresh=2, statistic=median_mad)
+    whole = RollingStats(window=4, refresh=2, statistic=median_iqr)
     center, scale = whole.baselines(values)
-    # value 5 (position 4) and 6 use positions 0-3: median 2.5, MAD 1.0
+    # value 5 (position 4) and 6 use positions 0-3 = [1, 2, 3, 4]: median 2.5, quartiles 2 and 4
     assert np.isnan(center[:4]).all()
-    assert center[4] == center[5] == 2.5 and scale[4] == pytest.approx(1.4826)
-    # positions 6 and 7 use positions 2-5: [3, 4, 100, 6] -> median 5, MAD median(|-2|,|-1|,95,1) = 1.5
-    assert center[6] == 5.0 and scale[6] == pytest.approx(1.5 * 1.4826)
-    chunked = RollingStats(window=4, refresh=2, statistic=median_mad)
+    assert center[4] == center[5] == 2.5 and scale[4] == pytest.approx(2 / 1.349)
+    # positions 6 and 7 use positions 2-5 = [3, 4, 100, 6]: median 5, quartiles 4 and 100
+    assert center[6] == 5.0 and scale[6] == pytest.approx(96 / 1.349)
+    chunked = RollingStats(window=4, refresh=2, statistic=median_iqr)
     parts = []
     for piece in (values[:3], values[3:4], values[4:]):
         parts.append(chunked.baselines(piece)[0])

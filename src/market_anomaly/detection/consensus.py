@@ -80,17 +80,19 @@ def mark_market_events(decisions: pd.DataFrame, params) -> pd.DataFrame:
     decision are anomalous, their rows get ``market_event = True`` and the reason
     ``MARKET n/N``. Returns a copy; works on one micro-batch or a whole offline file.
     """
-    marked = decisions.copy()
+    marked = decisions.copy(deep=False)  # columns are replaced below, never written into
     if marked.empty:
         return marked
-    minute = marked.groupby("open_time")
-    active = minute["symbol"].transform("nunique").to_numpy()
-    anomalous = minute["is_anomaly"].transform("sum").to_numpy()
-    event = marked["is_anomaly"].to_numpy(bool) & (anomalous >= market_threshold(active, params.market))
+    # One decision per symbol and minute (the engine drops duplicates), so rows per minute = active symbols.
+    _, minute, active = np.unique(marked["open_time"].to_numpy(np.int64), return_inverse=True, return_counts=True)
+    flagged = marked["is_anomaly"].to_numpy(bool)
+    anomalous = np.bincount(minute, weights=flagged).astype(np.int64)
+    event = flagged & (anomalous[minute] >= market_threshold(active, params.market)[minute])
     marked["market_event"] = marked["market_event"].to_numpy(bool) | event
+    reasons = marked["reasons"].to_numpy(object).copy()
     for row in np.flatnonzero(event):
-        tag = f"MARKET {anomalous[row]}/{active[row]}"
-        current = marked["reasons"].iat[row]
-        if tag not in current:
-            marked.iat[row, marked.columns.get_loc("reasons")] = current + REASON_SEPARATOR + tag if current else tag
+        tag = f"MARKET {anomalous[minute[row]]}/{active[minute[row]]}"
+        if tag not in reasons[row]:
+            reasons[row] = reasons[row] + REASON_SEPARATOR + tag if reasons[row] else tag
+    marked["reasons"] = reasons
     return marked

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from market_anomaly.detection.features import (RollingStats, median_mad, median_only, root_mean_square,
+from market_anomaly.detection.features import (RollingStats, median_iqr, median_only, root_mean_square,
                                                 trailing_windows)
 from market_anomaly.detection.learned import MinorComponents, model_inputs
 from market_anomaly.detection.params import LearnedParams, ReturnZScoreParams, VolatilityParams, VolumeParams
@@ -37,7 +37,7 @@ class ReturnZScore(Detector):
     """Robust, adaptive z-score of the 1-minute log return.
 
     Center: the median of the last ``window`` returns. Scale: the larger of their
-    MAD-based sigma and the root mean square of the last ``recent_window`` returns, so a
+    IQR-based sigma and the root mean square of the last ``recent_window`` returns, so a
     market that has just turned busy judges its next move against the busy level. Both
     are refreshed every ``refresh`` candles and ignore the outliers they are meant to find.
 
@@ -57,7 +57,7 @@ class ReturnZScore(Detector):
     def __init__(self, params: ReturnZScoreParams, refresh: int, guard: int = 0):
         self.threshold, self.warmup = params.threshold, params.warmup
         self.min_sigma = params.min_sigma_pct / 100
-        self.stats = RollingStats(params.window, refresh, median_mad, guard)
+        self.stats = RollingStats(params.window, refresh, median_iqr, guard)
         self.recent = RollingStats(params.recent_window, refresh, root_mean_square, guard)
 
     def score(self, log_returns: np.ndarray) -> np.ndarray:
@@ -82,7 +82,7 @@ class Volatility(Detector):
 
     Every ``refresh`` candles the logarithm of the window's standard deviation is sampled;
     a candle's score is the robust z-score of the current value against ``history``
-    samples taken before its refresh point (median and MAD, themselves refreshed every
+    samples taken before its refresh point (median and IQR, themselves refreshed every
     ``refresh`` samples: the history is long, a little lag costs nothing). Only rises vote.
 
     >>> from market_anomaly.detection.params import VolatilityParams
@@ -101,7 +101,7 @@ class Volatility(Detector):
         self.window, self.refresh, self.floor = params.window, refresh, floor_pct
         self.recent = np.empty(0)  # the last window-1 returns
         self.seen = 0
-        self.samples = RollingStats(params.history, refresh, median_mad)
+        self.samples = RollingStats(params.history, refresh, median_iqr)
 
     def score(self, returns_pct: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(z-score, window mean, window standard deviation) per new candle; returns in percent."""

@@ -37,7 +37,7 @@ DEFAULTS: dict = {
     "volume": {"window": 60, "threshold": 8.0, "warmup": 60},
     "range": {"window": 60, "floor_pct": 0.0001},
     "learned": {"file": "model_params.model.npz", "sequence": 5, "skip_components": 1, "typical_score": 0.0,
-                "alarm_score": 40.0, "threshold": 0.5, "warmup": 240},
+                "alarm_score": 40.0, "threshold": 0.55, "warmup": 240},
     "consensus": {"min_votes": 2, "required": ["Z-SCORE", "MODEL"], "alone": {"MODEL": 0.9, "Z-SCORE": 14.0},
                   "confidence": {"LOW": 1, "MEDIUM": 2, "HIGH": 3}},
     "market": {"min_symbols": 3, "min_fraction": 0.3},

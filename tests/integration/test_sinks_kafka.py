@@ -3,27 +3,28 @@
 from __future__ import annotations
 
 import json
+import time
 
 import pandas as pd
 import pytest
-from confluent_kafka import Consumer
+from confluent_kafka import Consumer, TopicPartition
 
 from market_anomaly.sinks.kafka_topic import DeliveryFailed, KafkaTopicSink
 
 pytestmark = pytest.mark.integration
 
 
-def consume_all(client_config: dict[str, str], topic: str, expected: int, polls: int = 60) -> list:
-    consumer = Consumer({**client_config, "group.id": f"check-{topic}", "auto.offset.reset": "earliest"})
-    consumer.subscribe([topic])
+def consume_all(client_config: dict[str, str], topic: str, expected: int, timeout: float = 30.0) -> list:
+    """Every record of ``topic`` from offset 0 (assigned, no consumer group to wait for), waiting for ``expected``."""
+    consumer = Consumer({**client_config, "group.id": f"check-{topic}", "enable.auto.commit": False})
+    partitions = consumer.list_topics(topic, timeout=10).topics[topic].partitions
+    consumer.assign([TopicPartition(topic, partition, 0) for partition in partitions])
     messages = []
+    deadline = time.monotonic() + timeout
     try:
-        for _ in range(polls):
-            message = consumer.poll(0.5)
-            if message is not None and not message.error():
-                messages.append(message)
-            if len(messages) >= expected and message is None:
-                break  # nothing more arrived after the expected count
+        while len(messages) < expected and time.monotonic() < deadline:
+            messages += [message for message in consumer.consume(100, timeout=0.5) if message.error() is None]
+        messages += [message for message in consumer.consume(100, timeout=1.0) if message.error() is None]  # extras?
     finally:
         consumer.close()
     return messages

@@ -290,3 +290,16 @@ def test_committed_model_params_load(request):
     params = load_params(request.config.rootpath / "model_params.json")
     assert params.model is not None and params.version >= 1 and params.trained_on["candles"] > 0
     assert (request.config.rootpath / params.learned.file).stat().st_size < 1_000_000
+
+
+def test_the_stream_candle_frame_is_accepted_as_spark_hands_it_over(engine):
+    """All candle-message columns, nulls in optional ones, the job's error/raw columns, open_time as int64."""
+    candles = market(400, seed=10)
+    candles = candles.assign(quote_volume=np.nan, trades=np.nan, taker_buy_quote=np.nan, event_time=0, source="ws",
+                             interval=None, error=None, raw=None)
+    candles.loc[::7, "taker_buy_base"] = np.nan
+    candles.loc[::5, "produced_at"] = np.nan
+    decisions, _ = engine.process("TESTUSDT", candles, None)
+    assert len(decisions) == 400 and (decisions["interval"] == "1m").all()
+    assert decisions["produced_at"].iloc[5] == 0 and decisions["produced_at"].iloc[6] == candles["produced_at"][6]
+    assert decisions["taker_buy_share"].isna().sum() == len(range(0, 400, 7))

@@ -5,8 +5,12 @@ file; the only numbers in code are ``DEFAULTS``, which ``market-anomaly train`` 
 (with the fitted values) into a new file. All keys are required, unknown keys are errors:
 a typo must not silently fall back to a default.
 
-Units: windows, warm-ups and ``refresh`` count candles; ``history`` counts volatility
-samples (one per ``refresh`` candles); ``*_pct`` are percent.
+Units: windows, warm-ups, ``refresh`` and ``guard`` count candles; ``history`` counts
+volatility samples (one per ``refresh`` candles); ``*_pct`` are percent.
+
+Warm-up: a detector votes from its ``warmup``-th candle on, and only once its baseline
+exists (``window`` + ``guard`` candles; for volatility ``window`` + ``history`` x
+``refresh``), so the defaults set each warm-up to at least that.
 """
 
 from __future__ import annotations
@@ -33,7 +37,7 @@ DEFAULTS: dict = {
     "refresh": 5,
     "guard": 2,
     "return_zscore": {"window": 240, "recent_window": 30, "threshold": 6.0, "min_sigma_pct": 0.002, "warmup": 240},
-    "volatility": {"window": 60, "history": 288, "threshold": 3.0, "warmup": 360},
+    "volatility": {"window": 60, "history": 144, "threshold": 3.0, "warmup": 780},
     "volume": {"window": 60, "threshold": 8.0, "warmup": 60},
     "range": {"window": 60, "floor_pct": 0.0001},
     "learned": {"file": "model_params.model.npz", "sequence": 5, "skip_components": 1, "typical_score": 0.0,

@@ -57,7 +57,8 @@ def test_score_gives_one_row_per_distinct_candle_per_symbol(tmp_path, trained):
 def test_symbol_from_file_name_and_iso_timestamps(tmp_path):
     path = tmp_path / "ethusdt_1m.csv"
     pd.DataFrame({"timestamp": ["2026-01-24 20:17:00", "2026-01-24 20:18:00"], "open": [1.0, 1.1],
-                  "high": [1.2, 1.2], "low": [0.9, 1.0], "close": [1.1, 1.0], "volume": [3.0, 4.0]}).to_csv(path, index=False)
+                  "high": [1.2, 1.2], "low": [0.9, 1.0], "close": [1.1, 1.0], "volume": [3.0, 4.0]}
+                 ).to_csv(path, index=False)
     candles = read_candles(path)
     assert candles["symbol"].tolist() == ["ETHUSDT", "ETHUSDT"]
     assert candles["open_time"].tolist() == [1769285820000, 1769285880000]

@@ -36,7 +36,8 @@ def market(n: int = 3000, seed: int = 0, symbol: str = "TESTUSDT") -> pd.DataFra
     volume = 10 * np.exp(log_vol + 0.5 * rng.normal(size=n)) * (1 + 50 * np.abs(returns))
     return pd.DataFrame({
         "symbol": symbol, "interval": "1m", "open_time": START + np.arange(n) * MINUTE,
-        "close_time": START + np.arange(n) * MINUTE + MINUTE - 1, "open": open_, "high": np.maximum(open_, close) + wick,
+        "close_time": START + np.arange(n) * MINUTE + MINUTE - 1, "open": open_,
+        "high": np.maximum(open_, close) + wick,
         "low": np.minimum(open_, close) - wick, "close": close, "volume": volume,
         "taker_buy_base": volume * rng.uniform(0.3, 0.7, n), "produced_at": START + np.arange(n) * MINUTE + MINUTE + 5,
     })

@@ -37,8 +37,9 @@ def consensus(votes_by_detector: dict[str, np.ndarray], reasons_by_detector: dic
     >>> count, anomaly, confidence, why = consensus(votes, reasons, scores, params)
     >>> count.tolist(), anomaly.tolist(), confidence.tolist()
     ([2, 2, 1, 0, 3], [True, False, True, False, True], ['MEDIUM', 'MEDIUM', 'LOW', 'NONE', 'HIGH'])
-    >>> why.tolist()
-    ['Z-SCORE 7.2σ | MODEL 0.6x', 'Z-SCORE 6.5σ | VOLUME 14x', 'Z-SCORE 15.0σ', '', 'Z-SCORE 9.0σ | VOLUME 9x | MODEL 0.9x']
+    >>> why.tolist()  # doctest: +NORMALIZE_WHITESPACE
+    ['Z-SCORE 7.2σ | MODEL 0.6x', 'Z-SCORE 6.5σ | VOLUME 14x', 'Z-SCORE 15.0σ', '',
+     'Z-SCORE 9.0σ | VOLUME 9x | MODEL 0.9x']
     """
     names = list(votes_by_detector)
     matrix = np.column_stack([votes_by_detector[name] for name in names])

@@ -101,7 +101,8 @@ class DetectionEngine:
             "close_time": _column_or(candles, "close_time", open_time + params.interval_ms - 1),
             "close": features.close, "return_pct": features.return_pct, "log_return": features.log_return,
             "range_pct": features.range_pct, "volume": features.volume, "volume_change": features.volume_change,
-            "volume_ratio": volume_ratio, "range_ratio": np.exp(log_range_ratio), "taker_buy_share": features.taker_buy_share,
+            "volume_ratio": volume_ratio, "range_ratio": np.exp(log_range_ratio),
+            "taker_buy_share": features.taker_buy_share,
             "window_mean": window_mean, "window_std": window_std, "zscore": zscore,
             "volatility_z": volatility_z, "model_score": model_score,
             "votes": votes, "is_anomaly": is_anomaly, "confidence": confidence, "reasons": reasons,
@@ -120,8 +121,6 @@ class DetectionEngine:
 def _column_or(candles: pd.DataFrame, name: str, default) -> np.ndarray:
     """The column where present, ``default`` where it is missing or null."""
     if name not in candles.columns:
-        return np.broadcast_to(default, len(candles)).copy() if np.ndim(default) else np.full(len(candles), default)
+        return np.broadcast_to(default, len(candles)).copy()
     column = candles[name]
-    if np.ndim(default):
-        return column.where(column.notna(), pd.Series(default, index=column.index)).to_numpy()
-    return column.fillna(default).to_numpy()
+    return column.where(column.notna(), default).to_numpy()

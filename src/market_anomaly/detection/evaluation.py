@@ -110,7 +110,8 @@ def _report(outcomes: list[dict], false_alarms: dict, params, train_fraction: fl
                            "median_delay_min": float(rows[column].median()) if detected.any() else None}
             if kind in MAGNITUDE_RANGES:  # weak events (lower half of the range) vs strong ones
                 strong = rows["magnitude"] >= np.mean(MAGNITUDE_RANGES[kind])
-                table[kind].update(recall_weaker_half=_share(detected[~strong]), recall_stronger_half=_share(detected[strong]))
+                table[kind].update(recall_weaker_half=_share(detected[~strong]),
+                                   recall_stronger_half=_share(detected[strong]))
         return table
 
     return {

@@ -159,7 +159,8 @@ def params_from_dict(raw: dict, path: Path | str = "<dict>", model: MinorCompone
     if params.learned.alarm_score <= params.learned.typical_score:
         raise InvalidParams(path, "learned.alarm_score must be above learned.typical_score")
     unknown = sorted((set(params.consensus.alone) | set(params.consensus.required)) - set(DETECTOR_NAMES))
-    if unknown or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in params.consensus.alone.values()):
+    levels_ok = all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in params.consensus.alone.values())
+    if unknown or not levels_ok:
         raise InvalidParams(path, f"consensus.alone maps detector names ({', '.join(DETECTOR_NAMES)}) to scores "
                                   f"and consensus.required lists some of them; got {dict(params.consensus.alone)}, "
                                   f"{list(params.consensus.required)}")

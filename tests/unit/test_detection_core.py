@@ -304,3 +304,25 @@ def test_the_stream_candle_frame_is_accepted_as_spark_hands_it_over(engine):
     assert len(decisions) == 400 and (decisions["interval"] == "1m").all()
     assert decisions["produced_at"].iloc[5] == 0 and decisions["produced_at"].iloc[6] == candles["produced_at"][6]
     assert decisions["taker_buy_share"].isna().sum() == len(range(0, 400, 7))
+
+
+def test_a_new_model_file_is_picked_up_and_a_broken_one_rejected(tmp_path, params, caplog):
+    path = tmp_path / "model_params.json"
+    model_path = write_params(params, path)
+    watcher = ParamsWatcher(path)
+    first = watcher.current()
+    retrained = train({"TESTUSDT": market(3000, seed=2)}, base=small_document())
+    write_params(retrained, path)
+    os.utime(model_path, ns=(0, model_path.stat().st_mtime_ns + 1_000_000_000))
+    second = watcher.current()
+    assert second is not first and second.learned.alarm_score == retrained.learned.alarm_score
+    model_path.write_bytes(b"not a model")
+    with caplog.at_level(logging.ERROR, logger="market_anomaly.detection"):
+        assert watcher.current() is second
+    assert "unusable" in caplog.records[-1].getMessage()
+
+
+def test_missing_params_file_fails_clearly_on_first_load(tmp_path):
+    with pytest.raises(InvalidParams, match="cannot read it") as error:
+        ParamsWatcher(tmp_path / "absent.json").current()
+    assert error.value.path == str(tmp_path / "absent.json")

@@ -20,6 +20,7 @@ import logging
 import os
 import types
 import typing
+import zipfile
 from dataclasses import dataclass, fields
 from pathlib import Path
 
@@ -184,7 +185,7 @@ def load_params(path: Path | str) -> ModelParams:
     model_path = model_file(path, params)
     try:
         model = MinorComponents.load(model_path)
-    except (OSError, ValueError, KeyError) as error:
+    except (OSError, ValueError, KeyError, zipfile.BadZipFile) as error:
         raise InvalidParams(path, f"learned model {model_path} unusable ({error})") from None
     return _with_model(params, model)
 

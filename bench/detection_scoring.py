@@ -31,32 +31,14 @@ import pandas as pd  # noqa: E402
 from market_anomaly.detection import DetectionEngine, load_params  # noqa: E402
 from market_anomaly.detection.candle_files import read_candles  # noqa: E402
 from market_anomaly.detection.commands import run_score  # noqa: E402
-
-MINUTE = 60_000
-
-
-def synthetic_series(symbol: str, n: int, rng: np.random.Generator) -> pd.DataFrame:
-    # Log-volatility: noise smoothed by an exponential kernel (a vectorised AR(1)).
-    kernel = 0.97 ** np.arange(200)
-    log_vol = np.convolve(rng.normal(0, 0.2, n + 200), kernel, mode="full")[200:n + 200]
-    sigma = 0.0006 * np.exp(log_vol)
-    returns = sigma * rng.standard_t(4, n) / np.sqrt(2)
-    close = 100 * np.exp(np.cumsum(returns))
-    open_ = np.concatenate([[100.0], close[:-1]])
-    wick = np.abs(rng.normal(0, 0.5, n)) * sigma * close
-    return pd.DataFrame({
-        "symbol": symbol, "open_time": 1_700_000_000_000 + np.arange(n) * MINUTE, "open": open_,
-        "high": np.maximum(open_, close) + wick, "low": np.minimum(open_, close) - wick, "close": close,
-        "volume": 10 * np.exp(log_vol + 0.5 * rng.normal(size=n)) * (1 + 50 * np.abs(returns)),
-    })
-
+from market_anomaly.detection.synthetic import START, synthetic_candles  # noqa: E402
 
 def repeated_file(path: Path, symbol: str, n: int) -> pd.DataFrame:
     candles = read_candles(path)
     copies = -(-n // len(candles))
     frame = pd.concat([candles] * copies, ignore_index=True).iloc[:n].copy()
     frame["symbol"] = symbol
-    frame["open_time"] = 1_700_000_000_000 + np.arange(n) * MINUTE
+    frame["open_time"] = START + np.arange(n) * 60_000
     return frame[["symbol", "open_time", "open", "high", "low", "close", "volume"]]
 
 
@@ -78,10 +60,11 @@ def main() -> int:
     parser.add_argument("--input", type=Path, default=None, help="candle file to repeat instead of synthetic data")
     args = parser.parse_args()
 
-    rng = np.random.default_rng(0)
     symbols = [f"SYM{i:03d}USDT" for i in range(args.symbols)]
     frames = {symbol: repeated_file(args.input, symbol, args.candles) if args.input
-              else synthetic_series(symbol, args.candles, rng) for symbol in symbols}
+              else synthetic_candles(args.candles, seed, symbol)[["symbol", "open_time", "open", "high", "low",
+                                                                    "close", "volume"]]
+              for seed, symbol in enumerate(symbols)}
     total = args.symbols * args.candles
     engine = DetectionEngine(load_params(args.params))
 

@@ -16,31 +16,11 @@ from market_anomaly.detection.detectors import ReturnZScore, Volatility, VolumeS
 from market_anomaly.detection.features import RollingStats, candle_features, median_iqr
 from market_anomaly.detection.params import DEFAULTS, params_from_dict
 from market_anomaly.detection.state import unpack
+from market_anomaly.detection.synthetic import MINUTE, START, synthetic_candles
 from market_anomaly.detection.training import train, write_params
 
-MINUTE = 60_000
-START = 1_700_000_000_000
-
-
 def market(n: int = 3000, seed: int = 0, symbol: str = "TESTUSDT") -> pd.DataFrame:
-    """A synthetic 1-minute market: volatility clustering, fat tails, volume that moves with volatility."""
-    rng = np.random.default_rng(seed)
-    log_vol = np.zeros(n)
-    for i in range(1, n):
-        log_vol[i] = 0.97 * log_vol[i - 1] + 0.2 * rng.normal()
-    sigma = 0.0006 * np.exp(log_vol)
-    returns = sigma * rng.standard_t(4, n) / np.sqrt(2)
-    close = 100 * np.exp(np.cumsum(returns))
-    open_ = np.concatenate([[100.0], close[:-1]])
-    wick = np.abs(rng.normal(0, 0.5, n)) * sigma * close
-    volume = 10 * np.exp(log_vol + 0.5 * rng.normal(size=n)) * (1 + 50 * np.abs(returns))
-    return pd.DataFrame({
-        "symbol": symbol, "interval": "1m", "open_time": START + np.arange(n) * MINUTE,
-        "close_time": START + np.arange(n) * MINUTE + MINUTE - 1, "open": open_,
-        "high": np.maximum(open_, close) + wick,
-        "low": np.minimum(open_, close) - wick, "close": close, "volume": volume,
-        "taker_buy_base": volume * rng.uniform(0.3, 0.7, n), "produced_at": START + np.arange(n) * MINUTE + MINUTE + 5,
-    })
+    return synthetic_candles(n, seed, symbol)
 
 
 def small_document() -> dict:

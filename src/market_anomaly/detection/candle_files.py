@@ -1,4 +1,4 @@
-"""Reading candle files (CSV or Parquet) for the offline commands.
+"""Reading candles for the offline commands: files (CSV or Parquet) or a whole Kafka topic.
 
 Accepted columns: ``open, high, low, close, volume`` plus a time, either ``open_time``
 (epoch ms), ``open_time_ms`` or ``timestamp`` (ISO text, taken as UTC when it has no
@@ -9,6 +9,7 @@ zone, or epoch ms); ``symbol`` is optional when the file name starts with it
 
 from __future__ import annotations
 
+import json
 import logging
 import re
 from pathlib import Path
@@ -34,33 +35,74 @@ def read_candles(path: Path | str) -> pd.DataFrame:
                  else pd.read_csv(path, engine="pyarrow"))
     except (OSError, ValueError) as error:
         raise CandleFileError(f"{path}: cannot read it ({error})") from None
-    missing = [name for name in PRICE_COLUMNS if name not in frame.columns]
-    if missing:
-        raise CandleFileError(f"{path}: missing columns {', '.join(missing)}")
-    frame["open_time"] = _open_time(frame, path)
     if "symbol" not in frame.columns:
         match = SYMBOL_IN_NAME.match(path.name)
         if not match:
             raise CandleFileError(f"{path}: no symbol column and the file name does not start with a symbol")
         frame["symbol"] = match.group(1).upper()
+    frame["open_time"] = _open_time(frame, path)
+    return _validated(frame, str(path)).drop(columns=[c for c in ("timestamp", "open_time_ms") if c in frame.columns])
+
+
+def _validated(frame: pd.DataFrame, source: str) -> pd.DataFrame:
+    """Required columns present, numeric; rows with missing or non-positive prices (or negative volume) dropped."""
+    missing = [name for name in ("symbol", "open_time", *PRICE_COLUMNS) if name not in frame.columns]
+    if missing:
+        raise CandleFileError(f"{source}: missing columns {', '.join(missing)}")
     frame["symbol"] = frame["symbol"].astype(str).str.upper()
     for name in PRICE_COLUMNS:
         frame[name] = pd.to_numeric(frame[name], errors="coerce")
     prices = frame[list(PRICE_COLUMNS)].to_numpy(float)
     bad = ~np.isfinite(prices).all(axis=1) | (prices[:, :4] <= 0).any(axis=1) | (prices[:, 4] < 0)
     if bad.any():
-        log.warning("%s: %d rows with missing or non-positive prices/volume skipped", path, int(bad.sum()))
+        log.warning("%s: %d rows with missing or non-positive prices/volume skipped", source, int(bad.sum()))
         frame = frame[~bad]
-    return frame.drop(columns=[c for c in ("timestamp", "open_time_ms") if c in frame.columns])
+    return frame
 
 
-def series_by_symbol(paths: list[Path | str]) -> dict[str, pd.DataFrame]:
-    """One sorted candle series per symbol and file; a symbol found in several files gets ``SYMBOL@file``."""
+def read_topic(client_config: dict[str, str], topic: str, timeout: float = 30.0) -> pd.DataFrame:
+    """Every candle message now in ``topic`` (candle-message JSON), read from the start of each partition."""
+    from confluent_kafka import Consumer, TopicPartition
+
+    from market_anomaly.kafka.topics import topic_offsets
+
+    ends = {partition: high for partition, (low, high) in topic_offsets(client_config, topic).items() if high > low}
+    consumer = Consumer({**client_config, "group.id": "market-anomaly-train", "enable.auto.commit": False})
+    records, skipped = [], 0
+    try:
+        consumer.assign([TopicPartition(topic, partition, 0) for partition in ends])
+        position = {partition: 0 for partition in ends}
+        while any(position[p] < ends[p] for p in ends):
+            message = consumer.poll(timeout)
+            if message is None:
+                raise CandleFileError(f"topic {topic}: no message within {timeout}s before its end offsets")
+            if message.error():
+                continue
+            position[message.partition()] = message.offset() + 1
+            try:
+                records.append(json.loads(message.value()))
+            except (TypeError, ValueError):
+                skipped += 1
+    finally:
+        consumer.close()
+    frame = pd.DataFrame.from_records([r for r in records if isinstance(r, dict)])
+    skipped += len(records) - len(frame)
+    if skipped:
+        log.warning("topic %s: %d messages that are not candle JSON skipped", topic, skipped)
+    return _validated(frame, f"topic {topic}")
+
+
+def series_by_symbol(paths: list[Path | str], candles: pd.DataFrame | None = None) -> dict[str, pd.DataFrame]:
+    """One sorted candle series per symbol and source; a symbol found in several files gets ``SYMBOL@file``.
+
+    ``candles`` (e.g. from ``read_topic``) is used instead of files when given.
+    """
+    sources = [(Path(path).stem, read_candles(path)) for path in paths] if candles is None else [("", candles)]
     series: dict[str, pd.DataFrame] = {}
-    for path in paths:
-        for symbol, frame in read_candles(path).groupby("symbol", sort=True):
-            key = symbol if symbol not in series else f"{symbol}@{Path(path).stem}"
-            ordered = frame.sort_values("open_time", kind="stable")
+    for name, frame in sources:
+        for symbol, rows in frame.groupby("symbol", sort=True):
+            key = symbol if symbol not in series else f"{symbol}@{name}"
+            ordered = rows.sort_values("open_time", kind="stable")
             series[key] = ordered[~ordered["open_time"].duplicated()].reset_index(drop=True)
     return series
 

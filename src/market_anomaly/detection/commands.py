@@ -24,7 +24,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description="Fit the learned model (minor principal components of normal activity) on historical "
                     "candles and calibrate its alarm level; write the parameter file plus the model file "
                     "next to it. Thresholds and windows come from --base (default: the built-in defaults).")
-    add_history_arguments(train, base_help="existing parameter file whose thresholds and windows to keep")
+    add_history_arguments(train, base_help="existing parameter file whose thresholds and windows to keep",
+                          topic=True)
     train.add_argument("--output", type=Path, default=Path("model_params.json"),
                        help="parameter file to write; the model file goes next to it (default: %(default)s)")
     train.add_argument("--alarm-quantile", type=float, default=None,
@@ -60,20 +61,30 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     evaluate.set_defaults(handler=run_evaluate)
 
 
-def add_history_arguments(parser: argparse.ArgumentParser, base_help: str) -> None:
-    """--input FILES and --base PARAMS, shared by the commands that train."""
-    parser.add_argument("--input", nargs="+", required=True, type=Path, metavar="FILE", help=INPUT_HELP)
+def add_history_arguments(parser: argparse.ArgumentParser, base_help: str, topic: bool = False) -> None:
+    """--input FILES (or, with ``topic``, --topic NAME and the Kafka flags) and --base PARAMS."""
+    if topic:
+        source = parser.add_mutually_exclusive_group(required=True)
+        source.add_argument("--input", nargs="+", type=Path, metavar="FILE", help=INPUT_HELP)
+        source.add_argument("--topic", help="read every candle now in this Kafka topic instead (e.g. crypto-candles)")
+        config.add_kafka_arguments(parser)
+    else:
+        parser.add_argument("--input", nargs="+", required=True, type=Path, metavar="FILE", help=INPUT_HELP)
     parser.add_argument("--base", type=Path, default=None, metavar="PARAMS",
                         help=f"{base_help} (its model file is not needed; default: built-in defaults)")
 
 
 def run_train(args: argparse.Namespace) -> int:
-    from market_anomaly.detection.candle_files import series_by_symbol
+    from market_anomaly.detection.candle_files import read_topic, series_by_symbol
     from market_anomaly.detection.training import DEFAULT_ALARM_QUANTILE, train, write_params
 
-    series = series_by_symbol(args.input)
+    if args.topic:
+        series = series_by_symbol([], read_topic(config.kafka_client_config(args), args.topic))
+        sources = [f"kafka:{args.topic}"]
+    else:
+        series, sources = series_by_symbol(args.input), [path.name for path in args.input]
     params = train(series, base=_base_document(args.base),
-                   alarm_quantile=args.alarm_quantile or DEFAULT_ALARM_QUANTILE, sources=[p.name for p in args.input])
+                   alarm_quantile=args.alarm_quantile or DEFAULT_ALARM_QUANTILE, sources=sources)
     model_path = write_params(params, args.output)
     log.info("trained on %d candles of %d series; wrote %s and %s", params.trained_on["candles"], len(series),
              args.output, model_path)

@@ -18,6 +18,7 @@ import json
 import logging
 import signal
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -258,12 +259,13 @@ def run(args: argparse.Namespace) -> int:
     sinks = build_sinks(SinkOptions.from_args(args))
     dead_letters = None
     query = None
+    healthy = False
     try:
         from market_anomaly.kafka.dead_letter import DeadLetterPublisher
 
         dead_letters = DeadLetterPublisher(kafka_options, args.dead_letter_topic, stage="consumer")
         spark.streams.addListener(progress_listener(sinks))
-        candles = parsed_candles(spark, args, {k: v for k, v in kafka_options.items()})
+        candles = parsed_candles(spark, args, kafka_options)
         output_fields = decision_fields()
         decisions = candles.groupBy("symbol").applyInPandasWithState(
             make_detect_step(params_path, [name for name, _ in output_fields]),
@@ -281,10 +283,7 @@ def run(args: argparse.Namespace) -> int:
         )
         log.info("detect: reading %s from %s; checkpoint %s; params %s",
                  args.topic, args.bootstrap_servers, args.checkpoint_dir, params_path)
-        stop_on_sigterm()
-        query.awaitTermination(args.run_for)
-    except KeyboardInterrupt:
-        log.info("detect: stopping")
+        healthy = wait_until_stopped(query, args.run_for)
     finally:
         if query is not None:
             query.stop()
@@ -292,16 +291,27 @@ def run(args: argparse.Namespace) -> int:
         if dead_letters is not None:
             dead_letters.flush()
         spark.stop()
-    return 0
+    return 0 if healthy else 1
 
 
-def stop_on_sigterm() -> None:
-    """SIGTERM (from `up`, systemd, kill) stops the query the same way Ctrl-C does."""
+def wait_until_stopped(query, run_for: float | None) -> bool:
+    """Block until Ctrl-C, SIGTERM (from `up`, systemd, kill), ``run_for`` seconds, or the query fails (-> False).
 
-    def interrupt(signum, frame):
-        raise KeyboardInterrupt
-
-    signal.signal(signal.SIGTERM, interrupt)
+    Signals only set a flag: raising inside a blocking py4j call would tear the gateway
+    connection and print a traceback instead of stopping cleanly.
+    """
+    stop = threading.Event()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, lambda *_: stop.set())
+    deadline = time.monotonic() + run_for if run_for else None
+    while not stop.is_set() and query.isActive and (deadline is None or time.monotonic() < deadline):
+        query.awaitTermination(0.5)
+    if stop.is_set():
+        log.info("detect: stopping")
+    failure = query.exception()
+    if failure is not None:
+        log.error("detect: the streaming query failed: %s", failure)
+    return failure is None
 
 
 def main(argv: list[str] | None = None) -> int:

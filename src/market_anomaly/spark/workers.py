@@ -7,7 +7,14 @@ and makes a live edit of the file take effect in the next micro-batch.
 
 from __future__ import annotations
 
+import warnings
+
 from market_anomaly.detection import DetectionEngine, ParamsWatcher
+
+# PySpark concatenates the step's output frames; the rejects' all-null columns make pandas warn
+# about a future dtype rule on every micro-batch, which would drown the live table.
+warnings.filterwarnings("ignore", message="The behavior of DataFrame concatenation with empty or all-NA entries",
+                        category=FutureWarning)
 
 _watchers: dict[str, ParamsWatcher] = {}
 _engines: dict[str, tuple[object, DetectionEngine]] = {}

@@ -18,18 +18,22 @@ def report(shared_data):
     return evaluate(series, injections=200, seed=0)
 
 
-def test_far_fewer_false_alarms_than_the_naive_baseline_at_high_recall(report):
-    recall = {kind: entry["recall"] for kind, entry in report["recall"].items()}
+def test_false_alarm_target_and_far_fewer_alarms_than_the_naive_baseline(report):
     assert report["baseline_recall"]["all"]["recall"] >= 0.9  # the harness injects what the naive detector sees
-    assert report["false_alarm_episodes_per_symbol_day"] <= 1.1
+    assert report["false_alarm_episodes_per_symbol_day"] <= 1.0  # issue 3 target
     assert report["false_alarm_episodes_per_symbol_day"] * 20 < report["baseline_false_alarm_episodes_per_symbol_day"]
-    assert recall["all"] >= 0.8
+
+
+def test_recall_where_events_stand_out_from_real_minutes(report):
+    recall = {kind: entry["recall"] for kind, entry in report["recall"].items()}
+    assert recall["all"] >= 0.72
     assert recall["flash_crash"] >= 0.95 and recall["price_spike"] >= 0.9 and recall["pump_and_dump"] >= 0.8
+    assert report["recall"]["volume_burst"]["recall_stronger_half"] >= 0.85
     assert report["recall"]["all"]["median_delay_min"] <= 2
 
 
-@pytest.mark.xfail(strict=True, reason="issue 3 targets not met yet: weak volume bursts (8-19x median, no price "
-                                       "move) and weak volatility bursts look like real minutes of these markets")
-def test_issue_targets(report):
+@pytest.mark.xfail(strict=True, reason="issue 3 recall target not met: weak volume bursts (8-19x the hourly median "
+                                       "with no price move happen 3.5-14 times a day in these markets) and volatility "
+                                       "bursts with volume rising as on real data look like busy real minutes")
+def test_recall_target(report):
     assert report["recall"]["all"]["recall"] >= 0.95
-    assert report["false_alarm_episodes_per_symbol_day"] <= 1.0

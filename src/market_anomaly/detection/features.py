@@ -3,9 +3,9 @@
 Everything here works on whole arrays (a chunk of new candles plus the tail kept in the
 state), never row by row. Rolling statistics are *refreshed*: the baseline for the value
 at stream position ``t`` is computed over the ``window`` values before position
-``q = t - t % refresh``. Positions count the candles a symbol has seen, so the baselines,
-and therefore every decision, are the same however the stream is cut into chunks; and a
-burst does not dilute its own baseline during its first minutes.
+``q = t - t % refresh - guard``. Positions count the candles a symbol has seen, so the
+baselines, and therefore every decision, are the same however the stream is cut into
+chunks; and an event's first minutes never dilute their own baseline (the guard band).
 
 Gaps: windows count candles, not minutes (after a gap a window reaches further back in
 time). The log return of the first candle after a gap is its own open-to-close return,

@@ -27,6 +27,9 @@ from pathlib import Path  # noqa: E402
 
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
+import pyarrow  # noqa: E402
+
+pyarrow.set_cpu_count(1)  # Arrow's CSV reader and writer are multi-threaded by default
 
 from market_anomaly.detection import DetectionEngine, load_params  # noqa: E402
 from market_anomaly.detection.candle_files import read_candles  # noqa: E402

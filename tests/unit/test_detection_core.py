@@ -12,6 +12,7 @@ import pytest
 
 from market_anomaly.detection import (DECISION_SCHEMA, DetectionEngine, InvalidParams, ParamsWatcher, load_params,
                                       mark_market_events)
+from market_anomaly.detection.consensus import consensus
 from market_anomaly.detection.detectors import ReturnZScore, Volatility, VolumeSpike
 from market_anomaly.detection.features import RollingStats, candle_features, median_iqr
 from market_anomaly.detection.params import DEFAULTS, params_from_dict
@@ -204,6 +205,27 @@ def test_state_is_compact_and_plain(engine):
 
 
 # -- consensus and market-wide events -----------------------------------------------------------
+
+
+def test_consensus_needs_the_move_and_the_model_or_one_extreme_detector():
+    params = params_from_dict(DEFAULTS).consensus  # required Z-SCORE + MODEL; alone MODEL 0.9, Z-SCORE 14
+    names = ("Z-SCORE", "VOLATILITY", "VOLUME", "MODEL")
+    rows = {  # name -> (vote per row, score per row)
+        "Z-SCORE": ([1, 1, 0, 1, 1, 0], [7.0, 8.0, 1.0, -15.0, 9.0, 0.5]),
+        "VOLATILITY": ([0, 0, 0, 0, 1, 0], [0.0, 0.0, 0.0, 0.0, 3.5, 0.0]),
+        "VOLUME": ([0, 1, 1, 0, 1, 0], [1.0, 20.0, 30.0, 1.0, 12.0, 1.0]),
+        "MODEL": ([1, 0, 1, 0, 1, 1], [0.6, 0.1, 0.7, 0.2, 1.5, 0.95]),
+    }
+    votes = {name: np.array(rows[name][0], dtype=bool) for name in names}
+    scores = {name: np.array(rows[name][1]) for name in names}
+    reasons = {name: (lambda s, name=name: f"{name} {abs(s):.1f}") for name in names}
+    count, anomaly, confidence, why = consensus(votes, reasons, scores, params)
+    assert count.tolist() == [2, 2, 2, 1, 4, 1]
+    # move + model | big move on big volume is no news | volume + model without the move | extreme move alone
+    # | everything | the model alone beyond its own level
+    assert anomaly.tolist() == [True, False, False, True, True, True]
+    assert confidence.tolist() == ["MEDIUM", "MEDIUM", "MEDIUM", "LOW", "HIGH", "LOW"]
+    assert why[4] == "Z-SCORE 9.0 | VOLATILITY 3.5 | VOLUME 12.0 | MODEL 1.5" and why[5] == "MODEL 0.9"
 
 
 def decision_rows(anomalous: dict[str, list[bool]]) -> pd.DataFrame:

@@ -49,7 +49,8 @@ def _validated(frame: pd.DataFrame, source: str) -> pd.DataFrame:
     missing = [name for name in ("symbol", "open_time", *PRICE_COLUMNS) if name not in frame.columns]
     if missing:
         raise CandleFileError(f"{source}: missing columns {', '.join(missing)}")
-    frame["symbol"] = frame["symbol"].astype(str).str.upper()
+    codes, symbols = pd.factorize(frame["symbol"])  # upper-case each distinct symbol once, not every row
+    frame["symbol"] = np.array([str(symbol).upper() for symbol in symbols], dtype=object)[codes]
     for name in PRICE_COLUMNS:
         frame[name] = pd.to_numeric(frame[name], errors="coerce")
     prices = frame[list(PRICE_COLUMNS)].to_numpy(float)

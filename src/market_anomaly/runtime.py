@@ -25,6 +25,7 @@ from market_anomaly import config, maven
 log = logging.getLogger("market_anomaly.up")
 
 PR_SET_PDEATHSIG = 1
+STOP_ORDER = ("producer", "exchange simulator", "spark job", "dashboard")
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -199,7 +200,8 @@ def run_up(args: argparse.Namespace) -> int:
         return 0
     finally:
         log.info("stopping the pipeline")
-        for child in children:  # producer before the job, so the job sees the last candles
+        # The producer first (it flushes what it has), then its source, then the job, so the job sees the last candles.
+        for child in sorted(children, key=lambda child: STOP_ORDER.index(child.name)):
             child.stop(timeout=60 if child.name == "spark job" else 20)
         if broker is not None:
             broker.stop()

@@ -110,6 +110,9 @@ class ExchangeSimulator:
     async def stop(self) -> None:
         if self._ticker:
             self._ticker.cancel()
+        # Close open WebSockets first: the server's shutdown would otherwise wait for their handlers.
+        for subscriber in list(self.subscribers):
+            self._disconnect(subscriber)
         if self._runner:
             await self._runner.cleanup()
 
@@ -166,11 +169,14 @@ class ExchangeSimulator:
             return True
         except asyncio.QueueFull:
             log.warning("a client is %d messages behind; disconnecting it", MAX_QUEUED_MESSAGES)
-            self.subscribers.discard(subscriber)
-            while not subscriber.queue.empty():
-                subscriber.queue.get_nowait()
-            subscriber.queue.put_nowait(None)   # tells its sender to close
+            self._disconnect(subscriber)
             return False
+
+    def _disconnect(self, subscriber: Subscriber) -> None:
+        self.subscribers.discard(subscriber)
+        while not subscriber.queue.empty():
+            subscriber.queue.get_nowait()
+        subscriber.queue.put_nowait(None)   # tells its sender to close
 
     # -- WebSocket ---------------------------------------------------------------------------------
 

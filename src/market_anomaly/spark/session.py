@@ -46,6 +46,8 @@ def build_session(app_name: str, master: str | None, conf: dict[str, str] | None
     # spark-submit starts the JVM first and tells the Python driver its port.
     under_spark_submit = "PYSPARK_GATEWAY_PORT" in os.environ
     if not under_spark_submit:
+        # A local job talks to itself: bind to loopback instead of guessing (and warning about) an interface.
+        os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
         builder = (
             builder.master(master or "local[2]")
             .config("spark.jars", ",".join(connector_jars()))
@@ -60,6 +62,9 @@ def build_session(app_name: str, master: str | None, conf: dict[str, str] | None
         # State per symbol lives in as many partitions as the topic has; 200 would mean 200 idle tasks per batch.
         "spark.sql.shuffle.partitions": "4",
         "spark.sql.streaming.noDataMicroBatches.enabled": "false",
+        # Streaming with state cannot use adaptive execution; saying so avoids a warning per start.
+        "spark.sql.adaptive.enabled": "false",
+        "spark.sql.debug.maxToStringFields": "200",
     }
     for key, value in {**defaults, **(conf or {})}.items():
         builder = builder.config(key, value)

@@ -1,0 +1,224 @@
+"""The whole pipeline as a user runs it: `market-anomaly up` (the command behind `make demo`).
+
+One run for the module: `up` starts its own Kafka broker, the exchange simulator with two
+injected anomalies, the producer, the Spark job and the dashboard. The tests then check,
+against the real database the job writes, that the injected candles are flagged with the
+expected reasons and ordinary ones are not; that the stream decided exactly what the
+offline core decides on the same candles; that the dashboard shows the anomalies in a real
+browser; and that Ctrl-C stops everything, leaving no process behind.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from market_anomaly.kafka.broker import LocalBroker, free_port
+
+pytestmark = pytest.mark.integration
+
+SYMBOLS = ("BTCUSDT", "ETHUSDT", "SOLUSDT")
+INJECTIONS = {  # symbol -> (kind, live minute, reason the detectors must give)
+    "BTCUSDT": ("price_spike", 30, "Z-SCORE"),
+    "ETHUSDT": ("volume_burst", 36, "VOLUME"),
+}
+MINUTE_MS = 60_000
+SETTLE_MINUTES = 10  # decisions this long after an injection must exist before the checks run
+
+
+class Demo:
+    def __init__(self, home: Path, process: subprocess.Popen, dashboard_port: int):
+        self.home = home / "demo"
+        self.process = process
+        self.dashboard_url = f"http://127.0.0.1:{dashboard_port}"
+
+    @property
+    def database(self) -> Path:
+        return self.home / "anomalies.db"
+
+    def labels(self) -> dict[str, dict]:
+        path = self.home / "injected-labels.json"
+        if not path.exists():
+            return {}
+        return {label["symbol"]: label for label in json.loads(path.read_text())}
+
+    def decisions(self) -> pd.DataFrame:
+        if not self.database.exists():
+            return pd.DataFrame()
+        with sqlite3.connect(f"file:{self.database}?mode=ro", uri=True) as connection:
+            try:
+                return pd.read_sql_query("SELECT * FROM decisions ORDER BY symbol, open_time", connection)
+            except (pd.errors.DatabaseError, sqlite3.OperationalError):
+                return pd.DataFrame()  # the job has not created its schema yet
+
+    def output(self) -> str:
+        """The end of what `up` printed: its own log and the Spark job's live table."""
+        return (self.home.parent / "up.out").read_text(errors="replace")[-5000:]
+
+    def logs(self) -> str:
+        return "\n".join(f"--- {path.name}\n{path.read_text()[-3000:]}" for path in (self.home / "logs").glob("*.log"))
+
+
+def processes_of(home: Path) -> list[int]:
+    """Pids whose environment points at this demo's home: `up` and every child it started."""
+    marker = f"MARKET_ANOMALY_HOME={home}".encode()
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if marker in (entry / "environ").read_bytes().split(b"\0"):
+                    pids.append(int(entry.name))
+            except OSError:
+                continue
+    return pids
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory):
+    home = tmp_path_factory.mktemp("demo-home")
+    dashboard_port = free_port()
+    command = [
+        sys.executable, "-m", "market_anomaly", "up", "--symbols", ",".join(SYMBOLS), "--speed", "120",
+        "--inject-random", "0", "--dashboard-port", str(dashboard_port),
+        *[flag for symbol, (kind, minute, _) in INJECTIONS.items() for flag in ("--inject", f"{kind}:{symbol}:{minute}")],
+    ]
+    # Output to a file, not a pipe: nobody reads a pipe while the tests run, and a full one would stall the job.
+    output = open(home / "up.out", "wb")
+    process = subprocess.Popen(command, env={**os.environ, "MARKET_ANOMALY_HOME": str(home)},
+                               stdout=output, stderr=subprocess.STDOUT)
+    running = Demo(home, process, dashboard_port)
+    try:
+        wait_for_decisions(running, timeout=240)
+        yield running
+    finally:
+        if process.poll() is None:
+            process.send_signal(signal.SIGINT)
+            try:
+                process.wait(120)
+            except subprocess.TimeoutExpired:
+                for pid in processes_of(home):
+                    os.kill(pid, signal.SIGKILL)
+
+
+def wait_for_decisions(demo: Demo, timeout: float) -> None:
+    """Until every injection has SETTLE_MINUTES of decisions after it (or fail with the logs)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if demo.process.poll() is not None:
+            pytest.fail(f"`up` exited with {demo.process.returncode}:\n{demo.output()}\n{demo.logs()}")
+        labels, decisions = demo.labels(), demo.decisions()
+        if len(labels) == len(INJECTIONS) and not decisions.empty:
+            latest = decisions.groupby("symbol")["open_time"].max()
+            if all(latest.get(symbol, 0) >= label["end_time"] + SETTLE_MINUTES * MINUTE_MS
+                   for symbol, label in labels.items()):
+                return
+        time.sleep(2)
+    pytest.fail(f"no decisions past the injected anomalies within {timeout:.0f}s\n{demo.output()}\n{demo.logs()}")
+
+
+def test_injected_anomalies_are_flagged_with_their_reasons(demo):
+    decisions = demo.decisions()
+    for symbol, (kind, _, reason) in INJECTIONS.items():
+        label = demo.labels()[symbol]
+        assert label["kind"] == kind
+        window = decisions[(decisions.symbol == symbol) & decisions.open_time.between(label["open_time"],
+                                                                                     label["end_time"])]
+        flagged = window[window.is_anomaly.astype(bool)]
+        assert len(flagged), f"{kind} on {symbol} not flagged:\n{window.to_string()}"
+        assert any(reason in reasons for reasons in flagged.reasons), flagged.reasons.tolist()
+        assert set(flagged.confidence) <= {"LOW", "MEDIUM", "HIGH"}
+
+
+def test_ordinary_candles_are_not_flagged(demo):
+    decisions, labels = demo.decisions(), demo.labels()
+    ordinary = decisions.copy()
+    for symbol, label in labels.items():
+        around = (ordinary.symbol == symbol) & ordinary.open_time.between(
+            label["open_time"] - MINUTE_MS, label["end_time"] + SETTLE_MINUTES * MINUTE_MS)
+        ordinary = ordinary[~around]
+    assert len(ordinary) > 500, "too few decisions to judge false alarms"
+    false_alarms = ordinary[ordinary.is_anomaly.astype(bool)]
+    # The simulator's market has fat tails, so a rare flag is possible; a flood is a bug.
+    assert len(false_alarms) <= 2, false_alarms[["symbol", "open_time", "reasons"]].to_string()
+    assert (ordinary.confidence == "NONE").mean() > 0.99
+
+
+def test_every_candle_is_decided_exactly_once(demo):
+    decisions = demo.decisions()
+    assert not decisions.duplicated(["symbol", "interval", "open_time"]).any()
+    for symbol in SYMBOLS:
+        times = decisions[decisions.symbol == symbol].open_time.to_numpy()
+        assert len(times) >= 240, symbol
+        # Seeded history and live candles join without a hole.
+        assert set(pd.Series(times).diff().dropna()) == {MINUTE_MS}, symbol
+
+
+def test_stream_decisions_equal_offline_decisions(demo):
+    """Parity: the Spark job and the offline core give the same decisions for the same candles."""
+    from confluent_kafka import Consumer, TopicPartition
+
+    from market_anomaly import config
+    from market_anomaly.detection import DetectionEngine, ParamsWatcher
+
+    broker = LocalBroker(demo.home / "kafka")  # the broker `up` started; its port is in its state dir
+    consumer = Consumer({"bootstrap.servers": broker.bootstrap_servers, "group.id": "parity",
+                         "enable.auto.commit": False})
+    try:
+        partitions = consumer.list_topics(config.CANDLES_TOPIC, timeout=10).topics[config.CANDLES_TOPIC].partitions
+        consumer.assign([TopicPartition(config.CANDLES_TOPIC, p, 0) for p in partitions])
+        records = []
+        while batch := consumer.consume(1000, timeout=3):
+            records += [json.loads(message.value()) for message in batch if message.error() is None]
+    finally:
+        consumer.close()
+    candles = pd.DataFrame(records)
+    stream = demo.decisions().set_index(["symbol", "open_time"])
+    engine = DetectionEngine(ParamsWatcher(str(config.model_params_path())).current())
+    compared = 0
+    for symbol, group in candles.groupby("symbol"):
+        offline, _ = engine.process(symbol, group.sort_values("open_time"), None)
+        offline = offline[offline.open_time.isin(stream.loc[symbol].index)]
+        streamed = stream.loc[symbol].loc[offline.open_time]
+        assert (offline.votes.to_numpy() == streamed.votes.to_numpy()).all(), symbol
+        assert (offline.is_anomaly.to_numpy() == streamed.is_anomaly.astype(bool).to_numpy()).all(), symbol
+        assert offline.zscore.fillna(0).to_numpy() == pytest.approx(streamed.zscore.fillna(0).to_numpy(), abs=1e-9)
+        strip_market = lambda reasons: " | ".join(r for r in reasons.split(" | ") if not r.startswith("MARKET"))  # noqa: E731
+        assert [strip_market(r) for r in offline.reasons] == [strip_market(r) for r in streamed.reasons.fillna("")]
+        compared += len(offline)
+    assert compared >= 3 * 240
+
+
+def test_dashboard_shows_the_live_anomalies(demo, chromium_path, artifacts_dir):
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=str(chromium_path), args=["--no-sandbox"])
+        try:
+            page = browser.new_page(viewport={"width": 1400, "height": 900})
+            page.goto(demo.dashboard_url)
+            page.wait_for_selector("canvas", timeout=20_000)
+            page.wait_for_selector("[data-anomaly-marker]", state="attached", timeout=30_000)
+            assert page.locator("[data-anomaly-marker]").count() >= 1
+            page.screenshot(path=str(artifacts_dir / "dashboard-demo.png"), full_page=True)
+        finally:
+            browser.close()
+
+
+def test_ctrl_c_stops_everything(demo):
+    children = processes_of(demo.home.parent)
+    assert len(children) >= 5, "expected up, broker, simulator, producer, job and dashboard"
+    demo.process.send_signal(signal.SIGINT)
+    assert demo.process.wait(120) == 0
+    deadline = time.monotonic() + 10
+    while processes_of(demo.home.parent) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert processes_of(demo.home.parent) == []

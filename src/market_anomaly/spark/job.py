@@ -252,8 +252,14 @@ def run(args: argparse.Namespace) -> int:
     from market_anomaly.spark.session import build_session
     from market_anomaly.spark.workers import params_for
 
+    from market_anomaly.detection import InvalidParams
+
     params_path = str(Path(args.params).resolve())
-    params_for(params_path)  # fail fast, before Spark starts, on a missing or malformed file
+    try:
+        params_for(params_path)  # fail fast, before Spark starts, on a missing or malformed file
+    except InvalidParams as error:
+        log.error("%s", error)
+        return 2
     kafka_options = config.kafka_client_config(args)
     spark = build_session("market-anomaly-detect", args.master, parse_spark_conf(args.conf))
     sinks = build_sinks(SinkOptions.from_args(args))

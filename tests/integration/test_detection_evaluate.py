@@ -26,10 +26,10 @@ def test_false_alarm_target_and_far_fewer_alarms_than_the_naive_baseline(report)
 
 def test_recall_where_events_stand_out_from_real_minutes(report):
     recall = {kind: entry["recall"] for kind, entry in report["recall"].items()}
-    assert recall["all"] >= 0.72
-    assert recall["flash_crash"] >= 0.95 and recall["price_spike"] >= 0.9 and recall["pump_and_dump"] >= 0.8
-    assert report["recall"]["volume_burst"]["recall_stronger_half"] >= 0.85
-    assert report["recall"]["all"]["median_delay_min"] <= 2
+    assert recall["all"] >= 0.8
+    assert recall["flash_crash"] >= 0.9 and recall["price_spike"] >= 0.8 and recall["pump_and_dump"] >= 0.9
+    assert recall["volume_burst"] >= 0.85
+    assert report["recall"]["all"]["median_delay_min"] <= 3
 
 
 @pytest.mark.xfail(strict=True, reason="issue 3 recall target not met: weak volume bursts (8-19x the hourly median "

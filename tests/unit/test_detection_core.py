@@ -207,25 +207,31 @@ def test_state_is_compact_and_plain(engine):
 # -- consensus and market-wide events -----------------------------------------------------------
 
 
-def test_consensus_needs_the_move_and_the_model_or_one_extreme_detector():
-    params = params_from_dict(DEFAULTS).consensus  # required Z-SCORE + MODEL; alone MODEL 0.9, Z-SCORE 14
+def test_consensus_rule_path_and_calibrated_fused_path():
+    rule = {"required": ["Z-SCORE", "MODEL"], "alone": {"MODEL": 0.9, "Z-SCORE": 14.0}}
+    params = params_from_dict({**DEFAULTS, "consensus": {
+        **DEFAULTS["consensus"], **rule, "groups": [["Z-SCORE"], ["VOLUME"], ["MODEL"]], "pairs": False,
+        "threshold": 5.0}}).consensus
+    # rule: Z-SCORE + MODEL together, or MODEL >= 0.9, or |Z-SCORE| >= 14; fused: the largest group surprise >= 5
     names = ("Z-SCORE", "VOLATILITY", "VOLUME", "MODEL")
-    rows = {  # name -> (vote per row, score per row)
-        "Z-SCORE": ([1, 1, 0, 1, 1, 0], [7.0, 8.0, 1.0, -15.0, 9.0, 0.5]),
-        "VOLATILITY": ([0, 0, 0, 0, 1, 0], [0.0, 0.0, 0.0, 0.0, 3.5, 0.0]),
-        "VOLUME": ([0, 1, 1, 0, 1, 0], [1.0, 20.0, 30.0, 1.0, 12.0, 1.0]),
-        "MODEL": ([1, 0, 1, 0, 1, 1], [0.6, 0.1, 0.7, 0.2, 1.5, 0.95]),
+    rows = {  # name -> (eligible per row, score per row, surprise per row)
+        "Z-SCORE": ([1, 1, 0, 1, 1, 0, 0], [7.0, 8.0, 1.0, -15.0, 9.0, 0.5, 0.1], [2.0, 2.5, 0, 3.5, 3.0, 0, 0]),
+        "VOLATILITY": ([0, 0, 0, 0, 1, 0, 0], [0.0, 0.0, 0.0, 0.0, 3.5, 0.0, 0.0], [0, 0, 0, 0, 4.0, 0, 0]),
+        "VOLUME": ([0, 1, 1, 0, 1, 0, 1], [1.0, 20.0, 30.0, 1.0, 12.0, 1.0, 60.0], [0, 2.9, 3.1, 0, 2.5, 0, 6.5]),
+        "MODEL": ([1, 0, 1, 0, 1, 1, 0], [0.6, 0.1, 0.7, 0.2, 1.5, 0.95, 0.0], [2.6, 0, 2.8, 0, 4.0, 3.5, 0]),
     }
-    votes = {name: np.array(rows[name][0], dtype=bool) for name in names}
+    eligible = {name: np.array(rows[name][0], dtype=bool) for name in names}
     scores = {name: np.array(rows[name][1]) for name in names}
+    surprises = {name: np.array(rows[name][2], dtype=float) for name in names}
     reasons = {name: (lambda s, name=name: f"{name} {abs(s):.1f}") for name in names}
-    count, anomaly, confidence, why = consensus(votes, reasons, scores, params)
-    assert count.tolist() == [2, 2, 2, 1, 4, 1]
-    # move + model | big move on big volume is no news | volume + model without the move | extreme move alone
-    # | everything | the model alone beyond its own level
-    assert anomaly.tolist() == [True, False, False, True, True, True]
-    assert confidence.tolist() == ["MEDIUM", "MEDIUM", "MEDIUM", "LOW", "HIGH", "LOW"]
-    assert why[4] == "Z-SCORE 9.0 | VOLATILITY 3.5 | VOLUME 12.0 | MODEL 1.5" and why[5] == "MODEL 0.9"
+    count, anomaly, confidence, why, fused = consensus(eligible, reasons, scores, surprises, params)
+    # move + model (rule) | big move on big volume is no news | volume + model without the move | extreme move
+    # alone | everything | the model alone beyond its own level | 60x volume: calibrated surprise 6.5 alone
+    assert anomaly.tolist() == [True, False, False, True, True, True, True]
+    assert fused.tolist() == [2.6, 2.9, 3.1, 3.5, 4.0, 3.5, 6.5]  # VOLATILITY is not in the fused groups
+    assert confidence.tolist() == ["LOW", "NONE", "NONE", "LOW", "LOW", "LOW", "MEDIUM"]
+    assert count.tolist() == [2, 0, 1, 1, 4, 1, 1]
+    assert why[4] == "Z-SCORE 9.0 | VOLATILITY 3.5 | VOLUME 12.0 | MODEL 1.5" and why[6] == "VOLUME 60.0"
 
 
 def decision_rows(anomalous: dict[str, list[bool]]) -> pd.DataFrame:
@@ -275,7 +281,7 @@ def test_params_watcher_follows_live_edits_and_keeps_the_last_good_file(tmp_path
     (lambda d: d["consensus"].update(min_votes="two"), "consensus.min_votes"),
     (lambda d: d["volume"].pop("threshold"), "missing keys volume.threshold"),
     (lambda d: d["volume"].update(treshold=3), "unknown keys volume.treshold"),
-    (lambda d: d["consensus"]["confidence"].update(HIGH=1), "consensus.confidence"),
+    (lambda d: d["consensus"]["confidence"].update(HIGH=0.1), "consensus.confidence"),
     (lambda d: d["learned"].update(file="nowhere.npz"), "nowhere.npz"),
 ])
 def test_invalid_params_are_rejected_with_the_path_and_reason(tmp_path, params, edit, reason):

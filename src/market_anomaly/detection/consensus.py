@@ -5,47 +5,110 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+from market_anomaly.detection.calibration import surprise
 from market_anomaly.detection.params import CONFIDENCE_LEVELS, ConsensusParams, MarketParams
 
 REASON_SEPARATOR = " | "
 
 
-def consensus(votes_by_detector: dict[str, np.ndarray], reasons_by_detector: dict[str, callable],
-              scores_by_detector: dict[str, np.ndarray], params: ConsensusParams
-              ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """(votes, is_anomaly, confidence, reasons) per candle.
+def group_label(group: tuple[str, ...]) -> str:
+    return "/".join(group)
 
-    Confidence grows with the number of agreeing detectors (``params.confidence``: the
-    votes each level needs). A candle is an anomaly with at least ``params.min_votes``
-    votes including every detector in ``params.required`` (big moves on big volume are
-    what busy markets do, so that pair alone is no news: the move and the learned model
-    must agree; the other detectors add confidence and reasons), or when one detector's
-    score reaches its ``params.alone`` level (a deviation so large, or so inconsistent,
-    that it needs no second opinion). Reasons name every detector that voted, with the
-    size of its deviation.
+
+def pair_keys(groups) -> list[tuple[int, int, str]]:
+    """(i, j, calibration key) for every pair of groups: ``"Z-SCORE & MODEL"``, ``"BURST/DRIFT & TREND"``."""
+    return [(i, j, f"{group_label(groups[i])} & {group_label(groups[j])}")
+            for i in range(len(groups)) for j in range(i + 1, len(groups))]
+
+
+def group_surprise(names: list[str], surprise: np.ndarray, groups) -> np.ndarray:
+    """Per candle and group, the largest surprise of the group's detectors (columns of ``surprise`` by ``names``)."""
+    columns = []
+    for group in groups:
+        members = [names.index(name) for name in group if name in names]
+        columns.append(surprise[:, members].max(axis=1) if members else np.zeros(len(surprise)))
+    return np.column_stack(columns)
+
+
+def fuse(groups_surprise: np.ndarray, groups, calibration, pairs: bool) -> np.ndarray:
+    """Fused surprise: the largest group surprise, or the largest calibrated surprise of a pair of groups.
+
+    A pair's score is the smaller of its two group surprises ("both at least this surprising"),
+    calibrated like a detector on the training candles: two moderately unusual readings that
+    rarely come together count as one rare event (a k-of-n vote on a common scale).
+    """
+    fused = groups_surprise.max(axis=1)
+    if pairs:
+        for i, j, key in pair_keys(groups):
+            table = calibration.get(key)
+            if table:
+                both = np.minimum(groups_surprise[:, i], groups_surprise[:, j])
+                fused = np.maximum(fused, surprise(table, both))
+    return fused
+
+
+def consensus(eligible_by_detector: dict[str, np.ndarray], reasons_by_detector: dict[str, callable],
+              scores_by_detector: dict[str, np.ndarray], surprise_by_detector: dict[str, np.ndarray],
+              params: ConsensusParams, calibration=None
+              ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """(votes, is_anomaly, confidence, reasons, fused surprise) per candle.
+
+    Every detector's score is on one scale, its calibrated *surprise* (``calibration``:
+    ``-log10`` of how often normal training history scores that high). A detector counts
+    where it is *eligible* (warmed up and its raw score past its own floor). Detectors that
+    measure the same thing form ``params.groups`` (a group's surprise is its largest); the
+    fused surprise is the largest group surprise or, with ``params.pairs``, the largest
+    calibrated surprise of two groups together (``fuse``). A candle is an anomaly when the
+    fused surprise reaches ``params.threshold``, which ``train`` sets so the training candles
+    raise at most ``params.false_alarm_budget`` alarm episodes per symbol-day. Optional rule
+    path: every detector in ``params.required`` voting on its own raw threshold, or one in
+    ``params.alone`` reaching its level, also flags (empty by default).
+
+    A detector *votes* when its surprise reaches ``params.vote_surprise``; votes count the
+    agreeing detectors, and the reasons name each voter (an anomaly always names at least its
+    most surprising detector) with the size of its deviation. Confidence of an anomaly grows
+    with the fused surprise above the threshold (``params.confidence``: the margin each level
+    needs); NONE for the rest.
 
     >>> from market_anomaly.detection.params import ConsensusParams
-    >>> params = ConsensusParams(min_votes=2, required=("MODEL",), alone={"Z-SCORE": 14.0},
-    ...                          confidence={"LOW": 1, "MEDIUM": 2, "HIGH": 3})
-    >>> votes = {"Z-SCORE": np.array([True, True, True, False, True]),
-    ...          "VOLUME": np.array([False, True, False, False, True]),
-    ...          "MODEL": np.array([True, False, False, False, True])}
-    >>> scores = {"Z-SCORE": np.array([7.24, 6.5, -15.0, 1.0, 9.0]), "VOLUME": np.array([1.0, 14.0, 1.0, 1.0, 9.0]),
-    ...           "MODEL": np.array([0.6, 0.1, 0.2, 0.0, 0.9])}
-    >>> reasons = {"Z-SCORE": lambda s: f"Z-SCORE {abs(s):.1f}σ", "VOLUME": lambda s: f"VOLUME {s:.0f}x",
-    ...            "MODEL": lambda s: f"MODEL {s:.1f}x"}
-    >>> count, anomaly, confidence, why = consensus(votes, reasons, scores, params)
-    >>> count.tolist(), anomaly.tolist(), confidence.tolist()
-    ([2, 2, 1, 0, 3], [True, False, True, False, True], ['MEDIUM', 'MEDIUM', 'LOW', 'NONE', 'HIGH'])
-    >>> why.tolist()  # doctest: +NORMALIZE_WHITESPACE
-    ['Z-SCORE 7.2σ | MODEL 0.6x', 'Z-SCORE 6.5σ | VOLUME 14x', 'Z-SCORE 15.0σ', '',
-     'Z-SCORE 9.0σ | VOLUME 9x | MODEL 0.9x']
+    >>> params = ConsensusParams(required=(), alone={}, vote_surprise=3.0, groups=(("Z-SCORE",), ("VOLUME",)),
+    ...                          pairs=False, threshold=5.0, false_alarm_budget=0.5,
+    ...                          confidence={"LOW": 0.0, "MEDIUM": 1.0, "HIGH": 2.0})
+    >>> eligible = {"Z-SCORE": np.array([True, True, True, True]), "VOLUME": np.array([True, True, True, False])}
+    >>> scores = {"Z-SCORE": np.array([7.24, 6.5, 2.0, 15.0]), "VOLUME": np.array([1.0, 14.0, 3.0, 30.0])}
+    >>> surprises = {"Z-SCORE": np.array([5.2, 4.0, 1.0, 8.0]), "VOLUME": np.array([0.1, 3.5, 1.5, 9.0])}
+    >>> reasons = {"Z-SCORE": lambda s: f"Z-SCORE {abs(s):.1f}σ", "VOLUME": lambda s: f"VOLUME {s:.0f}x"}
+    >>> count, anomaly, confidence, why, fused = consensus(eligible, reasons, scores, surprises, params)
+    >>> count.tolist(), anomaly.tolist(), confidence.tolist(), fused.tolist()
+    ([1, 2, 0, 1], [True, False, False, True], ['LOW', 'NONE', 'NONE', 'HIGH'], [5.2, 4.0, 1.5, 8.0])
+    >>> why.tolist()
+    ['Z-SCORE 7.2σ', 'Z-SCORE 6.5σ | VOLUME 14x', '', 'Z-SCORE 15.0σ']
     """
-    names = list(votes_by_detector)
-    matrix = np.column_stack([votes_by_detector[name] for name in names])
+    names = list(eligible_by_detector)
+    surprise_matrix = np.column_stack([np.where(eligible_by_detector[name], surprise_by_detector[name], 0.0)
+                                       for name in names])
+    fused = fuse(group_surprise(names, surprise_matrix, params.groups), params.groups, calibration or {},
+                 params.pairs)
+    is_anomaly = fused >= params.threshold
+    eligible = np.column_stack([eligible_by_detector[name] for name in names])
+    rule = np.zeros(len(fused), dtype=bool)
+    if params.required:
+        rule = np.all([eligible_by_detector[name] for name in params.required], axis=0)
+    for name, level in params.alone.items():
+        if name in eligible_by_detector:
+            with np.errstate(invalid="ignore"):
+                rule |= eligible_by_detector[name] & (np.abs(scores_by_detector[name]) >= level)
+    is_anomaly |= rule
+    fusing = np.array([any(name in group for group in params.groups) for name in names])
+    matrix = (surprise_matrix >= params.vote_surprise) | (rule[:, None] & eligible)
+    strongest = np.zeros_like(matrix)
+    strongest[np.arange(len(fused)), np.where(fusing, surprise_matrix, -1.0).argmax(axis=1)] = True
+    matrix |= strongest & is_anomaly[:, None]  # an anomaly always names at least its strongest detector
     count = matrix.sum(axis=1).astype(np.int64)
+    margins = [params.confidence[level] for level in CONFIDENCE_LEVELS]
+    level_index = np.where(is_anomaly, np.searchsorted(margins, np.maximum(fused - params.threshold, 0),
+                                                       side="right"), 0)
     levels = np.array(("NONE",) + CONFIDENCE_LEVELS, dtype=object)
-    level_index = np.searchsorted([params.confidence[level] for level in CONFIDENCE_LEVELS], count, side="right")
     reasons = np.full(len(count), "", dtype=object)
     voted = np.flatnonzero(count)  # only the few rows with a vote pay for string formatting
     texts = []
@@ -53,15 +116,7 @@ def consensus(votes_by_detector: dict[str, np.ndarray], reasons_by_detector: dic
         describe, scores = reasons_by_detector[name], scores_by_detector[name]
         texts.append([describe(scores[row]) if matrix[row, column] else "" for row in voted])
     reasons[voted] = [REASON_SEPARATOR.join(filter(None, row)) for row in zip(*texts)]
-    enough = count >= params.min_votes
-    for name in params.required:
-        enough &= votes_by_detector[name]
-    alone = np.zeros(len(count), dtype=bool)
-    for name, level in params.alone.items():
-        if name in votes_by_detector:
-            with np.errstate(invalid="ignore"):
-                alone |= votes_by_detector[name] & (np.abs(scores_by_detector[name]) >= level)
-    return count, enough | alone, levels[level_index], reasons
+    return count, is_anomaly, levels[level_index], reasons, fused
 
 
 def market_threshold(active_symbols: np.ndarray, params: MarketParams) -> np.ndarray:

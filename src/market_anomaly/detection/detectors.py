@@ -15,7 +15,8 @@ import numpy as np
 from market_anomaly.detection.features import (RollingStats, median_iqr, median_only, root_mean_square,
                                                 trailing_windows)
 from market_anomaly.detection.learned import MinorComponents, model_inputs
-from market_anomaly.detection.params import LearnedParams, ReturnZScoreParams, VolatilityParams, VolumeParams
+from market_anomaly.detection.params import (LearnedParams, ReturnZScoreParams, RunsParams, VolatilityParams,
+                                              VolumeParams)
 
 
 class Detector:
@@ -61,9 +62,13 @@ class ReturnZScore(Detector):
         self.recent = RollingStats(params.recent_window, refresh, root_mean_square, guard)
 
     def score(self, log_returns: np.ndarray) -> np.ndarray:
+        return self.score_and_center(log_returns)[0]
+
+    def score_and_center(self, log_returns: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(z-score, center): the runs detectors measure their windows from the same center."""
         center, sigma = self.stats.baselines(log_returns)
         recent_rms = self.recent.baselines(log_returns)[1]
-        return (log_returns - center) / np.maximum(np.maximum(sigma, recent_rms), self.min_sigma)
+        return (log_returns - center) / np.maximum(np.maximum(sigma, recent_rms), self.min_sigma), center
 
     def learn(self, log_returns: np.ndarray) -> None:
         self.stats.learn(log_returns)
@@ -75,6 +80,30 @@ class ReturnZScore(Detector):
     def restore(self, state: dict[str, np.ndarray]) -> None:
         self.stats.restore(state, "zscore")
         self.recent.restore(state, "zscore.recent")
+
+
+class RecentScale:
+    """The scale the runs detectors measure in: RMS of the ``scale_window`` log returns before a guard band.
+
+    The guard (``scale_guard`` candles, at least the longest run window) keeps a run of
+    several minutes out of its own yardstick; floored at ``min_sigma``.
+    """
+
+    def __init__(self, params: RunsParams, refresh: int, min_sigma_pct: float):
+        self.stats = RollingStats(params.scale_window, refresh, root_mean_square, params.scale_guard)
+        self.min_sigma = min_sigma_pct / 100
+
+    def scale(self, log_returns: np.ndarray) -> np.ndarray:
+        return np.maximum(self.stats.baselines(log_returns)[1], self.min_sigma)
+
+    def learn(self, log_returns: np.ndarray) -> None:
+        self.stats.learn(log_returns)
+
+    def state(self) -> dict[str, np.ndarray]:
+        return self.stats.state("runs.scale")
+
+    def restore(self, state: dict[str, np.ndarray]) -> None:
+        self.stats.restore(state, "runs.scale")
 
 
 class Volatility(Detector):
@@ -237,3 +266,168 @@ class LearnedSurprise(Detector):
     def restore(self, state: dict[str, np.ndarray]) -> None:
         if "learned.z" in state:
             self.recent_z, self.recent_volume = state["learned.z"], state["learned.volume"]
+
+
+class _Run(Detector):
+    """A statistic of the last ``window`` values (this candle's included); memory: the ``window - 1`` before."""
+
+    key = ""
+    threshold = 0.0
+
+    def __init__(self, window: int, warmup: int):
+        self.window, self.warmup = window, warmup
+        self.recent = np.empty(0)
+
+    def windows(self, values: np.ndarray) -> np.ndarray:
+        return trailing_windows(self.recent, values, self.window)
+
+    def remember(self, values: np.ndarray) -> None:
+        if self.window > 1:
+            self.recent = np.concatenate([self.recent, values])[-(self.window - 1):]
+
+    def state(self) -> dict[str, np.ndarray]:
+        return {f"runs.{self.key}": self.recent}
+
+    def restore(self, state: dict[str, np.ndarray]) -> None:
+        self.recent = state.get(f"runs.{self.key}", self.recent)
+
+
+class VolumeRun(_Run):
+    """Sustained volume the price action does not explain: a minute of heavy volume is ordinary, minutes are not.
+
+    Per candle, the unexplained log volume is ``log(volume ratio) - elasticity * max(log(range ratio), 0)``
+    (volume rises with the candle's range on real markets), floored at ``log(0.1)`` so one
+    idle minute does not cancel a run; the score is ``exp`` of its mean over the last
+    ``volume_window`` candles: the geometric-mean multiple of normal volume, sustained.
+
+    >>> from market_anomaly.detection.params import RunsParams
+    >>> run = VolumeRun(RunsParams(volume_window=3, volume_elasticity=1.0, return_window=5, trend_window=4,
+    ...                    scale_window=60, scale_guard=5, warmup=0))
+    >>> run.score(np.log(np.array([1.0, 12.0, 12.0, 12.0])), np.zeros(4)).round(1).tolist()
+    [nan, nan, 5.2, 12.0]
+    >>> run.reason(12.0)
+    'VOLUME RUN 12x'
+    """
+
+    name, key = "VOLUME RUN", "volume"
+
+    def __init__(self, params: RunsParams):
+        super().__init__(params.volume_window, params.warmup)
+        self.elasticity = params.volume_elasticity
+
+    def excess(self, log_volume_ratio: np.ndarray, log_range_ratio: np.ndarray) -> np.ndarray:
+        return np.maximum(log_volume_ratio - self.elasticity * np.maximum(log_range_ratio, 0), -2.3)
+
+    def score(self, log_volume_ratio: np.ndarray, log_range_ratio: np.ndarray) -> np.ndarray:
+        return np.exp(self.windows(self.excess(log_volume_ratio, log_range_ratio)).mean(axis=1))
+
+    def learn(self, log_volume_ratio: np.ndarray, log_range_ratio: np.ndarray) -> None:
+        self.remember(self.excess(log_volume_ratio, log_range_ratio))
+
+    def reason(self, score: float) -> str:
+        return f"{self.name} {score:.0f}x"
+
+
+class Burst(_Run):
+    """Short realized volatility: RMS of the last ``return_window`` log returns over the long-run robust sigma.
+
+    >>> from market_anomaly.detection.params import RunsParams
+    >>> burst = Burst(RunsParams(volume_window=3, volume_elasticity=1.0, return_window=2, trend_window=4,
+    ...                    scale_window=60, scale_guard=5, warmup=0))
+    >>> burst.score(np.array([0.001, 0.003, -0.004]), np.zeros(3), np.full(3, 0.001)).round(2).tolist()
+    [nan, 2.24, 3.54]
+    """
+
+    name, key = "BURST", "returns"
+
+    def __init__(self, params: RunsParams):
+        super().__init__(params.return_window, params.warmup)
+
+    def score(self, log_returns: np.ndarray, center: np.ndarray, sigma: np.ndarray) -> np.ndarray:
+        deviations = self.windows(log_returns) - center[:, None]
+        return np.sqrt(np.mean(deviations * deviations, axis=1)) / sigma
+
+    def learn(self, log_returns: np.ndarray) -> None:
+        self.remember(log_returns)
+
+    def reason(self, score: float) -> str:
+        return f"{self.name} {score:.1f}x"
+
+
+class Drift(Burst):
+    """Directional run: the sum of the last ``return_window`` log returns in long-run sigmas of that sum.
+
+    A pump or a crash spread over several minutes is a large drift even when no single
+    minute is extreme. Shares its memory layout with ``Burst`` (its own copy).
+    """
+
+    name, key = "DRIFT", "drift"
+
+    def score(self, log_returns: np.ndarray, center: np.ndarray, sigma: np.ndarray) -> np.ndarray:
+        deviations = self.windows(log_returns) - center[:, None]
+        return deviations.sum(axis=1) / (sigma * np.sqrt(self.window))
+
+    def reason(self, score: float) -> str:
+        return f"{self.name} {abs(score):.1f}σ"
+
+
+class Reversal(_Run):
+    """A move undone the next minute: ``min(|z_t-1|, |z_t|)`` when the two z-scores have opposite signs, else 0.
+
+    A price spike (a print far off the market that the next minute takes back) is rare as a
+    *pair*, even where single large returns are not.
+
+    >>> from market_anomaly.detection.params import RunsParams
+    >>> reversal = Reversal(RunsParams(volume_window=3, volume_elasticity=1.0, return_window=5, trend_window=4,
+    ...                    scale_window=60, scale_guard=5, warmup=0))
+    >>> reversal.score(np.array([1.0, 9.0, -7.5, -3.0])).tolist(), reversal.reason(7.5)
+    ([nan, 0.0, 7.5, 0.0], 'REVERSAL 7.5σ')
+    """
+
+    name, key = "REVERSAL", "zscore"
+
+    def __init__(self, params: RunsParams):
+        super().__init__(2, params.warmup)
+
+    def score(self, zscore: np.ndarray) -> np.ndarray:
+        pair = self.windows(zscore)
+        with np.errstate(invalid="ignore"):
+            size = np.minimum(np.abs(pair[:, 0]), np.abs(pair[:, 1]))
+            return np.where(pair[:, 0] * pair[:, 1] < 0, size, np.where(np.isnan(size), np.nan, 0.0))
+
+    def learn(self, zscore: np.ndarray) -> None:
+        self.remember(zscore)
+
+    def reason(self, score: float) -> str:
+        return f"{self.name} {score:.1f}σ"
+
+
+class Trend(_Run):
+    """A steady run: the smallest same-direction move of the last ``trend_window`` candles, in long-run sigmas.
+
+    Every candle of the window must move the same way by at least the score (0 when the
+    directions differ): a pump or a slide that builds minute after minute, which real
+    markets rarely sustain even when single minutes or 5-minute sums are large.
+
+    >>> from market_anomaly.detection.params import RunsParams
+    >>> trend = Trend(RunsParams(volume_window=3, volume_elasticity=1.0, return_window=5, trend_window=3,
+    ...                    scale_window=60, scale_guard=5, warmup=0))
+    >>> trend.score(np.array([0.002, 0.003, 0.004, -0.001]), np.zeros(4), np.full(4, 0.001)).round(1).tolist()
+    [nan, nan, 2.0, 0.0]
+    """
+
+    name, key = "TREND", "trend"
+
+    def __init__(self, params: RunsParams):
+        super().__init__(params.trend_window, params.warmup)
+
+    def score(self, log_returns: np.ndarray, center: np.ndarray, sigma: np.ndarray) -> np.ndarray:
+        moves = (self.windows(log_returns) - center[:, None]) / sigma[:, None]
+        with np.errstate(invalid="ignore"):
+            return np.maximum(np.maximum(moves.min(axis=1), (-moves).min(axis=1)), 0.0)
+
+    def learn(self, log_returns: np.ndarray) -> None:
+        self.remember(log_returns)
+
+    def reason(self, score: float) -> str:
+        return f"{self.name} {score:.1f}σ"

@@ -15,8 +15,10 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from market_anomaly.detection.consensus import consensus
-from market_anomaly.detection.detectors import LearnedSurprise, ReturnZScore, Volatility, VolumeSpike
+from market_anomaly.detection.consensus import consensus, group_surprise
+from market_anomaly.detection.calibration import surprise
+from market_anomaly.detection.detectors import (Burst, RecentScale, Drift, LearnedSurprise, ReturnZScore, Reversal, Trend,
+                                               Volatility, VolumeRun, VolumeSpike)
 from market_anomaly.detection.features import RollingStats, candle_features, median_only
 from market_anomaly.detection.params import ModelParams
 from market_anomaly.detection.state import pack, unpack
@@ -27,6 +29,8 @@ DECISION_SCHEMA: list[tuple[str, str]] = [
     ("volume", "float64"), ("volume_change", "float64"), ("volume_ratio", "float64"), ("range_ratio", "float64"),
     ("taker_buy_share", "float64"), ("window_mean", "float64"), ("window_std", "float64"),
     ("zscore", "float64"), ("volatility_z", "float64"), ("model_score", "float64"),
+    ("volume_run", "float64"), ("burst", "float64"), ("drift", "float64"), ("trend", "float64"), ("reversal", "float64"),
+    ("surprise", "float64"),
     ("votes", "int64"), ("is_anomaly", "bool"), ("confidence", "object"), ("reasons", "object"),
     ("market_event", "bool"), ("produced_at", "int64"),
 ]
@@ -34,7 +38,11 @@ DECISION_SCHEMA: list[tuple[str, str]] = [
 # Columns beyond the decision record: volume_change (vs the previous minute), volume_ratio and range_ratio (vs
 # their rolling medians), taker_buy_share (NaN when absent), window_mean/window_std (return %, last 60 candles),
 # zscore (robust, adaptive), volatility_z (window_std vs its own history), model_score (learned model, 1 = alarm
-# level), market_event (set by mark_market_events). Floats are NaN while a detector's baseline is warming up.
+# level), volume_run (geometric mean of the last minutes' volume the range does not explain, x normal), burst
+# (short realized volatility / long-run sigma), drift (short run's summed return in sigmas), trend (the smallest same-direction move of a
+# steady run, in sigmas), reversal (a z-score
+# undone by the next one: the smaller of the two), surprise (the fused
+# calibrated surprise, -log10 tail probability; see calibration), market_event (set by mark_market_events). Floats are NaN while a detector's baseline is warming up.
 
 INTERVAL_NAMES = {60_000: "1m", 180_000: "3m", 300_000: "5m", 900_000: "15m", 1_800_000: "30m",
                   3_600_000: "1h", 14_400_000: "4h", 86_400_000: "1d"}
@@ -56,6 +64,7 @@ class DetectionEngine:
 
     def __init__(self, params: ModelParams):
         self.params = params
+        self.keep_group_surprise, self.group_surprise = False, None
         self.interval_name = INTERVAL_NAMES.get(params.interval_ms, f"{params.interval_ms}ms")
 
     def process(self, symbol: str, candles: pd.DataFrame, state: bytes | None) -> tuple[pd.DataFrame, bytes]:
@@ -70,33 +79,57 @@ class DetectionEngine:
         zscore_detector = ReturnZScore(params.return_zscore, params.refresh, params.guard)
         volatility_detector = Volatility(params.volatility, params.refresh, params.return_zscore.min_sigma_pct)
         volume_detector = VolumeSpike(params.volume, params.refresh, params.guard)
+        volume_run, burst, drift = VolumeRun(params.runs), Burst(params.runs), Drift(params.runs)
+        reversal, trend = Reversal(params.runs), Trend(params.runs)
         learned = LearnedSurprise(params.learned, params.model)
         range_level = RollingStats(params.range.window, params.refresh, median_only, params.guard)
-        detectors = (zscore_detector, volatility_detector, volume_detector, learned)
+        detectors = (zscore_detector, volatility_detector, volume_detector, volume_run, burst, drift, trend,
+                     reversal, learned)
         for detector in detectors:
             detector.restore(memory)
         range_level.restore(memory, "range")
+        recent_scale = RecentScale(params.runs, params.refresh, params.return_zscore.min_sigma_pct)
+        recent_scale.restore(memory)
 
         features = candle_features(candles, int(last_open_time), last_close, last_volume, params.interval_ms,
                                    params.range.floor_pct)
         positions = int(seen) + np.arange(len(candles))
-        zscore = zscore_detector.score(features.log_return)
+        zscore, center = zscore_detector.score_and_center(features.log_return)
+        long_sigma = recent_scale.scale(features.log_return)
         volatility_z, window_mean, window_std = volatility_detector.score(features.return_pct)
         volume_ratio = volume_detector.score(features.volume)
         log_range_ratio = features.log_range - range_level.baselines(features.log_range)[0]
         log_volume_ratio = np.log(volume_ratio)
+        run_volume = volume_run.score(log_volume_ratio, log_range_ratio)
+        burst_score = burst.score(features.log_return, center, long_sigma)
+        drift_score = drift.score(features.log_return, center, long_sigma)
+        reversal_score = reversal.score(zscore)
+        trend_score = trend.score(features.log_return, center, long_sigma)
         model_score = learned.score(zscore, log_volume_ratio, log_range_ratio)
 
         zscore_detector.learn(features.log_return)
         volatility_detector.learn(features.return_pct)
         volume_detector.learn(features.volume)
+        volume_run.learn(log_volume_ratio, log_range_ratio)
+        burst.learn(features.log_return)
+        drift.learn(features.log_return)
+        reversal.learn(zscore)
+        trend.learn(features.log_return)
         range_level.learn(features.log_range)
+        recent_scale.learn(features.log_return)
         learned.learn(zscore, log_volume_ratio)
 
-        scores = dict(zip((d.name for d in detectors), (zscore, volatility_z, volume_ratio, model_score)))
-        votes, is_anomaly, confidence, reasons = consensus(
-            {d.name: d.votes(scores[d.name], positions) for d in detectors},
-            {d.name: d.reason for d in detectors}, scores, params.consensus)
+        scores = dict(zip((d.name for d in detectors),
+                          (zscore, volatility_z, volume_ratio, run_volume, burst_score, drift_score, trend_score,
+                           reversal_score, model_score)))
+        eligible = {d.name: d.votes(scores[d.name], positions) for d in detectors}
+        surprises = detector_surprise(scores, params.calibration)
+        votes, is_anomaly, confidence, reasons, fused = consensus(
+            eligible, {d.name: d.reason for d in detectors}, scores, surprises, params.consensus, params.calibration)
+        if self.keep_group_surprise:  # training calibrates pairs of groups on these
+            names = list(eligible)
+            self.group_surprise = group_surprise(names, np.column_stack(
+                [np.where(eligible[name], surprises[name], 0.0) for name in names]), params.consensus.groups)
 
         open_time = candles["open_time"].to_numpy(np.int64)
         decisions = pd.DataFrame({
@@ -110,6 +143,8 @@ class DetectionEngine:
             "taker_buy_share": features.taker_buy_share,
             "window_mean": window_mean, "window_std": window_std, "zscore": zscore,
             "volatility_z": volatility_z, "model_score": model_score,
+            "volume_run": run_volume, "burst": burst_score, "drift": drift_score,
+            "trend": trend_score, "reversal": reversal_score, "surprise": fused,
             "votes": votes, "is_anomaly": is_anomaly, "confidence": confidence, "reasons": reasons,
             "market_event": False,
             "produced_at": _column_or(candles, "produced_at", 0),
@@ -118,9 +153,22 @@ class DetectionEngine:
         new_memory = {
             "engine.last": np.array([open_time[-1], features.close[-1], features.volume[-1], positions[-1] + 1]),
             **{name: values for detector in detectors for name, values in detector.state().items()},
-            **range_level.state("range"),
+            **range_level.state("range"), **recent_scale.state(),
         }
         return decisions, pack(new_memory)
+
+
+TWO_SIDED = ("Z-SCORE", "DRIFT")  # detectors whose size is the absolute score (either direction is news)
+
+
+def calibration_scores(scores: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """The quantity each detector's calibration table is about (absolute value for the two-sided ones)."""
+    return {name: np.abs(values) if name in TWO_SIDED else values for name, values in scores.items()}
+
+
+def detector_surprise(scores: dict[str, np.ndarray], calibration) -> dict[str, np.ndarray]:
+    """Calibrated surprise per detector (0 for detectors without a table, e.g. before ``train``)."""
+    return {name: surprise(calibration.get(name), values) for name, values in calibration_scores(scores).items()}
 
 
 def _column_or(candles: pd.DataFrame, name: str, default) -> np.ndarray:

@@ -23,7 +23,7 @@ import numpy as np
 import pandas as pd
 
 from market_anomaly.detection.injection import KINDS, MAGNITUDE_RANGES, inject_random, injection_slots
-from market_anomaly.detection.training import score_series, train
+from market_anomaly.detection.training import alarm_episodes, score_series, train
 
 DETECTION_WINDOW_MIN = 5
 EPISODE_GAP_MIN = 5
@@ -33,18 +33,14 @@ BASELINE_THRESHOLD = 3.0
 MINUTE_MS = 60_000
 
 
-def alarm_episodes(flag_times_ms: np.ndarray) -> int:
-    """Flags less than ``EPISODE_GAP_MIN`` minutes apart are one episode.
-
-    >>> alarm_episodes(np.array([0, 60_000, 240_000, 600_000]) )  # 0-4 min one episode, 10 min another
-    2
-    """
-    times = np.sort(flag_times_ms)
-    return int(len(times) and 1 + np.count_nonzero(np.diff(times) >= EPISODE_GAP_MIN * MINUTE_MS))
-
-
 def baseline_flags(candles: pd.DataFrame) -> np.ndarray:
-    """The naive detector: |z| of return or z of volume > 3 against the previous 60 candles."""
+    """The naive detector: |z| of return or z of volume > 3 against the previous 60 candles.
+
+    >>> closes = pd.Series(100 + 0.1 * np.sin(np.arange(80)))
+    >>> flags = baseline_flags(pd.DataFrame({"close": closes.where(closes.index != 70, 103.0), "volume": 1.0}))
+    >>> np.flatnonzero(flags).tolist()
+    [70, 71]
+    """
     returns = candles["close"].pct_change()
     volume = candles["volume"]
 

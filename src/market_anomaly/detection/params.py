@@ -24,12 +24,13 @@ import zipfile
 from dataclasses import dataclass, fields
 from pathlib import Path
 
+from market_anomaly.detection.calibration import calibration_problem
 from market_anomaly.detection.learned import MinorComponents
 
 log = logging.getLogger("market_anomaly.detection")
 
 CONFIDENCE_LEVELS = ("LOW", "MEDIUM", "HIGH")
-DETECTOR_NAMES = ("Z-SCORE", "VOLATILITY", "VOLUME", "MODEL")
+DETECTOR_NAMES = ("Z-SCORE", "VOLATILITY", "VOLUME", "VOLUME RUN", "BURST", "DRIFT", "TREND", "REVERSAL", "MODEL")
 
 DEFAULTS: dict = {
     "version": 1,
@@ -41,10 +42,16 @@ DEFAULTS: dict = {
     "volatility": {"window": 60, "history": 144, "threshold": 3.0, "warmup": 780},
     "volume": {"window": 60, "threshold": 8.0, "warmup": 60},
     "range": {"window": 60, "floor_pct": 0.0001},
+    "runs": {"volume_window": 3, "volume_elasticity": 1.0, "return_window": 5, "trend_window": 4, "scale_window": 60, "scale_guard": 5,
+             "warmup": 240},
     "learned": {"file": "model_params.model.npz", "sequence": 5, "skip_components": 1, "typical_score": 0.0,
                 "alarm_score": 40.0, "threshold": 0.6, "warmup": 240},
-    "consensus": {"min_votes": 2, "required": ["Z-SCORE", "MODEL"], "alone": {"MODEL": 0.9, "Z-SCORE": 14.0},
-                  "confidence": {"LOW": 1, "MEDIUM": 2, "HIGH": 3}},
+    "calibration": {},
+    "consensus": {"required": [], "alone": {}, "vote_surprise": 3.0,
+                  "groups": [["Z-SCORE"], ["BURST", "DRIFT"], ["VOLUME", "VOLUME RUN"], ["TREND"], ["REVERSAL"],
+                             ["MODEL"]],
+                  "pairs": True, "threshold": 5.0, "false_alarm_budget": 0.7,
+                  "confidence": {"LOW": 0.0, "MEDIUM": 0.75, "HIGH": 2.0}},
     "market": {"min_symbols": 3, "min_fraction": 0.3},
 }
 
@@ -88,6 +95,17 @@ class RangeParams:
 
 
 @dataclass(frozen=True)
+class RunsParams:
+    volume_window: int        # candles whose unexplained volume is averaged (VOLUME RUN)
+    volume_elasticity: float  # log volume a range excess explains: excess = log volume ratio - this * log range ratio
+    return_window: int        # candles of the short realized volatility (BURST) and the drift (DRIFT)
+    trend_window: int         # candles that must all move the same way (TREND)
+    scale_window: int         # the runs' yardstick: RMS of this many log returns ...
+    scale_guard: int          # ... ending this many candles before the refresh point
+    warmup: int
+
+
+@dataclass(frozen=True)
 class LearnedParams:
     file: str
     sequence: int         # candles in the "recent" inputs (run of moves, reversal, sustained volume)
@@ -100,10 +118,14 @@ class LearnedParams:
 
 @dataclass(frozen=True)
 class ConsensusParams:
-    min_votes: int
-    required: tuple[str, ...]          # detectors that must all be among the votes (empty: any votes count)
-    alone: typing.Mapping[str, float]  # detector -> score at which it flags an anomaly on its own
-    confidence: typing.Mapping[str, int]  # level -> votes needed
+    required: tuple[str, ...]          # rule path: these detectors' own votes together flag (empty: no rule)
+    alone: typing.Mapping[str, float]  # rule path: detector -> score at which its vote alone flags
+    vote_surprise: float       # a detector votes (and is named in the reasons) at this calibrated surprise
+    groups: tuple[tuple[str, ...], ...]  # fused detectors in groups of dependent ones (others only vote)
+    pairs: bool                # also fuse calibrated pairs of groups (k-of-n on one scale; tables from train)
+    threshold: float           # anomaly when the fused surprise reaches this (set by train for the budget)
+    false_alarm_budget: float  # alarm episodes per symbol-day train allows on its own (training) candles
+    confidence: typing.Mapping[str, float]  # level -> fused surprise above the threshold it needs
 
 
 @dataclass(frozen=True)
@@ -125,7 +147,9 @@ class ModelParams:
     volatility: VolatilityParams
     volume: VolumeParams
     range: RangeParams
+    runs: RunsParams
     learned: LearnedParams
+    calibration: typing.Mapping[str, object]  # detector -> {"scores", "surprise", "tail_slope"} (see calibration)
     consensus: ConsensusParams
     market: MarketParams
     model: MinorComponents | None = None  # the fitted learned model (None only before training)
@@ -136,7 +160,7 @@ class ModelParams:
             if hasattr(value, "__dataclass_fields__"):
                 return {f.name: plain(getattr(value, f.name)) for f in fields(value)}
             if isinstance(value, tuple):
-                return list(value)
+                return [plain(item) for item in value]
             return dict(value) if isinstance(value, types.MappingProxyType) else value
         return {name: value for name, value in plain(self).items() if name != "model"}
 
@@ -152,19 +176,26 @@ def params_from_dict(raw: dict, path: Path | str = "<dict>", model: MinorCompone
     if params.refresh < 1 or params.interval_ms < 1:
         raise InvalidParams(path, "refresh and interval_ms must be at least 1")
     levels = params.consensus.confidence
-    votes = list(levels.values())
-    if (tuple(levels) != CONFIDENCE_LEVELS or not all(isinstance(v, int) and v >= 1 for v in votes)
-            or votes != sorted(votes)):
+    margins = list(levels.values())
+    if (tuple(levels) != CONFIDENCE_LEVELS or not all(isinstance(v, (int, float)) and not isinstance(v, bool)
+                                                      and v >= 0 for v in margins) or margins != sorted(margins)):
         raise InvalidParams(path, f"consensus.confidence must map {', '.join(CONFIDENCE_LEVELS)} to increasing "
-                                  f"vote counts >= 1, got {dict(levels)}")
+                                  f"non-negative surprise margins, got {dict(levels)}")
     if params.learned.alarm_score <= params.learned.typical_score:
         raise InvalidParams(path, "learned.alarm_score must be above learned.typical_score")
-    unknown = sorted((set(params.consensus.alone) | set(params.consensus.required)) - set(DETECTOR_NAMES))
-    levels_ok = all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in params.consensus.alone.values())
-    if unknown or not levels_ok:
-        raise InvalidParams(path, f"consensus.alone maps detector names ({', '.join(DETECTOR_NAMES)}) to scores "
-                                  f"and consensus.required lists some of them; got {dict(params.consensus.alone)}, "
-                                  f"{list(params.consensus.required)}")
+    if params.runs.volume_window < 1 or params.runs.return_window < 2:
+        raise InvalidParams(path, "runs.volume_window needs at least 1 candle and runs.return_window 2")
+    from market_anomaly.detection.consensus import pair_keys
+    pairs = {key for _, _, key in pair_keys(params.consensus.groups)}
+    unknown = sorted((set(params.calibration) - pairs | {name for group in params.consensus.groups for name in group}
+                      | set(params.consensus.required) | set(params.consensus.alone)) - set(DETECTOR_NAMES))
+    if unknown:
+        raise InvalidParams(path, f"calibration or consensus.fused names unknown detectors {unknown}; expected some of "
+                                  f"{', '.join(DETECTOR_NAMES)}")
+    for name, table in params.calibration.items():
+        problem = calibration_problem(table)
+        if problem:
+            raise InvalidParams(path, f"calibration.{name}: {problem}")
     if not 0 <= params.market.min_fraction <= 1:
         raise InvalidParams(path, "market.min_fraction must be between 0 and 1")
     return _with_model(params, model)
@@ -269,10 +300,19 @@ def _build(cls, raw, path, where: str, skip: tuple[str, ...] = ()):
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not value == value:
                 raise InvalidParams(path, f"{key} must be a number, got {value!r}")
             values[name] = float(value)
+        elif kind is bool:
+            if not isinstance(value, bool):
+                raise InvalidParams(path, f"{key} must be true or false, got {value!r}")
+            values[name] = value
         elif kind is str:
             if not isinstance(value, str) or not value:
                 raise InvalidParams(path, f"{key} must be a non-empty string, got {value!r}")
             values[name] = value
+        elif kind == tuple[tuple[str, ...], ...]:
+            if not isinstance(value, list) or not all(isinstance(group, list) and group and all(
+                    isinstance(item, str) for item in group) for group in value) or not value:
+                raise InvalidParams(path, f"{key} must be a non-empty list of non-empty lists of names, got {value!r}")
+            values[name] = tuple(tuple(group) for group in value)
         elif typing.get_origin(kind) is tuple:
             if not isinstance(value, list) or not all(isinstance(item, str) for item in value):
                 raise InvalidParams(path, f"{key} must be a list of names, got {value!r}")

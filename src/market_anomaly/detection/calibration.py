@@ -1,0 +1,84 @@
+"""Calibration: every detector's score on one scale, the *surprise* ``-log10`` of its tail probability.
+
+Detectors speak different units (sigmas, multiples of a median, model distances) and
+their tails differ (a 10x volume minute is common, a 10-sigma return is not). ``train``
+measures each detector's score distribution on the training candles and stores a table:
+the score at tail probabilities ``10**-s`` for surprise levels ``s`` (``SURPRISE_GRID``,
+as far as the training sample reaches), plus a Pareto tail slope (surprise per unit of
+log score, fitted on the upper levels) to go beyond the largest training score.
+``surprise(table, scores)`` maps scores to that scale: 3.0 means "one candle in a
+thousand of normal history scores this high", whatever the detector.
+
+Consensus then compares detectors on the same footing and one threshold (set by
+``train`` for a false-alarm budget on the training candles) replaces hand-picked
+per-detector rules.
+
+>>> rng = np.random.default_rng(0)
+>>> table = fit_table(np.abs(rng.standard_normal(100_000)))
+>>> [round(float(s), 1) for s in surprise(table, np.array([0.0, 1.645, 3.29, 4.5]))]
+[0.0, 1.0, 3.0, 5.3]
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+SURPRISE_GRID = np.round(np.arange(0.25, 6.01, 0.25), 2)
+MIN_TAIL_COUNT = 2  # a level needs at least this many training scores above it
+MAX_SURPRISE = 10.0  # extrapolation beyond the training sample is capped: one in 10**10 candles
+DEFAULT_TAIL_SLOPE = 2.0  # where the tail is too short to fit: a tenfold score is 4.6 levels rarer
+TAIL_FROM = 2.0     # the Pareto tail slope is fitted on levels from this surprise up
+
+
+def fit_table(scores: np.ndarray) -> dict:
+    """The calibration table of ``scores`` (finite ones; NaN means "not defined yet" and is ignored)."""
+    scores = np.sort(scores[np.isfinite(scores)])
+    if len(scores) < 100:
+        raise ValueError(f"{len(scores)} scores are too few to calibrate a detector")
+    levels = SURPRISE_GRID[len(scores) * 10.0 ** -SURPRISE_GRID >= MIN_TAIL_COUNT]
+    quantiles = np.quantile(scores, 1 - 10.0 ** -levels)
+    quantiles = np.maximum.accumulate(quantiles)
+    levels, quantiles = np.concatenate([[0.0], levels]), np.concatenate([[scores[0]], quantiles])
+    keep = np.concatenate([[True], np.diff(quantiles) > 0])  # ties (discrete scores): the lowest level keeps it
+    levels, quantiles = levels[keep], quantiles[keep]
+    if len(levels) < 2:  # (almost) always the same score: the largest seen is one in len(scores)
+        levels = np.array([0.0, np.log10(len(scores))])
+        quantiles = np.array([quantiles[0], max(scores[-1], quantiles[0] + 1.0)])
+    tail = (levels >= TAIL_FROM) & (quantiles > 0)
+    if tail.sum() >= 2:
+        slope = float(np.polyfit(np.log(quantiles[tail]), levels[tail], 1)[0])
+    else:
+        slope = DEFAULT_TAIL_SLOPE
+    return {"scores": [float(q) for q in quantiles], "surprise": [float(s) for s in levels],
+            "tail_slope": round(max(slope, 1.0), 4)}
+
+
+def surprise(table: dict | None, scores: np.ndarray) -> np.ndarray:
+    """Surprise of each score (0 where the score is NaN or the detector is not calibrated)."""
+    scores = np.asarray(scores, dtype=float)
+    if not table:
+        return np.zeros(len(scores))
+    points, levels = np.asarray(table["scores"]), np.asarray(table["surprise"])
+    finite = np.where(np.isfinite(scores), scores, -np.inf)
+    result = np.interp(finite, points, levels)
+    top = points[-1]
+    beyond = finite > top
+    if beyond.any() and top > 0:
+        result[beyond] = levels[-1] + table["tail_slope"] * np.log(finite[beyond] / top)
+    result = np.minimum(result, MAX_SURPRISE)
+    return np.where(np.isfinite(scores), result, 0.0)
+
+
+def calibration_problem(table) -> str | None:
+    """Why ``table`` is not a usable calibration table (None when it is)."""
+    if not isinstance(table, dict) or set(table) != {"scores", "surprise", "tail_slope"}:
+        return "expected an object with scores, surprise and tail_slope"
+    points, levels, slope = table["scores"], table["surprise"], table["tail_slope"]
+    numbers = all(isinstance(v, (int, float)) and not isinstance(v, bool) and v == v for v in [*points, *levels])
+    if not (isinstance(points, list) and isinstance(levels, list) and numbers and len(points) == len(levels) >= 2):
+        return "scores and surprise must be lists of as many numbers (at least 2)"
+    if any(b <= a for a, b in zip(points, points[1:])) or any(b <= a for a, b in zip(levels, levels[1:])):
+        return "scores and surprise must increase"
+    if not isinstance(slope, (int, float)) or isinstance(slope, bool) or not slope > 0:
+        return "tail_slope must be a positive number"
+    return None

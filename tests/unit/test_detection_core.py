@@ -28,6 +28,7 @@ def small_document() -> dict:
     """Defaults with short windows so synthetic series of a few thousand candles warm up."""
     document = json.loads(json.dumps(DEFAULTS))
     document["volatility"].update(history=48, warmup=300)
+    document["consensus"].update(false_alarm_budget=2.0)  # a 3-day training set allows few episodes: not none
     return document
 
 

@@ -49,7 +49,7 @@ def fuse(groups_surprise: np.ndarray, groups, calibration, pairs: bool) -> np.nd
 
 def consensus(eligible_by_detector: dict[str, np.ndarray], reasons_by_detector: dict[str, callable],
               scores_by_detector: dict[str, np.ndarray], surprise_by_detector: dict[str, np.ndarray],
-              params: ConsensusParams, calibration=None
+              params: ConsensusParams, calibration=None, own_votes: dict[str, np.ndarray] | None = None
               ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """(votes, is_anomaly, confidence, reasons, fused surprise) per candle.
 
@@ -64,9 +64,10 @@ def consensus(eligible_by_detector: dict[str, np.ndarray], reasons_by_detector: 
     path: every detector in ``params.required`` voting on its own raw threshold, or one in
     ``params.alone`` reaching its level, also flags (empty by default).
 
-    A detector *votes* when its surprise reaches ``params.vote_surprise``; votes count the
-    agreeing detectors, and the reasons name each voter (an anomaly always names at least its
-    most surprising detector) with the size of its deviation. Confidence of an anomaly grows
+    A detector *votes* when its surprise reaches ``params.vote_surprise``, or on an anomaly
+    when it is in ``own_votes`` (past its own threshold); votes count the agreeing
+    detectors, and the reasons name each voter (an anomaly always names at least its most
+    surprising detector) with the size of its deviation. Confidence of an anomaly grows
     with the fused surprise above the threshold (``params.confidence``: the margin each level
     needs); NONE for the rest.
 
@@ -104,6 +105,9 @@ def consensus(eligible_by_detector: dict[str, np.ndarray], reasons_by_detector: 
     strongest = np.zeros_like(matrix)
     strongest[np.arange(len(fused)), np.where(fusing, surprise_matrix, -1.0).argmax(axis=1)] = True
     matrix |= strongest & is_anomaly[:, None]  # an anomaly always names at least its strongest detector
+    for column, name in enumerate(names):  # and every detector past its own threshold (``own_votes``)
+        if own_votes and name in own_votes:
+            matrix[:, column] |= own_votes[name] & is_anomaly
     count = matrix.sum(axis=1).astype(np.int64)
     margins = [params.confidence[level] for level in CONFIDENCE_LEVELS]
     level_index = np.where(is_anomaly, np.searchsorted(margins, np.maximum(fused - params.threshold, 0),

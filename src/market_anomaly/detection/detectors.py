@@ -25,6 +25,7 @@ class Detector:
     name = ""
     threshold: float
     warmup: int
+    own_vote = True  # past its own threshold it is named in an anomaly's reasons (runs detectors: surprise only)
 
     def votes(self, scores: np.ndarray, positions: np.ndarray) -> np.ndarray:
         with np.errstate(invalid="ignore"):
@@ -273,6 +274,7 @@ class _Run(Detector):
 
     key = ""
     threshold = 0.0
+    own_vote = False
 
     def __init__(self, window: int, warmup: int):
         self.window, self.warmup = window, warmup
@@ -372,16 +374,17 @@ class Drift(Burst):
 
 
 class Reversal(_Run):
-    """A move undone the next minute: ``min(|z_t-1|, |z_t|)`` when the two z-scores have opposite signs, else 0.
+    """A move undone the next minute: ``min(|z_t-1|, |z_t|) - |z_t-1 + z_t|`` for opposite signs, else 0.
 
-    A price spike (a print far off the market that the next minute takes back) is rare as a
-    *pair*, even where single large returns are not.
+    A price spike (a print far off the market that the next minute takes back, to where it
+    was) is rare as a *pair*, even where single large returns are not; a partial pull-back
+    after a real jump scores less than the pull-back (the level did not return).
 
     >>> from market_anomaly.detection.params import RunsParams
     >>> reversal = Reversal(RunsParams(volume_window=3, volume_elasticity=1.0, return_window=5, trend_window=4,
     ...                    scale_window=60, scale_guard=5, warmup=0))
-    >>> reversal.score(np.array([1.0, 9.0, -7.5, -3.0])).tolist(), reversal.reason(7.5)
-    ([nan, 0.0, 7.5, 0.0], 'REVERSAL 7.5σ')
+    >>> reversal.score(np.array([1.0, 9.0, -8.5, -3.0])).tolist(), reversal.reason(8.0)
+    ([nan, 0.0, 8.0, 0.0], 'REVERSAL 8.0σ')
     """
 
     name, key = "REVERSAL", "zscore"
@@ -392,8 +395,8 @@ class Reversal(_Run):
     def score(self, zscore: np.ndarray) -> np.ndarray:
         pair = self.windows(zscore)
         with np.errstate(invalid="ignore"):
-            size = np.minimum(np.abs(pair[:, 0]), np.abs(pair[:, 1]))
-            return np.where(pair[:, 0] * pair[:, 1] < 0, size, np.where(np.isnan(size), np.nan, 0.0))
+            size = np.minimum(np.abs(pair[:, 0]), np.abs(pair[:, 1])) - np.abs(pair[:, 0] + pair[:, 1])
+            return np.where(pair[:, 0] * pair[:, 1] < 0, np.maximum(size, 0.0), np.where(np.isnan(size), np.nan, 0.0))
 
     def learn(self, zscore: np.ndarray) -> None:
         self.remember(zscore)

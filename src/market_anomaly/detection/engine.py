@@ -125,7 +125,8 @@ class DetectionEngine:
         eligible = {d.name: d.votes(scores[d.name], positions) for d in detectors}
         surprises = detector_surprise(scores, params.calibration)
         votes, is_anomaly, confidence, reasons, fused = consensus(
-            eligible, {d.name: d.reason for d in detectors}, scores, surprises, params.consensus, params.calibration)
+            eligible, {d.name: d.reason for d in detectors}, scores, surprises, params.consensus, params.calibration,
+            own_votes={d.name: eligible[d.name] for d in detectors if d.own_vote})
         if self.keep_group_surprise:  # training calibrates pairs of groups on these
             names = list(eligible)
             self.group_surprise = group_surprise(names, np.column_stack(

@@ -26,14 +26,19 @@ def test_false_alarm_target_and_far_fewer_alarms_than_the_naive_baseline(report)
 
 def test_recall_where_events_stand_out_from_real_minutes(report):
     recall = {kind: entry["recall"] for kind, entry in report["recall"].items()}
-    assert recall["all"] >= 0.8
-    assert recall["flash_crash"] >= 0.9 and recall["price_spike"] >= 0.8 and recall["pump_and_dump"] >= 0.9
-    assert recall["volume_burst"] >= 0.85
+    assert recall["all"] >= 0.83
+    assert recall["flash_crash"] >= 0.93 and recall["pump_and_dump"] >= 0.9 and recall["volume_burst"] >= 0.85
+    assert recall["price_spike"] >= 0.83
     assert report["recall"]["all"]["median_delay_min"] <= 3
 
 
-@pytest.mark.xfail(strict=True, reason="issue 3 recall target not met: weak volume bursts (8-19x the hourly median "
-                                       "with no price move happen 3.5-14 times a day in these markets) and volatility "
-                                       "bursts with volume rising as on real data look like busy real minutes")
+def test_thresholds_come_from_the_training_part_only(report):
+    assert "set by train for" in report["protocol"]
+
+
+@pytest.mark.xfail(strict=True, reason="issue 3 recall target not met (0.84-0.87 on seeds 0/1): volatility bursts "
+                                       "(0.55-0.64) look like the real 5-minute volatility of BTCUSDT 2019-10, whose "
+                                       "99.9th percentile is 9x the hourly level; weak price spikes whose next "
+                                       "minute does not fully revert (0.85-0.88)")
 def test_recall_target(report):
     assert report["recall"]["all"]["recall"] >= 0.95

@@ -96,3 +96,30 @@ def test_unknown_kind_and_missing_history_are_rejected():
         inject(random_walk(), "meteor", 300, np.random.default_rng(0))
     with pytest.raises(ValueError, match="history"):
         inject(random_walk(), "price_spike", 2, np.random.default_rng(0))
+
+
+def test_volume_burst_is_sustained_for_three_to_five_minutes():
+    candles = random_walk()
+    median = np.median(candles["volume"][240:300])
+    lengths = set()
+    for seed in range(20):
+        injected, label = inject(candles, "volume_burst", 300, np.random.default_rng(seed), magnitude=10.0)
+        changed = np.flatnonzero(~np.isclose(injected["volume"], candles["volume"]))
+        length = (label["end_time"] - label["open_time"]) // 60_000 + 1
+        lengths.add(int(length))
+        assert (injected["volume"][300:300 + length] >= 10.0 * median - 1e-9).all()
+        assert changed.min() == 300 and changed.max() <= 300 + length - 1
+    assert lengths == {3, 4, 5}
+
+
+def test_volatility_burst_has_its_size_in_every_five_minutes():
+    candles = random_walk()
+    sigma = np.std(np.diff(np.log(candles["close"].to_numpy()[240:300])))
+    for seed in range(5):
+        injected, label = inject(candles, "volatility_burst", 300, np.random.default_rng(seed), magnitude=8.0)
+        extra = np.diff(np.log(injected["close"].to_numpy() / candles["close"].to_numpy()))[299:]
+        length = (label["end_time"] - label["open_time"]) // 60_000 + 1
+        assert 10 <= length <= 20
+        for start in range(0, length - length % 5, 5):
+            block = extra[start:start + 5]
+            assert np.sqrt(np.mean(block ** 2)) == pytest.approx(np.sqrt(8.0 ** 2 - 1) * sigma, rel=1e-6)

@@ -20,10 +20,13 @@ INPUT_HELP = ("candle file(s), CSV or Parquet: open, high, low, close, volume an
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     train = subparsers.add_parser(
-        "train", help="fit the detectors' learned model on historical candles, write model_params.json",
-        description="Fit the learned model (minor principal components of normal activity) on historical "
-                    "candles and calibrate its alarm level; write the parameter file plus the model file "
-                    "next to it. Thresholds and windows come from --base (default: the built-in defaults).")
+        "train", help="fit the learned model, calibrate the detectors and set the alarm threshold on history",
+        description="On historical candles only: fit the learned model (minor principal components of normal "
+                    "activity), calibrate every detector's score (and every pair of detector groups) into a "
+                    "surprise (-log10 of its tail probability on these candles), and set the alarm threshold "
+                    "on the fused surprise so these candles raise at most consensus.false_alarm_budget alarm "
+                    "episodes per symbol-day. Write the parameter file plus the model file next to it. "
+                    "Windows, groups and the budget come from --base (default: the built-in defaults).")
     add_history_arguments(train, base_help="existing parameter file whose thresholds and windows to keep",
                           topic=True)
     train.add_argument("--output", type=Path, default=Path("model_params.json"),
@@ -58,6 +61,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     evaluate.add_argument("--train-fraction", type=float, default=0.5,
                           help="leading share of each series used for training (default: %(default)s)")
     evaluate.add_argument("--json", type=Path, default=None, metavar="FILE", help="also write the report as JSON")
+    evaluate.add_argument("--development", action="store_true",
+                          help="evaluate inside the training part only (its first part trains, the rest tests), "
+                               "to compare parameter choices without looking at the held-out part")
     evaluate.set_defaults(handler=run_evaluate)
 
 
@@ -124,7 +130,8 @@ def run_evaluate(args: argparse.Namespace) -> int:
     from market_anomaly.detection.evaluation import evaluate, format_report
 
     report = evaluate(series_by_symbol(args.input), injections=args.injections, seed=args.seed,
-                      train_fraction=args.train_fraction, base=_base_document(args.base))
+                      train_fraction=args.train_fraction, base=_base_document(args.base),
+                      development=args.development)
     print(format_report(report))
     if args.json:
         args.json.write_text(json.dumps(report, indent=2) + "\n")

@@ -13,6 +13,14 @@ Protocol (held out, so the model is not tested on what it was fitted on):
    start is flagged, i.e. the decision exists within 5 minutes. The delay is minutes from
    the event's start to the close of the first flagged candle.
 
+Nothing is tuned on the held-out part: ``train`` sees only the training part (the model,
+every detector's calibration table, and the alarm threshold, chosen for a false-alarm
+budget on the training candles; no injected events are involved). To compare parameter
+choices (windows, groups, the budget) use ``development=True``
+(``market-anomaly evaluate --development``): the same protocol run *inside* the training
+part (its first ``train_fraction`` trains, the rest of it tests), so the held-out part stays
+untouched until the final report.
+
 The baseline is the naive detector users start with: z-scores of the return and of the
 volume against the previous 60 candles' mean and standard deviation, flag at 3.
 """
@@ -52,8 +60,14 @@ def baseline_flags(candles: pd.DataFrame) -> np.ndarray:
 
 
 def evaluate(series: dict[str, pd.DataFrame], injections: int = 200, seed: int = 0, train_fraction: float = 0.5,
-             base: dict | None = None) -> dict:
-    """The evaluation report (see the module docstring) as a JSON-ready dict."""
+             base: dict | None = None, development: bool = False) -> dict:
+    """The evaluation report (see the module docstring) as a JSON-ready dict.
+
+    ``development``: evaluate inside the training part only (for choosing parameters).
+    """
+    if development:
+        series = {key: frame.sort_values("open_time", kind="stable").iloc[:int(len(frame) * train_fraction)]
+                  .reset_index(drop=True) for key, frame in series.items()}
     splits = {key: int(len(frame) * train_fraction) for key, frame in series.items()}
     params = train({key: frame.iloc[:splits[key]] for key, frame in series.items()}, base=base)
     held_out_days = {key: (len(frame) - splits[key]) / (24 * 60) for key, frame in series.items()}
@@ -83,7 +97,7 @@ def evaluate(series: dict[str, pd.DataFrame], injections: int = 200, seed: int =
                              "delay": _first_flag_delay(label, frame, decisions[label["symbol"]]["is_anomaly"]),
                              "baseline_delay": _first_flag_delay(label, frame, baseline_flags(frame))})
         remaining -= count
-    return _report(outcomes, false_alarms, params, train_fraction, seed)
+    return _report(outcomes, false_alarms, params, train_fraction, seed, development)
 
 
 def _first_flag_delay(label: dict, candles: pd.DataFrame, flags) -> float:
@@ -93,7 +107,8 @@ def _first_flag_delay(label: dict, candles: pd.DataFrame, flags) -> float:
     return float(hits.min() + 1) if len(hits) else float("nan")
 
 
-def _report(outcomes: list[dict], false_alarms: dict, params, train_fraction: float, seed: int) -> dict:
+def _report(outcomes: list[dict], false_alarms: dict, params, train_fraction: float, seed: int,
+            development: bool = False) -> dict:
     frame = pd.DataFrame(outcomes)
     days = sum(entry["held_out_days"] for entry in false_alarms.values())
 
@@ -110,10 +125,14 @@ def _report(outcomes: list[dict], false_alarms: dict, params, train_fraction: fl
                                    recall_stronger_half=_share(detected[strong]))
         return table
 
+    scope = (f"DEVELOPMENT (inside the training part only, the first {train_fraction:.0%} of each series): "
+             if development else "")
     return {
-        "protocol": (f"model trained on the first {train_fraction:.0%} of each series; false alarms and injected "
+        "protocol": (f"{scope}model trained on the first {train_fraction:.0%} of each series; false alarms and injected "
                      f"events only in the remaining {1 - train_fraction:.0%} (held out); detected = flagged within "
-                     f"{DETECTION_WINDOW_MIN} min; episodes = flags < {EPISODE_GAP_MIN} min apart"),
+                     f"{DETECTION_WINDOW_MIN} min; episodes = flags < {EPISODE_GAP_MIN} min apart; threshold "
+                     f"{params.consensus.threshold} set by train for {params.consensus.false_alarm_budget} episodes "
+                     f"per symbol-day on the training candles"),
         "seed": seed,
         "params_trained_on": params.trained_on["candles"],
         "recall": recall_table("delay"),

@@ -1,0 +1,113 @@
+"""Calibrated fusion: surprise tables, pairs of groups, the budgeted threshold, and the runs detectors in the engine."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from market_anomaly.detection import DetectionEngine, InvalidParams
+from market_anomaly.detection.calibration import MAX_SURPRISE, calibration_problem, fit_table, surprise
+from market_anomaly.detection.consensus import fuse, pair_keys
+from market_anomaly.detection.params import params_from_dict
+from market_anomaly.detection.training import alarm_episodes, choose_threshold, score_series, train
+from test_detection_core import market, small_document
+
+
+@pytest.fixture(scope="module")
+def trained():
+    history = {"AAAUSDT": market(6000, seed=11, symbol="AAAUSDT"), "BBBUSDT": market(6000, seed=12, symbol="BBBUSDT")}
+    return history, train(history, base=small_document())
+
+
+def test_surprise_is_minus_log10_of_the_training_tail_and_grows_beyond_it():
+    rng = np.random.default_rng(1)
+    scores = rng.exponential(size=200_000)  # P(X > x) = exp(-x): surprise = x / ln 10
+    table = fit_table(scores)
+    x = np.array([1.0, 3.0, 6.0, 9.0])
+    np.testing.assert_allclose(surprise(table, x), x / np.log(10), atol=0.25)  # the last one: 24 of 200,000
+    beyond = surprise(table, np.array([20.0, 40.0, 1e9]))
+    assert beyond[0] > surprise(table, np.array([9.0]))[0] and beyond[0] < beyond[1] <= beyond[2] == MAX_SURPRISE
+    assert surprise(table, np.array([np.nan]))[0] == 0.0 and surprise(None, np.array([5.0]))[0] == 0.0
+    assert calibration_problem(table) is None
+
+
+def test_constant_scores_still_give_a_usable_table():
+    table = fit_table(np.r_[np.zeros(5000), 2.0])
+    assert calibration_problem(table) is None
+    assert surprise(table, np.array([0.0]))[0] == 0.0 and surprise(table, np.array([2.0]))[0] > 3
+
+
+@pytest.mark.parametrize("table, problem", [
+    ({"scores": [1.0, 2.0]}, "expected an object"),
+    ({"scores": [1.0, 2.0], "surprise": [0.0], "tail_slope": 1.0}, "as many numbers"),
+    ({"scores": [2.0, 1.0], "surprise": [0.0, 1.0], "tail_slope": 1.0}, "increase"),
+    ({"scores": [1.0, 2.0], "surprise": [0.0, 1.0], "tail_slope": 0}, "tail_slope"),
+])
+def test_malformed_calibration_tables_are_rejected(table, problem):
+    assert problem in calibration_problem(table)
+    document = small_document()
+    document["calibration"] = {"VOLUME": table}
+    with pytest.raises(InvalidParams, match="calibration.VOLUME"):
+        params_from_dict(document)
+
+
+def test_pairs_count_two_rare_readings_together_as_rarer():
+    groups = (("Z-SCORE",), ("MODEL",))
+    rng = np.random.default_rng(2)
+    independent = rng.exponential(size=(100_000, 2)) / np.log(10)  # two independent surprises
+    (_, _, key), = pair_keys(groups)
+    assert key == "Z-SCORE & MODEL"
+    calibration = {key: fit_table(independent.min(axis=1))}
+    both = np.array([[2.5, 2.5], [2.5, 0.0], [0.0, 0.0]])
+    fused = fuse(both, groups, calibration, pairs=True)
+    assert fused[0] > 4.5  # each one in 300, together about one in 100,000
+    assert fused[1] == 2.5 and fused[2] == 0.0
+    assert fuse(both, groups, calibration, pairs=False).tolist() == [2.5, 2.5, 0.0]
+
+
+def test_choose_threshold_takes_the_lowest_level_within_the_budget():
+    minutes = np.arange(2 * 1440) * 60_000  # two days
+    fused = np.zeros(len(minutes))
+    fused[[100, 101, 500, 900, 1500]] = [6.0, 6.5, 5.0, 4.0, 3.5]
+    threshold, rate = choose_threshold({"A": fused}, {"A": minutes}, budget=1.0, lowest=3.0)
+    assert threshold == 4.05 and rate == 1.0  # episodes at 100-101 and 500: 2 in 2 days
+    rule = np.zeros(len(minutes), dtype=bool)
+    rule[2000] = True  # an episode of the rule path counts too
+    threshold, rate = choose_threshold({"A": fused}, {"A": minutes}, 1.0, 3.0, rule={"A": rule})
+    assert threshold == 5.05 and rate == 1.0
+
+
+def test_train_meets_its_false_alarm_budget_on_the_training_candles(trained):
+    history, params = trained
+    assert params.consensus.threshold >= params.consensus.vote_surprise
+    assert set(params.calibration) >= {"Z-SCORE", "VOLUME RUN", "BURST", "DRIFT", "TREND", "REVERSAL", "MODEL"}
+    assert {key for _, _, key in pair_keys(params.consensus.groups)} <= set(params.calibration)
+    decisions = score_series(params, history)
+    episodes = sum(alarm_episodes(d["open_time"].to_numpy()[d["is_anomaly"].to_numpy()]) for d in decisions.values())
+    days = sum(len(frame) for frame in history.values()) / 1440
+    assert episodes / days <= params.consensus.false_alarm_budget
+    assert json.loads(json.dumps(params.to_json()))["calibration"] == params.to_json()["calibration"]
+
+
+def test_sustained_volume_and_a_steady_pump_are_flagged_with_their_reasons(trained):
+    _, params = trained
+    engine = DetectionEngine(params)
+    candles = market(2000, seed=13)
+    median = candles["volume"].iloc[1440:1500].median()
+    candles.loc[1500:1503, "volume"] = 25 * median  # four minutes of 25x volume, price untouched
+    decisions, _ = engine.process("TESTUSDT", candles, None)
+    flagged = decisions.iloc[1500:1504]
+    assert flagged["is_anomaly"].any() and flagged["volume_run"].max() > 10
+    assert any("VOLUME" in reasons for reasons in flagged["reasons"][flagged["is_anomaly"]])
+    pumped = market(2000, seed=14)
+    rise = np.exp(np.cumsum(np.full(8, 0.006)))  # +0.6 % a minute for 8 minutes, then held
+    factor = np.concatenate([np.ones(1500), rise, np.full(492, rise[-1])])
+    for column in ("open", "high", "low", "close"):
+        pumped[column] = pumped[column] * (factor if column != "open" else np.r_[1.0, factor[:-1]])
+    decisions, _ = engine.process("TESTUSDT", pumped, None)
+    window = decisions.iloc[1500:1505]
+    assert window["is_anomaly"].any() and window["trend"].max() > 3
+    assert set(window["confidence"][window["is_anomaly"]]) <= {"LOW", "MEDIUM", "HIGH"}
+    assert (decisions["confidence"][~decisions["is_anomaly"]] == "NONE").all()

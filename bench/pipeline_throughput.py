@@ -60,14 +60,15 @@ def candle(symbol: str, row, open_time: int) -> Candle:
                   event_time=None, source="ws")
 
 
-def read_decisions(bootstrap: str, topic: str, expected: int, timeout: float) -> pd.DataFrame:
+def read_decisions(bootstrap: str, topic: str, expected: int, timeout: float, job: subprocess.Popen) -> pd.DataFrame:
+    """The job's decisions from its output topic, until ``expected`` arrived, ``timeout`` or the job died."""
     consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": f"bench-{uuid.uuid4()}",
                          "enable.auto.commit": False})
     partitions = consumer.list_topics(topic, timeout=10).topics[topic].partitions
     consumer.assign([TopicPartition(topic, p, 0) for p in partitions])
     records, deadline = [], time.monotonic() + timeout
     try:
-        while len(records) < expected and time.monotonic() < deadline:
+        while len(records) < expected and time.monotonic() < deadline and job.poll() is None:
             for message in consumer.consume(5000, timeout=1):
                 if message.error() is None:
                     records.append(json.loads(message.value()))
@@ -121,7 +122,7 @@ def main() -> int:
         print(f"backlog: {backlog} candles ({args.symbols} symbols x {args.candles_per_symbol}) in {candle_topic}")
 
         job = start_job(bootstrap, candle_topic, output_topic, state, args.batch_size)
-        decided = read_decisions(bootstrap, output_topic, backlog, timeout=900)
+        decided = read_decisions(bootstrap, output_topic, backlog, timeout=900, job=job)
         if len(decided) < backlog:
             print(f"only {len(decided)} of {backlog} decisions arrived; see {state / 'detect.log'}")
             return 1
@@ -140,7 +141,7 @@ def main() -> int:
                 producer.send(candle(symbol, market.iloc[step], start_time + step * MINUTE_MS))
                 sent += 1
         producer.close()
-        everything = read_decisions(bootstrap, output_topic, backlog + sent, timeout=120)
+        everything = read_decisions(bootstrap, output_topic, backlog + sent, timeout=120, job=job)
         live = everything[everything.open_time >= start_time + args.candles_per_symbol * MINUTE_MS]
         latency = (live.decided_at - live.produced_at).to_numpy()
         results = {

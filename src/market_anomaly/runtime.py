@@ -56,7 +56,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                     help="inject this anomaly into the simulator's market MINUTE minutes after its live start "
                          "(kinds: price_spike, volume_burst, volatility_burst, flash_crash, pump_and_dump); "
                          "repeatable")
-    up.add_argument("--seed-history", type=int, default=240, metavar="N",
+    up.add_argument("--seed-history", type=int, default=1000, metavar="N",
                     help="candles per symbol fetched from REST at start so detectors are warm (default: %(default)s)")
     up.add_argument("--dashboard-port", type=int, default=8050, help="dashboard port on 127.0.0.1; 0 = none")
     up.add_argument("--params", default=str(config.model_params_path()), help="model parameters file")

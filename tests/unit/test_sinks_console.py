@@ -58,3 +58,23 @@ def test_anomalies_mode_and_colour_on_a_terminal():
     lines = out.getvalue().splitlines()
     assert len(lines) == 2 and lines[1].startswith(ANSI_ANOMALY + "! 20:17 | BTCUSDT")
     assert lines[1].endswith("\x1b[0m")
+
+
+def test_a_catch_up_batch_shows_its_anomalies_and_the_latest_candle_per_symbol():
+    history = [record(symbol, anomaly=False, confidence="NONE", reasons="", minute=minute)
+               for minute in range(150) for symbol in ("BTCUSDT", "ETHUSDT")]
+    history[101] = record("ETHUSDT", anomaly=True, minute=50)
+    out = io.StringIO()
+    ConsoleSink("table", out, catch_up_after=200).write(pd.DataFrame(history))
+    lines = out.getvalue().splitlines()
+    assert lines[0] == ("  ... catching up: 300 candles of 2 symbols, 2026-01-24 20:17 to 22:46 UTC; "
+                        "showing its 1 anomalies and the latest candle per symbol")
+    assert lines[1] == header_line()
+    assert [line[:23] for line in lines[2:]] == ["! 21:07 | ETHUSDT    | ", "  22:46 | BTCUSDT    | ",
+                                                 "  22:46 | ETHUSDT    | "]
+
+
+def test_a_live_sized_batch_is_printed_in_full():
+    out = io.StringIO()
+    ConsoleSink("table", out, catch_up_after=200).write(pd.DataFrame([record(minute=m) for m in range(8)]))
+    assert len(out.getvalue().splitlines()) == 1 + 8

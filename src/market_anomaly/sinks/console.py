@@ -66,12 +66,15 @@ class ConsoleSink:
 
     name = "console"
 
-    def __init__(self, mode: str = "table", stream: TextIO | None = None, header_every: int = 40):
+    def __init__(self, mode: str = "table", stream: TextIO | None = None, header_every: int = 40,
+                 catch_up_after: int = 200):
         if mode not in MODES[:2]:
             raise ValueError(f"console mode must be one of {MODES[:2]}, not {mode!r}")
         self.mode = mode
         self.stream = stream or sys.stdout
         self.header_every = header_every
+        # A batch this large is history (seeding, restart catch-up): a screenful of it says nothing.
+        self.catch_up_after = catch_up_after
         self.colour = bool(getattr(self.stream, "isatty", lambda: False)())
         self._lines_since_header: int | None = None  # None: header not printed yet
 
@@ -79,6 +82,8 @@ class ConsoleSink:
         records = to_records(decisions.sort_values(["open_time", "symbol"]) if len(decisions) else decisions)
         if self.mode == "anomalies":
             records = [record for record in records if is_anomaly(record)]
+        elif len(records) > self.catch_up_after:
+            records = self._catch_up(records)
         for record in records:
             if self._lines_since_header is None or self._lines_since_header >= self.header_every:
                 self.stream.write(header_line() + "\n")
@@ -89,6 +94,18 @@ class ConsoleSink:
             self.stream.write(line + "\n")
             self._lines_since_header += 1
         self.stream.flush()
+
+    def _catch_up(self, records: list[dict[str, object]]) -> list[dict[str, object]]:
+        """Announce a catch-up batch; keep its anomalies and each symbol's latest candle."""
+        latest = {record["symbol"]: index for index, record in enumerate(records)}
+        kept = [record for index, record in enumerate(records) if is_anomaly(record) or latest[record["symbol"]] == index]
+        anomalies = sum(1 for record in kept if is_anomaly(record))
+        self.stream.write(
+            f"  ... catching up: {len(records)} candles of {len(latest)} symbols, "
+            f"{format_utc(records[0].get('open_time'), '%Y-%m-%d %H:%M')} to "
+            f"{format_utc(records[-1].get('open_time'), '%H:%M')} UTC; showing its {anomalies} anomalies "
+            f"and the latest candle per symbol\n")
+        return kept
 
     def close(self) -> None:
         self.stream.flush()

@@ -7,7 +7,7 @@ import importlib
 
 import pytest
 
-MODULES = ("consensus", "detectors", "evaluation", "features", "injection", "learned", "state", "synthetic")
+MODULES = ("calibration", "consensus", "detectors", "evaluation", "features", "injection", "learned", "state", "synthetic")
 
 
 @pytest.mark.parametrize("name", MODULES)

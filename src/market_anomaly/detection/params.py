@@ -8,6 +8,14 @@ a typo must not silently fall back to a default.
 Units: windows, warm-ups, ``refresh`` and ``guard`` count candles; ``history`` counts
 volatility samples (one per ``refresh`` candles); ``*_pct`` are percent.
 
+Decisions: each detector's score is mapped to a common scale, its *surprise* (``-log10`` of
+its tail probability on the training candles; ``calibration``, written by ``train``), the
+surprises are fused (largest of ``consensus.groups``, and of calibrated pairs of groups), and
+a candle is an anomaly at ``consensus.threshold``, which ``train`` sets so its own candles
+raise at most ``consensus.false_alarm_budget`` alarm episodes per symbol-day. A detector's
+own ``threshold`` is the floor its raw score must pass to count at all (and to be named in an
+anomaly's reasons); ``consensus.required``/``alone`` can add hand-written rules (empty by default).
+
 Warm-up: a detector votes from its ``warmup``-th candle on, and only once its baseline
 exists (``window`` + ``guard`` candles; for volatility ``window`` + ``history`` x
 ``refresh``), so the defaults set each warm-up to at least that.

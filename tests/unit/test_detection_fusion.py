@@ -111,3 +111,23 @@ def test_sustained_volume_and_a_steady_pump_are_flagged_with_their_reasons(train
     assert window["is_anomaly"].any() and window["trend"].max() > 3
     assert set(window["confidence"][window["is_anomaly"]]) <= {"LOW", "MEDIUM", "HIGH"}
     assert (decisions["confidence"][~decisions["is_anomaly"]] == "NONE").all()
+
+
+def test_tuning_on_injections_into_the_training_candles_never_loses_events(trained):
+    _, params = trained
+    tuning = params.trained_on["tuning"]
+    assert tuning["injections"] > 0 and tuning["training_recall_tuned"] >= tuning["training_recall_untuned"]
+    labels = {"/".join(group) for group in params.consensus.groups} | {key for _, _, key in
+                                                                       pair_keys(params.consensus.groups)}
+    assert set(params.consensus.offsets) <= labels
+    assert all(-2.0 <= value <= 2.0 for value in params.consensus.offsets.values())
+
+
+def test_offsets_shift_a_candidate_and_unknown_ones_are_rejected():
+    groups = (("Z-SCORE",), ("MODEL",))
+    both = np.array([[2.5, 1.0]])
+    assert fuse(both, groups, {}, pairs=False, offsets={"MODEL": 2.0}).tolist() == [3.0]
+    document = small_document()
+    document["consensus"]["offsets"] = {"NOT A GROUP": 1.0}
+    with pytest.raises(InvalidParams, match="consensus.offsets"):
+        params_from_dict(document)

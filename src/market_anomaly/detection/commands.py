@@ -33,6 +33,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                        help="parameter file to write; the model file goes next to it (default: %(default)s)")
     train.add_argument("--alarm-quantile", type=float, default=None,
                        help="share of training candles the learned model may flag alone (default: 0.999)")
+    train.add_argument("--tune-injections", type=int, default=None, metavar="N",
+                       help="events injected into the training candles to tune the fusion's offsets for the most "
+                            "events caught within the false-alarm budget (default: 500; 0: no tuning)")
     train.set_defaults(handler=run_train)
 
     score = subparsers.add_parser(
@@ -82,7 +85,8 @@ def add_history_arguments(parser: argparse.ArgumentParser, base_help: str, topic
 
 def run_train(args: argparse.Namespace) -> int:
     from market_anomaly.detection.candle_files import read_topic, series_by_symbol
-    from market_anomaly.detection.training import DEFAULT_ALARM_QUANTILE, train, write_params
+    from market_anomaly.detection.training import (DEFAULT_ALARM_QUANTILE, DEFAULT_TUNE_INJECTIONS, train,
+                                                   write_params)
 
     if args.topic:
         series = series_by_symbol([], read_topic(config.kafka_client_config(args), args.topic))
@@ -90,7 +94,8 @@ def run_train(args: argparse.Namespace) -> int:
     else:
         series, sources = series_by_symbol(args.input), [path.name for path in args.input]
     params = train(series, base=_base_document(args.base),
-                   alarm_quantile=args.alarm_quantile or DEFAULT_ALARM_QUANTILE, sources=sources)
+                   alarm_quantile=args.alarm_quantile or DEFAULT_ALARM_QUANTILE, sources=sources,
+                   tune_injections=DEFAULT_TUNE_INJECTIONS if args.tune_injections is None else args.tune_injections)
     model_path = write_params(params, args.output)
     log.info("trained on %d candles of %d series; wrote %s and %s", params.trained_on["candles"], len(series),
              args.output, model_path)

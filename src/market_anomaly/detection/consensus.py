@@ -30,21 +30,27 @@ def group_surprise(names: list[str], surprise: np.ndarray, groups) -> np.ndarray
     return np.column_stack(columns)
 
 
-def fuse(groups_surprise: np.ndarray, groups, calibration, pairs: bool) -> np.ndarray:
-    """Fused surprise: the largest group surprise, or the largest calibrated surprise of a pair of groups.
+def candidates(groups_surprise: np.ndarray, groups, calibration, pairs: bool) -> dict[str, np.ndarray]:
+    """The fused surprise's candidates: each group's surprise and, with ``pairs``, each calibrated pair's.
 
     A pair's score is the smaller of its two group surprises ("both at least this surprising"),
     calibrated like a detector on the training candles: two moderately unusual readings that
     rarely come together count as one rare event (a k-of-n vote on a common scale).
     """
-    fused = groups_surprise.max(axis=1)
+    found = {group_label(group): groups_surprise[:, i] for i, group in enumerate(groups)}
     if pairs:
         for i, j, key in pair_keys(groups):
             table = calibration.get(key)
             if table:
-                both = np.minimum(groups_surprise[:, i], groups_surprise[:, j])
-                fused = np.maximum(fused, surprise(table, both))
-    return fused
+                found[key] = surprise(table, np.minimum(groups_surprise[:, i], groups_surprise[:, j]))
+    return found
+
+
+def fuse(groups_surprise: np.ndarray, groups, calibration, pairs: bool, offsets=None) -> np.ndarray:
+    """Fused surprise: the largest candidate (``candidates``) plus its offset (``train --tune``; default 0)."""
+    offsets = offsets or {}
+    found = candidates(groups_surprise, groups, calibration, pairs)
+    return np.max([values + offsets.get(key, 0.0) for key, values in found.items()], axis=0)
 
 
 def consensus(eligible_by_detector: dict[str, np.ndarray], reasons_by_detector: dict[str, callable],
@@ -58,7 +64,8 @@ def consensus(eligible_by_detector: dict[str, np.ndarray], reasons_by_detector: 
     where it is *eligible* (warmed up and its raw score past its own floor). Detectors that
     measure the same thing form ``params.groups`` (a group's surprise is its largest); the
     fused surprise is the largest group surprise or, with ``params.pairs``, the largest
-    calibrated surprise of two groups together (``fuse``). A candle is an anomaly when the
+    calibrated surprise of two groups together (``fuse``), each plus its ``params.offsets``
+    entry (tuned by ``train`` on events injected into the training candles; default 0). A candle is an anomaly when the
     fused surprise reaches ``params.threshold``, which ``train`` sets so the training candles
     raise at most ``params.false_alarm_budget`` alarm episodes per symbol-day. Optional rule
     path: every detector in ``params.required`` voting on its own raw threshold, or one in
@@ -73,7 +80,7 @@ def consensus(eligible_by_detector: dict[str, np.ndarray], reasons_by_detector: 
 
     >>> from market_anomaly.detection.params import ConsensusParams
     >>> params = ConsensusParams(required=(), alone={}, vote_surprise=3.0, groups=(("Z-SCORE",), ("VOLUME",)),
-    ...                          pairs=False, threshold=5.0, false_alarm_budget=0.5,
+    ...                          pairs=False, offsets={}, threshold=5.0, false_alarm_budget=0.5,
     ...                          confidence={"LOW": 0.0, "MEDIUM": 1.0, "HIGH": 2.0})
     >>> eligible = {"Z-SCORE": np.array([True, True, True, True]), "VOLUME": np.array([True, True, True, False])}
     >>> scores = {"Z-SCORE": np.array([7.24, 6.5, 2.0, 15.0]), "VOLUME": np.array([1.0, 14.0, 3.0, 30.0])}
@@ -89,7 +96,7 @@ def consensus(eligible_by_detector: dict[str, np.ndarray], reasons_by_detector: 
     surprise_matrix = np.column_stack([np.where(eligible_by_detector[name], surprise_by_detector[name], 0.0)
                                        for name in names])
     fused = fuse(group_surprise(names, surprise_matrix, params.groups), params.groups, calibration or {},
-                 params.pairs)
+                 params.pairs, params.offsets)
     is_anomaly = fused >= params.threshold
     eligible = np.column_stack([eligible_by_detector[name] for name in names])
     rule = np.zeros(len(fused), dtype=bool)

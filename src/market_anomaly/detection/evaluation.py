@@ -14,8 +14,9 @@ Protocol (held out, so the model is not tested on what it was fitted on):
    the event's start to the close of the first flagged candle.
 
 Nothing is tuned on the held-out part: ``train`` sees only the training part (the model,
-every detector's calibration table, and the alarm threshold, chosen for a false-alarm
-budget on the training candles; no injected events are involved). To compare parameter
+every detector's calibration table, the fusion offsets, tuned on events injected into the
+training candles, and the alarm threshold, chosen for a false-alarm budget on the
+untouched training candles). To compare parameter
 choices (windows, groups, the budget) use ``development=True``
 (``market-anomaly evaluate --development``): the same protocol run *inside* the training
 part (its first ``train_fraction`` trains, the rest of it tests), so the held-out part stays
@@ -132,7 +133,9 @@ def _report(outcomes: list[dict], false_alarms: dict, params, train_fraction: fl
                      f"events only in the remaining {1 - train_fraction:.0%} (held out); detected = flagged within "
                      f"{DETECTION_WINDOW_MIN} min; episodes = flags < {EPISODE_GAP_MIN} min apart; threshold "
                      f"{params.consensus.threshold} set by train for {params.consensus.false_alarm_budget} episodes "
-                     f"per symbol-day on the training candles"),
+                     f"per symbol-day on the training candles; fusion offsets tuned on "
+                     f"{params.trained_on.get('tuning', {}).get('injections', 0)} events injected into the training "
+                     f"part"),
         "seed": seed,
         "params_trained_on": params.trained_on["candles"],
         "recall": recall_table("delay"),

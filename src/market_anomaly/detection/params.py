@@ -58,7 +58,7 @@ DEFAULTS: dict = {
     "consensus": {"required": [], "alone": {}, "vote_surprise": 3.0,
                   "groups": [["Z-SCORE"], ["BURST", "DRIFT"], ["VOLUME", "VOLUME RUN"], ["TREND"], ["REVERSAL"],
                              ["MODEL"]],
-                  "pairs": True, "threshold": 5.0, "false_alarm_budget": 0.7,
+                  "pairs": True, "offsets": {}, "threshold": 5.0, "false_alarm_budget": 0.7,
                   "confidence": {"LOW": 0.0, "MEDIUM": 0.75, "HIGH": 2.0}},
     "market": {"min_symbols": 3, "min_fraction": 0.3},
 }
@@ -131,6 +131,7 @@ class ConsensusParams:
     vote_surprise: float       # a detector votes (and is named in the reasons) at this calibrated surprise
     groups: tuple[tuple[str, ...], ...]  # fused detectors in groups of dependent ones (others only vote)
     pairs: bool                # also fuse calibrated pairs of groups (k-of-n on one scale; tables from train)
+    offsets: typing.Mapping[str, float]  # candidate (group label or pair key) -> surprise added (train --tune)
     threshold: float           # anomaly when the fused surprise reaches this (set by train for the budget)
     false_alarm_budget: float  # alarm episodes per symbol-day train allows on its own (training) candles
     confidence: typing.Mapping[str, float]  # level -> fused surprise above the threshold it needs
@@ -195,6 +196,12 @@ def params_from_dict(raw: dict, path: Path | str = "<dict>", model: MinorCompone
         raise InvalidParams(path, "runs.volume_window needs at least 1 candle and runs.return_window 2")
     from market_anomaly.detection.consensus import pair_keys
     pairs = {key for _, _, key in pair_keys(params.consensus.groups)}
+    labels = {"/".join(group) for group in params.consensus.groups}
+    bad_offsets = sorted(set(params.consensus.offsets) - pairs - labels)
+    if bad_offsets or not all(isinstance(v, (int, float)) and not isinstance(v, bool)
+                              for v in params.consensus.offsets.values()):
+        raise InvalidParams(path, f"consensus.offsets maps group labels or pair keys to numbers; got "
+                                  f"{dict(params.consensus.offsets)}")
     unknown = sorted((set(params.calibration) - pairs | {name for group in params.consensus.groups for name in group}
                       | set(params.consensus.required) | set(params.consensus.alone)) - set(DETECTOR_NAMES))
     if unknown:

@@ -164,22 +164,12 @@ def test_every_candle_is_decided_exactly_once(demo):
 
 def test_stream_decisions_equal_offline_decisions(demo):
     """Parity: the Spark job and the offline core give the same decisions for the same candles."""
-    from confluent_kafka import Consumer, TopicPartition
-
     from market_anomaly import config
     from market_anomaly.detection import DetectionEngine, ParamsWatcher
+    from market_anomaly.kafka.topics import read_to_end
 
     broker = LocalBroker(demo.home / "kafka")  # the broker `up` started; its port is in its state dir
-    consumer = Consumer({"bootstrap.servers": broker.bootstrap_servers, "group.id": "parity",
-                         "enable.auto.commit": False})
-    try:
-        partitions = consumer.list_topics(config.CANDLES_TOPIC, timeout=10).topics[config.CANDLES_TOPIC].partitions
-        consumer.assign([TopicPartition(config.CANDLES_TOPIC, p, 0) for p in partitions])
-        records = []
-        while batch := consumer.consume(1000, timeout=3):
-            records += [json.loads(message.value()) for message in batch if message.error() is None]
-    finally:
-        consumer.close()
+    records = [json.loads(message.value()) for message in read_to_end(broker.client_config(), config.CANDLES_TOPIC)]
     candles = pd.DataFrame(records)
     stream = demo.decisions().set_index(["symbol", "open_time"])
     engine = DetectionEngine(ParamsWatcher(str(config.model_params_path())).current())

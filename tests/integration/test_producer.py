@@ -9,8 +9,6 @@ import sys
 import time
 
 import pytest
-from confluent_kafka import Consumer, TopicPartition
-
 from market_anomaly.kafka import topics
 from market_anomaly.kafka.broker import free_port
 
@@ -45,20 +43,6 @@ def produce(kafka_broker, exchange, topic, *extra) -> subprocess.Popen:
     )
 
 
-def read_all(kafka_broker, topic) -> list:
-    consumer = Consumer({"bootstrap.servers": kafka_broker.bootstrap_servers, "group.id": f"read-{topic}",
-                         "enable.auto.commit": False})
-    partitions = consumer.list_topics(topic, timeout=10).topics[topic].partitions
-    consumer.assign([TopicPartition(topic, p, 0) for p in partitions])
-    messages = []
-    try:
-        while batch := consumer.consume(1000, timeout=3):
-            messages += [message for message in batch if message.error() is None]
-    finally:
-        consumer.close()
-    return messages
-
-
 def assert_contiguous_per_symbol(messages) -> dict[str, list[dict]]:
     by_symbol: dict[str, list[dict]] = {}
     for message in messages:
@@ -78,7 +62,7 @@ def test_seeded_and_live_candles_arrive_keyed_in_order_and_garbage_is_dead_lette
     output, _ = producer.communicate(timeout=120)
     assert producer.returncode == 0, output
 
-    by_symbol = assert_contiguous_per_symbol(read_all(kafka_broker, fresh_topic))
+    by_symbol = assert_contiguous_per_symbol(topics.read_to_end(kafka_broker.client_config(), fresh_topic))
     assert set(by_symbol) == set(SYMBOLS)
     assert sum(len(candles) for candles in by_symbol.values()) == 160
     for candles in by_symbol.values():
@@ -89,7 +73,7 @@ def test_seeded_and_live_candles_arrive_keyed_in_order_and_garbage_is_dead_lette
         assert first["low"] <= min(first["open"], first["close"]) <= max(first["open"], first["close"]) <= first["high"]
         assert abs(first["produced_at"] - time.time() * 1000) < 300_000  # stamped when sent, for latency
 
-    dead_letters = [json.loads(message.value()) for message in read_all(kafka_broker, f"{fresh_topic}-dlq")]
+    dead_letters = [json.loads(message.value()) for message in topics.read_to_end(kafka_broker.client_config(), f"{fresh_topic}-dlq")]
     assert dead_letters, "the simulator sent garbage frames; they must reach the dead-letter topic"
     assert all(letter["stage"] == "producer" and letter["reason"] and "raw" in letter for letter in dead_letters)
 
@@ -101,7 +85,7 @@ def test_sigterm_flushes_and_exits_zero(kafka_broker, exchange, fresh_topic):
     producer.send_signal(signal.SIGTERM)
     output, _ = producer.communicate(timeout=30)
     assert producer.returncode == 0, output
-    delivered = read_all(kafka_broker, fresh_topic)
+    delivered = topics.read_to_end(kafka_broker.client_config(), fresh_topic)
     assert len(delivered) > 10
     assert_contiguous_per_symbol(delivered)
     assert "0 failed" in output

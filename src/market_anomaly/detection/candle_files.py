@@ -63,29 +63,18 @@ def _validated(frame: pd.DataFrame, source: str) -> pd.DataFrame:
 
 def read_topic(client_config: dict[str, str], topic: str, timeout: float = 30.0) -> pd.DataFrame:
     """Every candle message now in ``topic`` (candle-message JSON), read from the start of each partition."""
-    from confluent_kafka import Consumer, TopicPartition
+    from market_anomaly.kafka.topics import read_to_end
 
-    from market_anomaly.kafka.topics import topic_offsets
-
-    ends = {partition: high for partition, (low, high) in topic_offsets(client_config, topic).items() if high > low}
-    consumer = Consumer({**client_config, "group.id": "market-anomaly-train", "enable.auto.commit": False})
-    records, skipped = [], 0
     try:
-        consumer.assign([TopicPartition(topic, partition, 0) for partition in ends])
-        position = {partition: 0 for partition in ends}
-        while any(position[p] < ends[p] for p in ends):
-            message = consumer.poll(timeout)
-            if message is None:
-                raise CandleFileError(f"topic {topic}: no message within {timeout}s before its end offsets")
-            if message.error():
-                continue
-            position[message.partition()] = message.offset() + 1
-            try:
-                records.append(json.loads(message.value()))
-            except (TypeError, ValueError):
-                skipped += 1
-    finally:
-        consumer.close()
+        messages = read_to_end(client_config, topic, timeout)
+    except TimeoutError as error:
+        raise CandleFileError(str(error)) from error
+    records, skipped = [], 0
+    for message in messages:
+        try:
+            records.append(json.loads(message.value()))
+        except (TypeError, ValueError):
+            skipped += 1
     frame = pd.DataFrame.from_records([r for r in records if isinstance(r, dict)])
     skipped += len(records) - len(frame)
     if skipped:

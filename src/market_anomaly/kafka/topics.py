@@ -96,3 +96,27 @@ def topic_offsets(client_config: dict[str, str], topic: str, timeout: float = 5.
                 time.sleep(0.1)
     finally:
         consumer.close()
+
+
+def read_to_end(client_config: dict[str, str], topic: str, timeout: float = 30.0) -> list:
+    """Every message now in ``topic`` (confluent-kafka ``Message``), from the start of each partition to its end offset at call time.
+
+    Stops at the offsets seen when called, so it ends even while producers keep writing.
+    """
+    ends = {partition: high for partition, (low, high) in topic_offsets(client_config, topic).items() if high > low}
+    consumer = Consumer({**client_config, "group.id": "market-anomaly-read", "enable.auto.commit": False})
+    messages = []
+    try:
+        consumer.assign([TopicPartition(topic, partition, 0) for partition in ends])
+        position = dict.fromkeys(ends, 0)
+        while any(position[p] < ends[p] for p in ends):
+            message = consumer.poll(timeout)
+            if message is None:
+                raise TimeoutError(f"topic {topic}: no message within {timeout}s before its end offsets")
+            if message.error() or message.offset() >= ends[message.partition()]:
+                continue
+            position[message.partition()] = message.offset() + 1
+            messages.append(message)
+    finally:
+        consumer.close()
+    return messages

@@ -13,6 +13,7 @@ import asyncio
 import logging
 import signal
 import time
+from pathlib import Path
 
 from confluent_kafka import KafkaError, Producer
 
@@ -49,6 +50,9 @@ def add_produce_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed-history", type=int, default=0, metavar="N",
                         help="first produce the last N closed candles per symbol from REST, so detection is "
                              "warm from the first live candle (default: 0)")
+    parser.add_argument("--seed-file", type=Path, nargs="+", default=[], metavar="FILE",
+                        help="first produce these symbols' candles from candle files (CSV/Parquet as for `score`; "
+                             "source=file), e.g. a long history so detection is warm from the first live candle")
     parser.add_argument("--max-candles", type=int, default=None,
                         help="stop after producing this many candles (tests, benchmarks)")
 
@@ -58,6 +62,30 @@ def parse_symbols(text: str) -> list[str]:
     if not symbols:
         raise SystemExit("produce: --symbols is empty")
     return symbols
+
+
+def candles_from_files(paths: list[Path], interval: str, symbols: list[str]) -> list[Candle]:
+    """The watched symbols' candles from history files, oldest first; columns a file lacks are NaN."""
+    import numpy as np
+    import pandas as pd
+
+    from market_anomaly.detection.candle_files import read_candles
+    from market_anomaly.exchange.protocol import interval_ms
+
+    frame = pd.concat([read_candles(path) for path in paths], ignore_index=True)
+    frame = frame[frame["symbol"].isin(symbols)].sort_values(["open_time", "symbol"], kind="stable")
+    optional = {name: frame[name] if name in frame else np.nan
+                for name in ("quote_volume", "taker_buy_base", "taker_buy_quote")}
+    frame = frame.assign(**optional, trades=frame["trades"] if "trades" in frame else 0)
+    step = interval_ms(interval)
+    return [
+        Candle(symbol=row.symbol, interval=interval, open_time=int(row.open_time),
+               close_time=int(row.open_time) + step - 1, open=float(row.open), high=float(row.high),
+               low=float(row.low), close=float(row.close), volume=float(row.volume),
+               quote_volume=float(row.quote_volume), trades=int(row.trades), taker_buy_base=float(row.taker_buy_base),
+               taker_buy_quote=float(row.taker_buy_quote), source="file")
+        for row in frame.itertuples(index=False)
+    ]
 
 
 class CandleProducer:
@@ -151,6 +179,11 @@ def run(args: argparse.Namespace) -> int:
         await pump(client, producer, args.max_candles, stop)
 
     try:
+        if args.seed_file:
+            seeds = candles_from_files(args.seed_file, args.interval, symbols)
+            for candle in seeds:
+                producer.send(candle)
+            log.info("seeded %d candles from %s", len(seeds), ", ".join(map(str, args.seed_file)))
         asyncio.run(main())
     finally:
         remaining = producer.close()

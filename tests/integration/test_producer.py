@@ -89,3 +89,20 @@ def test_sigterm_flushes_and_exits_zero(kafka_broker, exchange, fresh_topic):
     assert len(delivered) > 10
     assert_contiguous_per_symbol(delivered)
     assert "0 failed" in output
+
+
+def test_history_from_a_file_comes_first(kafka_broker, exchange, fresh_topic, tmp_path):
+    topics.ensure_topics(kafka_broker.client_config(), {f"{fresh_topic}-dlq": 1})
+    history = tmp_path / "history.csv"
+    history.write_text("symbol,open_time,open,high,low,close,volume\n"
+                       "BTCUSDT,1700000000000,100,101,99,100.5,3\n"
+                       "DOGEUSDT,1700000000000,1,1,1,1,1\n"
+                       "BTCUSDT,1700000060000,100.5,102,100,101,4\n")
+    producer = produce(kafka_broker, exchange, fresh_topic, "--seed-file", str(history), "--max-candles", "10")
+    output, _ = producer.communicate(timeout=120)
+    assert producer.returncode == 0, output
+    candles = [json.loads(m.value()) for m in topics.read_to_end(kafka_broker.client_config(), fresh_topic)]
+    seeded = [c for c in candles if c["source"] == "file"]
+    assert [(c["symbol"], c["open_time"], c["close"]) for c in seeded] == [
+        ("BTCUSDT", 1700000000000, 100.5), ("BTCUSDT", 1700000060000, 101.0)]  # unwatched DOGEUSDT left out
+    assert seeded[0]["close_time"] == 1700000059999 and seeded[0]["taker_buy_base"] != seeded[0]["taker_buy_base"]

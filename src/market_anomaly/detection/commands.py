@@ -35,7 +35,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                        help="share of training candles the learned model may flag alone (default: 0.999)")
     train.add_argument("--tune-injections", type=int, default=None, metavar="N",
                        help="events injected into the training candles to tune the fusion's offsets for the most "
-                            "events caught within the false-alarm budget (default: 500; 0: no tuning)")
+                            "events caught within the false-alarm budget (default: 1500; 0: no tuning)")
     train.set_defaults(handler=run_train)
 
     score = subparsers.add_parser(

@@ -300,7 +300,10 @@ class VolumeRun(_Run):
     Per candle, the unexplained log volume is ``log(volume ratio) - elasticity * max(log(range ratio), 0)``
     (volume rises with the candle's range on real markets), floored at ``log(0.1)`` so one
     idle minute does not cancel a run; the score is ``exp`` of its mean over the last
-    ``volume_window`` candles: the geometric-mean multiple of normal volume, sustained.
+    ``volume_window`` candles: the geometric-mean multiple of normal volume, sustained. With
+    ``volume_combine`` ``"min"`` the score is the smallest of those candles' multiples instead:
+    *every* minute of the run must be heavy, so one huge real print followed by ordinary
+    minutes (common on real markets) no longer looks like a sustained burst.
 
     >>> from market_anomaly.detection.params import RunsParams
     >>> run = VolumeRun(RunsParams(volume_window=3, volume_elasticity=1.0, return_window=5, trend_window=4,
@@ -316,12 +319,14 @@ class VolumeRun(_Run):
     def __init__(self, params: RunsParams):
         super().__init__(params.volume_window, params.warmup)
         self.elasticity = params.volume_elasticity
+        self.sustained = params.volume_combine == "min"
 
     def excess(self, log_volume_ratio: np.ndarray, log_range_ratio: np.ndarray) -> np.ndarray:
         return np.maximum(log_volume_ratio - self.elasticity * np.maximum(log_range_ratio, 0), -2.3)
 
     def score(self, log_volume_ratio: np.ndarray, log_range_ratio: np.ndarray) -> np.ndarray:
-        return np.exp(self.windows(self.excess(log_volume_ratio, log_range_ratio)).mean(axis=1))
+        windows = self.windows(self.excess(log_volume_ratio, log_range_ratio))
+        return np.exp(windows.min(axis=1) if self.sustained else windows.mean(axis=1))
 
     def learn(self, log_volume_ratio: np.ndarray, log_range_ratio: np.ndarray) -> None:
         self.remember(self.excess(log_volume_ratio, log_range_ratio))
@@ -332,6 +337,10 @@ class VolumeRun(_Run):
 
 class Burst(_Run):
     """Short realized volatility: RMS of the last ``return_window`` log returns over the long-run robust sigma.
+
+    With ``burst_trim`` = k the k largest squared moves of the window are left out: real
+    volatility clusters typically start with one jump (which the z-score reports), while a
+    burst of volatility is many large minutes; trimming one keeps the jump from posing as a burst.
 
     >>> from market_anomaly.detection.params import RunsParams
     >>> burst = Burst(RunsParams(volume_window=3, volume_elasticity=1.0, return_window=2, trend_window=4,
@@ -344,10 +353,19 @@ class Burst(_Run):
 
     def __init__(self, params: RunsParams):
         super().__init__(params.return_window, params.warmup)
+        self.trim = min(params.burst_trim, self.window - 1)
 
     def score(self, log_returns: np.ndarray, center: np.ndarray, sigma: np.ndarray) -> np.ndarray:
         deviations = self.windows(log_returns) - center[:, None]
-        return np.sqrt(np.mean(deviations * deviations, axis=1)) / sigma
+        squares = deviations * deviations
+        if not self.trim:
+            return np.sqrt(np.mean(squares, axis=1)) / sigma
+        # Trimmed: without the largest squares, so one jump (the z-score's news) is not a burst of volatility.
+        if self.trim == 1:
+            kept = squares.sum(axis=1) - squares.max(axis=1)
+        else:
+            kept = np.sort(squares, axis=1)[:, :self.window - self.trim].sum(axis=1)
+        return np.sqrt(kept / (self.window - self.trim)) / sigma
 
     def learn(self, log_returns: np.ndarray) -> None:
         self.remember(log_returns)
@@ -434,3 +452,4 @@ class Trend(_Run):
 
     def reason(self, score: float) -> str:
         return f"{self.name} {score:.1f}σ"
+

@@ -29,7 +29,7 @@ import os
 import types
 import typing
 import zipfile
-from dataclasses import dataclass, fields
+from dataclasses import MISSING, dataclass, fields
 from pathlib import Path
 
 from market_anomaly.detection.calibration import calibration_problem
@@ -51,7 +51,7 @@ DEFAULTS: dict = {
     "volume": {"window": 60, "threshold": 8.0, "warmup": 60},
     "range": {"window": 60, "floor_pct": 0.0001},
     "runs": {"volume_window": 3, "volume_elasticity": 1.0, "return_window": 5, "trend_window": 4, "scale_window": 60, "scale_guard": 5,
-             "warmup": 240},
+             "warmup": 240, "burst_trim": 1, "volume_combine": "min"},
     "learned": {"file": "model_params.model.npz", "sequence": 5, "skip_components": 1, "typical_score": 0.0,
                 "alarm_score": 40.0, "threshold": 0.6, "warmup": 240},
     "calibration": {},
@@ -111,6 +111,8 @@ class RunsParams:
     scale_window: int         # the runs' yardstick: RMS of this many log returns ...
     scale_guard: int          # ... ending this many candles before the refresh point
     warmup: int
+    burst_trim: int = 0          # BURST: the largest squared moves of its window it leaves out (0: plain RMS)
+    volume_combine: str = "mean"  # VOLUME RUN: "mean" (geometric mean of the run) or "min" (every candle heavy)
 
 
 @dataclass(frozen=True)
@@ -192,6 +194,8 @@ def params_from_dict(raw: dict, path: Path | str = "<dict>", model: MinorCompone
                                   f"non-negative surprise margins, got {dict(levels)}")
     if params.learned.alarm_score <= params.learned.typical_score:
         raise InvalidParams(path, "learned.alarm_score must be above learned.typical_score")
+    if params.runs.volume_combine not in ("mean", "min"):
+        raise InvalidParams(path, f"runs.volume_combine must be \"mean\" or \"min\", got {params.runs.volume_combine!r}")
     if params.runs.volume_window < 1 or params.runs.return_window < 2:
         raise InvalidParams(path, "runs.volume_window needs at least 1 candle and runs.return_window 2")
     from market_anomaly.detection.consensus import pair_keys
@@ -297,13 +301,16 @@ def _build(cls, raw, path, where: str, skip: tuple[str, ...] = ()):
     hints = typing.get_type_hints(cls)
     names = [f.name for f in fields(cls) if f.name not in skip]
     unknown = sorted(set(raw) - set(names))
-    missing = [name for name in names if name not in raw]
+    optional = {f.name for f in fields(cls) if f.default is not MISSING}  # added later: older files may omit them
+    missing = [name for name in names if name not in raw and name not in optional]
     if unknown or missing:
         raise InvalidParams(path, "; ".join(filter(None, [
             unknown and f"unknown keys {', '.join(where + k for k in unknown)}",
             missing and f"missing keys {', '.join(where + k for k in missing)}"])))
     values = {}
     for name in names:
+        if name not in raw:
+            continue  # an optional field: its default
         kind, value, key = hints[name], raw[name], where + name
         if hasattr(kind, "__dataclass_fields__"):
             values[name] = _build(kind, value, path, key + ".")

@@ -18,7 +18,7 @@ from market_anomaly.detection.params import DEFAULTS, ModelParams, params_from_d
 from market_anomaly.detection.detectors import LearnedSurprise
 
 DEFAULT_ALARM_QUANTILE = 0.999
-DEFAULT_TUNE_INJECTIONS = 500  # events injected into the training candles to tune the fusion's offsets
+DEFAULT_TUNE_INJECTIONS = 1500  # events injected into the training candles to tune the fusion's offsets
 
 
 def score_series(params: ModelParams, series: dict[str, pd.DataFrame]) -> dict[str, pd.DataFrame]:
@@ -188,7 +188,7 @@ def tune_offsets(params: ModelParams, series: dict[str, pd.DataFrame], injection
 
 
 TUNE_MIN_GAP = 240
-TUNE_MAX_ROUNDS = 20
+TUNE_MAX_ROUNDS = 40
 
 
 SCORE_COLUMNS = {"Z-SCORE": "zscore", "VOLATILITY": "volatility_z", "VOLUME": "volume_ratio",

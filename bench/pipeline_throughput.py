@@ -77,9 +77,9 @@ def read_decisions(bootstrap: str, topic: str, expected: int, timeout: float, jo
     return pd.DataFrame(records)
 
 
-def start_job(bootstrap: str, candle_topic: str, output_topic: str, state: Path, batch_size: int):
+def start_job(bootstrap: str, candle_topic: str, output_topic: str, state: Path, batch_size: int, log_level: str):
     command = [
-        sys.executable, "-m", "market_anomaly", "--log-level", "WARNING", "detect",
+        sys.executable, "-m", "market_anomaly", "--log-level", log_level, "detect",
         "--bootstrap-servers", bootstrap, "--topic", candle_topic, "--anomalies-topic", output_topic,
         "--checkpoint-dir", str(state / "checkpoint"), "--db", "none", "--console", "off",
         "--max-offsets-per-trigger", str(batch_size),
@@ -97,6 +97,7 @@ def main() -> int:
     parser.add_argument("--partitions", type=int, default=4)
     parser.add_argument("--bootstrap-servers", default=None)
     parser.add_argument("--data", type=Path, default=DATA)
+    parser.add_argument("--job-log-level", default="WARNING", help="DEBUG shows Spark's timings per micro-batch")
     args = parser.parse_args()
 
     state = Path(tempfile.mkdtemp(prefix="bench-pipeline-"))
@@ -121,10 +122,10 @@ def main() -> int:
         backlog = args.symbols * args.candles_per_symbol
         print(f"backlog: {backlog} candles ({args.symbols} symbols x {args.candles_per_symbol}) in {candle_topic}")
 
-        job = start_job(bootstrap, candle_topic, output_topic, state, args.batch_size)
+        job = start_job(bootstrap, candle_topic, output_topic, state, args.batch_size, args.job_log_level)
         decided = read_decisions(bootstrap, output_topic, backlog, timeout=900, job=job)
         if len(decided) < backlog:
-            print(f"only {len(decided)} of {backlog} decisions arrived; see {state / 'detect.log'}")
+            print(f"only {len(decided)} of {backlog} decisions arrived")
             return 1
         batches = decided.groupby("decided_at").size().sort_index()
         span_s = (batches.index[-1] - batches.index[0]) / 1000
@@ -153,6 +154,7 @@ def main() -> int:
             "machine": f"{os.cpu_count()} cores, Spark local[2]",
         }
         print(json.dumps(results, indent=2))
+        print(f"job log: {state / 'detect.log'}")
         return 0
     finally:
         if job is not None:

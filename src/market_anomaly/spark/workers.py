@@ -1,4 +1,4 @@
-"""Per-process caches of model parameters and detection engines.
+"""Per-process caches of model parameters and detection engines; the state-bucket codec.
 
 Spark reuses Python worker processes across micro-batches; keeping one engine per
 worker (rebuilt only when ``model_params.json`` changes) keeps the per-batch cost low
@@ -7,6 +7,7 @@ and makes a live edit of the file take effect in the next micro-batch.
 
 from __future__ import annotations
 
+import struct
 import warnings
 
 from market_anomaly.detection import DetectionEngine, ParamsWatcher
@@ -33,3 +34,27 @@ def engine_for(path: str) -> DetectionEngine:
     if cached is None or cached[0] is not params:
         cached = _engines[path] = (params, DetectionEngine(params))
     return cached[1]
+
+
+_ENTRY = struct.Struct("<HI")  # symbol length, state length
+
+
+def pack_states(states: dict[str, bytes]) -> bytes:
+    """Several symbols' detection states as one state-store value: (lengths, symbol, state) repeated."""
+    parts = []
+    for symbol, blob in states.items():
+        name = symbol.encode()
+        parts += [_ENTRY.pack(len(name), len(blob)), name, blob]
+    return b"".join(parts)
+
+
+def unpack_states(data: bytes) -> dict[str, bytes]:
+    states, offset = {}, 0
+    while offset < len(data):
+        name_length, blob_length = _ENTRY.unpack_from(data, offset)
+        offset += _ENTRY.size
+        symbol = data[offset:offset + name_length].decode()
+        offset += name_length
+        states[symbol] = bytes(data[offset:offset + blob_length])
+        offset += blob_length
+    return states

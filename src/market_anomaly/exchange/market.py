@@ -22,6 +22,7 @@ from typing import Callable, Protocol, Sequence
 import numpy as np
 import pandas as pd
 
+from market_anomaly.detection.candle_files import read_candles
 from market_anomaly.exchange.protocol import interval_ms
 
 log = logging.getLogger(__name__)
@@ -190,24 +191,14 @@ class SyntheticSource:
 
 
 def read_candle_file(path: Path, interval: str) -> tuple[str, pd.DataFrame]:
-    """A candle CSV -> (symbol, OHLCV frame with ``open_time`` in ms).
+    """A candle file -> (symbol, OHLCV frame with ``open_time`` in ms, sorted, one row per minute).
 
-    The symbol comes from a ``symbol`` column or the file name (``BTCUSDT_1m.csv``); the open
-    time from ``open_time``/``open_time_ms`` (ms) or ``timestamp`` (UTC date-time).
+    Columns and symbol as ``detection.candle_files.read_candles`` accepts them (the offline
+    commands read the same files); here the candles must also be ``interval`` apart.
     """
-    raw = pd.read_csv(path)
-    if "symbol" in raw.columns:
-        symbol = str(raw["symbol"].iloc[0]).upper()
-    else:
-        symbol = path.name.split("_")[0].split(".")[0].upper()
-    for column in ("open_time", "open_time_ms"):
-        if column in raw.columns and pd.api.types.is_numeric_dtype(raw[column]):
-            open_times = raw[column].astype(np.int64)
-            break
-    else:
-        stamps = pd.to_datetime(raw["timestamp" if "timestamp" in raw.columns else "open_time"], utc=True)
-        open_times = (stamps - pd.Timestamp(0, tz="UTC")) // pd.Timedelta(milliseconds=1)
-    frame = raw.assign(open_time=open_times.to_numpy()).sort_values("open_time").drop_duplicates("open_time")
+    frame = read_candles(path)
+    symbol = str(frame["symbol"].iloc[0])
+    frame = frame.sort_values("open_time").drop_duplicates("open_time")
     step = int(np.median(np.diff(frame["open_time"].to_numpy()))) if len(frame) > 1 else interval_ms(interval)
     if step != interval_ms(interval):
         raise ValueError(f"{path}: candles are {step // 1000}s apart, but the interval is {interval}")

@@ -42,6 +42,11 @@ def model_params_path() -> Path:
     return Path(env("MODEL_PARAMS", "model_params.json")).resolve()
 
 
+def parse_symbols(text: str) -> list[str]:
+    """``"btcusdt, ETHUSDT,"`` -> ``["BTCUSDT", "ETHUSDT"]`` (the --symbols syntax of every command)."""
+    return [symbol.strip().upper() for symbol in text.split(",") if symbol.strip()]
+
+
 def parse_kafka_overrides(pairs: list[str] | None) -> dict[str, str]:
     """Turn ``["acks=all", "linger.ms=5"]`` into a dict; a pair without ``=`` is an error."""
     config: dict[str, str] = {}

@@ -58,7 +58,7 @@ def add_produce_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def parse_symbols(text: str) -> list[str]:
-    symbols = [s.strip().upper() for s in text.split(",") if s.strip()]
+    symbols = config.parse_symbols(text)
     if not symbols:
         raise SystemExit("produce: --symbols is empty")
     return symbols

@@ -91,8 +91,7 @@ def build_market(args: argparse.Namespace) -> tuple[Market, int]:
         source = ReplaySource(args.replay, args.interval, args.seed)
         live_start = source.live_start(args.history)
     else:
-        symbols = [s.strip().upper() for s in (args.symbols or config.env("SYMBOLS", config.DEFAULT_SYMBOLS)).split(",")
-                   if s.strip()]
+        symbols = config.parse_symbols(args.symbols or config.env("SYMBOLS", config.DEFAULT_SYMBOLS))
         live_start = int(time.time() * 1000) // step * step
         source = SyntheticSource(symbols, args.interval, args.seed, live_start - args.history * step)
     injections = [Injection(symbol, kind, live_start + int(minute * MINUTE_MS) // step * step)

@@ -26,10 +26,11 @@ class Detector:
     threshold: float
     warmup: int
     own_vote = True  # past its own threshold it is named in an anomaly's reasons (runs detectors: surprise only)
+    one_sided = False  # only rises vote (else either direction, by size)
 
     def votes(self, scores: np.ndarray, positions: np.ndarray) -> np.ndarray:
         with np.errstate(invalid="ignore"):
-            return (positions >= self.warmup) & (np.abs(scores) >= self.threshold)
+            return (positions >= self.warmup) & ((scores if self.one_sided else np.abs(scores)) >= self.threshold)
 
     def reason(self, score: float) -> str:
         return f"{self.name} {abs(score):.1f}σ"
@@ -125,6 +126,7 @@ class Volatility(Detector):
     """
 
     name = "VOLATILITY"
+    one_sided = True
 
     def __init__(self, params: VolatilityParams, refresh: int, floor_pct: float):
         self.threshold, self.warmup = params.threshold, params.warmup
@@ -143,10 +145,6 @@ class Volatility(Detector):
         center, sigma = self.samples.baselines_at(log_std[(positions + 1) % self.refresh == 0],
                                                   samples_before - samples_before % self.refresh)
         return (log_std - center) / np.maximum(sigma, 1e-9), mean, std
-
-    def votes(self, scores: np.ndarray, positions: np.ndarray) -> np.ndarray:
-        with np.errstate(invalid="ignore"):
-            return (positions >= self.warmup) & (scores >= self.threshold)
 
     def learn(self, returns_pct: np.ndarray) -> None:
         windows = trailing_windows(self.recent, returns_pct, self.window)
@@ -222,6 +220,7 @@ class LearnedSurprise(Detector):
     """
 
     name = "MODEL"
+    one_sided = True
 
     def __init__(self, params: LearnedParams, model: MinorComponents | None = None):
         self.params, self.model = params, model
@@ -241,10 +240,6 @@ class LearnedSurprise(Detector):
             return np.full(len(zscore), np.nan)
         distance = self.model.distance(self.inputs(zscore, log_volume_ratio, log_range_ratio))
         return (distance - self.typical) / (self.alarm - self.typical)
-
-    def votes(self, scores: np.ndarray, positions: np.ndarray) -> np.ndarray:
-        with np.errstate(invalid="ignore"):
-            return (positions >= self.warmup) & (scores >= self.threshold)
 
     def learn(self, zscore: np.ndarray, log_volume_ratio: np.ndarray) -> None:
         keep = self.params.sequence - 1
@@ -283,7 +278,7 @@ class _Run(Detector):
     def windows(self, values: np.ndarray) -> np.ndarray:
         return trailing_windows(self.recent, values, self.window)
 
-    def remember(self, values: np.ndarray) -> None:
+    def learn(self, values: np.ndarray) -> None:
         if self.window > 1:
             self.recent = np.concatenate([self.recent, values])[-(self.window - 1):]
 
@@ -329,7 +324,7 @@ class VolumeRun(_Run):
         return np.exp(windows.min(axis=1) if self.sustained else windows.mean(axis=1))
 
     def learn(self, log_volume_ratio: np.ndarray, log_range_ratio: np.ndarray) -> None:
-        self.remember(self.excess(log_volume_ratio, log_range_ratio))
+        super().learn(self.excess(log_volume_ratio, log_range_ratio))
 
     def reason(self, score: float) -> str:
         return f"{self.name} {score:.0f}x"
@@ -367,9 +362,6 @@ class Burst(_Run):
             kept = np.sort(squares, axis=1)[:, :self.window - self.trim].sum(axis=1)
         return np.sqrt(kept / (self.window - self.trim)) / sigma
 
-    def learn(self, log_returns: np.ndarray) -> None:
-        self.remember(log_returns)
-
     def reason(self, score: float) -> str:
         return f"{self.name} {score:.1f}x"
 
@@ -382,13 +374,11 @@ class Drift(Burst):
     """
 
     name, key = "DRIFT", "drift"
+    reason = Detector.reason  # in sigmas, either direction (Burst's is a multiple)
 
     def score(self, log_returns: np.ndarray, center: np.ndarray, sigma: np.ndarray) -> np.ndarray:
         deviations = self.windows(log_returns) - center[:, None]
         return deviations.sum(axis=1) / (sigma * np.sqrt(self.window))
-
-    def reason(self, score: float) -> str:
-        return f"{self.name} {abs(score):.1f}σ"
 
 
 class Reversal(_Run):
@@ -416,12 +406,6 @@ class Reversal(_Run):
             size = np.minimum(np.abs(pair[:, 0]), np.abs(pair[:, 1])) - np.abs(pair[:, 0] + pair[:, 1])
             return np.where(pair[:, 0] * pair[:, 1] < 0, np.maximum(size, 0.0), np.where(np.isnan(size), np.nan, 0.0))
 
-    def learn(self, zscore: np.ndarray) -> None:
-        self.remember(zscore)
-
-    def reason(self, score: float) -> str:
-        return f"{self.name} {score:.1f}σ"
-
 
 class Trend(_Run):
     """A steady run: the smallest same-direction move of the last ``trend_window`` candles, in long-run sigmas.
@@ -446,10 +430,4 @@ class Trend(_Run):
         moves = (self.windows(log_returns) - center[:, None]) / sigma[:, None]
         with np.errstate(invalid="ignore"):
             return np.maximum(np.maximum(moves.min(axis=1), (-moves).min(axis=1)), 0.0)
-
-    def learn(self, log_returns: np.ndarray) -> None:
-        self.remember(log_returns)
-
-    def reason(self, score: float) -> str:
-        return f"{self.name} {score:.1f}σ"
 

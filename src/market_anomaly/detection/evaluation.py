@@ -6,10 +6,10 @@ Protocol (held out, so the model is not tested on what it was fitted on):
    (``training.train``), the rest is the held-out part;
 2. false alarms: the untouched series is scored from its start (the training part only
    warms the state, as seeding a live stream would) and the flags in the held-out part
-   are grouped into episodes (flags less than ``EPISODE_GAP_MIN`` minutes apart are one);
+   are grouped into episodes (flags less than ``training.EPISODE_GAP_MS`` apart are one);
 3. recall: labelled events are injected into the held-out parts only, in rounds (events
    at least ``MIN_GAP`` candles apart), each round scored afresh; an event counts as
-   detected when a candle opening less than ``DETECTION_WINDOW_MIN`` minutes after its
+   detected when a candle opening less than ``training.DETECTION_WINDOW`` minutes after its
    start is flagged, i.e. the decision exists within 5 minutes. The delay is minutes from
    the event's start to the close of the first flagged candle.
 
@@ -32,10 +32,9 @@ import numpy as np
 import pandas as pd
 
 from market_anomaly.detection.injection import KINDS, MAGNITUDE_RANGES, inject_random, injection_slots
-from market_anomaly.detection.training import alarm_episodes, score_series, train
+from market_anomaly.detection.training import (DETECTION_WINDOW, EPISODE_GAP_MS, alarm_episodes,
+                                               score_series, train)
 
-DETECTION_WINDOW_MIN = 5
-EPISODE_GAP_MIN = 5
 MIN_GAP = 240
 BASELINE_WINDOW = 60
 BASELINE_THRESHOLD = 3.0
@@ -104,7 +103,7 @@ def evaluate(series: dict[str, pd.DataFrame], injections: int = 200, seed: int =
 def _first_flag_delay(label: dict, candles: pd.DataFrame, flags) -> float:
     """Minutes from the event's start to the close of its first flagged candle within the window (NaN: missed)."""
     offsets = (candles["open_time"].to_numpy() - label["open_time"]) / MINUTE_MS
-    hits = offsets[np.asarray(flags, bool) & (offsets >= 0) & (offsets < DETECTION_WINDOW_MIN)]
+    hits = offsets[np.asarray(flags, bool) & (offsets >= 0) & (offsets < DETECTION_WINDOW)]
     return float(hits.min() + 1) if len(hits) else float("nan")
 
 
@@ -131,7 +130,7 @@ def _report(outcomes: list[dict], false_alarms: dict, params, train_fraction: fl
     return {
         "protocol": (f"{scope}model trained on the first {train_fraction:.0%} of each series; false alarms and injected "
                      f"events only in the remaining {1 - train_fraction:.0%} (held out); detected = flagged within "
-                     f"{DETECTION_WINDOW_MIN} min; episodes = flags < {EPISODE_GAP_MIN} min apart; threshold "
+                     f"{DETECTION_WINDOW} min; episodes = flags < {EPISODE_GAP_MS // MINUTE_MS} min apart; threshold "
                      f"{params.consensus.threshold} set by train for {params.consensus.false_alarm_budget} episodes "
                      f"per symbol-day on the training candles; fusion offsets tuned on "
                      f"{params.trained_on.get('tuning', {}).get('injections', 0)} events injected into the training "

@@ -20,6 +20,7 @@ from confluent_kafka import KafkaError, Producer
 from market_anomaly import config
 from market_anomaly.candles import Candle, Rejected
 from market_anomaly.kafka.dead_letter import DeadLetterPublisher
+from market_anomaly.kafka.producing import produce_waiting
 
 log = logging.getLogger("market_anomaly.produce")
 
@@ -114,15 +115,8 @@ class CandleProducer:
         if isinstance(item, Rejected):
             self.dead_letters.publish(item.raw, item.reason)
             return
-        value = item.to_json(produced_at=int(time.time() * 1000))
-        while True:
-            try:
-                self._producer.produce(self.topic, value, key=item.symbol, on_delivery=self._on_delivery)
-                break
-            except BufferError:
-                # Local queue full (broker slow or down): wait for deliveries instead of dropping.
-                self._producer.poll(0.5)
-        self._producer.poll(0)
+        produce_waiting(self._producer, self.topic, item.to_json(produced_at=int(time.time() * 1000)),
+                        key=item.symbol, on_delivery=self._on_delivery)
         self.produced += 1
 
     def close(self, timeout: float = 30.0) -> int:

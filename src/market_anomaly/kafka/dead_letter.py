@@ -9,6 +9,7 @@ import time
 from confluent_kafka import Producer
 
 from market_anomaly import config
+from market_anomaly.kafka.producing import produce_waiting
 
 log = logging.getLogger(__name__)
 
@@ -26,8 +27,7 @@ class DeadLetterPublisher:
         if isinstance(raw, bytes):
             raw = raw.decode("utf-8", errors="replace")
         record = {"reason": reason, "raw": raw, "stage": self.stage, "at": int(time.time() * 1000)}
-        self._producer.produce(self.topic, json.dumps(record).encode(), key=key)
-        self._producer.poll(0)
+        produce_waiting(self._producer, self.topic, json.dumps(record).encode(), key=key)
         self.sent += 1
         log.warning("dead-lettered (%s): %s", self.stage, reason)
 

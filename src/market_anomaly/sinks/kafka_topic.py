@@ -12,6 +12,7 @@ import logging
 import pandas as pd
 from confluent_kafka import KafkaError, Producer
 
+from market_anomaly.kafka.producing import produce_waiting
 from market_anomaly.sinks.common import is_anomaly, to_records
 
 log = logging.getLogger(__name__)
@@ -42,14 +43,8 @@ class KafkaTopicSink:
         if self.anomalies_only:
             records = [record for record in records if is_anomaly(record)]
         for record in records:
-            value = json.dumps(record, allow_nan=False, default=str).encode()
-            while True:
-                try:
-                    self._producer.produce(self.topic, value, key=str(record.get("symbol")).encode(),
-                                           on_delivery=self._on_delivery)
-                    break
-                except BufferError:  # local queue full: wait for deliveries instead of dropping
-                    self._producer.poll(0.5)
+            produce_waiting(self._producer, self.topic, json.dumps(record, allow_nan=False, default=str).encode(),
+                            key=str(record.get("symbol")).encode(), on_delivery=self._on_delivery)
         self.flush()
         self.produced += len(records)
 

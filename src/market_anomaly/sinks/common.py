@@ -8,13 +8,15 @@ from urllib.parse import urlsplit, urlunsplit
 
 import pandas as pd
 
+from market_anomaly.detection.params import CONFIDENCE_LEVELS as ANOMALY_CONFIDENCE_LEVELS
+
 # The decision record (docs/ARCHITECTURE.md); open/high/low ride along for the dashboard's candles.
 DECISION_COLUMNS = (
     "symbol", "interval", "open_time", "close_time", "open", "high", "low", "close",
     "return_pct", "log_return", "range_pct", "volume", "volume_ratio", "zscore", "votes",
     "is_anomaly", "confidence", "reasons", "market_event", "produced_at", "decided_at",
 )
-CONFIDENCE_LEVELS = ("NONE", "LOW", "MEDIUM", "HIGH")
+CONFIDENCE_LEVELS = ("NONE", *ANOMALY_CONFIDENCE_LEVELS)
 
 
 def confidence_rank(level: object) -> int:

@@ -93,6 +93,8 @@ class Child:
     name: str
     argv: list[str]
     log_path: Path | None  # None: output to this terminal
+    stop_timeout: float = 20.0  # SIGTERM, then this long before SIGKILL
+    settle: float = 0.0  # pause after starting, before the next child starts
     process: subprocess.Popen | None = field(default=None, repr=False)
 
     def start(self) -> None:
@@ -167,7 +169,7 @@ def run_up(args: argparse.Namespace) -> int:
                 "exchange", "--port", str(port), "--symbols", args.symbols, "--speed", str(args.speed),
                 "--inject-random", str(args.inject_random), "--labels-out", str(home / "injected-labels.json"),
                 *[flag for spec in args.inject for flag in ("--inject", spec)],
-            ), logs / "exchange.log"))
+            ), logs / "exchange.log", settle=1.0))  # bound before the producer connects (which also retries)
         children.append(Child("producer", command(
             "produce", *kafka, "--ws-url", ws_url, "--rest-url", rest_url, "--symbols", args.symbols,
             "--seed-history", str(args.seed_history),
@@ -175,7 +177,7 @@ def run_up(args: argparse.Namespace) -> int:
         children.append(Child("spark job", command(
             "--log-level", "WARNING", "detect", *kafka, "--params", args.params,
             "--checkpoint-dir", str(home / "checkpoint"), "--db", database,
-        ), None))
+        ), None, stop_timeout=60.0))  # finishes its micro-batch and commits its checkpoint
         if args.dashboard_port:
             children.append(Child("dashboard", command(
                 "dashboard", *kafka, "--port", str(args.dashboard_port), "--db", database,
@@ -183,8 +185,7 @@ def run_up(args: argparse.Namespace) -> int:
 
         for child in children:
             child.start()
-            if child.name == "exchange simulator":
-                time.sleep(1.0)  # let it bind before the producer connects (the producer also retries)
+            time.sleep(child.settle)
         if args.dashboard_port:
             log.info("dashboard: http://127.0.0.1:%d", args.dashboard_port)
         log.info("pipeline up; the Spark job prints decisions below once its first micro-batch runs. Ctrl-C stops.")
@@ -202,6 +203,6 @@ def run_up(args: argparse.Namespace) -> int:
         log.info("stopping the pipeline")
         # The producer first (it flushes what it has), then its source, then the job, so the job sees the last candles.
         for child in sorted(children, key=lambda child: STOP_ORDER.index(child.name)):
-            child.stop(timeout=60 if child.name == "spark job" else 20)
+            child.stop(child.stop_timeout)
         if broker is not None:
             broker.stop()

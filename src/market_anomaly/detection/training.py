@@ -1,11 +1,22 @@
-"""Training: fit the learned model on historical candles and write ``model_params.json`` + the model file."""
+"""Training: fit the learned model on historical candles and write ``model_params.json`` + the model file.
+
+One implementation runs in one process and on a Spark cluster. ``train`` makes its passes
+over a *series collection*: ``LocalSeries`` (frames in this process) or
+``market_anomaly.spark.training.SparkSeries`` (a Spark DataFrame: the passes run on the
+executors). A pass is a module-level function ``(key, frame, *args) -> {name: array}``
+applied to every series (sorted by ``open_time``, one candle per ``open_time``); it returns
+compact per-candle NumPy columns (scores, surprises), never candles. The driver fits on
+those columns: the learned model, the calibration tables, the fusion offsets, the threshold.
+"""
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import time
 from pathlib import Path
+from typing import Callable, NamedTuple
 
 import numpy as np
 import pandas as pd
@@ -13,26 +24,64 @@ import pandas as pd
 from market_anomaly.detection.calibration import fit_table
 from market_anomaly.detection.consensus import candidates, pair_keys
 from market_anomaly.detection.engine import DetectionEngine, calibration_scores
+from market_anomaly.detection.injection import KINDS, inject, injection_slots
 from market_anomaly.detection.learned import INPUT_NAMES
 from market_anomaly.detection.params import DEFAULTS, ModelParams, params_from_dict
 from market_anomaly.detection.detectors import LearnedSurprise
 
 DEFAULT_ALARM_QUANTILE = 0.999
 DEFAULT_TUNE_INJECTIONS = 1500  # events injected into the training candles to tune the fusion's offsets
+TRAINING_COLUMNS = ("open_time", "open", "high", "low", "close", "volume")  # all that training reads of a candle
+
+Arrays = dict[str, np.ndarray]
+SeriesPass = Callable[..., Arrays]  # (key, frame, *args) -> compact arrays
 
 
 def score_series(params: ModelParams, series: dict[str, pd.DataFrame]) -> dict[str, pd.DataFrame]:
     """Each series through a fresh engine state in one call (offline scoring)."""
-    engine = DetectionEngine(params)
-    return {key: engine.process(key.split("@")[0], frame, None)[0] for key, frame in series.items()}
+    return {key: _decisions(key, frame, params) for key, frame in series.items()}
 
 
-def train(series: dict[str, pd.DataFrame], base: dict | None = None,
+def ordered_series(frame: pd.DataFrame) -> pd.DataFrame:
+    """A series as every pass sees it: ``TRAINING_COLUMNS``, by ``open_time``, the first row of each ``open_time``."""
+    ordered = frame.sort_values("open_time", kind="stable")
+    return ordered[~ordered["open_time"].duplicated()][list(TRAINING_COLUMNS)].reset_index(drop=True)
+
+
+def series_span(candles: int, first_ms: int, last_ms: int) -> dict:
+    """A series' entry in ``trained_on.series``."""
+    return {"candles": int(candles), "from": _iso(first_ms), "to": _iso(last_ms)}
+
+
+class LocalSeries:
+    """The training series held in this process (e.g. ``candle_files.series_by_symbol``), by key."""
+
+    def __init__(self, series: dict[str, pd.DataFrame]):
+        self.series = {key: ordered_series(frame) for key, frame in series.items()}
+
+    def keys(self) -> list[str]:
+        return list(self.series)
+
+    def lengths(self) -> dict[str, int]:
+        return {key: len(frame) for key, frame in self.series.items()}
+
+    def spans(self) -> dict[str, dict]:
+        return {key: series_span(len(frame), frame["open_time"].min(), frame["open_time"].max())
+                for key, frame in self.series.items()}
+
+    def map(self, function: SeriesPass, *args) -> dict[str, Arrays]:
+        """``function(key, frame, *args)`` for each series in turn, by key in ``keys()`` order."""
+        return {key: function(key, frame, *args) for key, frame in self.series.items()}
+
+
+def train(series, base: dict | None = None,
           alarm_quantile: float = DEFAULT_ALARM_QUANTILE, sources: list[str] | None = None,
           tune_injections: int = DEFAULT_TUNE_INJECTIONS, tune_seed: int = 0) -> ModelParams:
     """Fit the learned model, calibrate every detector, and set the alarm threshold for the false-alarm budget.
 
-    Three passes over the training candles, nothing else (no held-out data, no injected events):
+    ``series``: frames by key (``candle_files.series_by_symbol``) or a series collection
+    (``LocalSeries``, ``spark.training.SparkSeries``). Passes over the training candles,
+    nothing else (no held-out data):
 
     1. fit the learned model on the candles' inputs (after warm-up), alarm level at ``alarm_quantile``;
     2. score every detector and store its calibration table (``calibration.fit_table``: score -> surprise),
@@ -48,62 +97,43 @@ def train(series: dict[str, pd.DataFrame], base: dict | None = None,
     ``base`` is the parameter document to start from (default ``DEFAULTS``); windows, floors and
     the budget come from it, the fitted values are filled in and the model is attached.
     """
+    collection = LocalSeries(series) if isinstance(series, dict) else series
     document = json.loads(json.dumps(base or DEFAULTS))
     document["calibration"] = {}
     untrained = params_from_dict(document)
     learned = LearnedSurprise(untrained.learned)
-    inputs = []
-    for decisions in score_series(untrained, series).values():
-        series_inputs = LearnedSurprise(untrained.learned).inputs(
-            decisions["zscore"].to_numpy(), np.log(decisions["volume_ratio"].to_numpy()),
-            np.log(decisions["range_ratio"].to_numpy()))
-        inputs.append(series_inputs[untrained.learned.warmup:])
+    inputs = [result["inputs"] for result in collection.map(learned_inputs, untrained).values()]
     learned.fit(np.concatenate(inputs) if inputs else np.empty((0, len(INPUT_NAMES))), alarm_quantile)
     document["learned"].update(typical_score=round(learned.typical, 6), alarm_score=round(learned.alarm, 6))
 
     uncalibrated = params_from_dict(document, model=learned.model)
-    scored = score_series(uncalibrated, series)
-    warmups = {"Z-SCORE": uncalibrated.return_zscore.warmup, "VOLATILITY": uncalibrated.volatility.warmup,
-               "VOLUME": uncalibrated.volume.warmup, "VOLUME RUN": uncalibrated.runs.warmup,
-               "BURST": uncalibrated.runs.warmup, "DRIFT": uncalibrated.runs.warmup, "REVERSAL": uncalibrated.runs.warmup,
-               "TREND": uncalibrated.runs.warmup,
-               "MODEL": uncalibrated.learned.warmup}
-    pooled = {name: [] for name in warmups}
-    for decisions in scored.values():
-        values = calibration_scores({name: decisions[column].to_numpy() for name, column in SCORE_COLUMNS.items()})
-        for name, warmup in warmups.items():
-            pooled[name].append(values[name][warmup:])
-    document["calibration"] = {name: fit_table(np.concatenate(parts)) for name, parts in pooled.items()}
+    scored = list(collection.map(detector_scores, uncalibrated).values())
+    document["calibration"] = {name: fit_table(np.concatenate([scores[name] for scores in scored]))
+                               for name in detector_warmups(uncalibrated)}
     consensus = uncalibrated.consensus
     if consensus.pairs:
-        engine = DetectionEngine(params_from_dict(document, model=learned.model))
-        engine.keep_group_surprise = True
-        groups = []
-        for key, frame in series.items():
-            engine.process(key.split("@")[0], frame, None)
-            groups.append(engine.group_surprise[uncalibrated.runs.warmup:])
-        groups = np.concatenate(groups)
+        groups = np.concatenate([result["groups"] for result in collection.map(
+            group_surprises, params_from_dict(document, model=learned.model)).values()])
         for i, j, key in pair_keys(consensus.groups):
             document["calibration"][key] = fit_table(np.minimum(groups[:, i], groups[:, j]))
 
     tuning = {}
     if tune_injections > 0:
-        offsets, tuning = tune_offsets(params_from_dict(document, model=learned.model), series, tune_injections,
-                                       tune_seed)
+        offsets, tuning = tune_offsets(params_from_dict(document, model=learned.model), collection,
+                                       tune_injections, tune_seed)
         document["consensus"]["offsets"] = offsets
     document["consensus"]["threshold"] = 1e9  # the rule path alone
-    calibrated = params_from_dict(document, model=learned.model)
-    decided = score_series(calibrated, series)
-    fused = {key: decisions["surprise"].to_numpy() for key, decisions in decided.items()}
-    rule = {key: decisions["is_anomaly"].to_numpy(bool) for key, decisions in decided.items()}
-    threshold, rate = choose_threshold(fused, {key: frame["open_time"].to_numpy() for key, frame in series.items()},
-                                       consensus.false_alarm_budget, consensus.vote_surprise, rule)
+    decided = collection.map(fused_and_rule, params_from_dict(document, model=learned.model))
+    threshold, rate = choose_threshold(
+        {key: result["fused"] for key, result in decided.items()},
+        {key: result["open_time"] for key, result in decided.items()},
+        consensus.false_alarm_budget, consensus.vote_surprise, {key: result["rule"] for key, result in decided.items()})
     document["consensus"]["threshold"] = threshold
+    lengths = collection.lengths()
     document["trained_on"] = {
         "sources": [str(source) for source in sources or []],
-        "series": {key: {"candles": len(frame), "from": _iso(frame["open_time"].min()),
-                         "to": _iso(frame["open_time"].max())} for key, frame in series.items()},
-        "candles": int(sum(len(frame) for frame in series.values())),
+        "series": collection.spans(),
+        "candles": int(sum(lengths.values())),
         "model": f"minor principal components of {', '.join(INPUT_NAMES)} "
                  f"(leading {untrained.learned.skip_components} ignored)",
         "alarm_quantile": alarm_quantile,
@@ -115,57 +145,117 @@ def train(series: dict[str, pd.DataFrame], base: dict | None = None,
     return params_from_dict(document, model=learned.model)
 
 
+# -- passes: per series, module-level (a Spark worker unpickles them), compact arrays out -------------
+
+
+def learned_inputs(key: str, frame: pd.DataFrame, params: ModelParams) -> Arrays:
+    """The learned model's inputs per candle after its warm-up."""
+    decisions = _decisions(key, frame, params)
+    inputs = LearnedSurprise(params.learned).inputs(
+        decisions["zscore"].to_numpy(), np.log(decisions["volume_ratio"].to_numpy()),
+        np.log(decisions["range_ratio"].to_numpy()))
+    return {"inputs": inputs[params.learned.warmup:]}
+
+
+def detector_scores(key: str, frame: pd.DataFrame, params: ModelParams) -> Arrays:
+    """Each calibrated detector's score (``calibration_scores``) per candle after that detector's warm-up."""
+    decisions = _decisions(key, frame, params)
+    values = calibration_scores({name: decisions[column].to_numpy() for name, column in SCORE_COLUMNS.items()})
+    return {name: values[name][warmup:] for name, warmup in detector_warmups(params).items()}
+
+
+def group_surprises(key: str, frame: pd.DataFrame, params: ModelParams) -> Arrays:
+    """Each detector group's surprise per candle (columns by ``consensus.groups``) after the runs' warm-up."""
+    return {"groups": _group_surprise(key, frame, params)[params.runs.warmup:]}
+
+
+def fusion_candidates(key: str, frame: pd.DataFrame, params: ModelParams) -> Arrays:
+    """The fused surprise's candidates per candle (columns named by ``names``) and ``open_time``."""
+    names, matrix = _candidate_matrix(key, frame, params)
+    return {"names": np.array(names), "candidates": matrix, "open_time": frame["open_time"].to_numpy()}
+
+
+class InjectedEvent(NamedTuple):
+    """One tuning event, fully described by the driver: where it goes, what it is, its own random seed."""
+
+    round: int  # events of a round are injected into their series together and scored in one call
+    series: str
+    row: int
+    kind: str
+    seed: int
+
+
+def event_candidates(key: str, frame: pd.DataFrame, params: ModelParams, events: list[InjectedEvent]) -> Arrays:
+    """For this series' ``events`` (in their order): each candidate's largest surprise in the event's first
+    ``DETECTION_WINDOW`` minutes. Each event draws from its own seed, so the result does not depend on
+    which process injects it."""
+    window = DETECTION_WINDOW * params.interval_ms
+    maxima = []
+    own = [event for event in events if event.series == key]
+    for _, round_events in itertools.groupby(own, key=lambda event: event.round):
+        injected, starts = frame, []
+        for event in round_events:
+            injected, label = inject(injected, event.kind, event.row, np.random.default_rng(event.seed))
+            starts.append(label["open_time"])
+        matrix = _candidate_matrix(key, injected, params)[1]
+        times = injected["open_time"].to_numpy()
+        maxima += [matrix[(times >= start) & (times < start + window)].max(axis=0) for start in starts]
+    return {"maxima": np.array(maxima)}
+
+
+def fused_and_rule(key: str, frame: pd.DataFrame, params: ModelParams) -> Arrays:
+    """Per candle: the fused surprise, the rule path's flag (``is_anomaly``) and ``open_time``."""
+    decisions = _decisions(key, frame, params)
+    return {"fused": decisions["surprise"].to_numpy(), "rule": decisions["is_anomaly"].to_numpy(bool),
+            "open_time": decisions["open_time"].to_numpy()}
+
+
+def _decisions(key: str, frame: pd.DataFrame, params: ModelParams) -> pd.DataFrame:
+    return DetectionEngine(params).process(key.split("@")[0], frame, None)[0]
+
+
+def _group_surprise(key: str, frame: pd.DataFrame, params: ModelParams) -> np.ndarray:
+    engine = DetectionEngine(params)
+    engine.keep_group_surprise = True
+    engine.process(key.split("@")[0], frame, None)
+    return engine.group_surprise
+
+
+def _candidate_matrix(key: str, frame: pd.DataFrame, params: ModelParams) -> tuple[list[str], np.ndarray]:
+    consensus = params.consensus
+    found = candidates(_group_surprise(key, frame, params), consensus.groups, params.calibration, consensus.pairs)
+    return list(found), np.column_stack(list(found.values()))
+
+
+# -- tuning the fusion offsets (driver side) ---------------------------------------------------------
+
 TUNE_STEPS = (-1.0, -0.5, 0.5, 1.0)
 TUNE_SWEEPS = 2
 MAX_OFFSET = 2.0
 DETECTION_WINDOW = 5  # candles: an event counts when flagged within 5 minutes of its start
 
 
-def tune_offsets(params: ModelParams, series: dict[str, pd.DataFrame], injections: int, seed: int
-                 ) -> tuple[dict[str, float], dict]:
+def tune_offsets(params: ModelParams, series, injections: int, seed: int) -> tuple[dict[str, float], dict]:
     """Offsets per fused candidate that catch the most events injected into the *training* candles.
 
-    Events of every kind (``injection.inject_random``, after the warm-up, in rounds like
-    ``evaluate``, at most ``TUNE_MAX_ROUNDS``) are scored; for each event, each candidate's largest surprise in its first
+    Events of every kind (``tuning_events``, after the warm-up, in rounds like ``evaluate``, at most
+    ``TUNE_MAX_ROUNDS``) are scored; for each event, each candidate's largest surprise in its first
     5 minutes. Coordinate ascent over the offsets (steps ``TUNE_STEPS``, within +-``MAX_OFFSET``):
     a change is kept when, with the threshold re-set for the false-alarm budget on the
-    untouched training candles, more events are caught. Returns (offsets, summary).
+    untouched training candles, more events are caught. ``series`` is a series collection
+    (see ``train``). Returns (offsets, summary).
     """
-    from market_anomaly.detection.injection import inject_random, injection_slots
-
     consensus = params.consensus
-    engine = DetectionEngine(params)
-    engine.keep_group_surprise = True
-
-    def candidate_matrix(key: str, frame: pd.DataFrame) -> tuple[list[str], np.ndarray]:
-        engine.process(key.split("@")[0], frame, None)
-        found = candidates(engine.group_surprise, consensus.groups, params.calibration, consensus.pairs)
-        return list(found), np.column_stack(list(found.values()))
-
-    normal, open_times = {}, {}
-    for key, frame in series.items():
-        frame = frame.sort_values("open_time", kind="stable").reset_index(drop=True)
-        names, normal[key] = candidate_matrix(key, frame)
-        open_times[key] = frame["open_time"].to_numpy()
     earliest = max(params.return_zscore.warmup, params.runs.warmup, params.learned.warmup, params.volume.warmup)
-    slots = len(injection_slots(series, TUNE_MIN_GAP, earliest))
-    if slots < 2:
+    events = tuning_events(series.lengths(), injections, seed, earliest)
+    if not events:
         return {}, {"injections": 0}
-    rng = np.random.default_rng(seed)
-    events, kinds, remaining = [], [], injections
-    remaining = min(remaining, TUNE_MAX_ROUNDS * max(1, slots // 2))  # short histories: fewer events, not more rounds
-    while remaining > 0:
-        count = min(max(1, slots // 2), remaining)
-        injected, labels = inject_random(series, count, rng, min_gap=TUNE_MIN_GAP, earliest=earliest)
-        matrices = {key: candidate_matrix(key, frame)[1] for key, frame in injected.items()
-                    if any(label["symbol"] == key for label in labels)}
-        for label in labels:
-            times = injected[label["symbol"]]["open_time"].to_numpy()
-            rows = (times >= label["open_time"]) & (times < label["open_time"] + DETECTION_WINDOW * params.interval_ms)
-            events.append(matrices[label["symbol"]][rows].max(axis=0))
-            kinds.append(label["kind"])
-        remaining -= count
-    events = np.array(events)
+    untouched = series.map(fusion_candidates, params)
+    names = [str(name) for name in next(iter(untouched.values()))["names"]]
+    normal = {key: result["candidates"] for key, result in untouched.items()}
+    open_times = {key: result["open_time"] for key, result in untouched.items()}
+    events = np.concatenate([result["maxima"] for result in series.map(event_candidates, params, events).values()
+                             if len(result["maxima"])])
 
     def outcome(offsets: np.ndarray) -> tuple[float, float]:
         fused = {key: (matrix + offsets).max(axis=1) for key, matrix in normal.items()}
@@ -187,6 +277,27 @@ def tune_offsets(params: ModelParams, series: dict[str, pd.DataFrame], injection
     return {name: float(value) for name, value in zip(names, offsets) if value}, summary
 
 
+def tuning_events(lengths: dict[str, int], injections: int, seed: int, earliest: int) -> list[InjectedEvent]:
+    """The tuning's events, drawn here from the series' lengths alone: rounds of at most half the
+    ``injection_slots`` (events ``TUNE_MIN_GAP`` candles apart, a quarter-gap jitter, like
+    ``injection.inject_random``), kinds in turn, each event with its own seed; ordered by round and row."""
+    # injection_slots reads only each frame's length
+    slots = injection_slots({key: range(length) for key, length in lengths.items()}, TUNE_MIN_GAP, earliest)
+    if len(slots) < 2:
+        return []
+    per_round = max(1, len(slots) // 2)
+    total = min(injections, TUNE_MAX_ROUNDS * per_round)  # short histories: fewer events, not more rounds
+    rng = np.random.default_rng(seed)
+    events: list[InjectedEvent] = []
+    for number in range(-(-total // per_round)):
+        for slot in sorted(rng.choice(len(slots), size=min(per_round, total - len(events)), replace=False)):
+            key, row = slots[slot]
+            jitter = int(rng.integers(-TUNE_MIN_GAP // 4, TUNE_MIN_GAP // 4 + 1))
+            events.append(InjectedEvent(number, key, row + jitter, KINDS[len(events) % len(KINDS)],
+                                        int(rng.integers(2 ** 63))))
+    return events
+
+
 TUNE_MIN_GAP = 240
 TUNE_MAX_ROUNDS = 40
 
@@ -194,6 +305,17 @@ TUNE_MAX_ROUNDS = 40
 SCORE_COLUMNS = {"Z-SCORE": "zscore", "VOLATILITY": "volatility_z", "VOLUME": "volume_ratio",
                  "VOLUME RUN": "volume_run", "BURST": "burst", "DRIFT": "drift", "TREND": "trend", "REVERSAL": "reversal",
                  "MODEL": "model_score"}
+
+
+def detector_warmups(params: ModelParams) -> dict[str, int]:
+    """Candles each calibrated detector needs before its scores count (with ``SCORE_COLUMNS``: the detector list)."""
+    return {"Z-SCORE": params.return_zscore.warmup, "VOLATILITY": params.volatility.warmup,
+            "VOLUME": params.volume.warmup, "VOLUME RUN": params.runs.warmup,
+            "BURST": params.runs.warmup, "DRIFT": params.runs.warmup, "REVERSAL": params.runs.warmup,
+            "TREND": params.runs.warmup,
+            "MODEL": params.learned.warmup}
+
+
 EPISODE_GAP_MS = 5 * 60_000
 
 

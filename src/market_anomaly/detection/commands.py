@@ -27,15 +27,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                     "on the fused surprise so these candles raise at most consensus.false_alarm_budget alarm "
                     "episodes per symbol-day. Write the parameter file plus the model file next to it. "
                     "Windows, groups and the budget come from --base (default: the built-in defaults).")
-    add_history_arguments(train, base_help="existing parameter file whose thresholds and windows to keep",
-                          topic=True)
-    train.add_argument("--output", type=Path, default=Path("model_params.json"),
-                       help="parameter file to write; the model file goes next to it (default: %(default)s)")
-    train.add_argument("--alarm-quantile", type=float, default=None,
-                       help="share of training candles the learned model may flag alone (default: 0.999)")
-    train.add_argument("--tune-injections", type=int, default=None, metavar="N",
-                       help="events injected into the training candles to tune the fusion's offsets for the most "
-                            "events caught within the false-alarm budget (default: 1500; 0: no tuning)")
+    add_train_arguments(train)
     train.set_defaults(handler=run_train)
 
     score = subparsers.add_parser(
@@ -70,11 +62,34 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     evaluate.set_defaults(handler=run_evaluate)
 
 
+def add_train_arguments(parser: argparse.ArgumentParser) -> None:
+    """`train`'s flags (also parsed by spark/training.py under spark-submit)."""
+    from market_anomaly.spark.job import add_session_arguments
+
+    add_history_arguments(parser, base_help="existing parameter file whose thresholds and windows to keep",
+                          topic=True)
+    parser.add_argument("--output", type=Path, default=Path("model_params.json"),
+                        help="parameter file to write; the model file goes next to it (default: %(default)s)")
+    parser.add_argument("--alarm-quantile", type=float, default=None,
+                        help="share of training candles the learned model may flag alone (default: 0.999)")
+    parser.add_argument("--tune-injections", type=int, default=None, metavar="N",
+                        help="events injected into the training candles to tune the fusion's offsets for the most "
+                             "events caught within the false-alarm budget (default: 1500; 0: no tuning)")
+    parser.add_argument("--spark", action="store_true",
+                        help="train as a Spark batch job (session from --master and --conf, or from spark-submit), "
+                             "for history too large for one process: the candles stay on the executors (one "
+                             "series must fit one executor) and the driver receives only per-candle score columns, "
+                             "about N x 8 bytes x 9 for N candles (the widest pass: one score per calibrated "
+                             "detector), twice that while a pass's result arrives. Same result as without --spark; "
+                             "--input may then also be globs, directories or Hadoop URIs")
+    add_session_arguments(parser)
+
+
 def add_history_arguments(parser: argparse.ArgumentParser, base_help: str, topic: bool = False) -> None:
     """--input FILES (or, with ``topic``, --topic NAME and the Kafka flags) and --base PARAMS."""
     if topic:
         source = parser.add_mutually_exclusive_group(required=True)
-        source.add_argument("--input", nargs="+", type=Path, metavar="FILE", help=INPUT_HELP)
+        source.add_argument("--input", nargs="+", metavar="FILE", help=INPUT_HELP)  # text: may be a URI (--spark)
         source.add_argument("--topic", help="read every candle now in this Kafka topic instead (e.g. crypto-candles)")
         config.add_kafka_arguments(parser)
     else:
@@ -85,20 +100,30 @@ def add_history_arguments(parser: argparse.ArgumentParser, base_help: str, topic
 
 def run_train(args: argparse.Namespace) -> int:
     from market_anomaly.detection.candle_files import read_topic, series_by_symbol
-    from market_anomaly.detection.training import (DEFAULT_ALARM_QUANTILE, DEFAULT_TUNE_INJECTIONS, train,
-                                                   write_params)
 
+    sources = [f"kafka:{args.topic}"] if args.topic else [Path(path).name for path in args.input]
+    if args.spark:
+        from market_anomaly.spark.training import training_series
+
+        with training_series(args) as series:
+            return _train_and_write(args, series, sources)
     if args.topic:
         series = series_by_symbol([], read_topic(config.kafka_client_config(args), args.topic))
-        sources = [f"kafka:{args.topic}"]
     else:
-        series, sources = series_by_symbol(args.input), [path.name for path in args.input]
+        series = series_by_symbol(args.input)
+    return _train_and_write(args, series, sources)
+
+
+def _train_and_write(args: argparse.Namespace, series, sources: list[str]) -> int:
+    from market_anomaly.detection.training import DEFAULT_ALARM_QUANTILE, DEFAULT_TUNE_INJECTIONS, train, write_params
+
+    started = time.perf_counter()
     params = train(series, base=_base_document(args.base),
                    alarm_quantile=args.alarm_quantile or DEFAULT_ALARM_QUANTILE, sources=sources,
                    tune_injections=DEFAULT_TUNE_INJECTIONS if args.tune_injections is None else args.tune_injections)
     model_path = write_params(params, args.output)
-    log.info("trained on %d candles of %d series; wrote %s and %s", params.trained_on["candles"], len(series),
-             args.output, model_path)
+    log.info("trained on %d candles of %d series in %.1fs; wrote %s and %s", params.trained_on["candles"],
+             len(params.trained_on["series"]), time.perf_counter() - started, args.output, model_path)
     return 0
 
 

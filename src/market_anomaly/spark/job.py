@@ -66,10 +66,7 @@ def add_detect_arguments(parser: argparse.ArgumentParser) -> None:
                         help="micro-batch interval, Spark syntax; '0 seconds' = as soon as data arrives")
     parser.add_argument("--max-offsets-per-trigger", type=int, default=None,
                         help="cap on records per micro-batch (back-pressure after a long stop)")
-    parser.add_argument("--master", default=config.env("SPARK_MASTER", "local[2]"),
-                        help="Spark master when not under spark-submit (default: %(default)s)")
-    parser.add_argument("--conf", action="append", default=[], metavar="KEY=VALUE",
-                        help="extra Spark setting, e.g. --conf spark.sql.shuffle.partitions=8; repeatable")
+    add_session_arguments(parser)
     parser.add_argument("--state-buckets", type=int, default=16,
                         help="symbols share this many state groups (one Python call each per micro-batch); fixed "
                              "for a checkpoint's life, like spark.sql.shuffle.partitions; raise it for thousands "
@@ -77,6 +74,14 @@ def add_detect_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--run-for", type=float, default=None, metavar="SECONDS",
                         help="stop after this long (tests, benchmarks); default: until Ctrl-C")
     add_sink_arguments(parser)
+
+
+def add_session_arguments(parser: argparse.ArgumentParser) -> None:
+    """--master and --conf (``parse_spark_conf``), for every command that starts a Spark session."""
+    parser.add_argument("--master", default=config.env("SPARK_MASTER", "local[2]"),
+                        help="Spark master when not under spark-submit (default: %(default)s)")
+    parser.add_argument("--conf", action="append", default=[], metavar="KEY=VALUE",
+                        help="extra Spark setting, e.g. --conf spark.sql.shuffle.partitions=8; repeatable")
 
 
 # -- the per-symbol step (runs in Spark's Python workers) -----------------------------------------

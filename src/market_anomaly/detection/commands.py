@@ -79,8 +79,9 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
                         help="train as a Spark batch job (session from --master and --conf, or from spark-submit), "
                              "for history too large for one process: the candles stay on the executors (one "
                              "series must fit one executor) and the driver receives only per-candle score columns, "
-                             "about N x 8 bytes x 9 for N candles (the widest pass: one score per calibrated "
-                             "detector), twice that while a pass's result arrives. Same result as without --spark; "
+                             "about N x 80 bytes for N candles (the widest passes: 9 detector scores per candle; "
+                             "21 fusion candidates of the candles that could be flagged, 40%% of the Binance "
+                             "files), twice that while a pass's result arrives. Same result as without --spark; "
                              "--input may then also be globs, directories or Hadoop URIs")
     add_session_arguments(parser)
 

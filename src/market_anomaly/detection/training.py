@@ -124,12 +124,13 @@ def train(series, base: dict | None = None,
         document["consensus"]["offsets"] = offsets
     document["consensus"]["threshold"] = 1e9  # the rule path alone
     decided = collection.map(fused_and_rule, params_from_dict(document, model=learned.model))
+    lengths = collection.lengths()
     threshold, rate = choose_threshold(
         {key: result["fused"] for key, result in decided.items()},
         {key: result["open_time"] for key, result in decided.items()},
-        consensus.false_alarm_budget, consensus.vote_surprise, {key: result["rule"] for key, result in decided.items()})
+        consensus.false_alarm_budget, consensus.vote_surprise, {key: result["rule"] for key, result in decided.items()},
+        days=_days(lengths))
     document["consensus"]["threshold"] = threshold
-    lengths = collection.lengths()
     document["trained_on"] = {
         "sources": [str(source) for source in sources or []],
         "series": collection.spans(),
@@ -170,9 +171,13 @@ def group_surprises(key: str, frame: pd.DataFrame, params: ModelParams) -> Array
 
 
 def fusion_candidates(key: str, frame: pd.DataFrame, params: ModelParams) -> Arrays:
-    """The fused surprise's candidates per candle (columns named by ``names``) and ``open_time``."""
+    """The fused surprise's candidates (columns named by ``names``) and ``open_time`` of the candles some tuned
+    offsets (at most ``MAX_OFFSET``) could lift to ``consensus.vote_surprise``, the lowest threshold: no other
+    candle can be flagged, so leaving them out changes no threshold."""
     names, matrix = _candidate_matrix(key, frame, params)
-    return {"names": np.array(names), "candidates": matrix, "open_time": frame["open_time"].to_numpy()}
+    can_flag = matrix.max(axis=1) + MAX_OFFSET >= params.consensus.vote_surprise
+    return {"names": np.array(names), "candidates": matrix[can_flag],
+            "open_time": frame["open_time"].to_numpy()[can_flag]}
 
 
 class InjectedEvent(NamedTuple):
@@ -204,10 +209,13 @@ def event_candidates(key: str, frame: pd.DataFrame, params: ModelParams, events:
 
 
 def fused_and_rule(key: str, frame: pd.DataFrame, params: ModelParams) -> Arrays:
-    """Per candle: the fused surprise, the rule path's flag (``is_anomaly``) and ``open_time``."""
+    """The fused surprise, the rule path's flag (``is_anomaly``) and ``open_time`` of the candles that can be
+    flagged (fused surprise at least ``consensus.vote_surprise``, the lowest threshold, or a rule flag)."""
     decisions = _decisions(key, frame, params)
-    return {"fused": decisions["surprise"].to_numpy(), "rule": decisions["is_anomaly"].to_numpy(bool),
-            "open_time": decisions["open_time"].to_numpy()}
+    fused, rule = decisions["surprise"].to_numpy(), decisions["is_anomaly"].to_numpy(bool)
+    can_flag = (fused >= params.consensus.vote_surprise) | rule
+    return {"fused": fused[can_flag], "rule": rule[can_flag],
+            "open_time": decisions["open_time"].to_numpy()[can_flag]}
 
 
 def _decisions(key: str, frame: pd.DataFrame, params: ModelParams) -> pd.DataFrame:
@@ -247,9 +255,11 @@ def tune_offsets(params: ModelParams, series, injections: int, seed: int) -> tup
     """
     consensus = params.consensus
     earliest = max(params.return_zscore.warmup, params.runs.warmup, params.learned.warmup, params.volume.warmup)
-    events = tuning_events(series.lengths(), injections, seed, earliest)
+    lengths = series.lengths()
+    events = tuning_events(lengths, injections, seed, earliest)
     if not events:
         return {}, {"injections": 0}
+    days = _days(lengths)
     untouched = series.map(fusion_candidates, params)
     names = [str(name) for name in next(iter(untouched.values()))["names"]]
     normal = {key: result["candidates"] for key, result in untouched.items()}
@@ -259,7 +269,8 @@ def tune_offsets(params: ModelParams, series, injections: int, seed: int) -> tup
 
     def outcome(offsets: np.ndarray) -> tuple[float, float]:
         fused = {key: (matrix + offsets).max(axis=1) for key, matrix in normal.items()}
-        threshold, _ = choose_threshold(fused, open_times, consensus.false_alarm_budget, consensus.vote_surprise)
+        threshold, _ = choose_threshold(fused, open_times, consensus.false_alarm_budget, consensus.vote_surprise,
+                                        days=days)
         return float(np.mean((events + offsets).max(axis=1) >= threshold)), threshold
 
     offsets = np.zeros(len(names))
@@ -330,14 +341,16 @@ def alarm_episodes(flag_times_ms: np.ndarray) -> int:
 
 
 def choose_threshold(fused: dict[str, np.ndarray], open_times: dict[str, np.ndarray], budget: float,
-                     lowest: float, rule: dict[str, np.ndarray] | None = None, step: float = 0.05
-                     ) -> tuple[float, float]:
+                     lowest: float, rule: dict[str, np.ndarray] | None = None, step: float = 0.05,
+                     days: float | None = None) -> tuple[float, float]:
     """The lowest threshold (multiple of ``step``, >= ``lowest``) with at most ``budget`` episodes per symbol-day.
 
     Episodes count flags of the fused path or of the ``rule`` path (flags per candle, already decided).
+    ``days``: symbol-days the candles span, when the arrays hold only those that can be flagged
+    (default: one minute per entry of ``open_times``).
     """
     rule = rule or {key: np.zeros(len(values), dtype=bool) for key, values in fused.items()}
-    days = sum(len(times) for times in open_times.values()) / (24 * 60)
+    days = days if days is not None else _days({key: len(times) for key, times in open_times.items()})
     top = max((float(np.nanmax(values)) for values in fused.values() if len(values)), default=lowest)
     candidates = np.round(np.arange(np.ceil(lowest / step) * step, max(top, lowest) + 2 * step, step), 4)
 
@@ -369,6 +382,11 @@ def _atomic_write(path: Path, write) -> None:
     with open(temporary, "wb") as handle:
         write(handle)
     os.replace(temporary, path)
+
+
+def _days(lengths: dict[str, int]) -> float:
+    """Symbol-days of 1-minute candles."""
+    return sum(lengths.values()) / (24 * 60)
 
 
 def _iso(ms: int) -> str:

@@ -154,3 +154,13 @@ def test_training_from_a_topic_equals_local_topic_training(spark, kafka_broker, 
     assert list(document["trained_on"]["series"]) == ["AAAUSDT", "BBBUSDT", "CCCUSDT"]
     assert_same_training(document, model, local_training(
         tmp_path, "--topic", fresh_topic, "--bootstrap-servers", kafka_broker.bootstrap_servers))
+
+
+def test_files_of_one_glob_with_other_columns_are_an_error_not_a_misread(spark, tmp_path):
+    from market_anomaly.spark.training import file_candles, spark_series
+
+    frame = synthetic_candles(200, 0, "AAAUSDT")[["symbol", "open_time", "open", "high", "low", "close", "volume"]]
+    frame.to_csv(tmp_path / "a.csv", index=False)
+    frame[["symbol", "open_time", "volume", "open", "high", "low", "close"]].to_csv(tmp_path / "b.csv", index=False)
+    with pytest.raises(Exception, match="CSV header does not conform to the schema"):
+        spark_series(spark, file_candles(spark, [str(tmp_path / "*.csv")]), partitions=2)

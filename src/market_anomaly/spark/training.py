@@ -118,7 +118,10 @@ def _one_input(spark, path: str, source: int):
 
     parquet = path.rstrip("/").lower().endswith((".parquet", ".pq"))
     # CSV columns stay text (no schema inference: one pass less) and are cast below, as the local reader coerces.
-    raw = spark.read.parquet(path) if parquet else spark.read.option("header", True).csv(path)
+    # Every file's header is checked against the first's: a glob over two layouts is an error, not columns read
+    # by position into the wrong names.
+    raw = (spark.read.parquet(path) if parquet
+           else spark.read.option("header", True).option("enforceSchema", False).csv(path))
     missing = [name for name in PRICE_COLUMNS if name not in raw.columns]
     if missing:
         raise CandleFileError(f"{path}: missing columns {', '.join(missing)}")

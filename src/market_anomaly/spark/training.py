@@ -58,8 +58,8 @@ BAD_PRICES = "missing or non-positive prices/volume"
 class SparkSeries:
     """``detection.training``'s series collection over a cached Spark DataFrame of candles.
 
-    ``candles`` has the ``GROUP`` columns, ``open_time``, the prices, ``ORDER`` and ``error``
-    (null for a usable candle); ``names`` maps each group to its series key and ``spans``
+    ``candles`` has the ``GROUP`` columns, ``open_time``, the prices, ``ORDER``, ``error`` (null for
+    a usable candle) and ``bucket`` (its partitioning); ``names`` maps each group to its series key and ``spans``
     gives each key's ``trained_on`` entry, in key order.
     """
 
@@ -80,13 +80,13 @@ class SparkSeries:
         names = self.names  # the closure Spark ships must not hold this object (it holds a DataFrame)
 
         def run(group: tuple, frame: pd.DataFrame) -> pd.DataFrame:
-            key = names[tuple(group)]
-            ordered = ordered_series(frame.sort_values(["open_time", *ORDER], kind="stable"))
+            key = names[tuple(group)[1:]]  # after the bucket
+            ordered = ordered_series(frame.sort_values(["open_time", *ORDER]))
             return _serialized(key, function(key, ordered, *args))
 
         usable = self.candles.filter(self.candles["error"].isNull())
         parts = defaultdict(list)
-        for row in usable.groupBy(*GROUP).applyInPandas(run, RESULT_SCHEMA).collect():
+        for row in usable.groupBy("bucket", *GROUP).applyInPandas(run, RESULT_SCHEMA).collect():
             parts[row.series].append((row.part, row.npz))
         return {key: _arrays(parts.pop(key)) for key in self.keys()}
 
@@ -194,8 +194,10 @@ def spark_series(spark, candles, partitions: int) -> SparkSeries:
     from pyspark import StorageLevel
     from pyspark.sql import functions as F
 
-    # Partitioned by series once: every pass is then one stage without a shuffle.
-    cached = candles.repartition(partitions, *GROUP).persist(StorageLevel.MEMORY_AND_DISK)
+    # Partitioned by series once, so every pass is one stage without a shuffle. By a hash column: partitioning by
+    # GROUP itself would not be reused when a group column is a constant (one input), which Spark folds into it.
+    cached = (candles.withColumn("bucket", F.xxhash64(*GROUP)).repartition(partitions, "bucket")
+              .persist(StorageLevel.MEMORY_AND_DISK))
     usable = F.col("error").isNull()
     groups = cached.groupBy(*GROUP).agg(
         F.count_if(~usable).alias("skipped"), F.collect_set("error").alias("reasons"),

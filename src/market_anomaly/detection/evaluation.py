@@ -43,7 +43,7 @@ MIN_GAP = 240
 BASELINE_WINDOW = 60
 BASELINE_THRESHOLD = 3.0
 MINUTE_MS = 60_000
-CURVE_STEPS = np.round(np.arange(-1.0, 0.51, 0.25), 2)  # operating curve: offsets from the trained threshold
+CURVE_STEPS = np.round(np.arange(-0.5, 0.51, 0.1), 2)  # operating curve: offsets from the trained threshold
 
 
 def baseline_flags(candles: pd.DataFrame) -> np.ndarray:

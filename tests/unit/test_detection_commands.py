@@ -79,3 +79,14 @@ def test_evaluate_reports_recall_false_alarms_and_baseline(tmp_path, capsys):
     assert report["recall"]["all"]["events"] == 10
     assert 0 <= report["recall"]["all"]["recall"] <= 1
     assert np.isfinite(report["false_alarm_episodes_per_symbol_day"])
+    curve = report["operating_curve"]
+    assert "operating curve" in table
+    # Raising the threshold can only lose events and alarms; the trained threshold's point is the headline.
+    assert [p["threshold"] for p in curve] == sorted(p["threshold"] for p in curve)
+    assert all(a["recall"] >= b["recall"] for a, b in zip(curve, curve[1:]))
+    assert all(a["false_alarm_episodes_per_symbol_day"] >= b["false_alarm_episodes_per_symbol_day"]
+               for a, b in zip(curve, curve[1:]))
+    trained = next(p for p in curve if p["threshold"] == round(report["threshold"], 2))
+    assert trained["recall"] == report["recall"]["all"]["recall"]
+    assert trained["false_alarm_episodes_per_symbol_day"] == report["false_alarm_episodes_per_symbol_day"]
+

@@ -382,28 +382,33 @@ class Drift(Burst):
 
 
 class Reversal(_Run):
-    """A move undone the next minute: ``min(|z_t-1|, |z_t|) - |z_t-1 + z_t|`` for opposite signs, else 0.
+    """A move undone the next minute: ``min(|z_t-1|, |z_t|) - netting * |z_t-1 + z_t|`` for opposite signs, else 0.
 
     A price spike (a print far off the market that the next minute takes back, to where it
     was) is rare as a *pair*, even where single large returns are not; a partial pull-back
-    after a real jump scores less than the pull-back (the level did not return).
+    after a real jump scores less than the pull-back (the level did not return). The net
+    move of the pair is taken off at ``reversal_netting`` (0..1): the next minute's own
+    natural move sits in that net move too, so taking all of it off (1) misses spikes whose
+    next minute happened to move on; half of it (measured on the real candles) keeps a
+    partial pull-back well below a spike that returns.
 
     >>> from market_anomaly.detection.params import RunsParams
     >>> reversal = Reversal(RunsParams(volume_window=3, volume_elasticity=1.0, return_window=5, trend_window=4,
-    ...                    scale_window=60, scale_guard=5, warmup=0))
-    >>> reversal.score(np.array([1.0, 9.0, -8.5, -3.0])).tolist(), reversal.reason(8.0)
-    ([nan, 0.0, 8.0, 0.0], 'REVERSAL 8.0σ')
+    ...                    scale_window=60, scale_guard=5, warmup=0, reversal_netting=0.5))
+    >>> reversal.score(np.array([1.0, 9.0, -8.0, -3.0])).tolist(), reversal.reason(7.5)
+    ([nan, 0.0, 7.5, 0.0], 'REVERSAL 7.5σ')
     """
 
     name, key = "REVERSAL", "zscore"
 
     def __init__(self, params: RunsParams):
         super().__init__(2, params.warmup)
+        self.netting = params.reversal_netting
 
     def score(self, zscore: np.ndarray) -> np.ndarray:
         pair = self.windows(zscore)
         with np.errstate(invalid="ignore"):
-            size = np.minimum(np.abs(pair[:, 0]), np.abs(pair[:, 1])) - np.abs(pair[:, 0] + pair[:, 1])
+            size = np.minimum(np.abs(pair[:, 0]), np.abs(pair[:, 1])) - self.netting * np.abs(pair[:, 0] + pair[:, 1])
             return np.where(pair[:, 0] * pair[:, 1] < 0, np.maximum(size, 0.0), np.where(np.isnan(size), np.nan, 0.0))
 
 

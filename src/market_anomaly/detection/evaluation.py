@@ -22,6 +22,10 @@ choices (windows, groups, the budget) use ``development=True``
 part (its first ``train_fraction`` trains, the rest of it tests), so the held-out part stays
 untouched until the final report.
 
+The report also gives the *operating curve*: recall and held-out false alarms at fused-surprise
+thresholds around the trained one (``CURVE_STEPS``), so an analyst sees what a different
+``consensus.false_alarm_budget`` would buy or cost before retraining with it.
+
 The baseline is the naive detector users start with: z-scores of the return and of the
 volume against the previous 60 candles' mean and standard deviation, flag at 3.
 """
@@ -39,6 +43,7 @@ MIN_GAP = 240
 BASELINE_WINDOW = 60
 BASELINE_THRESHOLD = 3.0
 MINUTE_MS = 60_000
+CURVE_STEPS = np.round(np.arange(-0.5, 0.51, 0.1), 2)  # operating curve: offsets from the trained threshold
 
 
 def baseline_flags(candles: pd.DataFrame) -> np.ndarray:
@@ -73,10 +78,14 @@ def evaluate(series: dict[str, pd.DataFrame], injections: int = 200, seed: int =
     held_out_days = {key: (len(frame) - splits[key]) / (24 * 60) for key, frame in series.items()}
 
     untouched = score_series(params, series)
-    false_alarms = {}
+    thresholds = params.consensus.threshold + CURVE_STEPS
+    false_alarms, curve_episodes = {}, np.zeros(len(thresholds))
     for key, frame in series.items():
         held_out = slice(splits[key], None)
         times = frame["open_time"].to_numpy()[held_out]
+        fused = untouched[key]["surprise"].to_numpy()[held_out]
+        rule = _rule_flags(untouched[key], params)[held_out]
+        curve_episodes += [alarm_episodes(times[(fused >= threshold) | rule]) for threshold in thresholds]
         false_alarms[key] = {
             "held_out_days": round(held_out_days[key], 2),
             "episodes": alarm_episodes(times[untouched[key]["is_anomaly"].to_numpy()[held_out]]),
@@ -93,11 +102,27 @@ def evaluate(series: dict[str, pd.DataFrame], injections: int = 200, seed: int =
         decisions = score_series(params, injected)
         for label in labels:
             frame = injected[label["symbol"]]
+            scored = decisions[label["symbol"]]
             outcomes.append({**label,
-                             "delay": _first_flag_delay(label, frame, decisions[label["symbol"]]["is_anomaly"]),
-                             "baseline_delay": _first_flag_delay(label, frame, baseline_flags(frame))})
+                             "delay": _first_flag_delay(label, frame, scored["is_anomaly"]),
+                             "baseline_delay": _first_flag_delay(label, frame, baseline_flags(frame)),
+                             "caught_at": [not np.isnan(_first_flag_delay(label, frame, (scored["surprise"] >= t)
+                                                                          | _rule_flags(scored, params)))
+                                           for t in thresholds]})
         remaining -= count
-    return _report(outcomes, false_alarms, params, train_fraction, seed, development)
+    days = sum(held_out_days.values())
+    curve = [{"threshold": round(float(threshold), 2), "recall": _share(pd.Series([o["caught_at"][i] for o in outcomes])),
+              "false_alarm_episodes_per_symbol_day": round(float(curve_episodes[i]) / days, 3)}
+             for i, threshold in enumerate(thresholds)]
+    for outcome in outcomes:
+        del outcome["caught_at"]
+    return {**_report(outcomes, false_alarms, days, params, train_fraction, seed, development),
+            "operating_curve": curve}
+
+
+def _rule_flags(decisions: pd.DataFrame, params) -> np.ndarray:
+    """Flags the fused surprise does not explain (the optional rule path: ``consensus.required``/``alone``)."""
+    return decisions["is_anomaly"].to_numpy(bool) & (decisions["surprise"].to_numpy() < params.consensus.threshold)
 
 
 def _first_flag_delay(label: dict, candles: pd.DataFrame, flags) -> float:
@@ -107,10 +132,9 @@ def _first_flag_delay(label: dict, candles: pd.DataFrame, flags) -> float:
     return float(hits.min() + 1) if len(hits) else float("nan")
 
 
-def _report(outcomes: list[dict], false_alarms: dict, params, train_fraction: float, seed: int,
+def _report(outcomes: list[dict], false_alarms: dict, days: float, params, train_fraction: float, seed: int,
             development: bool = False) -> dict:
     frame = pd.DataFrame(outcomes)
-    days = sum(entry["held_out_days"] for entry in false_alarms.values())
 
     def recall_table(column: str) -> dict:
         table = {}
@@ -136,6 +160,7 @@ def _report(outcomes: list[dict], false_alarms: dict, params, train_fraction: fl
                      f"{params.trained_on.get('tuning', {}).get('injections', 0)} events injected into the training "
                      f"part"),
         "seed": seed,
+        "threshold": params.consensus.threshold,
         "params_trained_on": params.trained_on["candles"],
         "recall": recall_table("delay"),
         "baseline_recall": recall_table("baseline_delay"),
@@ -165,6 +190,13 @@ def format_report(report: dict) -> str:
         lines.append(f"{key:<28}{entry['held_out_days']:>14}{entry['episodes']:>10}{entry['baseline_episodes']:>10}")
     lines.append(f"false-alarm episodes per symbol-day: {report['false_alarm_episodes_per_symbol_day']} "
                  f"(baseline {report['baseline_false_alarm_episodes_per_symbol_day']})")
+    if report.get("operating_curve"):
+        lines += ["", "operating curve (held out): fused-surprise threshold -> recall, false-alarm episodes per "
+                      "symbol-day (trained threshold marked *)"]
+        for point in report["operating_curve"]:
+            mark = "*" if point["threshold"] == round(report["threshold"], 2) else " "
+            lines.append(f"  {mark}{point['threshold']:>6.2f}  recall {_fmt(point['recall']):>5}  "
+                         f"false alarms {point['false_alarm_episodes_per_symbol_day']:.3f}")
     return "\n".join(lines)
 
 

@@ -51,7 +51,7 @@ DEFAULTS: dict = {
     "volume": {"window": 60, "threshold": 8.0, "warmup": 60},
     "range": {"window": 60, "floor_pct": 0.0001},
     "runs": {"volume_window": 3, "volume_elasticity": 1.0, "return_window": 5, "trend_window": 4, "scale_window": 60, "scale_guard": 5,
-             "warmup": 240, "burst_trim": 1, "volume_combine": "min"},
+             "warmup": 240, "burst_trim": 1, "volume_combine": "min", "reversal_netting": 0.5},
     "learned": {"file": "model_params.model.npz", "sequence": 5, "skip_components": 1, "typical_score": 0.0,
                 "alarm_score": 40.0, "threshold": 0.6, "warmup": 240},
     "calibration": {},
@@ -113,6 +113,7 @@ class RunsParams:
     warmup: int
     burst_trim: int = 0          # BURST: the largest squared moves of its window it leaves out (0: plain RMS)
     volume_combine: str = "mean"  # VOLUME RUN: "mean" (geometric mean of the run) or "min" (every candle heavy)
+    reversal_netting: float = 1.0  # REVERSAL: share of the pair's net move |z_t-1 + z_t| taken off (see Reversal)
 
 
 @dataclass(frozen=True)
@@ -196,6 +197,8 @@ def params_from_dict(raw: dict, path: Path | str = "<dict>", model: MinorCompone
         raise InvalidParams(path, "learned.alarm_score must be above learned.typical_score")
     if params.runs.volume_combine not in ("mean", "min"):
         raise InvalidParams(path, f"runs.volume_combine must be \"mean\" or \"min\", got {params.runs.volume_combine!r}")
+    if not 0 <= params.runs.reversal_netting <= 1:
+        raise InvalidParams(path, f"runs.reversal_netting must be between 0 and 1, got {params.runs.reversal_netting}")
     if params.runs.volume_window < 1 or params.runs.return_window < 2:
         raise InvalidParams(path, "runs.volume_window needs at least 1 candle and runs.return_window 2")
     from market_anomaly.detection.consensus import pair_keys

@@ -10,7 +10,7 @@ import pytest
 
 from market_anomaly.cli import main
 from market_anomaly.detection import DECISION_SCHEMA
-from market_anomaly.detection.candle_files import CandleFileError, read_candles
+from market_anomaly.detection.candle_files import CandleFileError, read_candles, series_by_symbol
 from test_detection_core import market, small_document
 
 
@@ -65,6 +65,21 @@ def test_symbol_from_file_name_and_iso_timestamps(tmp_path):
     (tmp_path / "nosymbol.csv").write_text("open,high,low,close,volume\n1,1,1,1,1\n")
     with pytest.raises(CandleFileError, match="open_time"):
         read_candles(tmp_path / "nosymbol.csv")
+
+
+def test_rows_without_a_symbol_and_duplicates_are_skipped_and_counted(tmp_path, caplog):
+    path = tmp_path / "mixed.csv"
+    path.write_text("symbol,open_time,open,high,low,close,volume\n"
+                    "AUSDT,0,1,1,1,1,1\n,60000,1,1,1,1,1\nBUSDT,0,2,2,2,2,2\nAUSDT,0,3,3,3,3,3\n")
+    with caplog.at_level("WARNING", logger="market_anomaly.detection"):
+        candles = read_candles(path)
+        series = series_by_symbol([path])
+    # The symbol-less row is not given a neighbour's symbol; of two AUSDT candles at 0 the first is kept.
+    assert candles[["symbol", "open_time", "close"]].values.tolist() == [["AUSDT", 0, 1], ["BUSDT", 0, 2],
+                                                                         ["AUSDT", 0, 3]]
+    assert {key: frame["close"].tolist() for key, frame in series.items()} == {"AUSDT": [1], "BUSDT": [2]}
+    assert "1 rows without a symbol skipped" in caplog.text
+    assert "AUSDT: 1 duplicate candles" in caplog.text
 
 
 def test_evaluate_reports_recall_false_alarms_and_baseline(tmp_path, capsys):

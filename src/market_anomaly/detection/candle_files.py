@@ -50,7 +50,12 @@ def _validated(frame: pd.DataFrame, source: str) -> pd.DataFrame:
     if missing:
         raise CandleFileError(f"{source}: missing columns {', '.join(missing)}")
     codes, symbols = pd.factorize(frame["symbol"])  # upper-case each distinct symbol once, not every row
-    frame["symbol"] = np.array([str(symbol).upper() for symbol in symbols], dtype=object)[codes]
+    names = np.array([str(symbol).upper() for symbol in symbols] + [""], dtype=object)
+    frame["symbol"] = names[codes]  # a missing symbol (code -1) indexes the trailing "" and is skipped below
+    no_symbol = frame["symbol"].to_numpy(object) == ""
+    if no_symbol.any():
+        log.warning("%s: %d rows without a symbol skipped", source, int(no_symbol.sum()))
+        frame = frame[~no_symbol].copy()
     for name in PRICE_COLUMNS:
         frame[name] = pd.to_numeric(frame[name], errors="coerce")
     prices = frame[list(PRICE_COLUMNS)].to_numpy(float)
@@ -93,7 +98,11 @@ def series_by_symbol(paths: list[Path | str], candles: pd.DataFrame | None = Non
         for symbol, rows in frame.groupby("symbol", sort=True):
             key = symbol if symbol not in series else f"{symbol}@{name}"
             ordered = rows.sort_values("open_time", kind="stable")
-            series[key] = ordered[~ordered["open_time"].duplicated()].reset_index(drop=True)
+            duplicated = ordered["open_time"].duplicated().to_numpy()
+            if duplicated.any():
+                log.warning("%s: %d duplicate candles (same open_time) dropped, the first of each kept", key,
+                            int(duplicated.sum()))
+            series[key] = ordered[~duplicated].reset_index(drop=True)
     return series
 
 

@@ -48,6 +48,7 @@ def test_a_valid_candle_is_typed_and_has_no_error(spark):
     (variant(close="100.5x"), "missing or non-numeric fields: close"),
     (json.dumps({k: v for k, v in GOOD.items() if k not in ("volume", "open_time")}),
      "missing or non-numeric fields: open_time, volume"),
+    (variant(symbol=" "), "empty symbol"),
     (variant(low=0.0), "non-positive price"),
     (variant(high=100.0), "high below open/close/low"),
     (variant(low=100.2), "low above open/close"),

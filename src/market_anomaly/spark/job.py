@@ -170,6 +170,7 @@ def parse_candles(records):
     error = (
         F.when(F.col("c").isNull() | (missing == ", ".join(REQUIRED_FIELDS)), F.lit("not a candle JSON object"))
         .when(missing != "", F.concat(F.lit("missing or non-numeric fields: "), missing))
+        .when(F.trim(col("symbol")) == "", F.lit("empty symbol"))
         .when(F.isnan(col("open")) | F.isnan(col("high")) | F.isnan(col("low")) | F.isnan(col("close"))
               | F.isnan(col("volume")), F.lit("NaN price or volume"))
         .when(col("low") <= 0, F.lit("non-positive price"))

@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -96,7 +98,7 @@ def spark():
     from market_anomaly.spark.session import build_session
     from market_anomaly.spark.training import BATCH_CONF
 
-    session = build_session("test-train-spark", "local[2]", BATCH_CONF)
+    session = build_session("test-train-spark", "local[2]", defaults=BATCH_CONF)
     yield session
     session.stop()
 
@@ -123,6 +125,26 @@ def test_the_cli_trains_on_csv_and_parquet_as_local_training_does(tmp_path):
     assert document["trained_on"]["sources"] == ["history.csv", "AAAUSDT_1m_2024.parquet"]
     assert list(document["trained_on"]["series"]) == ["AAAUSDT", "BBBUSDT", "AAAUSDT@AAAUSDT_1m_2024"]
     assert_same_training(document, model, local_training(tmp_path, "--input", *inputs))
+
+
+def test_spark_submit_runs_the_training_and_its_conf_wins_over_the_session_defaults(tmp_path):
+    inputs = write_history(tmp_path)
+    base, output = tmp_path / "base.json", tmp_path / "submitted" / "model_params.json"
+    base.write_text(json.dumps(BASE))
+    output.parent.mkdir()
+    bin_dir = Path(sys.executable).parent
+    script = Path(__file__).parents[2] / "src" / "market_anomaly" / "spark" / "training.py"
+    env = {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}", "PYSPARK_PYTHON": sys.executable,
+           "PYSPARK_DRIVER_PYTHON": sys.executable, "SPARK_LOCAL_IP": "127.0.0.1"}
+    run = subprocess.run([str(bin_dir / "spark-submit"), "--master", "local[2]",
+                          "--conf", "spark.sql.shuffle.partitions=3", "--conf", "spark.ui.enabled=false",
+                          str(script), "--input", *inputs, "--output", str(output), "--base", str(base),
+                          "--tune-injections", str(TUNE)], capture_output=True, text=True, timeout=600, env=env)
+    assert run.returncode == 0, run.stderr
+    # spark-submit's --conf is not overridden by the streaming defaults (2) or the batch job's own (2 per core).
+    # spark-submit merges the Python driver's stderr (our log) into its stdout.
+    assert "shuffle partitions 3 (spark-submit)" in run.stdout
+    assert_same_training(*documents_and_models(output), local_training(tmp_path, "--input", *inputs))
 
 
 def test_skipped_rows_and_duplicates_are_counted_and_the_first_candle_kept(spark, tmp_path, caplog):

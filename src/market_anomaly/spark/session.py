@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
 
 from market_anomaly import maven
+
+log = logging.getLogger("market_anomaly.spark")
 
 SPARK_VERSION = "4.2.0"
 CONNECTOR = f"org.apache.spark:spark-sql-kafka-0-10_2.13:{SPARK_VERSION}"
@@ -31,11 +34,44 @@ def check_pyspark_version() -> None:
         )
 
 
-def build_session(app_name: str, master: str | None, conf: dict[str, str] | None = None):
+# The streaming job's settings unless the user says otherwise (see build_session for who wins).
+SESSION_DEFAULTS = {
+    "spark.sql.session.timeZone": "UTC",
+    "spark.sql.execution.arrow.pyspark.enabled": "true",
+    # One state partition per local core: every partition is a task per micro-batch, and on 2 cores
+    # 4 tasks cost ~0.3 s of latency over 2 (200, the default, would be 200 idle tasks). Fixed per checkpoint;
+    # on a cluster pass --conf spark.sql.shuffle.partitions=N.
+    "spark.sql.shuffle.partitions": "2",
+    "spark.sql.streaming.noDataMicroBatches.enabled": "false",
+    # Streaming with state cannot use adaptive execution; saying so avoids a warning per start.
+    "spark.sql.adaptive.enabled": "false",
+    "spark.sql.debug.maxToStringFields": "200",
+}
+
+
+def under_spark_submit() -> bool:
+    """spark-submit starts the JVM first and tells the Python driver its port."""
+    return "PYSPARK_GATEWAY_PORT" in os.environ
+
+
+def submitted_conf() -> dict[str, str]:
+    """What spark-submit was given (its flags, ``--conf``, spark-defaults.conf); empty when run directly."""
+    if not under_spark_submit():
+        return {}
+    from pyspark import SparkConf, SparkContext
+
+    SparkContext._ensure_initialized()  # joins spark-submit's JVM, whose system properties hold its settings
+    return dict(SparkConf().getAll())
+
+
+def build_session(app_name: str, master: str | None, conf: dict[str, str] | None = None,
+                  defaults: dict[str, str] | None = None):
     """Create (or, under spark-submit, join) the session.
 
     Under ``spark-submit`` the master, jars and resources come from its flags; run
     directly, the session is local and loads the connector jars resolved from Maven.
+    Settings: ``conf`` (the command's own ``--conf``) wins, then what spark-submit was
+    given, then ``defaults`` over ``SESSION_DEFAULTS``.
     """
     from pyspark.sql import SparkSession
 
@@ -43,9 +79,8 @@ def build_session(app_name: str, master: str | None, conf: dict[str, str] | None
     # Workers must run this interpreter (it has numpy, pandas and this package).
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
     builder = SparkSession.builder.appName(app_name)
-    # spark-submit starts the JVM first and tells the Python driver its port.
-    under_spark_submit = "PYSPARK_GATEWAY_PORT" in os.environ
-    if not under_spark_submit:
+    submitted = submitted_conf()
+    if not under_spark_submit():
         # A local job talks to itself: bind to loopback instead of guessing (and warning about) an interface.
         os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
         builder = (
@@ -56,20 +91,12 @@ def build_session(app_name: str, master: str | None, conf: dict[str, str] | None
             .config("spark.ui.showConsoleProgress", "false")
             .config("spark.ui.enabled", "false")
         )
-    defaults = {
-        "spark.sql.session.timeZone": "UTC",
-        "spark.sql.execution.arrow.pyspark.enabled": "true",
-        # One state partition per local core: every partition is a task per micro-batch, and on 2 cores
-        # 4 tasks cost ~0.3 s of latency over 2 (200, the default, would be 200 idle tasks). Fixed per checkpoint;
-        # on a cluster pass --conf spark.sql.shuffle.partitions=N.
-        "spark.sql.shuffle.partitions": "2",
-        "spark.sql.streaming.noDataMicroBatches.enabled": "false",
-        # Streaming with state cannot use adaptive execution; saying so avoids a warning per start.
-        "spark.sql.adaptive.enabled": "false",
-        "spark.sql.debug.maxToStringFields": "200",
-    }
-    for key, value in {**defaults, **(conf or {})}.items():
+    settings = {key: value for key, value in {**SESSION_DEFAULTS, **(defaults or {})}.items() if key not in submitted}
+    for key, value in {**settings, **(conf or {})}.items():
         builder = builder.config(key, value)
     spark = builder.getOrCreate()
     spark.sparkContext.setLogLevel(os.environ.get("MARKET_ANOMALY_SPARK_LOG_LEVEL", "WARN"))
+    log.info("Spark %s: master %s, %d cores, shuffle partitions %s%s", spark.version, spark.sparkContext.master,
+             spark.sparkContext.defaultParallelism, spark.conf.get("spark.sql.shuffle.partitions"),
+             " (spark-submit)" if under_spark_submit() else "")
     return spark

@@ -236,12 +236,13 @@ def _file_name(uri: str) -> str:
 def training_series(args: argparse.Namespace):
     """A Spark session for ``train --spark`` and the series of ``--input`` or ``--topic``; the session stops after."""
     from market_anomaly.spark.job import parse_spark_conf
-    from market_anomaly.spark.session import build_session
+    from market_anomaly.spark.session import build_session, submitted_conf
 
     conf = parse_spark_conf(args.conf)
-    spark = build_session("market-anomaly-train", args.master, {**BATCH_CONF, **conf})
+    spark = build_session("market-anomaly-train", args.master, conf, defaults=BATCH_CONF)
     try:
-        if "spark.sql.shuffle.partitions" not in conf:  # two series groups per core to balance uneven series
+        if "spark.sql.shuffle.partitions" not in {**submitted_conf(), **conf}:
+            # Two series groups per core, to balance uneven series.
             spark.conf.set("spark.sql.shuffle.partitions", str(2 * spark.sparkContext.defaultParallelism))
         candles = (topic_candles(spark, args.topic, config.kafka_client_config(args)) if args.topic
                    else file_candles(spark, args.input))

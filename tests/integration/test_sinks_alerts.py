@@ -104,6 +104,30 @@ def test_follow_ups_are_summarised_once_per_cooldown_and_at_episode_end(receiver
     sink.close()
 
 
+def test_a_replayed_batch_and_a_restarted_sink_do_not_alert_twice(receiver, make_decision, tmp_path, caplog):
+    state = tmp_path / "checkpoint" / "market-anomaly" / "alert-episodes.json"
+    batch = pd.DataFrame([make_decision("BTCUSDT", 1, 1.0, True, "HIGH", "Z-SCORE 8σ"),
+                          make_decision("BTCUSDT", 3, 1.0, True, "MEDIUM", "VOLUME 9x")])
+    first = sink_for(receiver.url, fmt="json", state_path=state)
+    first.write(batch)
+    first.write(batch)  # the same micro-batch again (a task retry)
+    assert first.wait_delivered(5)
+    first.close()
+    restarted = sink_for(receiver.url, fmt="json", state_path=state)
+    restarted.write(batch)  # re-run after a crash: Spark had not committed it
+    restarted.write(pd.DataFrame([make_decision("BTCUSDT", 5, 1.0, True, "MEDIUM", "VOLUME 11x")]))  # same episode
+    restarted.write(pd.DataFrame([make_decision("BTCUSDT", 30, 1.0)]))  # quiet: the episode ends
+    assert restarted.wait_delivered(5)
+    sent = [(body["type"], body.get("follow_ups"), body.get("episode_over")) for body in receiver.bodies]
+    assert sent == [("anomaly", None, None), ("update", 2, True)]  # minutes 3 and 5, across the restart
+    restarted.close()
+    state.write_text("{not json")
+    with caplog.at_level(logging.ERROR, logger="market_anomaly.sinks.alerts"):
+        unreadable = sink_for(receiver.url, state_path=state)
+    assert "cannot read the episode state" in caplog.text and unreadable.episodes == {}
+    unreadable.close()
+
+
 def test_symbols_have_separate_cooldowns_and_min_confidence_filters(receiver, make_decision):
     sink = sink_for(receiver.url, fmt="json", min_confidence="HIGH")
     sink.write(pd.DataFrame([

@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import logging
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import pandas as pd
 
@@ -22,6 +23,7 @@ log = logging.getLogger(__name__)
 
 DISABLED = "none"
 WEBHOOK_URLS_ENV = "WEBHOOK_URLS"  # MARKET_ANOMALY_WEBHOOK_URLS, comma-separated
+ALERT_STATE = Path("market-anomaly") / "alert-episodes.json"  # inside detect's checkpoint (Spark ignores it)
 
 
 def add_sink_arguments(parser: argparse.ArgumentParser) -> None:
@@ -66,6 +68,7 @@ class SinkOptions:
     webhook_format: str = "slack"
     alert_min_confidence: str = "MEDIUM"
     alert_cooldown: float = 900.0
+    alert_state: Path | None = None  # where alert episodes survive a restart (detect: in its checkpoint)
     kafka_config: dict[str, str] = field(default_factory=dict)
 
     @classmethod
@@ -80,6 +83,7 @@ class SinkOptions:
             webhook_format=args.webhook_format,
             alert_min_confidence=args.alert_min_confidence,
             alert_cooldown=args.alert_cooldown,
+            alert_state=Path(args.checkpoint_dir) / ALERT_STATE if getattr(args, "checkpoint_dir", None) else None,
             kafka_config=config.kafka_client_config(args),
         )
 
@@ -130,7 +134,7 @@ def build_sinks(options: SinkOptions) -> Sinks:
         log.info("sink kafka: topic %s%s", options.anomalies_topic, " (anomalies only)" if options.anomalies_only else "")
     if options.webhooks:
         sinks.append(AlertSink(options.webhooks, options.webhook_format, options.alert_min_confidence,
-                               options.alert_cooldown))
+                               options.alert_cooldown, state_path=options.alert_state))
     if options.console != "off":
         sinks.append(ConsoleSink(options.console))
     return Sinks(sinks)

@@ -9,6 +9,12 @@ accelerated simulator groups them as live trading would):
   summarised: an **update** (how many, peak confidence, the latest reasons) goes out at most
   once per ``cooldown``, and a last one when the episode ends (``cooldown`` without anomaly).
 
+Replays and restarts do not alert twice: per symbol, anomalies at or before the latest one
+already taken into an episode are ignored (a micro-batch re-run after a crash carries the same
+candles), and with ``state_path`` (``detect`` keeps it in its checkpoint folder) the open
+episodes and those marks are saved after every batch and read back at start, so a restarted
+job continues its episodes instead of opening them again.
+
 Delivery runs in a background thread fed by a bounded queue: ``write()`` only enqueues, so a
 slow or dead receiver never holds up a micro-batch (when the queue is full, messages are
 dropped and counted). Each POST is tried ``attempts`` times with exponential back-off on
@@ -17,14 +23,17 @@ connection errors, HTTP 429 and 5xx. Webhook URLs carry tokens: logs show them r
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
+import os
 import queue
 import threading
 import time
 import urllib.error
 import urllib.request
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import pandas as pd
 
@@ -77,7 +86,7 @@ class AlertSink:
 
     def __init__(self, urls: list[str], fmt: str = "slack", min_confidence: str = "MEDIUM",
                  cooldown_seconds: float = 900.0, attempts: int = 3, backoff_seconds: float = 1.0,
-                 timeout_seconds: float = 5.0, queue_size: int = 1000):
+                 timeout_seconds: float = 5.0, queue_size: int = 1000, state_path: Path | None = None):
         if fmt not in FORMATS:
             raise ValueError(f"webhook format must be one of {FORMATS}, not {fmt!r}")
         if str(min_confidence).upper() not in CONFIDENCE_LEVELS:
@@ -89,7 +98,10 @@ class AlertSink:
         self.attempts = attempts
         self.backoff_seconds = backoff_seconds
         self.timeout_seconds = timeout_seconds
+        self.state_path = Path(state_path) if state_path else None
         self.episodes: dict[str, Episode] = {}
+        self.taken_until: dict[str, int] = {}  # per symbol, open_time of the latest anomaly taken into an episode
+        self._load_state()
         self.counts = {"queued": 0, "delivered": 0, "failed": 0, "dropped": 0}
         self._queue: queue.Queue = queue.Queue(maxsize=queue_size)
         self._worker = threading.Thread(target=self._deliver_forever, name="webhook-alerts", daemon=True)
@@ -106,10 +118,37 @@ class AlertSink:
         for record in records:
             symbol, open_time = str(record.get("symbol")), int(record.get("open_time") or 0)
             latest[symbol] = max(latest.get(symbol, open_time), open_time)
-            if record.get("is_anomaly") and confidence_rank(record.get("confidence")) >= self.min_rank:
+            if (record.get("is_anomaly") and confidence_rank(record.get("confidence")) >= self.min_rank
+                    and open_time > self.taken_until.get(symbol, -1)):  # not a replay of one already taken
+                self.taken_until[symbol] = open_time
                 self._on_anomaly(symbol, open_time, record)
         for symbol, open_time in latest.items():
             self._maybe_update(symbol, open_time)
+        self._save_state()
+
+    def _load_state(self) -> None:
+        if self.state_path is None or not self.state_path.exists():
+            return
+        try:
+            state = json.loads(self.state_path.read_text())
+            self.episodes = {symbol: Episode(**fields) for symbol, fields in state["episodes"].items()}
+            self.taken_until = {symbol: int(open_time) for symbol, open_time in state["taken_until"].items()}
+        except (OSError, ValueError, TypeError, KeyError) as error:
+            log.error("alerts: cannot read the episode state %s (%s); starting without it, so open episodes may "
+                      "alert again", self.state_path, error)
+            return
+        log.info("alerts: %d open episode(s) restored from %s", len(self.episodes), self.state_path)
+
+    def _save_state(self) -> None:
+        """Atomically (write, then rename): a crash mid-write leaves the previous state, not half a file."""
+        if self.state_path is None:
+            return
+        state = {"episodes": {symbol: dataclasses.asdict(episode) for symbol, episode in self.episodes.items()},
+                 "taken_until": self.taken_until}
+        self.state_path.parent.mkdir(parents=True, exist_ok=True)
+        temporary = self.state_path.with_name(f".{self.state_path.name}.tmp")
+        temporary.write_text(json.dumps(state, allow_nan=False, default=str))
+        os.replace(temporary, self.state_path)
 
     def _on_anomaly(self, symbol: str, open_time: int, record: dict[str, object]) -> None:
         episode = self.episodes.get(symbol)

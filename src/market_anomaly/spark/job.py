@@ -314,6 +314,7 @@ def run(args: argparse.Namespace) -> int:
         healthy = wait_until_stopped(query, args.run_for)
     finally:
         if query is not None:
+            finish_batch(query, STOP_GRACE_SECONDS)
             query.stop()
         sinks.close()
         if dead_letters is not None:
@@ -340,6 +341,17 @@ def wait_until_stopped(query, run_for: float | None) -> bool:
     if failure is not None:
         log.error("detect: the streaming query failed: %s", failure)
     return failure is None
+
+
+STOP_GRACE_SECONDS = 20.0  # `up` gives the job 60 s after SIGTERM
+
+
+def finish_batch(query, timeout: float) -> None:
+    """Let a running micro-batch finish before ``query.stop()``, which would cancel it mid-way (the batch is
+    re-run after a restart, so nothing is lost, but its cancellation fills the log with a Spark traceback)."""
+    deadline = time.monotonic() + timeout
+    while query.isActive and query.status.get("isTriggerActive") and time.monotonic() < deadline:
+        time.sleep(0.1)
 
 
 def main(argv: list[str] | None = None) -> int:

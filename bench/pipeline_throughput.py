@@ -77,12 +77,13 @@ def read_decisions(bootstrap: str, topic: str, expected: int, timeout: float, jo
     return pd.DataFrame(records)
 
 
-def start_job(bootstrap: str, candle_topic: str, output_topic: str, state: Path, batch_size: int, log_level: str):
+def start_job(bootstrap: str, candle_topic: str, output_topic: str, state: Path, batch_size: int, log_level: str,
+              extra: list[str]):
     command = [
         sys.executable, "-m", "market_anomaly", "--log-level", log_level, "detect",
         "--bootstrap-servers", bootstrap, "--topic", candle_topic, "--anomalies-topic", output_topic,
         "--checkpoint-dir", str(state / "checkpoint"), "--db", "none", "--console", "off",
-        "--max-offsets-per-trigger", str(batch_size),
+        "--max-offsets-per-trigger", str(batch_size), *extra,
     ]
     return subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=open(state / "detect.log", "wb"))
 
@@ -98,6 +99,8 @@ def main() -> int:
     parser.add_argument("--bootstrap-servers", default=None)
     parser.add_argument("--data", type=Path, default=DATA)
     parser.add_argument("--job-log-level", default="WARNING", help="DEBUG shows Spark's timings per micro-batch")
+    parser.add_argument("--job-arg", action="append", default=[], metavar="ARG",
+                        help="extra `detect` argument, repeatable (e.g. --job-arg=--state-buckets=4)")
     args = parser.parse_args()
 
     state = Path(tempfile.mkdtemp(prefix="bench-pipeline-"))
@@ -122,7 +125,7 @@ def main() -> int:
         backlog = args.symbols * args.candles_per_symbol
         print(f"backlog: {backlog} candles ({args.symbols} symbols x {args.candles_per_symbol}) in {candle_topic}")
 
-        job = start_job(bootstrap, candle_topic, output_topic, state, args.batch_size, args.job_log_level)
+        job = start_job(bootstrap, candle_topic, output_topic, state, args.batch_size, args.job_log_level, args.job_arg)
         decided = read_decisions(bootstrap, output_topic, backlog, timeout=900, job=job)
         if len(decided) < backlog:
             print(f"only {len(decided)} of {backlog} decisions arrived")

@@ -101,6 +101,7 @@ def make_detect_step(params_path: str, output_columns: list[str]):
     def step(key, frames, state):
         import pandas as pd
 
+        from market_anomaly.detection.engine import stacked_frame
         from market_anomaly.spark.workers import engine_for, pack_states, unpack_states
 
         frame = pd.concat(list(frames), ignore_index=True)
@@ -109,15 +110,16 @@ def make_detect_step(params_path: str, output_columns: list[str]):
         if len(candles):
             engine = engine_for(params_path)
             states = unpack_states(state.get[0]) if state.exists else {}
-            outputs = []
+            parts = []
             for symbol, group in candles.groupby("symbol", sort=False):
-                decisions, states[symbol] = engine.process(symbol, group, states.get(symbol))
-                # The dashboard draws candlesticks: carry the candle's open/high/low next to its decision.
-                ohlc = group.drop_duplicates("open_time").set_index("open_time")[list(CANDLE_PASSTHROUGH)]
-                outputs.append(decisions.drop(columns=list(CANDLE_PASSTHROUGH), errors="ignore")
-                               .join(ohlc, on="open_time"))
+                columns, length, states[symbol] = engine.decide(symbol, group, states.get(symbol))
+                parts.append((columns, length))
             state.update((pack_states(states),))
-            yield pd.concat(outputs, ignore_index=True).assign(error=None, raw=None).reindex(columns=output_columns)
+            # The dashboard draws candlesticks: carry each candle's open/high/low next to its decision
+            # (the first of duplicates, as the engine keeps).
+            ohlc = candles.drop_duplicates(["symbol", "open_time"])[["symbol", "open_time", *CANDLE_PASSTHROUGH]]
+            decisions = stacked_frame(parts).merge(ohlc, on=["symbol", "open_time"], how="left")
+            yield decisions.assign(error=None, raw=None).reindex(columns=output_columns)
         if len(rejected):
             yield rejected.reindex(columns=output_columns)
 

@@ -166,6 +166,20 @@ def test_one_candle_per_call_matches_one_call(engine):
     pd.testing.assert_frame_equal(pd.concat(rows, ignore_index=True), whole)
 
 
+def test_a_buckets_stacked_frame_equals_the_per_symbol_frames(engine):
+    """The stream builds one frame per state bucket (``stacked_frame``); it must equal offline's frames."""
+    from market_anomaly.detection.engine import stacked_frame
+
+    markets = {"AAAUSDT": market(700, seed=7), "BBBUSDT": market(650, seed=8)}
+    states = {symbol: engine.process(symbol, candles.iloc[:600], None)[1] for symbol, candles in markets.items()}
+    expected = pd.concat([engine.process(symbol, candles.iloc[600:], states[symbol])[0]
+                          for symbol, candles in markets.items()], ignore_index=True)
+    parts = [engine.decide(symbol, candles.iloc[600:], states[symbol])[:2] for symbol, candles in markets.items()]
+    parts.append(engine.decide("AAAUSDT", markets["AAAUSDT"].iloc[:5], states["AAAUSDT"])[:2])  # a replay: no rows
+    pd.testing.assert_frame_equal(stacked_frame(parts), expected)
+    assert stacked_frame([]).empty and list(stacked_frame([]).columns) == [name for name, _ in DECISION_SCHEMA]
+
+
 def test_duplicates_replays_and_disorder_are_dropped(engine):
     candles = market(600, seed=6)
     expected, _ = engine.process("TESTUSDT", candles, None)

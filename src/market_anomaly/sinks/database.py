@@ -345,7 +345,7 @@ class SQLiteDatabase(Database):
             Path(path).parent.mkdir(parents=True, exist_ok=True)
         # Autocommit mode: transactions are explicit BEGIN/COMMIT; 30 s of patience on a locked file.
         connection = sqlite3.connect(path, timeout=30, isolation_level=None, check_same_thread=False)
-        connection.execute("PRAGMA journal_mode=WAL")  # readers (the dashboard) never block the writer
+        _use_wal(connection, patience_seconds=30)  # readers (the dashboard) never block the writer
         connection.execute("PRAGMA synchronous=NORMAL")  # durable at checkpoints; WAL keeps it consistent
         return connection
 
@@ -353,6 +353,25 @@ class SQLiteDatabase(Database):
         # The write lock up front: a deferred transaction that reads, then writes, fails at once
         # ("database is locked") when another connection wrote in between; IMMEDIATE waits its turn.
         cursor.execute("BEGIN IMMEDIATE")
+
+
+def _use_wal(connection, patience_seconds: float) -> None:
+    """Switch the file to write-ahead logging (kept in the file: later openers find it on).
+
+    The switch needs the file to itself and, unlike other statements, fails at once instead of
+    waiting when another connection holds a lock (the job and the dashboard opening a new database
+    together): retried until ``patience_seconds``.
+    """
+    deadline = time.monotonic() + patience_seconds
+    while True:
+        try:
+            if connection.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
+                connection.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as error:
+            if "locked" not in str(error) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.05)
 
 
 class PostgresDatabase(Database):

@@ -222,6 +222,8 @@ def spark_series(spark, candles, partitions: int) -> SparkSeries:
     duplicates = sum(row.usable - row.candles for row in groups)
     if duplicates:
         log.warning("%d duplicate candles (same series and open_time) dropped, the first of each kept", duplicates)
+    log.info("train --spark: %d series, %d candles, in %d partitions", len(spans),
+             sum(span["candles"] for span in spans.values()), partitions)
     return SparkSeries(cached, names, spans)
 
 

@@ -15,12 +15,12 @@ import signal
 import time
 from pathlib import Path
 
-from confluent_kafka import KafkaError, Producer
+from confluent_kafka import KafkaError
 
 from market_anomaly import config
 from market_anomaly.candles import Candle, Rejected
 from market_anomaly.kafka.dead_letter import DeadLetterPublisher
-from market_anomaly.kafka.producing import produce_waiting
+from market_anomaly.kafka.producing import produce_waiting, reliable_producer
 
 log = logging.getLogger("market_anomaly.produce")
 
@@ -97,10 +97,7 @@ class CandleProducer:
         self.produced = 0
         self.delivered = 0
         self.failed = 0
-        self._producer = Producer({
-            **{"enable.idempotence": True, "acks": "all", "linger.ms": 5, "compression.type": "lz4"},
-            **client_config,
-        })
+        self._producer = reliable_producer(client_config, linger_ms=5, compression_type="lz4")
         self.dead_letters = DeadLetterPublisher(client_config, dead_letter_topic, stage="producer")
 
     def _on_delivery(self, error: KafkaError | None, message) -> None:

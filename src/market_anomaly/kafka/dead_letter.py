@@ -6,10 +6,8 @@ import json
 import logging
 import time
 
-from confluent_kafka import Producer
-
 from market_anomaly import config
-from market_anomaly.kafka.producing import produce_waiting
+from market_anomaly.kafka.producing import produce_waiting, reliable_producer
 
 log = logging.getLogger(__name__)
 
@@ -21,7 +19,7 @@ class DeadLetterPublisher:
         self.topic = topic
         self.stage = stage
         self.sent = 0
-        self._producer = Producer({**client_config, "enable.idempotence": True, "acks": "all"})
+        self._producer = reliable_producer(client_config)
 
     def publish(self, raw: str | bytes | None, reason: str, key: str | None = None) -> None:
         if isinstance(raw, bytes):

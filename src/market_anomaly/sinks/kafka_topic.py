@@ -10,9 +10,9 @@ import json
 import logging
 
 import pandas as pd
-from confluent_kafka import KafkaError, Producer
+from confluent_kafka import KafkaError
 
-from market_anomaly.kafka.producing import produce_waiting
+from market_anomaly.kafka.producing import produce_waiting, reliable_producer
 from market_anomaly.sinks.common import is_anomaly, to_records
 
 log = logging.getLogger(__name__)
@@ -32,7 +32,7 @@ class KafkaTopicSink:
         self.flush_timeout = flush_timeout
         self.produced = 0
         self._failures: list[str] = []
-        self._producer = Producer({**client_config, "enable.idempotence": True, "acks": "all"})
+        self._producer = reliable_producer(client_config)
 
     def _on_delivery(self, error: KafkaError | None, message) -> None:
         if error is not None:

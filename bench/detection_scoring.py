@@ -34,7 +34,7 @@ pyarrow.set_cpu_count(1)  # Arrow's CSV reader and writer are multi-threaded by 
 from market_anomaly.detection import DetectionEngine, load_params  # noqa: E402
 from market_anomaly.detection.candle_files import read_candles  # noqa: E402
 from market_anomaly.detection.commands import run_score  # noqa: E402
-from market_anomaly.detection.synthetic import START, synthetic_candles  # noqa: E402
+from market_anomaly.exchange.market import SYNTHETIC_START as START, synthetic_candles  # noqa: E402
 
 def repeated_file(path: Path, symbol: str, n: int) -> pd.DataFrame:
     candles = read_candles(path)

@@ -20,7 +20,7 @@ from confluent_kafka import Producer
 
 from market_anomaly.cli import main
 from market_anomaly.detection.params import DEFAULTS
-from market_anomaly.detection.synthetic import synthetic_candles
+from market_anomaly.exchange.market import synthetic_candles
 from market_anomaly.detection.training import train
 
 pytestmark = pytest.mark.integration

@@ -17,7 +17,7 @@ from market_anomaly.detection.detectors import ReturnZScore, Volatility, VolumeS
 from market_anomaly.detection.features import RollingStats, candle_features, median_iqr
 from market_anomaly.detection.params import DEFAULTS, params_from_dict
 from market_anomaly.detection.state import unpack
-from market_anomaly.detection.synthetic import MINUTE, START, synthetic_candles
+from market_anomaly.exchange.market import MINUTE_MS as MINUTE, SYNTHETIC_START as START, synthetic_candles
 from market_anomaly.detection.training import train, write_params
 
 def market(n: int = 3000, seed: int = 0, symbol: str = "TESTUSDT") -> pd.DataFrame:

@@ -7,7 +7,7 @@ import importlib
 
 import pytest
 
-MODULES = ("calibration", "consensus", "detectors", "evaluation", "features", "injection", "learned", "state", "synthetic")
+MODULES = ("calibration", "consensus", "detectors", "evaluation", "features", "injection", "learned", "state")
 
 
 @pytest.mark.parametrize("name", MODULES)

@@ -165,3 +165,12 @@ def test_replay_symbol_column_and_millisecond_open_times(tmp_path, shared_data):
     assert replay.symbols == ("XYZUSDT",)
     assert replay.candles("XYZUSDT", 0, 10 * MINUTE, 10)["open_time"].tolist() == [0, MINUTE]
     assert replay.candle("XYZUSDT", 2 * MINUTE) is None
+
+
+def test_docstring_examples():
+    import doctest
+
+    from market_anomaly.exchange import market
+
+    result = doctest.testmod(market)
+    assert result.attempted > 0 and result.failed == 0

@@ -190,6 +190,25 @@ class SyntheticSource:
         return sigma
 
 
+SYNTHETIC_START = 1_700_000_000_000  # 2023-11-14 22:13 UTC: a fixed first minute keeps generated data reproducible
+
+
+def synthetic_candles(n: int, seed: int = 0, symbol: str = "TESTUSDT", start: int = SYNTHETIC_START) -> pd.DataFrame:
+    """``n`` one-minute candles of the simulator's market for ``symbol``, in the candle-message layout
+    (symbol, interval, times, OHLCV, taker buys, produced_at five seconds after the close): for tests,
+    benchmarks and history files.
+
+    >>> candles = synthetic_candles(500, seed=1, symbol="TESTUSDT")
+    >>> len(candles), bool((candles["high"] >= candles[["open", "close"]].max(axis=1)).all())
+    (500, True)
+    """
+    frame = SyntheticSource([symbol], "1m", seed, start).next_block(symbol, n)
+    frame.insert(0, "symbol", symbol)
+    frame.insert(1, "interval", "1m")
+    frame.insert(3, "close_time", frame["open_time"] + MINUTE_MS - 1)
+    return frame.assign(produced_at=frame["open_time"] + MINUTE_MS + 5_000)
+
+
 def read_candle_file(path: Path, interval: str) -> tuple[str, pd.DataFrame]:
     """A candle file -> (symbol, OHLCV frame with ``open_time`` in ms, sorted, one row per minute).
 

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import itertools
 import json
-import os
 import time
 from pathlib import Path
 from typing import Callable, NamedTuple
@@ -27,6 +26,7 @@ from market_anomaly.detection.engine import DetectionEngine, calibration_scores
 from market_anomaly.detection.injection import KINDS, inject, injection_slots
 from market_anomaly.detection.learned import INPUT_NAMES
 from market_anomaly.detection.params import DEFAULTS, ModelParams, params_from_dict
+from market_anomaly.files import write_atomically
 from market_anomaly.detection.detectors import LearnedSurprise
 
 DEFAULT_ALARM_QUANTILE = 0.999
@@ -372,16 +372,9 @@ def write_params(params: ModelParams, path: Path | str) -> Path:
     """Write the model file, then the JSON (each atomically), so a watcher never sees half a file."""
     path = Path(path)
     model_path = path.resolve().parent / params.learned.file
-    _atomic_write(model_path, params.model.save)
-    _atomic_write(path, lambda handle: handle.write((json.dumps(params.to_json(), indent=2) + "\n").encode()))
+    write_atomically(model_path, params.model.save)
+    write_atomically(path, lambda handle: handle.write((json.dumps(params.to_json(), indent=2) + "\n").encode()))
     return model_path
-
-
-def _atomic_write(path: Path, write) -> None:
-    temporary = path.with_name(f".{path.name}.tmp")
-    with open(temporary, "wb") as handle:
-        write(handle)
-    os.replace(temporary, path)
 
 
 def _days(lengths: dict[str, int]) -> float:

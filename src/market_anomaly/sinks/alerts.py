@@ -26,7 +26,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-import os
 import queue
 import threading
 import time
@@ -37,6 +36,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from market_anomaly.files import write_atomically
 from market_anomaly.sinks.common import CONFIDENCE_LEVELS, confidence_rank, format_utc, redact_url, to_records
 
 log = logging.getLogger(__name__)
@@ -140,15 +140,13 @@ class AlertSink:
         log.info("alerts: %d open episode(s) restored from %s", len(self.episodes), self.state_path)
 
     def _save_state(self) -> None:
-        """Atomically (write, then rename): a crash mid-write leaves the previous state, not half a file."""
         if self.state_path is None:
             return
         state = {"episodes": {symbol: dataclasses.asdict(episode) for symbol, episode in self.episodes.items()},
                  "taken_until": self.taken_until}
         self.state_path.parent.mkdir(parents=True, exist_ok=True)
-        temporary = self.state_path.with_name(f".{self.state_path.name}.tmp")
-        temporary.write_text(json.dumps(state, allow_nan=False, default=str))
-        os.replace(temporary, self.state_path)
+        write_atomically(self.state_path, lambda handle: handle.write(json.dumps(state, allow_nan=False,
+                                                                                 default=str).encode()))
 
     def _on_anomaly(self, symbol: str, open_time: int, record: dict[str, object]) -> None:
         episode = self.episodes.get(symbol)

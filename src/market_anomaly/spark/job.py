@@ -147,12 +147,18 @@ def decision_fields() -> list[tuple[str, str]]:
 
 def parsed_candles(spark, args, kafka_options: dict[str, str]):
     """The candle topic as a stream of parsed candles."""
-    from pyspark.sql import functions as F
-
-    reader = spark.readStream.format("kafka").option("subscribe", args.topic)
-    reader = reader.option("startingOffsets", args.starting_offsets).option("failOnDataLoss", "false")
+    reader = spark.readStream.option("startingOffsets", args.starting_offsets).option("failOnDataLoss", "false")
     if args.max_offsets_per_trigger:
         reader = reader.option("maxOffsetsPerTrigger", str(args.max_offsets_per_trigger))
+    return kafka_candles(reader, args.topic, kafka_options)
+
+
+def kafka_candles(reader, topic: str, kafka_options: dict[str, str]):
+    """``topic``'s records, parsed (``parse_candles``), from ``reader`` (``spark.read`` or ``spark.readStream``
+    with its offset options set); ``kafka_options`` are the client settings (``-X``)."""
+    from pyspark.sql import functions as F
+
+    reader = reader.format("kafka").option("subscribe", topic)
     for key, value in kafka_options.items():
         reader = reader.option(f"kafka.{key}", value)
     return parse_candles(reader.load().select(F.col("value").cast("string").alias("raw"), F.col("timestamp")))

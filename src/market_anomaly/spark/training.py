@@ -176,14 +176,10 @@ def topic_candles(spark, topic: str, kafka_options: dict[str, str]):
     """Every record now in ``topic``, parsed as the stream parses it, as the ``SparkSeries`` columns."""
     from pyspark.sql import functions as F
 
-    from market_anomaly.spark.job import parse_candles
+    from market_anomaly.spark.job import kafka_candles
 
-    reader = (spark.read.format("kafka").option("subscribe", topic)
-              .option("startingOffsets", "earliest").option("endingOffsets", "latest"))
-    for key, value in kafka_options.items():
-        reader = reader.option(f"kafka.{key}", value)
-    parsed = parse_candles(reader.load().select(F.col("value").cast("string").alias("raw"), F.col("timestamp")))
-    return parsed.select(
+    reader = spark.read.option("startingOffsets", "earliest").option("endingOffsets", "latest")
+    return kafka_candles(reader, topic, kafka_options).select(
         F.lit(0).alias("source"), F.lit(f"topic {topic}").alias("file"), "symbol", "open_time", *PRICE_COLUMNS,
         F.col("produced_at").alias("order_major"), F.lit(0).cast("long").alias("order_minor"), "error")
 

@@ -94,6 +94,7 @@ def evaluate(series: dict[str, pd.DataFrame], injections: int = 200, seed: int =
 
     rng = np.random.default_rng(seed)
     outcomes = []
+    peaks = []  # per event: the largest fused surprise in its detection window (inf where the rule path flagged)
     per_round = max(1, len(injection_slots(series, MIN_GAP, splits)) // 2)
     remaining = injections
     while remaining > 0:
@@ -105,17 +106,14 @@ def evaluate(series: dict[str, pd.DataFrame], injections: int = 200, seed: int =
             scored = decisions[label["symbol"]]
             outcomes.append({**label,
                              "delay": _first_flag_delay(label, frame, scored["is_anomaly"]),
-                             "baseline_delay": _first_flag_delay(label, frame, baseline_flags(frame)),
-                             "caught_at": [not np.isnan(_first_flag_delay(label, frame, (scored["surprise"] >= t)
-                                                                          | _rule_flags(scored, params)))
-                                           for t in thresholds]})
+                             "baseline_delay": _first_flag_delay(label, frame, baseline_flags(frame))})
+            fused = np.where(_rule_flags(scored, params), np.inf, scored["surprise"].to_numpy())
+            peaks.append(fused[_in_window(label, frame)].max(initial=-np.inf))
         remaining -= count
     days = sum(held_out_days.values())
-    curve = [{"threshold": round(float(threshold), 2), "recall": _share(pd.Series([o["caught_at"][i] for o in outcomes])),
-              "false_alarm_episodes_per_symbol_day": round(float(curve_episodes[i]) / days, 3)}
-             for i, threshold in enumerate(thresholds)]
-    for outcome in outcomes:
-        del outcome["caught_at"]
+    curve = [{"threshold": round(float(threshold), 2), "recall": _share(pd.Series(np.array(peaks) >= threshold)),
+              "false_alarm_episodes_per_symbol_day": round(float(episodes) / days, 3)}
+             for threshold, episodes in zip(thresholds, curve_episodes)]
     return {**_report(outcomes, false_alarms, days, params, train_fraction, seed, development),
             "operating_curve": curve}
 
@@ -128,8 +126,14 @@ def _rule_flags(decisions: pd.DataFrame, params) -> np.ndarray:
 def _first_flag_delay(label: dict, candles: pd.DataFrame, flags) -> float:
     """Minutes from the event's start to the close of its first flagged candle within the window (NaN: missed)."""
     offsets = (candles["open_time"].to_numpy() - label["open_time"]) / MINUTE_MS
-    hits = offsets[np.asarray(flags, bool) & (offsets >= 0) & (offsets < DETECTION_WINDOW)]
+    hits = offsets[np.asarray(flags, bool) & _in_window(label, candles)]
     return float(hits.min() + 1) if len(hits) else float("nan")
+
+
+def _in_window(label: dict, candles: pd.DataFrame) -> np.ndarray:
+    """The candles opening less than ``DETECTION_WINDOW`` minutes after the event's start."""
+    offsets = candles["open_time"].to_numpy() - label["open_time"]
+    return (offsets >= 0) & (offsets < DETECTION_WINDOW * MINUTE_MS)
 
 
 def _report(outcomes: list[dict], false_alarms: dict, days: float, params, train_fraction: float, seed: int,

@@ -35,14 +35,14 @@ DECISION_SCHEMA: list[tuple[str, str]] = [
     ("market_event", "bool"), ("produced_at", "int64"),
 ]
 
-# Columns beyond the decision record: volume_change (vs the previous minute), volume_ratio and range_ratio (vs
-# their rolling medians), taker_buy_share (NaN when absent), window_mean/window_std (return %, last 60 candles),
-# zscore (robust, adaptive), volatility_z (window_std vs its own history), model_score (learned model, 1 = alarm
-# level), volume_run (geometric mean of the last minutes' volume the range does not explain, x normal), burst
-# (short realized volatility / long-run sigma), drift (short run's summed return in sigmas), trend (the smallest same-direction move of a
-# steady run, in sigmas), reversal (a z-score
-# undone by the next one: the smaller of the two), surprise (the fused
-# calibrated surprise, -log10 tail probability; see calibration), market_event (set by mark_market_events). Floats are NaN while a detector's baseline is warming up.
+# Columns beyond the decision record: volume_change (vs the previous minute), volume_ratio and range_ratio
+# (vs their rolling medians), taker_buy_share (NaN when absent), window_mean/window_std (return %, last 60
+# candles), zscore (robust, adaptive), volatility_z (window_std vs its own history), model_score (learned model,
+# 1 = alarm level), volume_run (the last minutes' volume the range does not explain, x normal), burst (short
+# realized volatility / long-run sigma), drift (a short run's summed return, in sigmas), trend (the smallest
+# same-direction move of a steady run, in sigmas), reversal (a z-score undone by the next one; see
+# detectors.Reversal), surprise (the fused calibrated surprise, -log10 tail probability; see calibration),
+# market_event (set by mark_market_events). Floats are NaN while a detector's baseline is warming up.
 
 INTERVAL_NAMES = {60_000: "1m", 180_000: "3m", 300_000: "5m", 900_000: "15m", 1_800_000: "30m",
                   3_600_000: "1h", 14_400_000: "4h", 86_400_000: "1d"}

@@ -14,7 +14,7 @@ from market_anomaly.detection import (DECISION_SCHEMA, DetectionEngine, InvalidP
                                       mark_market_events)
 from market_anomaly.detection.consensus import consensus
 from market_anomaly.detection.detectors import ReturnZScore, Volatility, VolumeSpike
-from market_anomaly.detection.features import RollingStats, candle_features, median_iqr
+from market_anomaly.detection.features import RollingStats, candle_features, median_iqr, median_only
 from market_anomaly.detection.params import DEFAULTS, params_from_dict
 from market_anomaly.detection.state import unpack
 from market_anomaly.exchange.market import MINUTE_MS as MINUTE, SYNTHETIC_START as START, synthetic_candles
@@ -74,6 +74,16 @@ def test_rolling_stats_use_only_values_before_the_refresh_point_and_survive_chun
         parts.append(chunked.baselines(piece)[0])
         chunked.learn(piece)
     np.testing.assert_array_equal(np.concatenate(parts), center)
+
+
+@pytest.mark.parametrize("statistic", [median_iqr, median_only])
+def test_a_window_holding_a_missing_value_has_no_statistic(statistic):
+    # Partitioning sorts NaN as the largest value but leaves everything past the upper quartile unordered,
+    # so the NaN need not land in the last column (it did not, for this window, before the fix).
+    windows = np.array([[9.0, 12.0, 5.0, np.nan, 6.0, 1.0, 2.0, 10.0, 3.0, 11.0, 7.0, 4.0],
+                        [9.0, 12.0, 5.0, 8.0, 6.0, 1.0, 2.0, 10.0, 3.0, 11.0, 7.0, 4.0]])
+    center, _ = statistic(windows)
+    assert np.isnan(center[0]) and center[1] == 6.5
 
 
 # -- detectors on synthetic series ---------------------------------------------------------------

@@ -41,7 +41,7 @@ def median_iqr(windows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     values.partition(sorted({lower, (n - 1) // 2, n // 2, upper}), axis=1)
     center = (values[:, (n - 1) // 2] + values[:, n // 2]) / 2
     sigma = (values[:, upper] - values[:, lower]) / IQR_TO_SIGMA
-    nan_rows = np.isnan(values[:, -1])  # partitioning puts NaN last
+    nan_rows = np.isnan(values[:, upper:]).any(axis=1)  # partitioning sorts NaN as largest: past ``upper``, unordered
     return np.where(nan_rows, np.nan, center), np.where(nan_rows, np.nan, sigma)
 
 
@@ -60,7 +60,7 @@ def _row_median(values: np.ndarray) -> np.ndarray:
     else:
         values.partition([half - 1, half], axis=1)
         median = (values[:, half - 1] + values[:, half]) / 2
-    return np.where(np.isnan(values[:, -1]), np.nan, median)  # partitioning puts NaN last
+    return np.where(np.isnan(values[:, half:]).any(axis=1), np.nan, median)  # NaN sorts largest, past ``half``
 
 
 def root_mean_square(windows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

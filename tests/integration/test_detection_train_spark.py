@@ -1,7 +1,9 @@
 """`market-anomaly train --spark`: the same training as a Spark batch job gives exactly the local result.
 
-Real Spark (local[2]) and a real Kafka broker. One CLI run in a subprocess; the other cases
-share one in-process session and call the Spark path (``spark_series``) directly.
+Real Spark and a real Kafka broker. The CLI runs in a subprocess against a standalone cluster
+(a master and two one-core workers started from PySpark's install, as on a real cluster);
+spark-submit runs local[2]; the other cases share one in-process local[2] session and call the
+Spark path (``spark_series``) directly.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ import logging
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -22,6 +25,7 @@ from market_anomaly.cli import main
 from market_anomaly.detection.params import DEFAULTS
 from market_anomaly.exchange.market import synthetic_candles
 from market_anomaly.detection.training import train
+from market_anomaly.kafka.broker import free_port
 
 pytestmark = pytest.mark.integration
 
@@ -111,20 +115,68 @@ def spark_training(spark, candles) -> tuple[dict, dict]:
     return params.to_json(), {"mean": model.mean, "directions": model.directions, "scales": model.scales}
 
 
-def test_the_cli_trains_on_csv_and_parquet_as_local_training_does(tmp_path):
+@pytest.fixture(scope="module")
+def standalone_cluster(tmp_path_factory):
+    """A Spark standalone master and two one-core workers (PySpark's ``spark-class``); yields the master URL."""
+    from pyspark.find_spark_home import _find_spark_home
+
+    spark_class = str(Path(_find_spark_home()) / "bin" / "spark-class")
+    folder = tmp_path_factory.mktemp("standalone")
+    env = {**os.environ, "SPARK_LOCAL_IP": "127.0.0.1"}
+    port = free_port()
+    url = f"spark://127.0.0.1:{port}"
+    commands = [[spark_class, "org.apache.spark.deploy.master.Master", "--host", "127.0.0.1", "--port", str(port),
+                 "--webui-port", str(free_port())]]
+    commands += [[spark_class, "org.apache.spark.deploy.worker.Worker", "--cores", "1", "--memory", "1g",
+                  "--webui-port", str(free_port()), "--work-dir", str(folder / f"worker{n}"), url] for n in (1, 2)]
+    logs = [folder / f"process{n}.log" for n in range(len(commands))]
+    processes = [subprocess.Popen(command, stdout=log.open("w"), stderr=subprocess.STDOUT, env=env)
+                 for command, log in zip(commands, logs)]
+    try:
+        deadline = time.monotonic() + 120
+        while logs[0].read_text().count("Registering worker") < 2:
+            assert time.monotonic() < deadline, logs[0].read_text()
+            assert all(process.poll() is None for process in processes), [log.read_text() for log in logs]
+            time.sleep(0.5)
+        yield url
+    finally:
+        for process in processes:
+            process.terminate()
+        for process in processes:
+            process.wait(30)
+
+
+def test_the_cli_trains_on_a_standalone_cluster_as_local_training_does(tmp_path, standalone_cluster):
     inputs = write_history(tmp_path)
     base, output = tmp_path / "base.json", tmp_path / "spark" / "model_params.json"
     base.write_text(json.dumps(BASE))
     output.parent.mkdir()
-    run = subprocess.run([sys.executable, "-m", "market_anomaly", "train", "--spark", "--master", "local[2]",
+    run = subprocess.run([sys.executable, "-m", "market_anomaly", "train", "--spark", "--master", standalone_cluster,
                           "--input", *inputs, "--output", str(output), "--base", str(base),
                           "--tune-injections", str(TUNE)], capture_output=True, text=True, timeout=600)
     assert run.returncode == 0, run.stderr
+    assert f"master {standalone_cluster}, 2 cores" in run.stderr
     assert "skipped" not in run.stderr and "duplicate" not in run.stderr
     document, model = documents_and_models(output)
     assert document["trained_on"]["sources"] == ["history.csv", "AAAUSDT_1m_2024.parquet"]
     assert list(document["trained_on"]["series"]) == ["AAAUSDT", "BBBUSDT", "AAAUSDT@AAAUSDT_1m_2024"]
     assert_same_training(document, model, local_training(tmp_path, "--input", *inputs))
+
+
+def test_executors_of_a_cluster_import_the_package_the_driver_sends(standalone_cluster):
+    # Here the workers could import this install too; the path says they took the driver's copy.
+    probe = ("import logging\n"
+             "logging.basicConfig(level=logging.INFO)\n"
+             "from market_anomaly.spark.session import build_session\n"
+             f"spark = build_session('probe', {standalone_cluster!r})\n"
+             "where = lambda _: __import__('market_anomaly').__file__\n"
+             "print('\\n'.join(spark.sparkContext.parallelize(range(2), 2).map(where).collect()))\n"
+             "spark.stop()\n")
+    run = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr
+    assert "executors import market_anomaly from market_anomaly.zip" in run.stderr
+    paths = run.stdout.split()
+    assert len(paths) == 2 and all(path.endswith("market_anomaly.zip/market_anomaly/__init__.py") for path in paths)
 
 
 def test_spark_submit_runs_the_training_and_its_conf_wins_over_the_session_defaults(tmp_path):

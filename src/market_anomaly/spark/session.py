@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import atexit
 import logging
 import os
+import shutil
 import sys
+import tempfile
+import zipfile
+from pathlib import Path
 
 from market_anomaly import maven
 
@@ -96,7 +101,30 @@ def build_session(app_name: str, master: str | None, conf: dict[str, str] | None
         builder = builder.config(key, value)
     spark = builder.getOrCreate()
     spark.sparkContext.setLogLevel(os.environ.get("MARKET_ANOMALY_SPARK_LOG_LEVEL", "WARN"))
+    ship_package(spark)
     log.info("Spark %s: master %s, %d cores, shuffle partitions %s%s", spark.version, spark.sparkContext.master,
              spark.sparkContext.defaultParallelism, spark.conf.get("spark.sql.shuffle.partitions"),
              " (spark-submit)" if under_spark_submit() else "")
     return spark
+
+
+def ship_package(spark) -> None:
+    """On a cluster, send this package's code to the executors (``addPyFile``).
+
+    Their machines then need Python with PySpark's, NumPy's, pandas' and PyArrow's versions,
+    not this project installed; a local master's workers import it from this install.
+    """
+    context = spark.sparkContext
+    if context.master.startswith("local"):
+        return
+    import market_anomaly
+
+    package = Path(market_anomaly.__file__).parent
+    folder = tempfile.mkdtemp(prefix="market-anomaly-")
+    atexit.register(shutil.rmtree, folder, ignore_errors=True)  # the driver serves the file until it exits
+    archive = Path(folder) / "market_anomaly.zip"
+    with zipfile.ZipFile(archive, "w", zipfile.ZIP_DEFLATED) as zipped:
+        for path in sorted(package.rglob("*.py")):  # code only: executors need no static files
+            zipped.write(path, path.relative_to(package.parent))
+    context.addPyFile(str(archive))
+    log.info("executors import market_anomaly from %s (sent by the driver)", archive.name)

@@ -107,7 +107,7 @@ class RollingStats:
         scale = np.full(len(points), np.nan)
         ready = (points >= self.window) & (points - first >= self.window) & (points - first <= len(history))
         if ready.any():
-            windows = sliding_window_view(history, self.window)[points[ready] - first - self.window]
+            windows = windows_at(history, self.window, points[ready] - first - self.window)
             center[ready], scale[ready] = self.statistic(windows)
         return center[inverse], scale[inverse]
 
@@ -132,7 +132,23 @@ def trailing_windows(previous: np.ndarray, values: np.ndarray, window: int) -> n
     """
     kept = previous[len(previous) - min(len(previous), window - 1):]
     history = np.concatenate([np.full(window - 1 - len(kept), np.nan), kept, values])
-    return sliding_window_view(history, window)
+    return windows_at(history, window)
+
+
+FEW_WINDOWS = 32  # up to this many, gathering by index beats building a strided view (a stream's small chunks)
+
+
+def windows_at(values: np.ndarray, window: int, starts: np.ndarray | None = None) -> np.ndarray:
+    """The rows ``values[start:start + window]`` for each of ``starts`` (default: every window), as one 2-D array.
+
+    >>> windows_at(np.arange(5.0), 2, np.array([0, 3])).tolist()
+    [[0.0, 1.0], [3.0, 4.0]]
+    """
+    count = len(values) - window + 1 if starts is None else len(starts)
+    if count <= FEW_WINDOWS:
+        return values[(np.arange(count) if starts is None else starts)[:, None] + np.arange(window)]
+    every = sliding_window_view(values, window)  # a view: no copy of the long series
+    return every if starts is None else every[starts]
 
 
 @dataclass

@@ -5,7 +5,7 @@ Measures candles per second, best of ``--repeat`` runs:
 - core: ``DetectionEngine.process`` over each symbol's whole series (what ``score`` and
   each Spark micro-batch run), features to decisions, state serialised;
 - end to end: ``market-anomaly score`` on a CSV file (read, score, market events, write
-  CSV or Parquet; formatting 24 CSV columns is the slowest step).
+  CSV or Parquet; formatting the 30 CSV columns is the slowest step).
 
 Candles are synthetic (volatility clustering, fat tails, volume following volatility) unless
 ``--input`` names a candle file, which is then repeated to ``--candles`` per symbol.

@@ -128,6 +128,32 @@ def test_a_replayed_batch_and_a_restarted_sink_do_not_alert_twice(receiver, make
     unreadable.close()
 
 
+def test_what_a_crashed_run_had_not_delivered_goes_out_once_after_the_restart(receiver, make_decision, tmp_path):
+    state = tmp_path / "alert-episodes.json"
+    silent = socket.socket()  # the first run's receiver accepts and never answers: its alert is never delivered
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(10)
+    batch = pd.DataFrame([make_decision("BTCUSDT", 1, 1.0, True, "HIGH", "Z-SCORE 8σ")])
+    crashed = sink_for(f"http://127.0.0.1:{silent.getsockname()[1]}/hook", fmt="json", state_path=state,
+                       timeout_seconds=30)
+    crashed.write(batch)
+    assert [message["id"] for message in json.loads(state.read_text())["outbox"]] == [
+        f"BTCUSDT-{batch['open_time'].iat[0]}-anomaly"]  # saved before it went to the delivery thread
+    # The job dies here (the crashed sink is never closed); the restarted one has the real receiver.
+    restarted = sink_for(receiver.url, fmt="json", state_path=state)
+    restarted.write(batch)  # Spark re-runs the uncommitted batch: the mark keeps it from alerting again
+    assert restarted.wait_delivered(5)
+    assert [(body["id"], body["type"]) for body in receiver.bodies] == [
+        (f"BTCUSDT-{batch['open_time'].iat[0]}-anomaly", "anomaly")]
+    assert json.loads(state.read_text())["outbox"] == []  # delivered: not sent again by a later start
+    restarted.close()
+    again = sink_for(receiver.url, fmt="json", state_path=state)
+    assert again.wait_delivered(5) and len(receiver.bodies) == 1
+    again.close()
+    crashed.close(timeout=0)
+    silent.close()
+
+
 def test_symbols_have_separate_cooldowns_and_min_confidence_filters(receiver, make_decision):
     sink = sink_for(receiver.url, fmt="json", min_confidence="HIGH")
     sink.write(pd.DataFrame([

@@ -15,6 +15,13 @@ candles), and with ``state_path`` (``detect`` keeps it in its checkpoint folder)
 episodes and those marks are saved after every batch and read back at start, so a restarted
 job continues its episodes instead of opening them again.
 
+Nor do they lose one: the state also holds an *outbox*, the messages not yet delivered. A
+batch's messages go to the delivery thread only once the state holding them (and the marks
+that keep them from being made again) is saved, and leave the outbox when tried; a restarted
+job sends what is left. So a crash repeats a message only if it came after the receiver took it
+and before the outbox was saved again; the ``json`` format carries a stable ``id`` per message
+for receivers that drop repeats.
+
 Delivery runs in a background thread fed by a bounded queue: ``write()`` only enqueues, so a
 slow or dead receiver never holds up a micro-batch (when the queue is full, messages are
 dropped and counted). Each POST is tried ``attempts`` times with exponential back-off on
@@ -101,6 +108,9 @@ class AlertSink:
         self.state_path = Path(state_path) if state_path else None
         self.episodes: dict[str, Episode] = {}
         self.taken_until: dict[str, int] = {}  # per symbol, open_time of the latest anomaly taken into an episode
+        self.outbox: dict[str, dict[str, object]] = {}  # by id: messages made but not yet tried
+        self._made: list[dict[str, object]] = []  # this batch's messages, released once the state is saved
+        self._lock = threading.Lock()  # the delivery thread saves the state too
         self._load_state()
         self.counts = {"queued": 0, "delivered": 0, "failed": 0, "dropped": 0}
         self._queue: queue.Queue = queue.Queue(maxsize=queue_size)
@@ -109,22 +119,33 @@ class AlertSink:
         log.info("alerts: %s webhook(s) %s, format %s, min confidence %s, cooldown %.0fs",
                  len(self.urls), ", ".join(redact_url(url) for url in self.urls), fmt,
                  CONFIDENCE_LEVELS[self.min_rank], cooldown_seconds)
+        if self.outbox:
+            log.info("alerts: sending %d message(s) left undelivered by the previous run", len(self.outbox))
+            self._release(list(self.outbox.values()))
 
     # -- episodes (the stream's thread) ----------------------------------------------------------
 
     def write(self, decisions: pd.DataFrame) -> None:
         records = sorted(to_records(decisions), key=lambda record: record.get("open_time") or 0)
         latest: dict[str, int] = {}
-        for record in records:
-            symbol, open_time = str(record.get("symbol")), int(record.get("open_time") or 0)
-            latest[symbol] = max(latest.get(symbol, open_time), open_time)
-            if (record.get("is_anomaly") and confidence_rank(record.get("confidence")) >= self.min_rank
-                    and open_time > self.taken_until.get(symbol, -1)):  # not a replay of one already taken
-                self.taken_until[symbol] = open_time
-                self._on_anomaly(symbol, open_time, record)
-        for symbol, open_time in latest.items():
-            self._maybe_update(symbol, open_time)
-        self._save_state()
+        with self._lock:
+            for record in records:
+                symbol, open_time = str(record.get("symbol")), int(record.get("open_time") or 0)
+                latest[symbol] = max(latest.get(symbol, open_time), open_time)
+                if (record.get("is_anomaly") and confidence_rank(record.get("confidence")) >= self.min_rank
+                        and open_time > self.taken_until.get(symbol, -1)):  # not a replay of one already taken
+                    self.taken_until[symbol] = open_time
+                    self._on_anomaly(symbol, open_time, record)
+            for symbol, open_time in latest.items():
+                self._maybe_update(symbol, open_time)
+            made, self._made = self._made, []
+            self.outbox.update((message["id"], message) for message in made)
+            try:
+                self._save_state()
+            except OSError as error:  # alerts still go out; only a restart's memory of them is at risk
+                log.error("alerts: cannot save the episode state %s (%s); a restart may repeat or miss alerts",
+                          self.state_path, error)
+        self._release(made)
 
     def _load_state(self) -> None:
         if self.state_path is None or not self.state_path.exists():
@@ -133,6 +154,7 @@ class AlertSink:
             state = json.loads(self.state_path.read_text())
             self.episodes = {symbol: Episode(**fields) for symbol, fields in state["episodes"].items()}
             self.taken_until = {symbol: int(open_time) for symbol, open_time in state["taken_until"].items()}
+            self.outbox = {message["id"]: message for message in state.get("outbox", [])}
         except (OSError, ValueError, TypeError, KeyError) as error:
             log.error("alerts: cannot read the episode state %s (%s); starting without it, so open episodes may "
                       "alert again", self.state_path, error)
@@ -143,7 +165,7 @@ class AlertSink:
         if self.state_path is None:
             return
         state = {"episodes": {symbol: dataclasses.asdict(episode) for symbol, episode in self.episodes.items()},
-                 "taken_until": self.taken_until}
+                 "taken_until": self.taken_until, "outbox": list(self.outbox.values())}
         self.state_path.parent.mkdir(parents=True, exist_ok=True)
         write_atomically(self.state_path, lambda handle: handle.write(json.dumps(state, allow_nan=False,
                                                                                  default=str).encode()))
@@ -157,7 +179,8 @@ class AlertSink:
         if episode is not None and episode.follow_ups:
             self._send_update(episode, over=True)
         self.episodes[symbol] = Episode(started_at=open_time, last_anomaly_at=open_time, last_message_at=open_time)
-        self._enqueue({"type": "anomaly", "symbol": symbol, "decision": record})
+        self._made.append({"id": f"{symbol}-{open_time}-anomaly", "type": "anomaly", "symbol": symbol,
+                           "decision": record})
 
     def _maybe_update(self, symbol: str, now: int) -> None:
         """Report follow-ups once per cooldown, and the rest when the episode ends."""
@@ -175,20 +198,24 @@ class AlertSink:
         follow_ups, episode.follow_ups = episode.follow_ups, []
         latest = follow_ups[-1]
         peak = max(follow_ups, key=lambda record: confidence_rank(record.get("confidence")))
-        self._enqueue({
+        self._made.append({
+            "id": f"{latest.get('symbol')}-{latest.get('open_time')}-update",
             "type": "update", "symbol": latest.get("symbol"), "decision": latest,
             "follow_ups": len(follow_ups), "peak_confidence": peak.get("confidence"),
             "episode_started_at": episode.started_at, "episode_over": over,
         })
 
-    def _enqueue(self, message: dict[str, object]) -> None:
-        try:
-            self._queue.put_nowait(message)
-            self.counts["queued"] += 1
-        except queue.Full:
-            self.counts["dropped"] += 1
-            log.error("alerts: queue full (receivers too slow); dropped a %s for %s (%d dropped so far)",
-                      message["type"], message["symbol"], self.counts["dropped"])
+    def _release(self, messages: list[dict[str, object]]) -> None:
+        """To the delivery thread (called once the state holding ``messages`` is saved)."""
+        for message in messages:
+            try:
+                self._queue.put_nowait(message)
+                self.counts["queued"] += 1
+            except queue.Full:
+                self.counts["dropped"] += 1
+                log.error("alerts: queue full (receivers too slow); dropped a %s for %s (%d dropped so far)",
+                          message["type"], message["symbol"], self.counts["dropped"])
+                self._tried(message)
 
     # -- delivery (the background thread) --------------------------------------------------------
 
@@ -201,8 +228,18 @@ class AlertSink:
             except Exception:  # a bug in one message must not silence every later alert
                 log.exception("alerts: could not send a %s for %s", message["type"], message["symbol"])
             finally:
+                self._tried(message)
                 self._queue.task_done()
         self._queue.task_done()
+
+    def _tried(self, message: dict[str, object]) -> None:
+        """Out of the outbox: delivered, or given up on and logged."""
+        with self._lock:
+            if self.outbox.pop(str(message["id"]), None) is not None:
+                try:
+                    self._save_state()
+                except OSError as error:
+                    log.error("alerts: cannot save the episode state %s (%s)", self.state_path, error)
 
     def _deliver(self, url: str, body: bytes) -> bool:
         problem = ""
@@ -239,7 +276,8 @@ class AlertSink:
     def close(self, timeout: float = 10.0) -> None:
         """Give queued alerts ``timeout`` seconds to go out, then stop the worker."""
         if not self.wait_delivered(timeout):
-            log.error("alerts: %d message(s) still queued at shutdown", self._queue.qsize())
+            log.error("alerts: %d message(s) still queued at shutdown%s", self._queue.qsize(),
+                      "; the next start sends them" if self.state_path else "")
         try:
             self._queue.put(_STOP, timeout=1.0)
         except queue.Full:

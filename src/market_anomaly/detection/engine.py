@@ -48,14 +48,15 @@ INTERVAL_NAMES = {60_000: "1m", 180_000: "3m", 300_000: "5m", 900_000: "15m", 1_
                   3_600_000: "1h", 14_400_000: "4h", 86_400_000: "1d"}
 
 
-def typed_frame(columns: dict[str, object], length: int) -> pd.DataFrame:
-    """``DECISION_SCHEMA``'s columns in order, each built with its dtype (scalars broadcast).
+def typed_frame(columns: dict[str, object], length: int, extra: tuple[str, ...] = ()) -> pd.DataFrame:
+    """``DECISION_SCHEMA``'s columns in order, then the ``extra`` float columns, each built with its dtype
+    (scalars broadcast).
 
     Typing each array up front instead of ``DataFrame.astype`` keeps a one-candle call (the
     stream's usual micro-batch per symbol) at a fraction of a millisecond of pandas overhead.
     """
     typed = {}
-    for name, dtype in DECISION_SCHEMA:
+    for name, dtype in _schema(extra):
         values = np.asarray(columns[name])
         if values.ndim == 0:
             values = np.full(length, values.item(), dtype=object if dtype == "object" else dtype)
@@ -63,24 +64,29 @@ def typed_frame(columns: dict[str, object], length: int) -> pd.DataFrame:
     return pd.DataFrame(typed, copy=False)
 
 
-def empty_decisions() -> pd.DataFrame:
-    return typed_frame({name: np.empty(0, dtype) for name, dtype in DECISION_SCHEMA}, 0)
+def _schema(extra: tuple[str, ...]) -> list[tuple[str, str]]:
+    return DECISION_SCHEMA + [(name, "float64") for name in extra]
 
 
-def stacked_frame(parts: list[tuple[dict[str, object], int]]) -> pd.DataFrame:
-    """One decisions frame from several ``DetectionEngine.decide`` results (a state bucket's symbols), in order.
+def empty_decisions(extra: tuple[str, ...] = ()) -> pd.DataFrame:
+    return typed_frame({name: np.empty(0, dtype) for name, dtype in _schema(extra)}, 0, extra)
+
+
+def stacked_frame(parts: list[tuple[dict[str, object], int]], extra: tuple[str, ...] = ()) -> pd.DataFrame:
+    """One decisions frame from several ``DetectionEngine.decide`` results (a state bucket's symbols), in order,
+    with the ``extra`` float columns the caller added to each result.
 
     One typed frame per bucket instead of one per symbol and a concat: pandas' per-frame cost
     was half of a micro-batch's Python time at one candle per symbol.
     """
     parts = [(columns, length) for columns, length in parts if length]
     if not parts:
-        return empty_decisions()
+        return empty_decisions(extra)
     stacked = {name: np.concatenate([np.broadcast_to(np.asarray(columns[name], dtype=object if dtype == "object"
                                                                 else None), length)
                                      for columns, length in parts])
-               for name, dtype in DECISION_SCHEMA}
-    return typed_frame(stacked, sum(length for _, length in parts))
+               for name, dtype in _schema(extra)}
+    return typed_frame(stacked, sum(length for _, length in parts), extra)
 
 
 def new_candles(candles: pd.DataFrame, after_open_time: int) -> pd.DataFrame:

@@ -47,15 +47,17 @@ def parse_symbols(text: str) -> list[str]:
     return [symbol.strip().upper() for symbol in text.split(",") if symbol.strip()]
 
 
-def parse_kafka_overrides(pairs: list[str] | None) -> dict[str, str]:
-    """Turn ``["acks=all", "linger.ms=5"]`` into a dict; a pair without ``=`` is an error."""
-    config: dict[str, str] = {}
-    for pair in pairs or []:
-        key, sep, value = pair.partition("=")
-        if not sep or not key.strip():
-            raise argparse.ArgumentTypeError(f"Kafka setting {pair!r} is not KEY=VALUE")
-        config[key.strip()] = value.strip()
-    return config
+def key_value(pair: str) -> str:
+    """argparse type of the pass-through flags (-X, --conf, --source-option): a bad pair is a usage error."""
+    key, sep, _ = pair.partition("=")
+    if not sep or not key.strip():
+        raise argparse.ArgumentTypeError(f"{pair!r} is not KEY=VALUE")
+    return pair
+
+
+def parse_pairs(pairs: list[str] | None) -> dict[str, str]:
+    """Turn ``["acks=all", "linger.ms=5"]`` into a dict (the value may hold ``=``); a pair without ``=`` is an error."""
+    return {key.strip(): value.strip() for key, _, value in (key_value(pair).partition("=") for pair in pairs or [])}
 
 
 def add_kafka_arguments(parser: argparse.ArgumentParser) -> None:
@@ -65,11 +67,11 @@ def add_kafka_arguments(parser: argparse.ArgumentParser) -> None:
         help="Kafka cluster to use (env MARKET_ANOMALY_BOOTSTRAP_SERVERS; default: %(default)s)",
     )
     parser.add_argument(
-        "-X", "--kafka-config", action="append", default=[], metavar="KEY=VALUE",
+        "-X", "--kafka-config", action="append", default=[], metavar="KEY=VALUE", type=key_value,
         help="extra Kafka client setting, passed through verbatim; repeatable",
     )
 
 
 def kafka_client_config(args: argparse.Namespace) -> dict[str, str]:
     """confluent-kafka configuration from the common flags."""
-    return {"bootstrap.servers": args.bootstrap_servers, **parse_kafka_overrides(args.kafka_config)}
+    return {"bootstrap.servers": args.bootstrap_servers, **parse_pairs(args.kafka_config)}

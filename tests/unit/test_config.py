@@ -6,14 +6,23 @@ from market_anomaly import config
 
 
 def test_kafka_overrides_pass_through_verbatim():
-    assert config.parse_kafka_overrides(["security.protocol=SASL_SSL", "sasl.password=a=b"]) == {
+    assert config.parse_pairs(["security.protocol=SASL_SSL", "sasl.password=a=b"]) == {
         "security.protocol": "SASL_SSL", "sasl.password": "a=b",
     }
 
 
 def test_kafka_override_without_equals_is_an_error():
     with pytest.raises(argparse.ArgumentTypeError, match="not KEY=VALUE"):
-        config.parse_kafka_overrides(["acks"])
+        config.parse_pairs(["acks"])
+
+
+@pytest.mark.parametrize("flag", ["-X", "--conf", "--source-option"])
+def test_a_pass_through_flag_without_equals_is_a_usage_error_not_a_traceback(flag, capsys):
+    from market_anomaly.cli import main
+
+    with pytest.raises(SystemExit) as stopped:
+        main(["detect", flag, "acks"])
+    assert stopped.value.code == 2 and "'acks' is not KEY=VALUE" in capsys.readouterr().err
 
 
 def test_environment_sets_the_default_bootstrap(monkeypatch):

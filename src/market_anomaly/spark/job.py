@@ -66,6 +66,10 @@ def add_detect_arguments(parser: argparse.ArgumentParser) -> None:
                         help="micro-batch interval, Spark syntax; '0 seconds' = as soon as data arrives")
     parser.add_argument("--max-offsets-per-trigger", type=int, default=None,
                         help="cap on records per micro-batch (back-pressure after a long stop)")
+    parser.add_argument("--source-option", action="append", default=[], metavar="KEY=VALUE", type=config.key_value,
+                        help="option for Spark's Kafka source as its docs name it, e.g. minPartitions=8 or "
+                             "kafka.fetch.max.wait.ms=50 (the Java consumer's own settings; -X settings go to "
+                             "every client, producers included); repeatable")
     add_session_arguments(parser)
     parser.add_argument("--state-buckets", type=int, default=16,
                         help="symbols share this many state groups (one Python call each per micro-batch); fixed "
@@ -77,10 +81,10 @@ def add_detect_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def add_session_arguments(parser: argparse.ArgumentParser) -> None:
-    """--master and --conf (``parse_spark_conf``), for every command that starts a Spark session."""
+    """--master and --conf, for every command that starts a Spark session."""
     parser.add_argument("--master", default=config.env("SPARK_MASTER", "local[2]"),
                         help="Spark master when not under spark-submit (default: %(default)s)")
-    parser.add_argument("--conf", action="append", default=[], metavar="KEY=VALUE",
+    parser.add_argument("--conf", action="append", default=[], metavar="KEY=VALUE", type=config.key_value,
                         help="extra Spark setting, e.g. --conf spark.sql.shuffle.partitions=8; repeatable")
 
 
@@ -160,11 +164,13 @@ def decision_fields() -> list[tuple[str, str]]:
     return fields + [(name, "double") for name in CANDLE_PASSTHROUGH] + list(REJECT_FIELDS)
 
 
-def parsed_candles(spark, args, kafka_options: dict[str, str]):
-    """The candle topic as a stream of parsed candles."""
+def parsed_candles(spark, args, kafka_options: dict[str, str], source_options: dict[str, str]):
+    """The candle topic as a stream of parsed candles; ``source_options`` (``--source-option``) win."""
     reader = spark.readStream.option("startingOffsets", args.starting_offsets).option("failOnDataLoss", "false")
     if args.max_offsets_per_trigger:
         reader = reader.option("maxOffsetsPerTrigger", str(args.max_offsets_per_trigger))
+    for key, value in source_options.items():
+        reader = reader.option(key, value)
     return kafka_candles(reader, args.topic, kafka_options)
 
 
@@ -285,10 +291,6 @@ def progress_listener(sinks):
     return HealthListener()
 
 
-def parse_spark_conf(pairs: list[str]) -> dict[str, str]:
-    return config.parse_kafka_overrides(pairs)  # same KEY=VALUE syntax and errors
-
-
 def run(args: argparse.Namespace) -> int:
     from market_anomaly.sinks import SinkOptions, build_sinks
     from market_anomaly.spark.session import build_session
@@ -305,7 +307,8 @@ def run(args: argparse.Namespace) -> int:
         log.error("%s", error)
         return 2
     kafka_options = config.kafka_client_config(args)
-    spark = build_session("market-anomaly-detect", args.master, parse_spark_conf(args.conf))
+    source_options = config.parse_pairs(args.source_option)
+    spark = build_session("market-anomaly-detect", args.master, config.parse_pairs(args.conf))
     sinks = build_sinks(SinkOptions.from_args(args))
     dead_letters = None
     query = None
@@ -315,7 +318,7 @@ def run(args: argparse.Namespace) -> int:
 
         dead_letters = DeadLetterPublisher(kafka_options, args.dead_letter_topic, stage="consumer")
         spark.streams.addListener(progress_listener(sinks))
-        candles = parsed_candles(spark, args, kafka_options)
+        candles = parsed_candles(spark, args, kafka_options, source_options)
         output_fields = decision_fields()
         bucketed = candles.withColumn("bucket", F.pmod(F.xxhash64("symbol"), F.lit(args.state_buckets)))
         decisions = bucketed.groupBy("bucket").applyInPandasWithState(

@@ -233,10 +233,10 @@ def _file_name(uri: str) -> str:
 @contextlib.contextmanager
 def training_series(args: argparse.Namespace):
     """A Spark session for ``train --spark`` and the series of ``--input`` or ``--topic``; the session stops after."""
-    from market_anomaly.spark.job import parse_spark_conf
+    from market_anomaly import config
     from market_anomaly.spark.session import build_session, submitted_conf
 
-    conf = parse_spark_conf(args.conf)
+    conf = config.parse_pairs(args.conf)
     spark = build_session("market-anomaly-train", args.master, conf, defaults=BATCH_CONF)
     try:
         if "spark.sql.shuffle.partitions" not in {**submitted_conf(), **conf}:

@@ -64,3 +64,19 @@ def test_an_invalid_record_keeps_its_raw_text_and_says_why(spark, raw, reason):
 def test_nan_prices_are_rejected(spark):
     [row] = parse(spark, [variant().replace('"close": 100.5', '"close": NaN')])
     assert row["error"] == "NaN price or volume"
+
+
+def test_source_options_reach_the_kafka_source_and_win_over_the_jobs_own(spark, kafka_broker, fresh_topic):
+    import argparse
+
+    from market_anomaly.spark.job import parsed_candles
+
+    args = argparse.Namespace(starting_offsets="earliest", max_offsets_per_trigger=None, topic=fresh_topic)
+    options = kafka_broker.client_config()
+    query = None
+    with pytest.raises(Exception, match="bogus"):  # the source's own check of its option, at the query's start
+        stream = parsed_candles(spark, args, options, {"startingOffsets": "bogus"})
+        query = stream.writeStream.format("memory").queryName("source_options").start()
+        query.processAllAvailable()
+    if query is not None:
+        query.stop()

@@ -142,7 +142,7 @@ class AlertSink:
             self.outbox.update((message["id"], message) for message in made)
             try:
                 self._save_state()
-            except OSError as error:  # alerts still go out; only a restart's memory of them is at risk
+            except (OSError, ValueError) as error:  # alerts still go out; only a restart's memory of them is at risk
                 log.error("alerts: cannot save the episode state %s (%s); a restart may repeat or miss alerts",
                           self.state_path, error)
         self._release(made)
@@ -238,7 +238,7 @@ class AlertSink:
             if self.outbox.pop(str(message["id"]), None) is not None:
                 try:
                     self._save_state()
-                except OSError as error:
+                except (OSError, ValueError) as error:
                     log.error("alerts: cannot save the episode state %s (%s)", self.state_path, error)
 
     def _deliver(self, url: str, body: bytes) -> bool:

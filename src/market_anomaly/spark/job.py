@@ -129,7 +129,7 @@ def make_detect_step(params_path: str, output_columns: list[str]):
     return step
 
 
-def with_candle_passthrough(columns: dict[str, object], candles):
+def with_candle_passthrough(columns: dict[str, object], candles) -> None:
     """Add each decided candle's ``CANDLE_PASSTHROUGH`` values (the dashboard draws candlesticks) to ``columns``.
 
     Decisions are a subset of ``candles`` by ``open_time``; of duplicates, the first, as the engine keeps.
@@ -142,7 +142,6 @@ def with_candle_passthrough(columns: dict[str, object], candles):
     at = order[np.searchsorted(times[order], np.asarray(columns["open_time"], dtype=np.int64))]
     for name in CANDLE_PASSTHROUGH:
         columns[name] = candles[name].to_numpy(float)[at]
-    return columns
 
 
 # -- the streaming query --------------------------------------------------------------------------

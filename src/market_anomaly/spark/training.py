@@ -233,7 +233,6 @@ def _file_name(uri: str) -> str:
 @contextlib.contextmanager
 def training_series(args: argparse.Namespace):
     """A Spark session for ``train --spark`` and the series of ``--input`` or ``--topic``; the session stops after."""
-    from market_anomaly import config
     from market_anomaly.spark.session import build_session, submitted_conf
 
     conf = config.parse_pairs(args.conf)

@@ -4,13 +4,17 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test setup bench clean
+.PHONY: demo test test-fast setup bench clean
 
 demo: setup
 	$(BIN)/market-anomaly up
 
 test: setup
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# The unit tests alone (pure logic, no broker or Spark): under a minute.
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest tests/unit -q $(PYTEST_ARGS)
 
 # Virtual environment + Python packages + Maven jars (Kafka broker, Spark's Kafka connector); cached after the first run.
 setup: $(STAMP)

@@ -31,9 +31,9 @@ import pyarrow  # noqa: E402
 
 pyarrow.set_cpu_count(1)  # Arrow's CSV reader and writer are multi-threaded by default
 
-from market_anomaly.detection import DetectionEngine, load_params  # noqa: E402
-from market_anomaly.detection.candle_files import read_candles  # noqa: E402
-from market_anomaly.detection.commands import run_score  # noqa: E402
+from market_anomaly.core import DetectionEngine, load_params  # noqa: E402
+from market_anomaly.candles.files import read_candles  # noqa: E402
+from market_anomaly.cli.score import run_score  # noqa: E402
 from market_anomaly.exchange.market import SYNTHETIC_START as START, synthetic_candles  # noqa: E402
 
 def repeated_file(path: Path, symbol: str, n: int) -> pd.DataFrame:

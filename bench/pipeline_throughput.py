@@ -32,10 +32,10 @@ import numpy as np
 import pandas as pd
 from confluent_kafka import Consumer, TopicPartition
 
-from market_anomaly.candles import Candle
+from market_anomaly.candles.record import Candle
 from market_anomaly.kafka import topics
 from market_anomaly.kafka.broker import LocalBroker
-from market_anomaly.producer import CandleProducer
+from market_anomaly.producer.service import CandleProducer
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "binance"
 MINUTE_MS = 60_000

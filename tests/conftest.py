@@ -7,7 +7,9 @@ from pathlib import Path
 
 import pytest
 
-SHARED_DATA = Path(os.environ.get("MARKET_ANOMALY_SHARED_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
+from support import REPOSITORY
+
+SHARED_DATA = Path(os.environ.get("MARKET_ANOMALY_SHARED_DATA", REPOSITORY.parent / "shared" / "data"))
 
 
 @pytest.fixture(scope="session")

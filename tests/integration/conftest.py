@@ -18,7 +18,9 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-SCRIPTS = Path(__file__).resolve().parents[2] / "scripts"
+from support import REPOSITORY
+
+SCRIPTS = REPOSITORY / "scripts"
 MINUTE_MS = 60_000
 START_MS = 1_769_285_820_000  # 2026-01-24 20:17 UTC
 
@@ -74,7 +76,7 @@ def chromium_path() -> str:
 @pytest.fixture(scope="session")
 def artifacts_dir() -> Path:
     """artifacts/ at the repository root (git-ignored): screenshots and other evidence a test leaves."""
-    directory = Path(__file__).resolve().parents[2] / "artifacts"
+    directory = REPOSITORY / "artifacts"
     directory.mkdir(exist_ok=True)
     return directory
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from market_anomaly.detection.candle_files import series_by_symbol
-from market_anomaly.detection.evaluation import evaluate
+from market_anomaly.candles.files import series_by_symbol
+from market_anomaly.training.evaluation import evaluate
 
 pytestmark = pytest.mark.integration
 

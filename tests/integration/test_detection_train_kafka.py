@@ -8,7 +8,7 @@ import pytest
 from confluent_kafka import Producer
 
 from market_anomaly.cli import main
-from market_anomaly.detection.params import DEFAULTS
+from market_anomaly.core.params import DEFAULTS
 from market_anomaly.exchange.market import synthetic_candles
 
 pytestmark = pytest.mark.integration

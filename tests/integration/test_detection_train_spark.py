@@ -19,12 +19,14 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+
+from support import REPOSITORY
 from confluent_kafka import Producer
 
 from market_anomaly.cli import main
-from market_anomaly.detection.params import DEFAULTS
+from market_anomaly.core.params import DEFAULTS
 from market_anomaly.exchange.market import synthetic_candles
-from market_anomaly.detection.training import train
+from market_anomaly.training.train import train
 from market_anomaly.kafka.broker import free_port
 
 pytestmark = pytest.mark.integration
@@ -185,7 +187,7 @@ def test_spark_submit_runs_the_training_and_its_conf_wins_over_the_session_defau
     base.write_text(json.dumps(BASE))
     output.parent.mkdir()
     bin_dir = Path(sys.executable).parent
-    script = Path(__file__).parents[2] / "src" / "market_anomaly" / "spark" / "training.py"
+    script = REPOSITORY / "src" / "market_anomaly" / "cli" / "train.py"
     env = {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}", "PYSPARK_PYTHON": sys.executable,
            "PYSPARK_DRIVER_PYTHON": sys.executable, "SPARK_LOCAL_IP": "127.0.0.1"}
     run = subprocess.run([str(bin_dir / "spark-submit"), "--master", "local[2]",
@@ -203,7 +205,7 @@ def test_skipped_rows_and_duplicates_are_counted_and_the_first_candle_kept(spark
     from market_anomaly.spark.training import file_candles
 
     inputs = write_history(tmp_path, messy=True)
-    with caplog.at_level(logging.WARNING, logger="market_anomaly.detection"):
+    with caplog.at_level(logging.WARNING, logger="market_anomaly"):
         document, model = spark_training(spark, file_candles(spark, inputs))
     assert "history.csv: 1 rows skipped (missing or non-positive prices/volume)" in caplog.text
     assert "2 duplicate candles (same series and open_time) dropped, the first of each kept" in caplog.text
@@ -222,7 +224,7 @@ def test_training_from_a_topic_equals_local_topic_training(spark, kafka_broker, 
             producer.produce(fresh_topic, key=symbol, value=json.dumps(record).encode())
     producer.produce(fresh_topic, key="junk", value=b"not json")
     assert producer.flush(30) == 0
-    with caplog.at_level(logging.WARNING, logger="market_anomaly.detection"):
+    with caplog.at_level(logging.WARNING, logger="market_anomaly"):
         document, model = spark_training(spark, topic_candles(spark, fresh_topic, kafka_broker.client_config()))
     assert f"topic {fresh_topic}: 1 rows skipped (not a candle JSON object)" in caplog.text
     assert list(document["trained_on"]["series"]) == ["AAAUSDT", "BBBUSDT", "CCCUSDT"]

@@ -18,7 +18,7 @@ import pytest
 import websockets
 from aiohttp import web
 
-from market_anomaly.candles import Candle, Rejected
+from market_anomaly.candles.record import Candle, Rejected
 from market_anomaly.exchange.client import BinanceKlineClient, ExponentialBackoff
 from market_anomaly.exchange.market import Market, SyntheticSource
 from market_anomaly.exchange.simulator import ExchangeSimulator, SimulatedClock

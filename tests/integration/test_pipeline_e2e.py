@@ -165,7 +165,7 @@ def test_every_candle_is_decided_exactly_once(demo):
 def test_stream_decisions_equal_offline_decisions(demo):
     """Parity: the Spark job and the offline core give the same decisions for the same candles."""
     from market_anomaly import config
-    from market_anomaly.detection import DetectionEngine, ParamsWatcher
+    from market_anomaly.core import DetectionEngine, ParamsWatcher
     from market_anomaly.kafka.topics import read_to_end
 
     broker = LocalBroker(demo.home / "kafka")  # the broker `up` started; its port is in its state dir

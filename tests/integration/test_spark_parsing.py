@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import json
 
 import pytest
@@ -67,15 +69,14 @@ def test_nan_prices_are_rejected(spark):
 
 
 def test_source_options_reach_the_kafka_source_and_win_over_the_jobs_own(spark, kafka_broker, fresh_topic):
-    import argparse
+    from market_anomaly.sinks import SinkOptions
+    from market_anomaly.spark.job import DetectConfig, parsed_candles
 
-    from market_anomaly.spark.job import parsed_candles
-
-    args = argparse.Namespace(starting_offsets="earliest", max_offsets_per_trigger=None, topic=fresh_topic)
-    options = kafka_broker.client_config()
+    job = DetectConfig(kafka=kafka_broker.client_config(), params=Path("unused"), checkpoint_dir=Path("unused"),
+                       sinks=SinkOptions(), topic=fresh_topic, source_options={"startingOffsets": "bogus"})
     query = None
     with pytest.raises(Exception, match="bogus"):  # the source's own check of its option, at the query's start
-        stream = parsed_candles(spark, args, options, {"startingOffsets": "bogus"})
+        stream = parsed_candles(spark, job)
         query = stream.writeStream.format("memory").queryName("source_options").start()
         query.processAllAvailable()
     if query is not None:

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from market_anomaly.candles import Candle, MalformedCandle, Rejected
+from market_anomaly.candles.record import Candle, MalformedCandle, Rejected
 
 # The kline event example from Binance's WebSocket documentation, closed (x: true) and with its
 # low moved below the open: the documented low (0.0015) is above the open (0.0010), an impossible bar.

@@ -9,9 +9,9 @@ import pandas as pd
 import pytest
 
 from market_anomaly.cli import main
-from market_anomaly.detection import DECISION_SCHEMA
-from market_anomaly.detection.candle_files import CandleFileError, read_candles, series_by_symbol
-from test_detection_core import market, small_document
+from market_anomaly.core import DECISION_SCHEMA
+from market_anomaly.candles.files import CandleFileError, read_candles, series_by_symbol
+from support import market, small_document
 
 
 def write_market_file(path, symbols=("AAAUSDT", "BBBUSDT"), n=2500):
@@ -71,7 +71,7 @@ def test_rows_without_a_symbol_and_duplicates_are_skipped_and_counted(tmp_path, 
     path = tmp_path / "mixed.csv"
     path.write_text("symbol,open_time,open,high,low,close,volume\n"
                     "AUSDT,0,1,1,1,1,1\n,60000,1,1,1,1,1\nBUSDT,0,2,2,2,2,2\nAUSDT,0,3,3,3,3,3\n")
-    with caplog.at_level("WARNING", logger="market_anomaly.detection"):
+    with caplog.at_level("WARNING", logger="market_anomaly"):
         candles = read_candles(path)
         series = series_by_symbol([path])
     # The symbol-less row is not given a neighbour's symbol; of two AUSDT candles at 0 the first is kept.

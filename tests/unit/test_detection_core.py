@@ -10,26 +10,16 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from market_anomaly.detection import (DECISION_SCHEMA, DetectionEngine, InvalidParams, ParamsWatcher, load_params,
-                                      mark_market_events)
-from market_anomaly.detection.consensus import consensus
-from market_anomaly.detection.detectors import ReturnZScore, Volatility, VolumeSpike
-from market_anomaly.detection.features import RollingStats, candle_features, median_iqr, median_only
-from market_anomaly.detection.params import DEFAULTS, params_from_dict
-from market_anomaly.detection.state import unpack
+from market_anomaly.core import (DECISION_SCHEMA, DetectionEngine, InvalidParams, ParamsWatcher, load_params,
+                                 mark_market_events)
+from market_anomaly.core.consensus import consensus
+from market_anomaly.core.detectors import ReturnZScore, Volatility, VolumeSpike
+from market_anomaly.core.features import RollingStats, candle_features, median_iqr, median_only
+from market_anomaly.core.params import DEFAULTS, params_from_dict
+from market_anomaly.core.state import unpack
 from market_anomaly.exchange.market import MINUTE_MS as MINUTE, SYNTHETIC_START as START, synthetic_candles
-from market_anomaly.detection.training import train, write_params
-
-def market(n: int = 3000, seed: int = 0, symbol: str = "TESTUSDT") -> pd.DataFrame:
-    return synthetic_candles(n, seed, symbol)
-
-
-def small_document() -> dict:
-    """Defaults with short windows so synthetic series of a few thousand candles warm up."""
-    document = json.loads(json.dumps(DEFAULTS))
-    document["volatility"].update(history=48, warmup=300)
-    document["consensus"].update(false_alarm_budget=2.0)  # a 3-day training set allows few episodes: not none
-    return document
+from market_anomaly.training.train import train, write_params
+from support import market, small_document
 
 
 @pytest.fixture(scope="module")
@@ -178,7 +168,7 @@ def test_one_candle_per_call_matches_one_call(engine):
 
 def test_a_buckets_stacked_frame_equals_the_per_symbol_frames(engine):
     """The stream builds one frame per state bucket (``stacked_frame``); it must equal offline's frames."""
-    from market_anomaly.detection.engine import stacked_frame
+    from market_anomaly.core.engine import stacked_frame
 
     markets = {"AAAUSDT": market(700, seed=7), "BBBUSDT": market(650, seed=8)}
     states = {symbol: engine.process(symbol, candles.iloc[:600], None)[1] for symbol, candles in markets.items()}
@@ -295,7 +285,7 @@ def test_params_watcher_follows_live_edits_and_keeps_the_last_good_file(tmp_path
     assert second is not first and second.return_zscore.threshold == 7.5
     path.write_text("{ not json")
     os.utime(path, ns=(0, path.stat().st_mtime_ns + 1_000_000_000))
-    with caplog.at_level(logging.ERROR, logger="market_anomaly.detection"):
+    with caplog.at_level(logging.ERROR, logger="market_anomaly"):
         assert watcher.current() is second
         assert watcher.current() is second
     errors = [r for r in caplog.records if r.levelno == logging.ERROR]
@@ -350,7 +340,7 @@ def test_a_new_model_file_is_picked_up_and_a_broken_one_rejected(tmp_path, param
     second = watcher.current()
     assert second is not first and second.learned.alarm_score == retrained.learned.alarm_score
     model_path.write_bytes(b"not a model")
-    with caplog.at_level(logging.ERROR, logger="market_anomaly.detection"):
+    with caplog.at_level(logging.ERROR, logger="market_anomaly"):
         assert watcher.current() is second
     assert "unusable" in caplog.records[-1].getMessage()
 

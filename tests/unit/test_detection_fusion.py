@@ -7,12 +7,13 @@ import json
 import numpy as np
 import pytest
 
-from market_anomaly.detection import DetectionEngine, InvalidParams
-from market_anomaly.detection.calibration import MAX_SURPRISE, calibration_problem, fit_table, surprise
-from market_anomaly.detection.consensus import fuse, pair_keys
-from market_anomaly.detection.params import params_from_dict
-from market_anomaly.detection.training import alarm_episodes, choose_threshold, score_series, train
-from test_detection_core import market, small_document
+from market_anomaly.core import DetectionEngine, InvalidParams
+from market_anomaly.core.calibration import MAX_SURPRISE, calibration_problem, fit_table, surprise
+from market_anomaly.core.consensus import fuse
+from market_anomaly.core.params import pair_keys
+from market_anomaly.core.params import params_from_dict
+from market_anomaly.training.train import alarm_episodes, choose_threshold, score_series, train
+from support import market, small_document
 
 
 @pytest.fixture(scope="module")

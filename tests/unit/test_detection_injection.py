@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from market_anomaly.detection.injection import KINDS, inject, inject_random
+from market_anomaly.training.injection import KINDS, inject, inject_random
 
 
 def random_walk(n: int = 600, seed: int = 3) -> pd.DataFrame:

@@ -7,8 +7,8 @@ import json
 import numpy as np
 import pytest
 
-from market_anomaly.detection.detectors import Burst, VolumeRun
-from market_anomaly.detection.params import DEFAULTS, InvalidParams, RunsParams, params_from_dict
+from market_anomaly.core.detectors import Burst, VolumeRun
+from market_anomaly.core.params import DEFAULTS, InvalidParams, RunsParams, params_from_dict
 
 
 def runs(**changes) -> RunsParams:

@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from market_anomaly.detection.injection import KINDS
+from market_anomaly.training.injection import KINDS
 from market_anomaly.exchange.market import (COLUMNS, Injection, Market, ReplaySource, SyntheticSource,
                                             profile_for, random_injections, read_candle_file)
 

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from market_anomaly.candles import Candle, Rejected
+from market_anomaly.candles.record import Candle, Rejected
 from market_anomaly.exchange import protocol
 from market_anomaly.exchange.client import parse_frame
 from market_anomaly.exchange.market import partial_candle

@@ -12,7 +12,8 @@ import pandas as pd
 import pytest
 
 from market_anomaly import config
-from market_anomaly.sinks import SinkOptions, Sinks, add_sink_arguments, build_sinks
+from market_anomaly.cli.detect import add_sink_arguments, sink_options
+from market_anomaly.sinks import SinkOptions, Sinks, build_sinks
 from market_anomaly.sinks.common import hide_password, levels_at_least, redact_url, to_records
 from market_anomaly.sinks.console import ConsoleSink
 from market_anomaly.sinks.database import DatabaseError
@@ -29,17 +30,17 @@ def test_defaults(monkeypatch, tmp_path):
     monkeypatch.setenv("MARKET_ANOMALY_HOME", str(tmp_path))
     monkeypatch.delenv("MARKET_ANOMALY_WEBHOOK_URLS", raising=False)
     monkeypatch.delenv("MARKET_ANOMALY_DB", raising=False)
-    options = SinkOptions.from_args(parse())
+    options = sink_options(parse())
     assert options == SinkOptions(
         db_url=f"sqlite:///{tmp_path / 'anomalies.db'}", anomalies_topic="crypto-anomalies", anomalies_only=False,
-        console="table", webhooks=[], webhook_format="slack", alert_min_confidence="MEDIUM", alert_cooldown=900.0,
+        console="table", webhooks=(), webhook_format="slack", alert_min_confidence="MEDIUM", alert_cooldown=900.0,
         kafka_config={"bootstrap.servers": "localhost:9092"},
     )
 
 
 def test_flags_env_webhooks_and_none(monkeypatch):
     monkeypatch.setenv("MARKET_ANOMALY_WEBHOOK_URLS", "https://hooks.example/a?token=1, https://hooks.example/b")
-    options = SinkOptions.from_args(parse(
+    options = sink_options(parse(
         "--db", "none", "--anomalies-topic", "NONE", "--anomalies-only", "--console", "anomalies",
         "--webhook", "https://hooks.example/b", "--webhook", "http://127.0.0.1:9/x", "--webhook-format", "json",
         "--alert-min-confidence", "high", "--alert-cooldown", "60", "--bootstrap-servers", "k:9092",
@@ -47,7 +48,7 @@ def test_flags_env_webhooks_and_none(monkeypatch):
     ))
     assert (options.db_url, options.anomalies_topic, options.anomalies_only, options.console) == (
         None, None, True, "anomalies")
-    assert options.webhooks == ["https://hooks.example/b", "http://127.0.0.1:9/x", "https://hooks.example/a?token=1"]
+    assert options.webhooks == ("https://hooks.example/b", "http://127.0.0.1:9/x", "https://hooks.example/a?token=1")
     assert (options.webhook_format, options.alert_min_confidence, options.alert_cooldown) == ("json", "HIGH", 60.0)
     assert options.kafka_config == {"bootstrap.servers": "k:9092", "security.protocol": "SSL"}
 

@@ -3,7 +3,7 @@
 import numpy as np
 import pandas as pd
 
-from market_anomaly.detection import DetectionEngine, load_params
+from market_anomaly.core import DetectionEngine, load_params
 from market_anomaly.exchange.market import synthetic_candles
 from market_anomaly.spark.job import CANDLE_PASSTHROUGH, decision_fields, make_detect_step
 

@@ -18,7 +18,7 @@ import aiohttp
 import websockets
 from websockets.asyncio.client import ClientConnection
 
-from market_anomaly.candles import Candle, MalformedCandle, Rejected
+from market_anomaly.candles.record import Candle, MalformedCandle, Rejected
 from market_anomaly.exchange import protocol
 
 log = logging.getLogger("market_anomaly.exchange.client")

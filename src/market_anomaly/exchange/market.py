@@ -5,7 +5,7 @@ generates realistic candles (GARCH(1,1) volatility clustering with Student-t inn
 intraday seasonality, volume that rises with volatility and with the size of the move,
 taker-buy share leaning with the move), ``ReplaySource`` plays real candle files back.
 ``Market`` keeps every candle a source has produced per symbol, applies the scheduled
-anomaly injections (``detection.injection``, so injection logic exists once) and answers
+anomaly injections (``training.injection``, so injection logic exists once) and answers
 the simulator's questions: the candle at an open time, the candles in a time range.
 Pure NumPy/pandas and deterministic given the seed.
 """
@@ -22,7 +22,7 @@ from typing import Callable, Protocol, Sequence
 import numpy as np
 import pandas as pd
 
-from market_anomaly.detection.candle_files import read_candles
+from market_anomaly.candles.files import read_candles
 from market_anomaly.exchange.protocol import interval_ms
 
 log = logging.getLogger(__name__)
@@ -212,7 +212,7 @@ def synthetic_candles(n: int, seed: int = 0, symbol: str = "TESTUSDT", start: in
 def read_candle_file(path: Path, interval: str) -> tuple[str, pd.DataFrame]:
     """A candle file -> (symbol, OHLCV frame with ``open_time`` in ms, sorted, one row per minute).
 
-    Columns and symbol as ``detection.candle_files.read_candles`` accepts them (the offline
+    Columns and symbol as ``candles.files.read_candles`` accepts them (the offline
     commands read the same files); here the candles must also be ``interval`` apart.
     """
     frame = read_candles(path)
@@ -253,7 +253,7 @@ class ReplaySource:
 
 @dataclass(frozen=True)
 class Injection:
-    """An anomaly to inject: ``kind`` from ``detection.injection.KINDS`` at the candle opening at ``open_time``."""
+    """An anomaly to inject: ``kind`` from ``training.injection.KINDS`` at the candle opening at ``open_time``."""
 
     symbol: str
     kind: str
@@ -326,7 +326,7 @@ class Market:
         self._exhausted: set[str] = set()
         self._rng = np.random.default_rng([seed, 1])
         if injections and injector is None:
-            from market_anomaly.detection.injection import inject as injector
+            from market_anomaly.training.injection import inject as injector
         self._injector = injector
         for injection in sorted(injections, key=lambda item: item.open_time):
             self._inject(injection)

@@ -120,3 +120,22 @@ def read_to_end(client_config: dict[str, str], topic: str, timeout: float = 30.0
     finally:
         consumer.close()
     return messages
+
+
+def read_candle_topic(client_config: dict[str, str], topic: str, timeout: float = 30.0):
+    """Every candle message now in ``topic``, read from the start of each partition, as a validated frame."""
+    import json
+
+    from market_anomaly.candles.files import CandleFileError, candles_from_records
+
+    try:
+        messages = read_to_end(client_config, topic, timeout)
+    except TimeoutError as error:
+        raise CandleFileError(str(error)) from error
+    records = []
+    for message in messages:
+        try:
+            records.append(json.loads(message.value()))
+        except (TypeError, ValueError):
+            records.append(None)  # counted as skipped with the non-objects
+    return candles_from_records(records, f"topic {topic}")

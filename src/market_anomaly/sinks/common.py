@@ -8,7 +8,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import pandas as pd
 
-from market_anomaly.detection.params import CONFIDENCE_LEVELS as ANOMALY_CONFIDENCE_LEVELS
+from market_anomaly.core.params import CONFIDENCE_LEVELS as ANOMALY_CONFIDENCE_LEVELS
 
 # The decision record (docs/ARCHITECTURE.md); open/high/low ride along for the dashboard's candles.
 DECISION_COLUMNS = (

@@ -5,24 +5,21 @@ Kafka (``crypto-candles``) -> parse with an explicit schema and validate -> per 
 scoring) with its state in Spark's state store -> ``foreachBatch`` marks market-wide
 events and hands decisions to the sinks; invalid records go to the dead-letter topic.
 
-Also runnable with spark-submit (the connector then comes from ``--packages``)::
-
-    spark-submit --packages org.apache.spark:spark-sql-kafka-0-10_2.13:4.2.0 \\
-        src/market_anomaly/spark/job.py --bootstrap-servers localhost:9092
+Its flags and the spark-submit entry point are in ``cli.detect``.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import signal
-import sys
 import threading
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from market_anomaly import config
+from market_anomaly.sinks import SinkOptions
 
 log = logging.getLogger("market_anomaly.detect")
 
@@ -39,53 +36,24 @@ REJECT_FIELDS = (("error", "string"), ("raw", "string"))
 CANDLE_PASSTHROUGH = ("open", "high", "low")
 
 
-def register(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser(
-        "detect", help="run the Spark streaming consumer: candles in, anomaly decisions out",
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    add_detect_arguments(parser)
-    parser.set_defaults(handler=run)
+@dataclass(frozen=True)
+class DetectConfig:
+    """Everything the stream needs, built once by the command line (``cli.detect``)."""
 
-
-def add_detect_arguments(parser: argparse.ArgumentParser) -> None:
-    from market_anomaly.sinks import add_sink_arguments
-
-    config.add_kafka_arguments(parser)
-    parser.add_argument("--topic", default=config.env("CANDLES_TOPIC", config.CANDLES_TOPIC),
-                        help="candle topic to read (default: %(default)s)")
-    parser.add_argument("--dead-letter-topic", default=config.DEAD_LETTER_TOPIC,
-                        help="where invalid records go (default: %(default)s)")
-    parser.add_argument("--params", type=Path, default=config.model_params_path(),
-                        help="model parameters; edits take effect within one micro-batch (default: %(default)s)")
-    parser.add_argument("--checkpoint-dir", type=Path, default=config.home_dir() / "checkpoints" / "detect",
-                        help="Spark checkpoint: a restarted job continues where it stopped (default: %(default)s)")
-    parser.add_argument("--starting-offsets", default="earliest", choices=["earliest", "latest"],
-                        help="where a job without a checkpoint starts reading (default: %(default)s)")
-    parser.add_argument("--trigger", default="0 seconds",
-                        help="micro-batch interval, Spark syntax; '0 seconds' = as soon as data arrives")
-    parser.add_argument("--max-offsets-per-trigger", type=int, default=None,
-                        help="cap on records per micro-batch (back-pressure after a long stop)")
-    parser.add_argument("--source-option", action="append", default=[], metavar="KEY=VALUE", type=config.key_value,
-                        help="option for Spark's Kafka source as its docs name it, e.g. minPartitions=8 or "
-                             "kafka.fetch.max.wait.ms=50 (the Java consumer's own settings; -X settings go to "
-                             "every client, producers included); repeatable")
-    add_session_arguments(parser)
-    parser.add_argument("--state-buckets", type=int, default=16,
-                        help="symbols share this many state groups (one Python call each per micro-batch); fixed "
-                             "for a checkpoint's life, like spark.sql.shuffle.partitions; raise it for thousands "
-                             "of symbols on a cluster (default: %(default)s)")
-    parser.add_argument("--run-for", type=float, default=None, metavar="SECONDS",
-                        help="stop after this long (tests, benchmarks); default: until Ctrl-C")
-    add_sink_arguments(parser)
-
-
-def add_session_arguments(parser: argparse.ArgumentParser) -> None:
-    """--master and --conf, for every command that starts a Spark session."""
-    parser.add_argument("--master", default=config.env("SPARK_MASTER", "local[2]"),
-                        help="Spark master when not under spark-submit (default: %(default)s)")
-    parser.add_argument("--conf", action="append", default=[], metavar="KEY=VALUE", type=config.key_value,
-                        help="extra Spark setting, e.g. --conf spark.sql.shuffle.partitions=8; repeatable")
+    kafka: dict[str, str]  # client settings: bootstrap.servers and -X pairs
+    params: Path
+    checkpoint_dir: Path
+    sinks: SinkOptions
+    topic: str = config.CANDLES_TOPIC
+    dead_letter_topic: str = config.DEAD_LETTER_TOPIC
+    starting_offsets: str = "earliest"
+    trigger: str = "0 seconds"
+    max_offsets_per_trigger: int | None = None
+    source_options: dict[str, str] = field(default_factory=dict)  # --source-option, win over the job's own
+    master: str = "local[2]"
+    spark_conf: dict[str, str] = field(default_factory=dict)
+    state_buckets: int = 16
+    run_for: float | None = None  # seconds; None: until a signal
 
 
 # -- the per-symbol step (runs in Spark's Python workers) -----------------------------------------
@@ -105,7 +73,7 @@ def make_detect_step(params_path: str, output_columns: list[str]):
     def step(key, frames, state):
         import pandas as pd
 
-        from market_anomaly.detection.engine import stacked_frame
+        from market_anomaly.core.engine import stacked_frame
         from market_anomaly.spark.workers import engine_for, pack_states, unpack_states
 
         frame = pd.concat(list(frames), ignore_index=True)
@@ -155,7 +123,7 @@ def spark_schema(fields):
 
 def decision_fields() -> list[tuple[str, str]]:
     """The stateful step's output: the core's decision schema in Spark DDL types, the candle's OHLC, rejects."""
-    from market_anomaly.detection import DECISION_SCHEMA
+    from market_anomaly.core import DECISION_SCHEMA
 
     ddl = {"int64": "long", "int32": "int", "float64": "double", "bool": "boolean", "object": "string",
            "str": "string", "string": "string"}
@@ -163,14 +131,14 @@ def decision_fields() -> list[tuple[str, str]]:
     return fields + [(name, "double") for name in CANDLE_PASSTHROUGH] + list(REJECT_FIELDS)
 
 
-def parsed_candles(spark, args, kafka_options: dict[str, str], source_options: dict[str, str]):
-    """The candle topic as a stream of parsed candles; ``source_options`` (``--source-option``) win."""
-    reader = spark.readStream.option("startingOffsets", args.starting_offsets).option("failOnDataLoss", "false")
-    if args.max_offsets_per_trigger:
-        reader = reader.option("maxOffsetsPerTrigger", str(args.max_offsets_per_trigger))
-    for key, value in source_options.items():
+def parsed_candles(spark, job: DetectConfig):
+    """The candle topic as a stream of parsed candles; ``job.source_options`` (``--source-option``) win."""
+    reader = spark.readStream.option("startingOffsets", job.starting_offsets).option("failOnDataLoss", "false")
+    if job.max_offsets_per_trigger:
+        reader = reader.option("maxOffsetsPerTrigger", str(job.max_offsets_per_trigger))
+    for key, value in job.source_options.items():
         reader = reader.option(key, value)
-    return kafka_candles(reader, args.topic, kafka_options)
+    return kafka_candles(reader, job.topic, job.kafka)
 
 
 def kafka_candles(reader, topic: str, kafka_options: dict[str, str]):
@@ -227,7 +195,7 @@ class BatchHandler:
         self.totals = {"candles": 0, "anomalies": 0, "rejected": 0}
 
     def __call__(self, batch_df, batch_id: int) -> None:
-        from market_anomaly.detection import mark_market_events
+        from market_anomaly.core import mark_market_events
         from market_anomaly.spark.workers import params_for
 
         started = time.monotonic()
@@ -290,36 +258,33 @@ def progress_listener(sinks):
     return HealthListener()
 
 
-def run(args: argparse.Namespace) -> int:
-    from market_anomaly.sinks import SinkOptions, build_sinks
+def run(job: DetectConfig) -> int:
+    """Run the stream until a signal, ``job.run_for`` or a failure; 0 when it stopped cleanly."""
+    from pyspark.sql import functions as F
+
+    from market_anomaly.core import InvalidParams
+    from market_anomaly.kafka.dead_letter import DeadLetterPublisher
+    from market_anomaly.sinks import build_sinks
     from market_anomaly.spark.session import build_session
     from market_anomaly.spark.workers import params_for
 
-    from pyspark.sql import functions as F
-
-    from market_anomaly.detection import InvalidParams
-
-    params_path = str(Path(args.params).resolve())
+    params_path = str(Path(job.params).resolve())
     try:
         params_for(params_path)  # fail fast, before Spark starts, on a missing or malformed file
     except InvalidParams as error:
         log.error("%s", error)
         return 2
-    kafka_options = config.kafka_client_config(args)
-    source_options = config.parse_pairs(args.source_option)
-    spark = build_session("market-anomaly-detect", args.master, config.parse_pairs(args.conf))
-    sinks = build_sinks(SinkOptions.from_args(args))
+    spark = build_session("market-anomaly-detect", job.master, job.spark_conf)
+    sinks = build_sinks(job.sinks)
     dead_letters = None
     query = None
     healthy = False
     try:
-        from market_anomaly.kafka.dead_letter import DeadLetterPublisher
-
-        dead_letters = DeadLetterPublisher(kafka_options, args.dead_letter_topic, stage="consumer")
+        dead_letters = DeadLetterPublisher(job.kafka, job.dead_letter_topic, stage="consumer")
         spark.streams.addListener(progress_listener(sinks))
-        candles = parsed_candles(spark, args, kafka_options, source_options)
+        candles = parsed_candles(spark, job)
         output_fields = decision_fields()
-        bucketed = candles.withColumn("bucket", F.pmod(F.xxhash64("symbol"), F.lit(args.state_buckets)))
+        bucketed = candles.withColumn("bucket", F.pmod(F.xxhash64("symbol"), F.lit(job.state_buckets)))
         decisions = bucketed.groupBy("bucket").applyInPandasWithState(
             make_detect_step(params_path, [name for name, _ in output_fields]),
             outputStructType=spark_schema(output_fields),
@@ -329,14 +294,14 @@ def run(args: argparse.Namespace) -> int:
         )
         query = (
             decisions.writeStream.foreachBatch(BatchHandler(sinks, dead_letters, params_path))
-            .option("checkpointLocation", str(args.checkpoint_dir))
-            .trigger(processingTime=args.trigger)
+            .option("checkpointLocation", str(job.checkpoint_dir))
+            .trigger(processingTime=job.trigger)
             .queryName("market-anomaly-detect")
             .start()
         )
         log.info("detect: reading %s from %s; checkpoint %s; params %s",
-                 args.topic, args.bootstrap_servers, args.checkpoint_dir, params_path)
-        healthy = wait_until_stopped(query, args.run_for)
+                 job.topic, job.kafka.get("bootstrap.servers"), job.checkpoint_dir, params_path)
+        healthy = wait_until_stopped(query, job.run_for)
     finally:
         if query is not None:
             finish_batch(query, STOP_GRACE_SECONDS)
@@ -377,20 +342,3 @@ def finish_batch(query, timeout: float) -> None:
     deadline = time.monotonic() + timeout
     while query.isActive and query.status.get("isTriggerActive") and time.monotonic() < deadline:
         time.sleep(0.1)
-
-
-def main(argv: list[str] | None = None) -> int:
-    """Entry point for ``spark-submit .../job.py [detect flags]``."""
-    from market_anomaly.cli import configure_logging
-
-    parser = argparse.ArgumentParser(prog="job.py", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--log-level", default="INFO")
-    add_detect_arguments(parser)
-    args = parser.parse_args(argv)
-    configure_logging(args.log_level)
-    return run(args)
-
-
-if __name__ == "__main__":
-    sys.exit(main())

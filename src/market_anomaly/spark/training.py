@@ -1,12 +1,12 @@
 """`market-anomaly train --spark`: training as a Spark batch job, for candle history too large for one process.
 
-The same ``detection.training.train`` runs; only its series collection differs. ``SparkSeries``
+The same ``training.train.train`` runs; only its series collection differs. ``SparkSeries``
 keeps the candles in a Spark DataFrame, partitioned by series and cached on the executors,
 and runs each training pass there as one ``applyInPandas`` per series. Only the pass's
 compact arrays (per-candle scores, float64, serialized as ``.npz``) come back to the
 driver, so a Spark run gives exactly the parameters a local run gives on the same candles.
 
-Reading follows ``detection.candle_files``: CSV (with a header) or Parquet files (by
+Reading follows ``candles.files``: CSV (with a header) or Parquet files (by
 extension; globs and directories of one layout allowed, Hadoop URIs too), ``symbol`` from
 its column or the file name, time from ``open_time``/``open_time_ms``/``timestamp`` (epoch
 ms or ISO text, UTC when it has no zone; a row without a readable time is an error). Rows
@@ -17,20 +17,15 @@ order kept, and counted. A symbol found in several files keys its later series
 validated as the stream does (``job.parse_candles``); rejected records are counted and
 logged, and of duplicates the earliest produced is kept.
 
-Also runnable with spark-submit (add ``--packages`` with the Kafka connector for ``--topic``)::
-
-    spark-submit src/market_anomaly/spark/training.py --input 'hdfs:///candles/*.parquet' \\
-        --output model_params.json
+Its spark-submit entry point is ``cli/train.py``.
 """
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import functools
 import io
 import logging
-import sys
 from collections import defaultdict
 from pathlib import PurePosixPath
 from urllib.parse import unquote
@@ -38,11 +33,10 @@ from urllib.parse import unquote
 import numpy as np
 import pandas as pd
 
-from market_anomaly import config
-from market_anomaly.detection.candle_files import PRICE_COLUMNS, SYMBOL_IN_NAME, CandleFileError
-from market_anomaly.detection.training import Arrays, SeriesPass, ordered_series, series_span
+from market_anomaly.candles.files import PRICE_COLUMNS, SYMBOL_IN_NAME, CandleFileError
+from market_anomaly.training.train import Arrays, SeriesPass, ordered_series, series_span
 
-log = logging.getLogger("market_anomaly.detection")
+log = logging.getLogger("market_anomaly.train")
 
 # A batch job: adaptive execution back on, no cap on what the passes return to the driver
 # (the session's defaults are the streaming job's). Shuffle partitions: see ``spark_series``.
@@ -56,7 +50,7 @@ BAD_PRICES = "missing or non-positive prices/volume"
 
 
 class SparkSeries:
-    """``detection.training``'s series collection over a cached Spark DataFrame of candles.
+    """``training.train``'s series collection over a cached Spark DataFrame of candles.
 
     ``candles`` has the ``GROUP`` columns, ``open_time``, the prices, ``ORDER``, ``error`` (null for
     a usable candle) and ``bucket`` (its partitioning); ``names`` maps each group to its series key and ``spans``
@@ -231,37 +225,18 @@ def _file_name(uri: str) -> str:
 
 
 @contextlib.contextmanager
-def training_series(args: argparse.Namespace):
-    """A Spark session for ``train --spark`` and the series of ``--input`` or ``--topic``; the session stops after."""
+def training_series(master: str, conf: dict[str, str], inputs: list[str] | None = None, topic: str | None = None,
+                    kafka: dict[str, str] | None = None):
+    """A Spark session for ``train --spark`` and the series of ``inputs`` (files, globs, URIs) or of ``topic``
+    (read with the client settings ``kafka``); the session stops after."""
     from market_anomaly.spark.session import build_session, submitted_conf
 
-    conf = config.parse_pairs(args.conf)
-    spark = build_session("market-anomaly-train", args.master, conf, defaults=BATCH_CONF)
+    spark = build_session("market-anomaly-train", master, conf, defaults=BATCH_CONF)
     try:
         if "spark.sql.shuffle.partitions" not in {**submitted_conf(), **conf}:
             # Two series groups per core, to balance uneven series.
             spark.conf.set("spark.sql.shuffle.partitions", str(2 * spark.sparkContext.defaultParallelism))
-        candles = (topic_candles(spark, args.topic, config.kafka_client_config(args)) if args.topic
-                   else file_candles(spark, args.input))
+        candles = topic_candles(spark, topic, kafka or {}) if topic else file_candles(spark, inputs)
         yield spark_series(spark, candles, int(spark.conf.get("spark.sql.shuffle.partitions")))
     finally:
         spark.stop()
-
-
-def main(argv: list[str] | None = None) -> int:
-    """Entry point for ``spark-submit .../training.py [train flags]`` (``--spark`` implied)."""
-    from market_anomaly.cli import configure_logging
-    from market_anomaly.detection.commands import add_train_arguments, run_train
-
-    parser = argparse.ArgumentParser(prog="training.py", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--log-level", default="INFO")
-    add_train_arguments(parser)
-    parser.set_defaults(spark=True)
-    args = parser.parse_args(argv)
-    configure_logging(args.log_level)
-    return run_train(args)
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -10,7 +10,7 @@ from __future__ import annotations
 import struct
 import warnings
 
-from market_anomaly.detection import DetectionEngine, ParamsWatcher
+from market_anomaly.core import DetectionEngine, ParamsWatcher
 
 # PySpark concatenates the step's output frames; the rejects' all-null columns make pandas warn
 # about a future dtype rule on every micro-batch, which would drown the live table.

@@ -20,14 +20,14 @@ from typing import Callable, NamedTuple
 import numpy as np
 import pandas as pd
 
-from market_anomaly.detection.calibration import fit_table
-from market_anomaly.detection.consensus import candidates, pair_keys
-from market_anomaly.detection.engine import DetectionEngine, calibration_scores
-from market_anomaly.detection.injection import KINDS, inject, injection_slots
-from market_anomaly.detection.learned import INPUT_NAMES
-from market_anomaly.detection.params import DEFAULTS, ModelParams, params_from_dict
+from market_anomaly.core.calibration import fit_table
+from market_anomaly.core.consensus import candidates
+from market_anomaly.core.engine import DetectionEngine, calibration_scores
+from market_anomaly.training.injection import KINDS, inject, injection_slots
+from market_anomaly.core.learned import INPUT_NAMES
+from market_anomaly.core.params import DEFAULTS, ModelParams, pair_keys, params_from_dict
 from market_anomaly.files import write_atomically
-from market_anomaly.detection.detectors import LearnedSurprise
+from market_anomaly.core.detectors import LearnedSurprise
 
 DEFAULT_ALARM_QUANTILE = 0.999
 DEFAULT_TUNE_INJECTIONS = 1500  # events injected into the training candles to tune the fusion's offsets

@@ -5,20 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from market_anomaly.detection.calibration import surprise
-from market_anomaly.detection.params import CONFIDENCE_LEVELS, ConsensusParams, MarketParams
+from market_anomaly.core.calibration import surprise
+from market_anomaly.core.params import CONFIDENCE_LEVELS, ConsensusParams, MarketParams, group_label, pair_keys
 
 REASON_SEPARATOR = " | "
-
-
-def group_label(group: tuple[str, ...]) -> str:
-    return "/".join(group)
-
-
-def pair_keys(groups) -> list[tuple[int, int, str]]:
-    """(i, j, calibration key) for every pair of groups: ``"Z-SCORE & MODEL"``, ``"BURST/DRIFT & TREND"``."""
-    return [(i, j, f"{group_label(groups[i])} & {group_label(groups[j])}")
-            for i in range(len(groups)) for j in range(i + 1, len(groups))]
 
 
 def group_surprise(names: list[str], surprise: np.ndarray, groups) -> np.ndarray:
@@ -78,7 +68,7 @@ def consensus(eligible_by_detector: dict[str, np.ndarray], reasons_by_detector: 
     with the fused surprise above the threshold (``params.confidence``: the margin each level
     needs); NONE for the rest.
 
-    >>> from market_anomaly.detection.params import ConsensusParams
+    >>> from market_anomaly.core.params import ConsensusParams
     >>> params = ConsensusParams(required=(), alone={}, vote_surprise=3.0, groups=(("Z-SCORE",), ("VOLUME",)),
     ...                          pairs=False, offsets={}, threshold=5.0, false_alarm_budget=0.5,
     ...                          confidence={"LOW": 0.0, "MEDIUM": 1.0, "HIGH": 2.0})
@@ -133,7 +123,7 @@ def consensus(eligible_by_detector: dict[str, np.ndarray], reasons_by_detector: 
 def market_threshold(active_symbols: np.ndarray, params: MarketParams) -> np.ndarray:
     """Anomalous symbols needed in one minute for a market-wide event, given the symbols active in it.
 
-    >>> from market_anomaly.detection.params import MarketParams
+    >>> from market_anomaly.core.params import MarketParams
     >>> market_threshold(np.array([1, 8, 20]), MarketParams(min_symbols=3, min_fraction=0.3)).tolist()
     [3, 3, 6]
     """

@@ -15,13 +15,13 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from market_anomaly.detection.consensus import consensus, group_surprise
-from market_anomaly.detection.calibration import surprise
-from market_anomaly.detection.detectors import (Burst, RecentScale, Drift, LearnedSurprise, ReturnZScore, Reversal, Trend,
+from market_anomaly.core.consensus import consensus, group_surprise
+from market_anomaly.core.calibration import surprise
+from market_anomaly.core.detectors import (Burst, RecentScale, Drift, LearnedSurprise, ReturnZScore, Reversal, Trend,
                                                Volatility, VolumeRun, VolumeSpike)
-from market_anomaly.detection.features import RollingStats, candle_features, median_only
-from market_anomaly.detection.params import ModelParams
-from market_anomaly.detection.state import pack, unpack
+from market_anomaly.core.features import RollingStats, candle_features, median_only
+from market_anomaly.core.params import ModelParams
+from market_anomaly.core.state import pack, unpack
 
 DECISION_SCHEMA: list[tuple[str, str]] = [
     ("symbol", "object"), ("interval", "object"), ("open_time", "int64"), ("close_time", "int64"),

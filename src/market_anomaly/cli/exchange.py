@@ -70,7 +70,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def parse_injection(text: str) -> tuple[str, str, float]:
     """``KIND:SYMBOL:MINUTE`` -> (kind, SYMBOL, minute)."""
-    from market_anomaly.detection.injection import KINDS
+    from market_anomaly.training.injection import KINDS
 
     parts = text.split(":")
     if len(parts) != 3:
@@ -99,7 +99,7 @@ def build_market(args: argparse.Namespace) -> tuple[Market, int]:
     if len(injections) < len(args.inject):
         raise SystemExit(f"exchange: --inject names a symbol that is not simulated ({', '.join(source.symbols)})")
     if args.inject_random:
-        from market_anomaly.detection.injection import KINDS
+        from market_anomaly.training.injection import KINDS
 
         injections += random_injections(source.symbols, KINDS, args.inject_random, live_start, args.interval,
                                         np.random.default_rng([args.seed, 2]), planned=injections)

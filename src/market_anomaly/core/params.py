@@ -32,10 +32,10 @@ import zipfile
 from dataclasses import MISSING, dataclass, fields
 from pathlib import Path
 
-from market_anomaly.detection.calibration import calibration_problem
-from market_anomaly.detection.learned import MinorComponents
+from market_anomaly.core.calibration import calibration_problem
+from market_anomaly.core.learned import MinorComponents
 
-log = logging.getLogger("market_anomaly.detection")
+log = logging.getLogger("market_anomaly.core")
 
 CONFIDENCE_LEVELS = ("LOW", "MEDIUM", "HIGH")
 DETECTOR_NAMES = ("Z-SCORE", "VOLATILITY", "VOLUME", "VOLUME RUN", "BURST", "DRIFT", "TREND", "REVERSAL", "MODEL")
@@ -177,6 +177,17 @@ class ModelParams:
         return {name: value for name, value in plain(self).items() if name != "model"}
 
 
+def group_label(group: tuple[str, ...]) -> str:
+    """A detector group's name in calibration keys and offsets: ``"BURST/DRIFT"``."""
+    return "/".join(group)
+
+
+def pair_keys(groups) -> list[tuple[int, int, str]]:
+    """(i, j, calibration key) for every pair of groups: ``"Z-SCORE & MODEL"``, ``"BURST/DRIFT & TREND"``."""
+    return [(i, j, f"{group_label(groups[i])} & {group_label(groups[j])}")
+            for i in range(len(groups)) for j in range(i + 1, len(groups))]
+
+
 def params_from_dict(raw: dict, path: Path | str = "<dict>", model: MinorComponents | None = None) -> ModelParams:
     """Validate ``raw`` (the JSON document) and build ``ModelParams``; raises ``InvalidParams``."""
     params = _build(ModelParams, raw, path, "", skip=("model",))
@@ -201,9 +212,8 @@ def params_from_dict(raw: dict, path: Path | str = "<dict>", model: MinorCompone
         raise InvalidParams(path, f"runs.reversal_netting must be between 0 and 1, got {params.runs.reversal_netting}")
     if params.runs.volume_window < 1 or params.runs.return_window < 2:
         raise InvalidParams(path, "runs.volume_window needs at least 1 candle and runs.return_window 2")
-    from market_anomaly.detection.consensus import pair_keys
     pairs = {key for _, _, key in pair_keys(params.consensus.groups)}
-    labels = {"/".join(group) for group in params.consensus.groups}
+    labels = {group_label(group) for group in params.consensus.groups}
     bad_offsets = sorted(set(params.consensus.offsets) - pairs - labels)
     if bad_offsets or not all(isinstance(v, (int, float)) and not isinstance(v, bool)
                               for v in params.consensus.offsets.values()):

@@ -1,4 +1,4 @@
-"""`market-anomaly produce`: Binance kline WebSocket -> Kafka ``crypto-candles``, keyed by symbol.
+"""The producer: Binance kline WebSocket -> Kafka ``crypto-candles``, keyed by symbol.
 
 One JSON message per closed candle (see docs/ARCHITECTURE.md). The idempotent producer
 with ``acks=all`` means a retried send is never written twice; frames that cannot be
@@ -8,61 +8,37 @@ what is in flight and exit 0.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import logging
 import signal
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 from confluent_kafka import KafkaError
 
 from market_anomaly import config
-from market_anomaly.candles import Candle, Rejected
+from market_anomaly.candles.record import Candle, Rejected
 from market_anomaly.kafka.dead_letter import DeadLetterPublisher
 from market_anomaly.kafka.producing import produce_waiting, reliable_producer
 
 log = logging.getLogger("market_anomaly.produce")
 
 
-def register(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser(
-        "produce", help="stream closed candles from a Binance-compatible WebSocket into Kafka",
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    add_produce_arguments(parser)
-    parser.set_defaults(handler=run)
+@dataclass(frozen=True)
+class ProduceConfig:
+    """What ``produce`` needs, built once by the command line (``cli.produce``)."""
 
-
-def add_produce_arguments(parser: argparse.ArgumentParser) -> None:
-    config.add_kafka_arguments(parser)
-    parser.add_argument("--ws-url", default=config.env("WS_URL", config.BINANCE_WS_URL),
-                        help="Binance-compatible WebSocket base URL (env MARKET_ANOMALY_WS_URL; default: the real "
-                             "Binance %(default)s; the simulator prints its own)")
-    parser.add_argument("--rest-url", default=config.env("REST_URL", config.BINANCE_REST_URL),
-                        help="REST base URL for gap backfill (env MARKET_ANOMALY_REST_URL; default: %(default)s)")
-    parser.add_argument("--symbols", default=config.env("SYMBOLS", config.DEFAULT_SYMBOLS),
-                        help="comma-separated symbols (env MARKET_ANOMALY_SYMBOLS; default: %(default)s)")
-    parser.add_argument("--interval", default="1m", help="kline interval (default: %(default)s)")
-    parser.add_argument("--topic", default=config.env("CANDLES_TOPIC", config.CANDLES_TOPIC),
-                        help="destination topic (default: %(default)s)")
-    parser.add_argument("--dead-letter-topic", default=config.DEAD_LETTER_TOPIC,
-                        help="where malformed frames go (default: %(default)s)")
-    parser.add_argument("--seed-history", type=int, default=0, metavar="N",
-                        help="first produce the last N closed candles per symbol from REST, so detection is "
-                             "warm from the first live candle (default: 0)")
-    parser.add_argument("--seed-file", type=Path, nargs="+", default=[], metavar="FILE",
-                        help="first produce these symbols' candles from candle files (CSV/Parquet as for `score`; "
-                             "source=file), e.g. a long history so detection is warm from the first live candle")
-    parser.add_argument("--max-candles", type=int, default=None,
-                        help="stop after producing this many candles (tests, benchmarks)")
-
-
-def parse_symbols(text: str) -> list[str]:
-    symbols = config.parse_symbols(text)
-    if not symbols:
-        raise SystemExit("produce: --symbols is empty")
-    return symbols
+    kafka: dict[str, str]  # client settings: bootstrap.servers and -X pairs
+    symbols: tuple[str, ...]
+    ws_url: str = config.BINANCE_WS_URL
+    rest_url: str = config.BINANCE_REST_URL
+    interval: str = "1m"
+    topic: str = config.CANDLES_TOPIC
+    dead_letter_topic: str = config.DEAD_LETTER_TOPIC
+    seed_history: int = 0
+    seed_files: tuple[Path, ...] = ()
+    max_candles: int | None = None
 
 
 def candles_from_files(paths: list[Path], interval: str, symbols: list[str]) -> list[Candle]:
@@ -70,7 +46,7 @@ def candles_from_files(paths: list[Path], interval: str, symbols: list[str]) -> 
     import numpy as np
     import pandas as pd
 
-    from market_anomaly.detection.candle_files import read_candles
+    from market_anomaly.candles.files import read_candles
     from market_anomaly.exchange.protocol import interval_ms
 
     frame = pd.concat([read_candles(path) for path in paths], ignore_index=True)
@@ -153,28 +129,28 @@ async def pump(client, producer: CandleProducer, max_candles: int | None, stop: 
         await stream.aclose()
 
 
-def run(args: argparse.Namespace) -> int:
+def run(job: ProduceConfig) -> int:
     from market_anomaly.exchange.client import BinanceKlineClient
 
-    symbols = parse_symbols(args.symbols)
-    client = BinanceKlineClient(args.ws_url, args.rest_url, symbols, args.interval, seed_history=args.seed_history)
-    producer = CandleProducer(config.kafka_client_config(args), args.topic, args.dead_letter_topic)
-    log.info("producing %d symbols x %s from %s to %s at %s", len(symbols), args.interval, args.ws_url,
-             args.topic, args.bootstrap_servers)
+    symbols = list(job.symbols)
+    client = BinanceKlineClient(job.ws_url, job.rest_url, symbols, job.interval, seed_history=job.seed_history)
+    producer = CandleProducer(job.kafka, job.topic, job.dead_letter_topic)
+    log.info("producing %d symbols x %s from %s to %s at %s", len(symbols), job.interval, job.ws_url,
+             job.topic, job.kafka.get("bootstrap.servers"))
 
     async def main() -> None:
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
-        await pump(client, producer, args.max_candles, stop)
+        await pump(client, producer, job.max_candles, stop)
 
     try:
-        if args.seed_file:
-            seeds = candles_from_files(args.seed_file, args.interval, symbols)
+        if job.seed_files:
+            seeds = candles_from_files(list(job.seed_files), job.interval, symbols)
             for candle in seeds:
                 producer.send(candle)
-            log.info("seeded %d candles from %s", len(seeds), ", ".join(map(str, args.seed_file)))
+            log.info("seeded %d candles from %s", len(seeds), ", ".join(map(str, job.seed_files)))
         asyncio.run(main())
     finally:
         remaining = producer.close()

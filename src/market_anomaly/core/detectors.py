@@ -12,10 +12,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from market_anomaly.detection.features import (RollingStats, median_iqr, median_only, root_mean_square,
+from market_anomaly.core.features import (RollingStats, median_iqr, median_only, root_mean_square,
                                                 trailing_windows)
-from market_anomaly.detection.learned import MinorComponents, model_inputs
-from market_anomaly.detection.params import (LearnedParams, ReturnZScoreParams, RunsParams, VolatilityParams,
+from market_anomaly.core.learned import MinorComponents, model_inputs
+from market_anomaly.core.params import (LearnedParams, ReturnZScoreParams, RunsParams, VolatilityParams,
                                               VolumeParams)
 
 
@@ -44,7 +44,7 @@ class ReturnZScore(Detector):
     market that has just turned busy judges its next move against the busy level. Both
     are refreshed every ``refresh`` candles and ignore the outliers they are meant to find.
 
-    >>> from market_anomaly.detection.params import ReturnZScoreParams
+    >>> from market_anomaly.core.params import ReturnZScoreParams
     >>> params = ReturnZScoreParams(window=4, recent_window=2, threshold=6.0, min_sigma_pct=0.0, warmup=4)
     >>> detector = ReturnZScore(params, refresh=1)
     >>> returns = np.array([0.001, -0.001, 0.002, -0.002, 0.05])
@@ -116,7 +116,7 @@ class Volatility(Detector):
     samples taken before its refresh point (median and IQR, themselves refreshed every
     ``refresh`` samples: the history is long, a little lag costs nothing). Only rises vote.
 
-    >>> from market_anomaly.detection.params import VolatilityParams
+    >>> from market_anomaly.core.params import VolatilityParams
     >>> detector = Volatility(VolatilityParams(window=3, history=4, threshold=3.0, warmup=0), refresh=2,
     ...                       floor_pct=1e-6)
     >>> calm = np.tile([0.01, -0.01, 0.012, -0.011], 5)
@@ -167,7 +167,7 @@ class Volatility(Detector):
 class VolumeSpike(Detector):
     """Volume as a multiple of the median volume of the last ``window`` candles.
 
-    >>> from market_anomaly.detection.params import VolumeParams
+    >>> from market_anomaly.core.params import VolumeParams
     >>> detector = VolumeSpike(VolumeParams(window=3, threshold=8.0, warmup=3), refresh=1)
     >>> ratios = detector.score(np.array([2.0, 3.0, 2.5, 40.0]))
     >>> ratios.round(1).tolist(), detector.votes(ratios, np.arange(4)).tolist(), detector.reason(ratios[-1])
@@ -206,7 +206,7 @@ class LearnedSurprise(Detector):
     log volume ratios. The score is the model's distance scaled so that a typical candle
     scores 0 and the alarm level calibrated by ``train`` scores 1; it votes at ``threshold``.
 
-    >>> from market_anomaly.detection.params import LearnedParams
+    >>> from market_anomaly.core.params import LearnedParams
     >>> rng = np.random.default_rng(0)
     >>> params = LearnedParams("m.npz", sequence=3, skip_components=1, typical_score=0.0, alarm_score=1.0,
     ...                        threshold=1.0, warmup=0)
@@ -300,7 +300,7 @@ class VolumeRun(_Run):
     *every* minute of the run must be heavy, so one huge real print followed by ordinary
     minutes (common on real markets) no longer looks like a sustained burst.
 
-    >>> from market_anomaly.detection.params import RunsParams
+    >>> from market_anomaly.core.params import RunsParams
     >>> run = VolumeRun(RunsParams(volume_window=3, volume_elasticity=1.0, return_window=5, trend_window=4,
     ...                    scale_window=60, scale_guard=5, warmup=0))
     >>> run.score(np.log(np.array([1.0, 12.0, 12.0, 12.0])), np.zeros(4)).round(1).tolist()
@@ -337,7 +337,7 @@ class Burst(_Run):
     volatility clusters typically start with one jump (which the z-score reports), while a
     burst of volatility is many large minutes; trimming one keeps the jump from posing as a burst.
 
-    >>> from market_anomaly.detection.params import RunsParams
+    >>> from market_anomaly.core.params import RunsParams
     >>> burst = Burst(RunsParams(volume_window=3, volume_elasticity=1.0, return_window=2, trend_window=4,
     ...                    scale_window=60, scale_guard=5, warmup=0))
     >>> burst.score(np.array([0.001, 0.003, -0.004]), np.zeros(3), np.full(3, 0.001)).round(2).tolist()
@@ -392,7 +392,7 @@ class Reversal(_Run):
     next minute happened to move on; half of it (measured on the real candles) keeps a
     partial pull-back well below a spike that returns.
 
-    >>> from market_anomaly.detection.params import RunsParams
+    >>> from market_anomaly.core.params import RunsParams
     >>> reversal = Reversal(RunsParams(volume_window=3, volume_elasticity=1.0, return_window=5, trend_window=4,
     ...                    scale_window=60, scale_guard=5, warmup=0, reversal_netting=0.5))
     >>> reversal.score(np.array([1.0, 9.0, -8.0, -3.0])).tolist(), reversal.reason(7.5)
@@ -419,7 +419,7 @@ class Trend(_Run):
     directions differ): a pump or a slide that builds minute after minute, which real
     markets rarely sustain even when single minutes or 5-minute sums are large.
 
-    >>> from market_anomaly.detection.params import RunsParams
+    >>> from market_anomaly.core.params import RunsParams
     >>> trend = Trend(RunsParams(volume_window=3, volume_elasticity=1.0, return_window=5, trend_window=3,
     ...                    scale_window=60, scale_guard=5, warmup=0))
     >>> trend.score(np.array([0.002, 0.003, 0.004, -0.001]), np.zeros(4), np.full(4, 0.001)).round(1).tolist()

@@ -35,8 +35,8 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from market_anomaly.detection.injection import KINDS, MAGNITUDE_RANGES, inject_random, injection_slots
-from market_anomaly.detection.training import (DETECTION_WINDOW, EPISODE_GAP_MS, alarm_episodes,
+from market_anomaly.training.injection import KINDS, MAGNITUDE_RANGES, inject_random, injection_slots
+from market_anomaly.training.train import (DETECTION_WINDOW, EPISODE_GAP_MS, alarm_episodes,
                                                score_series, train)
 
 MIN_GAP = 240

@@ -1,7 +1,8 @@
 """The `market-anomaly` command line: one entry point, one subcommand per part.
 
-Each part registers its own subcommands through a ``register(subparsers)`` function,
-so the command line and the code it drives stay side by side.
+Each command module here registers its subcommands through a ``register(subparsers)``
+function, turns the flags into the frozen configuration values of the part it drives
+(``DetectConfig``, ``ProduceConfig``, ...) and calls it: the parts below never see argparse.
 """
 
 from __future__ import annotations
@@ -15,13 +16,15 @@ from market_anomaly import __version__
 
 # Modules that contribute subcommands, in the order `--help` lists them.
 COMMAND_MODULES = (
-    "market_anomaly.runtime",          # up, setup
-    "market_anomaly.kafka.commands",   # kafka start|stop|status|topics
-    "market_anomaly.exchange.commands",  # exchange
-    "market_anomaly.producer",         # produce
-    "market_anomaly.spark.job",        # detect
-    "market_anomaly.detection.commands",  # train, score, evaluate
-    "market_anomaly.dashboard.commands",  # dashboard
+    "market_anomaly.cli.up",         # up, setup
+    "market_anomaly.cli.kafka",      # kafka start|stop|status|topics
+    "market_anomaly.cli.exchange",   # exchange
+    "market_anomaly.cli.produce",    # produce
+    "market_anomaly.cli.detect",     # detect
+    "market_anomaly.cli.train",      # train
+    "market_anomaly.cli.score",      # score
+    "market_anomaly.cli.evaluate",   # evaluate
+    "market_anomaly.cli.dashboard",  # dashboard
 )
 
 

@@ -7,9 +7,9 @@ budget on history; ``ParamsWatcher`` follows ``model_params.json``;
 ``mark_market_events`` joins anomalies shared by many symbols into one market event.
 """
 
-from market_anomaly.detection.consensus import mark_market_events
-from market_anomaly.detection.engine import DECISION_SCHEMA, DetectionEngine
-from market_anomaly.detection.params import InvalidParams, ModelParams, ParamsWatcher, load_params
+from market_anomaly.core.consensus import mark_market_events
+from market_anomaly.core.engine import DECISION_SCHEMA, DetectionEngine
+from market_anomaly.core.params import InvalidParams, ModelParams, ParamsWatcher, load_params
 
 __all__ = ["DECISION_SCHEMA", "DetectionEngine", "InvalidParams", "ModelParams", "ParamsWatcher",
            "load_params", "mark_market_events"]

@@ -9,7 +9,6 @@ zone, or epoch ms); ``symbol`` is optional when the file name starts with it
 
 from __future__ import annotations
 
-import json
 import logging
 import re
 from pathlib import Path
@@ -17,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-log = logging.getLogger("market_anomaly.detection")
+log = logging.getLogger("market_anomaly.candles")
 
 PRICE_COLUMNS = ("open", "high", "low", "close", "volume")
 SYMBOL_IN_NAME = re.compile(r"^([A-Za-z0-9]+?)(?:[_\-.]|$)")
@@ -66,31 +65,19 @@ def _validated(frame: pd.DataFrame, source: str) -> pd.DataFrame:
     return frame
 
 
-def read_topic(client_config: dict[str, str], topic: str, timeout: float = 30.0) -> pd.DataFrame:
-    """Every candle message now in ``topic`` (candle-message JSON), read from the start of each partition."""
-    from market_anomaly.kafka.topics import read_to_end
-
-    try:
-        messages = read_to_end(client_config, topic, timeout)
-    except TimeoutError as error:
-        raise CandleFileError(str(error)) from error
-    records, skipped = [], 0
-    for message in messages:
-        try:
-            records.append(json.loads(message.value()))
-        except (TypeError, ValueError):
-            skipped += 1
+def candles_from_records(records: list, source: str) -> pd.DataFrame:
+    """Candle-message JSON values (already decoded) as a validated frame; what is not an object is skipped, counted."""
     frame = pd.DataFrame.from_records([r for r in records if isinstance(r, dict)])
-    skipped += len(records) - len(frame)
+    skipped = len(records) - len(frame)
     if skipped:
-        log.warning("topic %s: %d messages that are not candle JSON skipped", topic, skipped)
-    return _validated(frame, f"topic {topic}")
+        log.warning("%s: %d messages that are not candle JSON skipped", source, skipped)
+    return _validated(frame, source)
 
 
 def series_by_symbol(paths: list[Path | str], candles: pd.DataFrame | None = None) -> dict[str, pd.DataFrame]:
     """One sorted candle series per symbol and source; a symbol found in several files gets ``SYMBOL@file``.
 
-    ``candles`` (e.g. from ``read_topic``) is used instead of files when given.
+    ``candles`` (e.g. from ``kafka.topics.read_candle_topic``) is used instead of files when given.
     """
     sources = [(Path(path).stem, read_candles(path)) for path in paths] if candles is None else [("", candles)]
     series: dict[str, pd.DataFrame] = {}

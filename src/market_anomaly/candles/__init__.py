@@ -1,0 +1,1 @@
+"""Candles: the record every part exchanges, and the files they come from."""

@@ -1,0 +1,162 @@
+"""`market-anomaly detect`: the Spark Structured Streaming consumer.
+
+Kafka (``crypto-candles``) -> parse with an explicit schema and validate -> per symbol,
+``applyInPandasWithState`` runs the pure detection core (the same code as offline
+scoring) with its state in Spark's state store -> ``foreachBatch`` marks market-wide
+events and hands decisions to the sinks; invalid records go to the dead-letter topic.
+
+Also runnable with spark-submit (the connector then comes from ``--packages``)::
+
+    spark-submit --packages org.apache.spark:spark-sql-kafka-0-10_2.13:4.2.0 \\
+        src/market_anomaly/cli/detect.py --bootstrap-servers localhost:9092
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from market_anomaly import config
+from market_anomaly.sinks import ALERT_STATE, SinkOptions
+from market_anomaly.sinks.alerts import FORMATS
+from market_anomaly.sinks.common import CONFIDENCE_LEVELS
+from market_anomaly.sinks.console import MODES
+from market_anomaly.sinks.database import default_url
+from market_anomaly.spark import job
+
+DISABLED = "none"
+WEBHOOK_URLS_ENV = "WEBHOOK_URLS"  # MARKET_ANOMALY_WEBHOOK_URLS, comma-separated
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "detect", help="run the Spark streaming consumer: candles in, anomaly decisions out",
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    add_detect_arguments(parser)
+    parser.set_defaults(handler=run)
+
+
+def add_detect_arguments(parser: argparse.ArgumentParser) -> None:
+    config.add_kafka_arguments(parser)
+    parser.add_argument("--topic", default=config.env("CANDLES_TOPIC", config.CANDLES_TOPIC),
+                        help="candle topic to read (default: %(default)s)")
+    parser.add_argument("--dead-letter-topic", default=config.DEAD_LETTER_TOPIC,
+                        help="where invalid records go (default: %(default)s)")
+    parser.add_argument("--params", type=Path, default=config.model_params_path(),
+                        help="model parameters; edits take effect within one micro-batch (default: %(default)s)")
+    parser.add_argument("--checkpoint-dir", type=Path, default=config.home_dir() / "checkpoints" / "detect",
+                        help="Spark checkpoint: a restarted job continues where it stopped (default: %(default)s)")
+    parser.add_argument("--starting-offsets", default="earliest", choices=["earliest", "latest"],
+                        help="where a job without a checkpoint starts reading (default: %(default)s)")
+    parser.add_argument("--trigger", default="0 seconds",
+                        help="micro-batch interval, Spark syntax; '0 seconds' = as soon as data arrives")
+    parser.add_argument("--max-offsets-per-trigger", type=int, default=None,
+                        help="cap on records per micro-batch (back-pressure after a long stop)")
+    parser.add_argument("--source-option", action="append", default=[], metavar="KEY=VALUE", type=config.key_value,
+                        help="option for Spark's Kafka source as its docs name it, e.g. minPartitions=8 or "
+                             "kafka.fetch.max.wait.ms=50 (the Java consumer's own settings; -X settings go to "
+                             "every client, producers included); repeatable")
+    add_session_arguments(parser)
+    parser.add_argument("--state-buckets", type=int, default=16,
+                        help="symbols share this many state groups (one Python call each per micro-batch); fixed "
+                             "for a checkpoint's life, like spark.sql.shuffle.partitions; raise it for thousands "
+                             "of symbols on a cluster (default: %(default)s)")
+    parser.add_argument("--run-for", type=float, default=None, metavar="SECONDS",
+                        help="stop after this long (tests, benchmarks); default: until Ctrl-C")
+    add_sink_arguments(parser)
+
+
+def add_session_arguments(parser: argparse.ArgumentParser) -> None:
+    """--master and --conf, for every command that starts a Spark session."""
+    parser.add_argument("--master", default=config.env("SPARK_MASTER", "local[2]"),
+                        help="Spark master when not under spark-submit (default: %(default)s)")
+    parser.add_argument("--conf", action="append", default=[], metavar="KEY=VALUE", type=config.key_value,
+                        help="extra Spark setting, e.g. --conf spark.sql.shuffle.partitions=8; repeatable")
+
+
+def add_sink_arguments(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("outputs")
+    group.add_argument("--db", default=config.env("DB", default_url()), metavar="URL",
+                       help="database for decisions: sqlite:///PATH or postgresql://USER@HOST:PORT/DB; "
+                            "'none' disables (env MARKET_ANOMALY_DB; default: %(default)s)")
+    group.add_argument("--anomalies-topic", default=config.ANOMALIES_TOPIC, metavar="TOPIC",
+                       help="Kafka topic for decisions as JSON, keyed by symbol; 'none' disables "
+                            "(default: %(default)s)")
+    group.add_argument("--anomalies-only", action="store_true",
+                       help="produce only anomalies to the topic, not every decision")
+    group.add_argument("--console", default="table", choices=MODES,
+                       help="live table on stdout: every decision, only anomalies, or off (default: %(default)s)")
+    group.add_argument("--webhook", action="append", default=[], metavar="URL",
+                       help="POST alerts here; repeatable. URLs with tokens belong in the environment "
+                            "(MARKET_ANOMALY_WEBHOOK_URLS, comma-separated): flags show in process lists")
+    group.add_argument("--webhook-format", default="slack", choices=FORMATS,
+                       help="Slack-compatible {\"text\": ...} or the alert as generic JSON (default: %(default)s)")
+    group.add_argument("--alert-min-confidence", default="MEDIUM", type=str.upper, choices=CONFIDENCE_LEVELS[1:],
+                       help="alert on anomalies at or above this confidence (default: %(default)s)")
+    group.add_argument("--alert-cooldown", type=float, default=900.0, metavar="SECONDS",
+                       help="per symbol, anomalies this close (market time) are one episode: one alert, "
+                            "then at most one update per cooldown (default: %(default)s)")
+
+
+def _enabled(value: str | None) -> str | None:
+    return None if value is None or value.strip().lower() in ("", DISABLED) else value.strip()
+
+
+def sink_options(args: argparse.Namespace) -> SinkOptions:
+    """The sink flags (and MARKET_ANOMALY_WEBHOOK_URLS) as one value."""
+    from_env = [url.strip() for url in config.env(WEBHOOK_URLS_ENV, "").split(",") if url.strip()]
+    return SinkOptions(
+        db_url=_enabled(args.db),
+        anomalies_topic=_enabled(args.anomalies_topic),
+        anomalies_only=args.anomalies_only,
+        console=args.console,
+        webhooks=tuple(dict.fromkeys([*args.webhook, *from_env])),
+        webhook_format=args.webhook_format,
+        alert_min_confidence=args.alert_min_confidence,
+        alert_cooldown=args.alert_cooldown,
+        alert_state=Path(args.checkpoint_dir) / ALERT_STATE if getattr(args, "checkpoint_dir", None) else None,
+        kafka_config=config.kafka_client_config(args),
+    )
+
+
+def detect_config(args: argparse.Namespace) -> job.DetectConfig:
+    """``detect``'s flags as one frozen value."""
+    return job.DetectConfig(
+        kafka=config.kafka_client_config(args),
+        params=Path(args.params),
+        checkpoint_dir=Path(args.checkpoint_dir),
+        sinks=sink_options(args),
+        topic=args.topic,
+        dead_letter_topic=args.dead_letter_topic,
+        starting_offsets=args.starting_offsets,
+        trigger=args.trigger,
+        max_offsets_per_trigger=args.max_offsets_per_trigger,
+        source_options=config.parse_pairs(args.source_option),
+        master=args.master,
+        spark_conf=config.parse_pairs(args.conf),
+        state_buckets=args.state_buckets,
+        run_for=args.run_for,
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    return job.run(detect_config(args))
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point for ``spark-submit .../cli/detect.py [detect flags]``."""
+    from market_anomaly.cli import configure_logging
+
+    parser = argparse.ArgumentParser(prog="detect.py", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--log-level", default="INFO")
+    add_detect_arguments(parser)
+    args = parser.parse_args(argv)
+    configure_logging(args.log_level)
+    return run(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Training and evaluation on history: series, passes, tuning, injected events."""

@@ -1,0 +1,26 @@
+"""Helpers shared by the test files (importable as ``support``: pyproject puts tests/ on the path)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pandas as pd
+
+from market_anomaly.core.params import DEFAULTS
+from market_anomaly.exchange.market import synthetic_candles
+
+REPOSITORY = Path(__file__).resolve().parents[1]
+
+
+def market(n: int = 3000, seed: int = 0, symbol: str = "TESTUSDT") -> pd.DataFrame:
+    """``n`` one-minute candles of the simulator's synthetic market."""
+    return synthetic_candles(n, seed, symbol)
+
+
+def small_document() -> dict:
+    """Defaults with short windows so synthetic series of a few thousand candles warm up."""
+    document = json.loads(json.dumps(DEFAULTS))
+    document["volatility"].update(history=48, warmup=300)
+    document["consensus"].update(false_alarm_budget=2.0)  # a 3-day training set allows few episodes: not none
+    return document

@@ -13,6 +13,7 @@ import logging
 import sys
 
 from market_anomaly import __version__
+from market_anomaly.cli import settings
 
 # Modules that contribute subcommands, in the order `--help` lists them.
 COMMAND_MODULES = (
@@ -25,7 +26,9 @@ COMMAND_MODULES = (
     "market_anomaly.cli.score",      # score
     "market_anomaly.cli.evaluate",   # evaluate
     "market_anomaly.cli.dashboard",  # dashboard
+    "market_anomaly.cli.settings",   # config show
 )
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -38,14 +41,20 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="Run `market-anomaly COMMAND --help` for the manual of one command.",
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
-    parser.add_argument(
-        "--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"],
-        help="logging verbosity (default: %(default)s)",
-    )
+    add_global_arguments(parser, default_level="INFO")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     for module_name in COMMAND_MODULES:
         importlib.import_module(module_name).register(subparsers)
+    for leaf in settings.subcommands(parser).values():
+        add_global_arguments(leaf, default_level=argparse.SUPPRESS)  # also after the command's name
     return parser
+
+
+def add_global_arguments(parser: argparse.ArgumentParser, default_level: str) -> None:
+    """Flags every command takes, before or after its name (a command's copy never overrides the global value)."""
+    parser.add_argument("--log-level", default=default_level, choices=LOG_LEVELS,
+                        help="logging verbosity (default: INFO)")
+    settings.add_config_argument(parser)
 
 
 def configure_logging(level: str) -> None:
@@ -60,8 +69,11 @@ def configure_logging(level: str) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    try:
+        parser, args, _ = settings.resolve(build_parser, sys.argv[1:] if argv is None else list(argv))
+    except settings.ConfigError as error:
+        print(f"market-anomaly: error: {error}", file=sys.stderr)
+        return 2
     if not getattr(args, "handler", None):
         parser.print_help()
         return 2

@@ -146,16 +146,10 @@ def run(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point for ``spark-submit .../cli/detect.py [detect flags]``."""
-    from market_anomaly.cli import configure_logging
+    """Entry point for ``spark-submit .../cli/detect.py [detect flags]``: the same as ``market-anomaly detect``."""
+    from market_anomaly.cli import main as command_line
 
-    parser = argparse.ArgumentParser(prog="detect.py", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--log-level", default="INFO")
-    add_detect_arguments(parser)
-    args = parser.parse_args(argv)
-    configure_logging(args.log_level)
-    return run(args)
+    return command_line(["detect", *(sys.argv[1:] if argv is None else argv)])
 
 
 if __name__ == "__main__":

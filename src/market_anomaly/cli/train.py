@@ -88,17 +88,10 @@ def _train_and_write(args: argparse.Namespace, series, sources: list[str]) -> in
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point for ``spark-submit .../cli/train.py [train flags]`` (``--spark`` implied)."""
-    from market_anomaly.cli import configure_logging
+    """Entry point for ``spark-submit .../cli/train.py [train flags]``: ``market-anomaly train --spark``."""
+    from market_anomaly.cli import main as command_line
 
-    parser = argparse.ArgumentParser(prog="train.py", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--log-level", default="INFO")
-    add_train_arguments(parser)
-    parser.set_defaults(spark=True)
-    args = parser.parse_args(argv)
-    configure_logging(args.log_level)
-    return run_train(args)
+    return command_line(["train", "--spark", *(sys.argv[1:] if argv is None else argv)])
 
 
 if __name__ == "__main__":

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from market_anomaly import config, maven
+from market_anomaly.cli import build_parser, settings
 
 log = logging.getLogger("market_anomaly.up")
 
@@ -158,30 +159,36 @@ def run_up(args: argparse.Namespace) -> int:
             bootstrap = broker.bootstrap_servers
             log.info("Kafka broker at %s (data in %s)", bootstrap, home / "kafka")
         topics.ensure_topics({"bootstrap.servers": bootstrap}, topics.DEFAULT_TOPICS)
-        kafka = ["--bootstrap-servers", bootstrap]
+        # The children read up's configuration file too (named, from the environment, or found here).
+        config_file = Path(args.config_file) if hasattr(args, "config_file") else settings.config_path([])[0]
+
+        def child(name: str, command_name: str, log_path: Path | None, log_level: str | None = None,
+                  stop_timeout: float = 20.0, settle: float = 0.0, **values) -> Child:
+            """A child running ``command_name`` with ``values`` by flag destination, rendered by its own parser."""
+            words = ["--log-level", log_level] if log_level else []
+            if config_file is not None and config_file.is_file():
+                words += ["--config", str(config_file.resolve())]
+            words += settings.child_argv(build_parser, command_name, values)
+            return Child(name, command(*words), log_path, stop_timeout=stop_timeout, settle=settle)
 
         if args.binance:
             ws_url, rest_url = config.BINANCE_WS_URL, config.BINANCE_REST_URL
         else:
             port = free_port()
             ws_url, rest_url = f"ws://127.0.0.1:{port}", f"http://127.0.0.1:{port}"
-            children.append(Child("exchange simulator", command(
-                "exchange", "--port", str(port), "--symbols", args.symbols, "--speed", str(args.speed),
-                "--inject-random", str(args.inject_random), "--labels-out", str(home / "injected-labels.json"),
-                *[flag for spec in args.inject for flag in ("--inject", spec)],
-            ), logs / "exchange.log", settle=1.0))  # bound before the producer connects (which also retries)
-        children.append(Child("producer", command(
-            "produce", *kafka, "--ws-url", ws_url, "--rest-url", rest_url, "--symbols", args.symbols,
-            "--seed-history", str(args.seed_history),
-        ), logs / "producer.log"))
-        children.append(Child("spark job", command(
-            "--log-level", "WARNING", "detect", *kafka, "--params", args.params,
-            "--checkpoint-dir", str(home / "checkpoint"), "--db", database,
-        ), None, stop_timeout=60.0))  # finishes its micro-batch and commits its checkpoint
+            # settle: bound before the producer connects (which also retries)
+            children.append(child("exchange simulator", "exchange", logs / "exchange.log", settle=1.0, port=port,
+                                  symbols=args.symbols, speed=args.speed, inject_random=args.inject_random,
+                                  labels_out=home / "injected-labels.json", inject=args.inject))
+        children.append(child("producer", "produce", logs / "producer.log", bootstrap_servers=bootstrap,
+                              ws_url=ws_url, rest_url=rest_url, symbols=args.symbols, seed_history=args.seed_history))
+        # stop_timeout: the job finishes its micro-batch and commits its checkpoint
+        children.append(child("spark job", "detect", None, log_level="WARNING", stop_timeout=60.0,
+                              bootstrap_servers=bootstrap, params=args.params, checkpoint_dir=home / "checkpoint",
+                              db=database))
         if args.dashboard_port:
-            children.append(Child("dashboard", command(
-                "dashboard", *kafka, "--port", str(args.dashboard_port), "--db", database,
-            ), logs / "dashboard.log"))
+            children.append(child("dashboard", "dashboard", logs / "dashboard.log", bootstrap_servers=bootstrap,
+                                  port=args.dashboard_port, db=database))
 
         for child in children:
             child.start()

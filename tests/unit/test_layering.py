@@ -117,3 +117,14 @@ def test_no_import_cycles():
 def test_the_checks_can_fail():
     assert strongly_connected({"a": {"b"}, "b": {"a"}, "c": set()}) == [["a", "b"]]
     assert layer("market_anomaly.cli.detect") > layer("market_anomaly.core.engine")
+
+
+def test_argparse_lives_in_the_command_line_only():
+    """The parts below ``cli`` take frozen values (``DetectConfig``, ``SinkOptions``, ...), never parsed flags."""
+    users = sorted(module_name(path) for path in PACKAGE.rglob("*.py")
+                   if layer(module_name(path)) < layer("market_anomaly.cli")
+                   and any(isinstance(node, (ast.Import, ast.ImportFrom))
+                           and "argparse" in ([alias.name for alias in node.names] if isinstance(node, ast.Import)
+                                              else [node.module])
+                           for node in ast.walk(ast.parse(path.read_text()))))
+    assert users == []

@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from market_anomaly import config
+from market_anomaly.cli import options
 from market_anomaly.cli.detect import add_sink_arguments, sink_options
 from market_anomaly.sinks import SinkOptions, Sinks, build_sinks
 from market_anomaly.sinks.common import hide_password, levels_at_least, redact_url, to_records
@@ -21,7 +21,7 @@ from market_anomaly.sinks.database import DatabaseError
 
 def parse(*argv: str) -> argparse.Namespace:
     parser = argparse.ArgumentParser()
-    config.add_kafka_arguments(parser)
+    options.add_kafka_arguments(parser)
     add_sink_arguments(parser)
     return parser.parse_args(list(argv))
 

@@ -6,6 +6,7 @@ import argparse
 import logging
 
 from market_anomaly import config
+from market_anomaly.cli import options
 
 log = logging.getLogger("market_anomaly.dashboard")
 
@@ -27,7 +28,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--topic", default=config.env("CANDLES_TOPIC", config.CANDLES_TOPIC),
                         help="the candle topic the detect job reads; lag is measured on it (default: %(default)s)")
     parser.add_argument("--no-kafka", action="store_true", help="do not ask Kafka for counts and lag")
-    config.add_kafka_arguments(parser)
+    options.add_kafka_arguments(parser)
     parser.set_defaults(handler=run)
 
 
@@ -43,7 +44,7 @@ def run(args: argparse.Namespace) -> int:
     except DatabaseError as error:
         log.error("%s", error)
         return 1
-    kafka_config = None if args.no_kafka else config.kafka_client_config(args)
+    kafka_config = None if args.no_kafka else options.kafka_client_config(args)
     log.info("dashboard: http://%s:%d (database %s)", args.host, args.port, hide_password(args.db))
     try:
         web.run_app(create_app(database, kafka_config, args.topic), host=args.host, port=args.port, print=None,

@@ -18,6 +18,7 @@ import sys
 from pathlib import Path
 
 from market_anomaly import config
+from market_anomaly.cli import options
 from market_anomaly.sinks import ALERT_STATE, SinkOptions
 from market_anomaly.sinks.alerts import FORMATS
 from market_anomaly.sinks.common import CONFIDENCE_LEVELS
@@ -39,7 +40,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def add_detect_arguments(parser: argparse.ArgumentParser) -> None:
-    config.add_kafka_arguments(parser)
+    options.add_kafka_arguments(parser)
     parser.add_argument("--topic", default=config.env("CANDLES_TOPIC", config.CANDLES_TOPIC),
                         help="candle topic to read (default: %(default)s)")
     parser.add_argument("--dead-letter-topic", default=config.DEAD_LETTER_TOPIC,
@@ -54,11 +55,11 @@ def add_detect_arguments(parser: argparse.ArgumentParser) -> None:
                         help="micro-batch interval, Spark syntax; '0 seconds' = as soon as data arrives")
     parser.add_argument("--max-offsets-per-trigger", type=int, default=None,
                         help="cap on records per micro-batch (back-pressure after a long stop)")
-    parser.add_argument("--source-option", action="append", default=[], metavar="KEY=VALUE", type=config.key_value,
+    parser.add_argument("--source-option", action="append", default=[], metavar="KEY=VALUE", type=options.key_value,
                         help="option for Spark's Kafka source as its docs name it, e.g. minPartitions=8 or "
                              "kafka.fetch.max.wait.ms=50 (the Java consumer's own settings; -X settings go to "
                              "every client, producers included); repeatable")
-    add_session_arguments(parser)
+    options.add_session_arguments(parser)
     parser.add_argument("--state-buckets", type=int, default=16,
                         help="symbols share this many state groups (one Python call each per micro-batch); fixed "
                              "for a checkpoint's life, like spark.sql.shuffle.partitions; raise it for thousands "
@@ -66,14 +67,6 @@ def add_detect_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--run-for", type=float, default=None, metavar="SECONDS",
                         help="stop after this long (tests, benchmarks); default: until Ctrl-C")
     add_sink_arguments(parser)
-
-
-def add_session_arguments(parser: argparse.ArgumentParser) -> None:
-    """--master and --conf, for every command that starts a Spark session."""
-    parser.add_argument("--master", default=config.env("SPARK_MASTER", "local[2]"),
-                        help="Spark master when not under spark-submit (default: %(default)s)")
-    parser.add_argument("--conf", action="append", default=[], metavar="KEY=VALUE", type=config.key_value,
-                        help="extra Spark setting, e.g. --conf spark.sql.shuffle.partitions=8; repeatable")
 
 
 def add_sink_arguments(parser: argparse.ArgumentParser) -> None:
@@ -117,14 +110,14 @@ def sink_options(args: argparse.Namespace) -> SinkOptions:
         alert_min_confidence=args.alert_min_confidence,
         alert_cooldown=args.alert_cooldown,
         alert_state=Path(args.checkpoint_dir) / ALERT_STATE if getattr(args, "checkpoint_dir", None) else None,
-        kafka_config=config.kafka_client_config(args),
+        kafka_config=options.kafka_client_config(args),
     )
 
 
 def detect_config(args: argparse.Namespace) -> job.DetectConfig:
     """``detect``'s flags as one frozen value."""
     return job.DetectConfig(
-        kafka=config.kafka_client_config(args),
+        kafka=options.kafka_client_config(args),
         params=Path(args.params),
         checkpoint_dir=Path(args.checkpoint_dir),
         sinks=sink_options(args),
@@ -133,9 +126,9 @@ def detect_config(args: argparse.Namespace) -> job.DetectConfig:
         starting_offsets=args.starting_offsets,
         trigger=args.trigger,
         max_offsets_per_trigger=args.max_offsets_per_trigger,
-        source_options=config.parse_pairs(args.source_option),
+        source_options=options.parse_pairs(args.source_option),
         master=args.master,
-        spark_conf=config.parse_pairs(args.conf),
+        spark_conf=options.parse_pairs(args.conf),
         state_buckets=args.state_buckets,
         run_for=args.run_for,
     )

@@ -6,7 +6,7 @@ import argparse
 import json
 from pathlib import Path
 
-from market_anomaly import config
+from market_anomaly.cli import options
 
 INPUT_HELP = ("candle file(s), CSV or Parquet: open, high, low, close, volume and open_time (ms) or timestamp "
               "(ISO or ms); symbol column optional when the file name starts with it (BTCUSDT_1m.csv)")
@@ -19,7 +19,7 @@ def add_history_arguments(parser: argparse.ArgumentParser, base_help: str, topic
         source = parser.add_mutually_exclusive_group(required=True)
         source.add_argument("--input", nargs="+", metavar="FILE", help=INPUT_HELP)  # text: may be a URI (--spark)
         source.add_argument("--topic", help="read every candle now in this Kafka topic instead (e.g. crypto-candles)")
-        config.add_kafka_arguments(parser)
+        options.add_kafka_arguments(parser)
     else:
         parser.add_argument("--input", nargs="+", required=True, type=Path, metavar="FILE", help=INPUT_HELP)
     parser.add_argument("--base", type=Path, default=None, metavar="PARAMS",

@@ -6,6 +6,7 @@ import argparse
 import json
 
 from market_anomaly import config
+from market_anomaly.cli import options
 from market_anomaly.kafka import topics
 from market_anomaly.kafka.broker import LocalBroker, default_broker
 
@@ -33,7 +34,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     status.set_defaults(handler=show_status)
 
     create = actions.add_parser("topics", help="create the project's topics on any cluster")
-    config.add_kafka_arguments(create)
+    options.add_kafka_arguments(create)
     create.add_argument("--partitions", type=int, default=topics.DEFAULT_TOPICS[config.CANDLES_TOPIC],
                         help="partitions of the candle and anomaly topics (default: %(default)s)")
     create.add_argument("--replication-factor", type=int, default=1)
@@ -64,6 +65,6 @@ def create_topics(args: argparse.Namespace) -> int:
     wanted = {
         name: (1 if name == config.DEAD_LETTER_TOPIC else args.partitions) for name in topics.DEFAULT_TOPICS
     }
-    created = topics.ensure_topics(config.kafka_client_config(args), wanted, args.replication_factor)
+    created = topics.ensure_topics(options.kafka_client_config(args), wanted, args.replication_factor)
     print(json.dumps({"created": created}))
     return 0

@@ -12,6 +12,7 @@ import argparse
 from pathlib import Path
 
 from market_anomaly import config
+from market_anomaly.cli import options
 from market_anomaly.producer import service
 
 
@@ -25,7 +26,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def add_produce_arguments(parser: argparse.ArgumentParser) -> None:
-    config.add_kafka_arguments(parser)
+    options.add_kafka_arguments(parser)
     parser.add_argument("--ws-url", default=config.env("WS_URL", config.BINANCE_WS_URL),
                         help="Binance-compatible WebSocket base URL (env MARKET_ANOMALY_WS_URL; default: the real "
                              "Binance %(default)s; the simulator prints its own)")
@@ -58,7 +59,7 @@ def parse_symbols(text: str) -> list[str]:
 def produce_config(args: argparse.Namespace) -> service.ProduceConfig:
     """``produce``'s flags as one frozen value."""
     return service.ProduceConfig(
-        kafka=config.kafka_client_config(args),
+        kafka=options.kafka_client_config(args),
         symbols=tuple(parse_symbols(args.symbols)),
         ws_url=args.ws_url,
         rest_url=args.rest_url,

@@ -12,10 +12,9 @@ import logging
 import time
 from pathlib import Path
 
-from market_anomaly import config
+from market_anomaly.cli import options
 import sys
 
-from market_anomaly.cli.detect import add_session_arguments
 from market_anomaly.cli.history import add_history_arguments, base_document
 
 log = logging.getLogger("market_anomaly.train")
@@ -53,7 +52,7 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
                              "21 fusion candidates of the candles that could be flagged, 40%% of the Binance "
                              "files), twice that while a pass's result arrives. Same result as without --spark; "
                              "--input may then also be globs, directories or Hadoop URIs")
-    add_session_arguments(parser)
+    options.add_session_arguments(parser)
 
 
 def run_train(args: argparse.Namespace) -> int:
@@ -64,11 +63,11 @@ def run_train(args: argparse.Namespace) -> int:
     if args.spark:
         from market_anomaly.spark.training import training_series
 
-        with training_series(args.master, config.parse_pairs(args.conf), inputs=args.input, topic=args.topic,
-                             kafka=config.kafka_client_config(args) if args.topic else None) as series:
+        with training_series(args.master, options.parse_pairs(args.conf), inputs=args.input, topic=args.topic,
+                             kafka=options.kafka_client_config(args) if args.topic else None) as series:
             return _train_and_write(args, series, sources)
     if args.topic:
-        series = series_by_symbol([], read_candle_topic(config.kafka_client_config(args), args.topic))
+        series = series_by_symbol([], read_candle_topic(options.kafka_client_config(args), args.topic))
     else:
         series = series_by_symbol(args.input)
     return _train_and_write(args, series, sources)

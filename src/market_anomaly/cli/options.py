@@ -1,0 +1,49 @@
+"""Flags several commands share: Kafka (``--bootstrap-servers``, ``-X``), Spark sessions (``--master``, ``--conf``).
+
+Kafka client settings pass through verbatim with ``-X key=value`` (the kcat convention),
+e.g. ``-X security.protocol=SASL_SSL``, and win over the project's defaults.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from market_anomaly import config
+
+
+def key_value(pair: str) -> str:
+    """argparse type of the pass-through flags (-X, --conf, --source-option): a bad pair is a usage error."""
+    key, sep, _ = pair.partition("=")
+    if not sep or not key.strip():
+        raise argparse.ArgumentTypeError(f"{pair!r} is not KEY=VALUE")
+    return pair
+
+
+def parse_pairs(pairs: list[str] | None) -> dict[str, str]:
+    """Turn ``["acks=all", "linger.ms=5"]`` into a dict (the value may hold ``=``); a pair without ``=`` is an error."""
+    return {key.strip(): value.strip() for key, _, value in (key_value(pair).partition("=") for pair in pairs or [])}
+
+
+def add_kafka_arguments(parser: argparse.ArgumentParser) -> None:
+    """The Kafka flags every command that talks to Kafka accepts."""
+    parser.add_argument(
+        "--bootstrap-servers", default=config.env("BOOTSTRAP_SERVERS", config.DEFAULT_BOOTSTRAP),
+        help="Kafka cluster to use (env MARKET_ANOMALY_BOOTSTRAP_SERVERS; default: %(default)s)",
+    )
+    parser.add_argument(
+        "-X", "--kafka-config", action="append", default=[], metavar="KEY=VALUE", type=key_value,
+        help="extra Kafka client setting, passed through verbatim; repeatable",
+    )
+
+
+def kafka_client_config(args: argparse.Namespace) -> dict[str, str]:
+    """confluent-kafka configuration from the common flags."""
+    return {"bootstrap.servers": args.bootstrap_servers, **parse_pairs(args.kafka_config)}
+
+
+def add_session_arguments(parser: argparse.ArgumentParser) -> None:
+    """--master and --conf, for every command that starts a Spark session."""
+    parser.add_argument("--master", default=config.env("SPARK_MASTER", "local[2]"),
+                        help="Spark master when not under spark-submit (default: %(default)s)")
+    parser.add_argument("--conf", action="append", default=[], metavar="KEY=VALUE", type=key_value,
+                        help="extra Spark setting, e.g. --conf spark.sql.shuffle.partitions=8; repeatable")

@@ -42,6 +42,15 @@ def test_precedence_flag_over_environment_over_file_over_default(workdir, monkey
     assert job.state_buckets == 8 and job.kafka["bootstrap.servers"] == "file:9092" and job.sinks.console == "anomalies"
 
 
+def test_a_repeated_flag_on_the_command_line_wins_over_the_file(workdir):
+    write(workdir / "market-anomaly.toml", '[exchange]\ninject = ["flash_crash:BTCUSDT:5"]\n')
+    args, sources = resolved("exchange", "--inject", "volume_burst:ETHUSDT:20", "--inject", "price_spike:ETHUSDT:30")
+    assert args.inject == [("volume_burst", "ETHUSDT", 20.0), ("price_spike", "ETHUSDT", 30.0)]
+    assert sources["inject"] == "flag"
+    args, sources = resolved("exchange")  # the file's value goes through the flag's own type
+    assert args.inject == [("flash_crash", "BTCUSDT", 5.0)] and sources["inject"] == "file [exchange] inject"
+
+
 def test_a_named_file_and_lists_and_switches(workdir):
     path = write(workdir / "team.toml", '[detect]\nconf = ["spark.sql.shuffle.partitions=8"]\nanomalies-only = true\n'
                                         '[kafka]\npartitions = 12\n')

@@ -248,10 +248,13 @@ def explicitly_given(build_parser, argv: list[str], command: str) -> set[str]:
     leaf = subcommands(parser)[command]
     relax_required(leaf)
     marker = object()
-    for action in [*settings(parser).values(), *settings(leaf).values()]:
-        action.default = marker
+    actions = [*settings(parser).values(), *settings(leaf).values()]
+    for action in actions:
+        # An appending flag adds to its default, so it starts from None rather than the marker.
+        action.default = None if isinstance(action, argparse._AppendAction) else marker
     args = parser.parse_args(argv)
-    return {name for name, value in vars(args).items() if value is not marker}
+    return {action.dest for action in actions
+            if getattr(args, action.dest, marker) is not (None if isinstance(action, argparse._AppendAction) else marker)}
 
 
 def child_argv(build_parser, command: str, values: dict[str, object]) -> list[str]:

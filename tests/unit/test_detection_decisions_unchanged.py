@@ -6,7 +6,9 @@ and a market-wide crash, and, where ``../shared/data`` exists, real files. Per d
 digests, each over named columns (their order in the record does not matter): the decision
 columns (votes, flag, confidence, reasons, market event), compared everywhere, and every
 column (features and scores as float64 bits), compared under the NumPy version that
-recorded them (another NumPy's ``log``/``exp`` may differ in the last bit).
+recorded them (another NumPy's ``log``/``exp`` may differ in the last bit). A change meant to
+change decisions (a new detector, new parameters) re-records them: ``digest(decisions, names)``
+of the same scoring runs, in the same commit.
 """
 
 from __future__ import annotations

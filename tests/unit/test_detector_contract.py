@@ -9,6 +9,7 @@ through the real codec between calls), its state round-trips, and it is silent i
 from __future__ import annotations
 
 import doctest
+import json
 import inspect
 from dataclasses import fields
 
@@ -18,12 +19,22 @@ import pytest
 from market_anomaly.core.baselines import Baselines
 from market_anomaly.core.detectors import DETECTORS, Detector, default_groups, sections
 from market_anomaly.core.features import CandleFeatures, Segments, candle_features
-from market_anomaly.core.params import DEFAULTS, SECTIONS, load_params
+from market_anomaly.core.learned import MinorComponents
+from market_anomaly.core.params import DEFAULTS, SECTIONS, model_file, params_from_dict
 from market_anomaly.core.state import BucketState, pack, symbol_states, unpack
 from market_anomaly.training.injection import KINDS, inject
 from support import REPOSITORY, market
 
-PARAMS = load_params(REPOSITORY / "model_params.json")  # trained: the learned model scores too
+
+def contract_params():
+    """The committed, trained parameters (the learned model scores too); a section the file predates (a detector
+    just added) from ``DEFAULTS``."""
+    path = REPOSITORY / "model_params.json"
+    document = {**DEFAULTS, **json.loads(path.read_text())}
+    return params_from_dict(document, path, MinorComponents.load(model_file(path, params_from_dict(document, path))))
+
+
+PARAMS = contract_params()
 LENGTH = 1500  # past every default warm-up (the longest, volatility's, is 780)
 BASELINE_PREFIXES = ("engine", *{name.split(".")[0] for name in Baselines(PARAMS).state()})
 

@@ -187,18 +187,42 @@ def test_one_candle_per_call_matches_one_call(engine):
     pd.testing.assert_frame_equal(pd.concat(rows, ignore_index=True), whole)
 
 
-def test_a_buckets_stacked_frame_equals_the_per_symbol_frames(engine):
-    """The stream builds one frame per state bucket (``stacked_frame``); it must equal offline's frames."""
-    from market_anomaly.core.engine import stacked_frame
-
-    markets = {"AAAUSDT": market(700, seed=7), "BBBUSDT": market(650, seed=8)}
-    states = {symbol: engine.process(symbol, candles.iloc[:600], None)[1] for symbol, candles in markets.items()}
-    expected = pd.concat([engine.process(symbol, candles.iloc[600:], states[symbol])[0]
-                          for symbol, candles in markets.items()], ignore_index=True)
-    parts = [engine.decide(symbol, candles.iloc[600:], states[symbol])[:2] for symbol, candles in markets.items()]
-    parts.append(engine.decide("AAAUSDT", markets["AAAUSDT"].iloc[:5], states["AAAUSDT"])[:2])  # a replay: no rows
-    pd.testing.assert_frame_equal(stacked_frame(parts), expected)
-    assert stacked_frame([]).empty and list(stacked_frame([]).columns) == [name for name, _ in DECISION_SCHEMA]
+def test_a_bucket_decided_in_one_pass_equals_each_symbol_decided_alone(engine):
+    """The stream decides a state bucket (many symbols, a few candles each) in one call; offline decides one
+    symbol per call. Same decisions and states, whatever the mix: new symbols, symbols without candles,
+    interleaved rows, replays and duplicates."""
+    markets = {f"S{seed}USDT": market(900, seed=seed, symbol=f"S{seed}USDT") for seed in range(6)}
+    for candles in markets.values():
+        candles.loc[700, "close"] *= 1.03  # something to flag
+    rng = np.random.default_rng(3)
+    bucket_states, alone_states = {}, {}
+    done = dict.fromkeys(markets, 0)
+    while min(done.values()) < 900:
+        batch = []
+        for symbol, candles in markets.items():
+            if done[symbol] < 900 and rng.random() < 0.7:
+                end = min(900, done[symbol] + int(rng.choice([1, 1, 2, 5, 300])))
+                batch.append(candles.iloc[max(0, done[symbol] - 2):end])  # with a replay of known candles
+                done[symbol] = end
+        if not batch:
+            continue
+        batch = pd.concat(batch + [batch[0].iloc[-1:].assign(close=1.0)])  # a duplicate with other prices
+        batch = batch.sample(frac=1.0, random_state=int(rng.integers(1000)))  # interleaved
+        decided = engine.decide_bucket(batch, bucket_states)
+        bucket_states.update(decided.states)
+        frame = decided.frame()
+        for symbol, rows in batch.groupby("symbol", sort=False):
+            alone, alone_states[symbol] = engine.process(symbol, rows, alone_states.get(symbol))
+            pd.testing.assert_frame_equal(frame[frame["symbol"] == symbol].reset_index(drop=True), alone,
+                                          check_exact=True)
+            first_of_each = rows.drop_duplicates("open_time").set_index("open_time")["close"]
+            np.testing.assert_array_equal(
+                batch["close"].to_numpy()[decided.rows[frame["symbol"] == symbol]],
+                first_of_each.loc[alone["open_time"]].to_numpy())  # rows point at the decided candles
+        assert bucket_states == alone_states
+    assert (engine.decide_bucket(markets["S0USDT"].iloc[:5], bucket_states).frame().empty
+            and list(engine.decide_bucket(markets["S0USDT"].iloc[:0], {}).frame().columns)
+            == [name for name, _ in DECISION_SCHEMA])
 
 
 def test_duplicates_replays_and_disorder_are_dropped(engine):

@@ -21,7 +21,7 @@ from market_anomaly.core.detectors import DETECTORS, Detector, default_groups, s
 from market_anomaly.core.features import CandleFeatures, Segments, candle_features
 from market_anomaly.core.learned import MinorComponents
 from market_anomaly.core.params import DEFAULTS, SECTIONS, model_file, params_from_dict
-from market_anomaly.core.state import BucketState, pack, symbol_states, unpack
+from market_anomaly.core.state import pack_bucket, unpack, unpack_bucket
 from market_anomaly.training.injection import KINDS, inject
 from support import REPOSITORY, market
 
@@ -64,13 +64,13 @@ class Stream:
     and the state through ``pack``/``unpack``."""
 
     def __init__(self, detector: type[Detector], symbols: int):
-        self.detector, self.memories, self.seen = detector, [{} for _ in range(symbols)], np.zeros(symbols, int)
+        self.detector, self.blobs, self.seen = detector, [None] * symbols, np.zeros(symbols, int)
 
     def call(self, pieces: dict[int, CandleFeatures]) -> dict[int, np.ndarray]:
         """Score ``pieces`` (symbol -> its next candles) in one call; the scores by symbol."""
         order = sorted(pieces)
         segments = Segments([len(pieces[symbol].close) for symbol in order])
-        memory = BucketState([self.memories[symbol] for symbol in order])
+        memory = unpack_bucket([self.blobs[symbol] for symbol in order])
         baselines, detector = Baselines(PARAMS), self.detector(PARAMS)
         baselines.restore(memory)
         detector.restore(memory.within(detector.key))
@@ -81,8 +81,8 @@ class Stream:
         baselines.learn(context)
         detector.learn(context)
         arrays = {**baselines.state(), **{f"{detector.key}.{name}": values for name, values in detector.state().items()}}
-        for symbol, symbol_memory in zip(order, symbol_states(arrays, len(order))):
-            self.memories[symbol] = unpack(pack(symbol_memory))
+        for symbol, blob in zip(order, pack_bucket(arrays, np.arange(len(order)))):
+            self.blobs[symbol] = blob
         self.seen[order] += segments.counts
         return {symbol: scores[start:end] for symbol, start, end in zip(order, segments.starts, segments.ends)}
 
@@ -157,18 +157,20 @@ def test_one_candle_per_call_gives_the_same_scores(detector):
 
 
 def test_state_round_trips_and_stays_under_its_prefix(detector):
-    stream = Stream(detector, 1)
-    stream.call({0: part(SERIES[0], 0, 1000)})
-    stored = {name: values for name, values in stream.memories[0].items() if name.startswith(f"{detector.key}.")}
-    again = detector(PARAMS)
-    again.restore(BucketState([stream.memories[0]]).within(detector.key))
-    restored = {f"{detector.key}.{name}": values for name, values in
-                symbol_states(again.state(), 1)[0].items()}
-    assert restored.keys() == stored.keys()
-    for name, values in stored.items():
-        np.testing.assert_array_equal(restored[name], values)
-    others = set(stream.memories[0]) - set(stored)
-    assert all(name.split(".")[0] in BASELINE_PREFIXES for name in others), others
+    stream = Stream(detector, 2)
+    stream.call({0: part(SERIES[0], 0, 1000), 1: part(SERIES[1], 0, 3)})  # a warm symbol and a young one
+    for symbol in (0, 1):
+        stored = unpack(stream.blobs[symbol])
+        own = {name: values for name, values in stored.items() if name.startswith(f"{detector.key}.")}
+        again = detector(PARAMS)
+        again.restore(unpack_bucket([stream.blobs[symbol]]).within(detector.key))
+        restored = unpack(pack_bucket({f"{detector.key}.{name}": values for name, values in again.state().items()},
+                                      np.array([0]))[0])
+        assert restored.keys() == own.keys()
+        for name, values in own.items():
+            np.testing.assert_array_equal(restored[name], values)
+        others = set(stored) - set(own)
+        assert all(name.split(".")[0] in BASELINE_PREFIXES for name in others), others
 
 
 def test_silent_in_warm_up(detector):

@@ -14,7 +14,7 @@ Kafka replay or a REST backfill of known minutes changes nothing).
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import Mapping, NamedTuple
 
 import numpy as np
 import pandas as pd
@@ -25,7 +25,7 @@ from market_anomaly.core.consensus import consensus, group_surprise
 from market_anomaly.core.detectors import DETECTORS, build
 from market_anomaly.core.features import Segments, candle_features
 from market_anomaly.core.params import ModelParams
-from market_anomaly.core.state import BucketState, pack, symbol_states, unpack
+from market_anomaly.core.state import pack, pack_bucket, unpack_bucket
 
 # The candle and its features (scores' baselines included), then each detector's score, then the decision.
 _FEATURE_COLUMNS: list[tuple[str, str]] = [
@@ -76,23 +76,6 @@ def empty_decisions(extra: tuple[str, ...] = ()) -> pd.DataFrame:
     return typed_frame({name: np.empty(0, dtype) for name, dtype in _schema(extra)}, 0, extra)
 
 
-def stacked_frame(parts: list[tuple[dict[str, object], int]], extra: tuple[str, ...] = ()) -> pd.DataFrame:
-    """One decisions frame from several ``DetectionEngine.decide`` results (a state bucket's symbols), in order,
-    with the ``extra`` float columns the caller added to each result.
-
-    One typed frame per bucket instead of one per symbol and a concat: pandas' per-frame cost
-    was half of a micro-batch's Python time at one candle per symbol.
-    """
-    parts = [(columns, length) for columns, length in parts if length]
-    if not parts:
-        return empty_decisions(extra)
-    stacked = {name: np.concatenate([np.broadcast_to(np.asarray(columns[name], dtype=object if dtype == "object"
-                                                                else None), length)
-                                     for columns, length in parts])
-               for name, dtype in _schema(extra)}
-    return typed_frame(stacked, sum(length for _, length in parts), extra)
-
-
 def new_rows(symbols: np.ndarray, open_time: np.ndarray, after_open_time: np.ndarray) -> np.ndarray:
     """Which candles to decide, in order: grouped by symbol (``symbols``: each candle's index in the call), each
     symbol's by ``open_time``, the first of each ``open_time``, only after the symbol's ``after_open_time``.
@@ -111,13 +94,23 @@ def new_rows(symbols: np.ndarray, open_time: np.ndarray, after_open_time: np.nda
 
 
 class Decided(NamedTuple):
-    """One call's decisions: ``columns`` by ``DECISION_SCHEMA`` name (arrays, one entry per decision, grouped by
-    symbol in the call's order, each symbol's by ``open_time``), ``rows`` (the candle each decision is about, as
-    a position in the call's candles) and ``states`` (each symbol's new state; None where nothing was new)."""
+    """One call's decisions.
+
+    ``columns``: by ``DECISION_SCHEMA`` name, one array entry per decision, grouped by symbol
+    (in order of first appearance in the call's candles), each symbol's by ``open_time``.
+    ``rows``: the candle each decision is about, as a position in the call's candles (to carry
+    other candle columns along: ``candles[name].to_numpy()[rows]``). ``states``: the new state of
+    every symbol that had new candles (the others' states are unchanged).
+    """
 
     columns: dict[str, np.ndarray]
     rows: np.ndarray
-    states: list[bytes | None]
+    states: dict[str, bytes]
+
+    def frame(self, extra: tuple[str, ...] = ()) -> pd.DataFrame:
+        """The decisions as a typed frame (``DECISION_SCHEMA``, then the ``extra`` float columns the caller added
+        to ``columns``)."""
+        return typed_frame(self.columns, len(self.rows), extra) if len(self.rows) else empty_decisions(extra)
 
 
 class DetectionEngine:
@@ -129,32 +122,44 @@ class DetectionEngine:
         self.interval_name = INTERVAL_NAMES.get(params.interval_ms, f"{params.interval_ms}ms")
 
     def process(self, symbol: str, candles: pd.DataFrame, state: bytes | None) -> tuple[pd.DataFrame, bytes]:
-        """Decisions (``DECISION_SCHEMA``, one row per new candle, by ``open_time``) and the new state."""
-        columns, length, new_state = self.decide(symbol, candles, state)
-        return (typed_frame(columns, length) if length else empty_decisions()), new_state
+        """One symbol's decisions (``DECISION_SCHEMA``, one row per new candle, by ``open_time``) and new state
+        (offline scoring: a whole series in one call)."""
+        columns, rows, (new_state,) = self._decide(candles, np.zeros(len(candles), dtype=np.int64), [symbol], [state])
+        decisions = typed_frame(columns, len(rows)) if len(rows) else empty_decisions()
+        return decisions, new_state if new_state is not None else state if state else pack({})
 
-    def decide(self, symbol: str, candles: pd.DataFrame, state: bytes | None
-               ) -> tuple[dict[str, object], int, bytes]:
-        """``process`` before the DataFrame: (columns by ``DECISION_SCHEMA`` name, arrays or scalars, number of
-        decisions, new state). Callers deciding many symbols at once build one frame (``stacked_frame``)."""
-        decided = self.decide_symbols(candles, np.zeros(len(candles), dtype=np.int64), [symbol], [state])
-        if not len(decided.rows):
-            return {}, 0, state if state else pack({})
-        return decided.columns, len(decided.rows), decided.states[0]
+    def decide_bucket(self, candles: pd.DataFrame, states: Mapping[str, bytes]) -> Decided:
+        """Decide a state bucket in one vectorised pass: many symbols, each with a few new candles.
 
-    def decide_symbols(self, candles: pd.DataFrame, symbol_index: np.ndarray, symbols: list[str],
-                       states: list[bytes | None]) -> Decided:
-        """The decisions of several symbols' candles in one pass: ``symbol_index[i]`` is the position in
-        ``symbols`` (and ``states``, None for a new symbol) of the symbol of ``candles``' row ``i``."""
+        ``candles``: the candle columns (``open_time``, ``open``, ``high``, ``low``, ``close``,
+        ``volume``; optionally ``interval``, ``close_time``, ``taker_buy_base``, ``produced_at``) and
+        ``symbol``, rows in any order (duplicates, replays and disorder handled per symbol as in
+        ``process``). ``states``: the symbols' states from earlier calls (a symbol without one
+        starts fresh; entries for symbols without candles are not read). The decisions equal
+        one ``process`` call per symbol, whatever the mix of symbols; the cost of a call grows
+        with its candles, barely with its symbols (a per-symbol state codec; the rest is one
+        NumPy pass). Returns ``Decided``: merge ``Decided.states`` into ``states`` for the next call.
+        """
+        codes, symbols = pd.factorize(candles["symbol"].to_numpy(object), sort=False)
+        symbols = [str(symbol) for symbol in symbols]
+        columns, rows, new_states = self._decide(candles, codes.astype(np.int64), symbols,
+                                                 [states.get(symbol) for symbol in symbols])
+        return Decided(columns, rows, {symbol: new for symbol, new in zip(symbols, new_states) if new is not None})
+
+    def _decide(self, candles: pd.DataFrame, symbol_index: np.ndarray, symbols: list[str],
+                states: list[bytes | None]) -> tuple[dict[str, np.ndarray], np.ndarray, list[bytes | None]]:
+        """(columns, rows, new state per symbol or None) of several symbols' candles in one pass:
+        ``symbol_index[i]`` is the position in ``symbols`` (and ``states``, None for a new symbol) of the
+        symbol of ``candles``' row ``i``."""
         params = self.params
-        memory = BucketState([unpack(state) if state else {} for state in states])
+        memory = unpack_bucket(states)
         last = memory.rows("engine.last", [-1, np.nan, np.nan, 0])  # open_time, close, volume, candles seen
         last_open_time, seen = last[:, 0].astype(np.int64), last[:, 3].astype(np.int64)
         open_time = candles["open_time"].to_numpy(np.int64)
         rows = new_rows(symbol_index, open_time, last_open_time)
         segments = Segments(np.bincount(symbol_index[rows], minlength=len(symbols)))
         if not len(rows):
-            return Decided({}, rows, [None] * len(symbols))
+            return {}, rows, [None] * len(symbols)
         open_time = open_time[rows]
         values = {name: candles[name].to_numpy(float)[rows]
                   for name in ("open", "high", "low", "close", "volume", "taker_buy_base") if name in candles}
@@ -200,17 +205,18 @@ class DetectionEngine:
             "market_event": np.zeros(len(rows), dtype=bool),
             "produced_at": _column_or(candles, "produced_at", 0, rows),
         }
-        present = segments.counts > 0
-        ends = np.maximum(segments.ends - 1, 0)  # each symbol's last new candle (absent symbols: not stored)
+        present = np.flatnonzero(segments.counts)
+        ends = segments.ends - 1  # each symbol's last new candle (symbols without one are not stored)
         arrays = {
             "engine.last": np.column_stack([open_time[ends], features.close[ends], features.volume[ends],
                                             seen + segments.counts]),
             **baselines.state(),
             **{f"{detector.key}.{name}": values for detector in detectors for name, values in detector.state().items()},
         }
-        new_states = [pack(symbol_memory) if fresh else None
-                      for symbol_memory, fresh in zip(symbol_states(arrays, len(symbols)), present)]
-        return Decided(columns, rows, new_states)
+        new_states: list[bytes | None] = [None] * len(symbols)
+        for symbol, blob in zip(present, pack_bucket(arrays, present)):
+            new_states[symbol] = blob
+        return columns, rows, new_states
 
 
 def calibration_scores(scores: dict[str, np.ndarray]) -> dict[str, np.ndarray]:

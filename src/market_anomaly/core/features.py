@@ -181,7 +181,7 @@ class RollingStats:
         if ready.any():
             starts, inverse = np.unique((history.segments.starts[point_symbols] + offsets - self.window)[ready],
                                         return_inverse=True)
-            found = self.statistic(history.values[starts[:, None] + np.arange(self.window)])
+            found = self.statistic(sliding_window_view(history.values, self.window)[starts])
             center[ready], scale[ready] = found[0][inverse], found[1][inverse]
         return center, scale
 
@@ -206,12 +206,11 @@ def trailing_windows(previous: Tails, values: np.ndarray, segments: Segments, wi
     if len(segments) == 1:
         kept = previous.values[len(previous.values) - min(len(previous.values), window - 1):]
         return windows_at(np.concatenate([np.full(window - 1 - len(kept), np.nan), kept, values]), window)
-    history = previous.last(window - 1).merged(values, segments)
-    first = history.segments.starts[segments.ids]  # where each new value's symbol starts in the history
-    kept = (history.segments.counts - segments.counts)[segments.ids]
-    rows = (first + kept + segments.ranks)[:, None] - (window - 1) + np.arange(window)
-    inside = rows >= first[:, None]
-    return np.where(inside, history.values[np.where(inside, rows, 0)], np.nan)
+    kept = previous.last(window - 1)
+    padding = window - 1 - kept.segments.counts  # every symbol's history then starts window - 1 values early
+    history = Tails(np.full(padding.sum(), np.nan), Segments(padding)).merged(kept.values, kept.segments)
+    history = history.merged(values, segments)
+    return sliding_window_view(history.values, window)[history.segments.starts[segments.ids] + segments.ranks]
 
 
 FEW_WINDOWS = 32  # up to this many, gathering by index beats building a strided view (a stream's small chunks)

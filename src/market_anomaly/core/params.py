@@ -32,13 +32,15 @@ import zipfile
 from dataclasses import MISSING, dataclass, fields
 from pathlib import Path
 
-from market_anomaly.core.calibration import calibration_problem
+from market_anomaly.core.calibration import calibration_problem, finite_number
 from market_anomaly.core.detectors import DETECTOR_NAMES, default_groups, sections
+from market_anomaly.core.detectors.base import MAX_WINDOW, check_windows
 from market_anomaly.core.learned import MinorComponents
 
 log = logging.getLogger("market_anomaly.core")
 
 CONFIDENCE_LEVELS = ("LOW", "MEDIUM", "HIGH")
+MAX_INTEGER = 10 ** 9  # counts and milliseconds in the file (a day is 86,400,000 ms); windows are bounded tighter
 
 # The detectors' own sections (return_zscore, volatility, volume, runs, learned): declared by each detector.
 SECTIONS = sections()
@@ -73,8 +75,9 @@ class RangeParams:
     floor_pct: float  # a candle with high == low has this range, so its logarithm exists
 
     def __post_init__(self):
-        if self.window < 2:
-            raise ValueError("window needs at least 2 candles")
+        check_windows(window=self.window)
+        if not self.floor_pct > 0:
+            raise ValueError(f"floor_pct must be above 0, got {self.floor_pct}")
 
 
 @dataclass(frozen=True)
@@ -173,19 +176,21 @@ def params_from_dict(raw: dict, path: Path | str = "<dict>", model: MinorCompone
     detector_sections = {name: _build(kind, raw[name], path, f"{name}.") for name, (kind, _) in SECTIONS.items()}
     params = _build(ModelParams, {key: value for key, value in raw.items() if key not in SECTIONS}, path, "",
                     skip=("model", "sections"), extra={"sections": types.MappingProxyType(detector_sections)})
-    if params.refresh < 1 or params.interval_ms < 1:
-        raise InvalidParams(path, "refresh and interval_ms must be at least 1")
+    if not (1 <= params.refresh <= MAX_WINDOW and params.guard <= MAX_WINDOW and params.interval_ms >= 1):
+        raise InvalidParams(path, f"refresh must be between 1 and {MAX_WINDOW}, guard at most {MAX_WINDOW} and "
+                                  f"interval_ms at least 1")
+    if params.consensus.threshold < 0 or params.consensus.vote_surprise < 0:
+        raise InvalidParams(path, "consensus.threshold and consensus.vote_surprise are surprises: at least 0")
     levels = params.consensus.confidence
     margins = list(levels.values())
-    if (tuple(levels) != CONFIDENCE_LEVELS or not all(isinstance(v, (int, float)) and not isinstance(v, bool)
-                                                      and v >= 0 for v in margins) or margins != sorted(margins)):
+    if (tuple(levels) != CONFIDENCE_LEVELS or not all(finite_number(v) and v >= 0 for v in margins)
+            or margins != sorted(margins)):
         raise InvalidParams(path, f"consensus.confidence must map {', '.join(CONFIDENCE_LEVELS)} to increasing "
                                   f"non-negative surprise margins, got {dict(levels)}")
     pairs = {key for _, _, key in pair_keys(params.consensus.groups)}
     labels = {group_label(group) for group in params.consensus.groups}
     bad_offsets = sorted(set(params.consensus.offsets) - pairs - labels)
-    if bad_offsets or not all(isinstance(v, (int, float)) and not isinstance(v, bool)
-                              for v in params.consensus.offsets.values()):
+    if bad_offsets or not all(map(finite_number, params.consensus.offsets.values())):
         raise InvalidParams(path, f"consensus.offsets maps group labels or pair keys to numbers; got "
                                   f"{dict(params.consensus.offsets)}")
     unknown = sorted((set(params.calibration) - pairs | {name for group in params.consensus.groups for name in group}
@@ -193,6 +198,8 @@ def params_from_dict(raw: dict, path: Path | str = "<dict>", model: MinorCompone
     if unknown:
         raise InvalidParams(path, f"calibration or consensus.fused names unknown detectors {unknown}; expected some of "
                                   f"{', '.join(DETECTOR_NAMES)}")
+    if not all(map(finite_number, params.consensus.alone.values())):
+        raise InvalidParams(path, f"consensus.alone maps detectors to finite scores, got {dict(params.consensus.alone)}")
     for name, table in params.calibration.items():
         problem = calibration_problem(table)
         if problem:
@@ -204,6 +211,11 @@ def params_from_dict(raw: dict, path: Path | str = "<dict>", model: MinorCompone
 
 def load_params(path: Path | str) -> ModelParams:
     """Read and validate ``model_params.json`` and the learned model file it names (relative to it)."""
+    return with_learned_model(read_params(path), path)
+
+
+def read_params(path: Path | str) -> ModelParams:
+    """``model_params.json`` alone, validated (its ``model`` not loaded yet: ``with_learned_model``)."""
     path = Path(path)
     try:
         raw = json.loads(path.read_text())
@@ -211,13 +223,15 @@ def load_params(path: Path | str) -> ModelParams:
         raise InvalidParams(path, f"cannot read it ({error.strerror or error})") from None
     except ValueError as error:
         raise InvalidParams(path, f"not valid JSON ({error})") from None
-    if not isinstance(raw, dict):
-        raise InvalidParams(path, "the document must be a JSON object")
-    params = params_from_dict(raw, path)
+    return params_from_dict(raw, path)
+
+
+def with_learned_model(params: ModelParams, path: Path | str) -> ModelParams:
+    """``params`` (read from ``path``) with the learned model of the file it names."""
     model_path = model_file(path, params)
     try:
         model = MinorComponents.load(model_path)
-    except (OSError, ValueError, KeyError, zipfile.BadZipFile) as error:
+    except (OSError, ValueError, KeyError, zipfile.BadZipFile, MemoryError) as error:
         raise InvalidParams(path, f"learned model {model_path} unusable ({error})") from None
     return _with_model(params, model)
 
@@ -230,45 +244,51 @@ def model_file(params_path: Path | str, params: ModelParams) -> Path:
 class ParamsWatcher:
     """Current parameters of a file; re-read when it (or its model file) changes, cheaply checked by ``stat``.
 
-    Returns the same object while nothing changed. A bad new version is logged once at
-    ERROR and the previous parameters stay in force; with no previous version the error
-    is raised (``InvalidParams``).
+    Returns the same object while nothing changed. A bad new version (malformed, non-finite
+    or out of range, a model file that is not one) is logged once at ERROR and the previous
+    parameters stay in force; with no previous version the error is raised (``InvalidParams``).
+    Each file is stamped *before* it is read, so an edit that lands while a version is being
+    read leaves a newer stamp behind and is read on the next call, never skipped.
     """
 
     def __init__(self, path: Path | str):
         self.path = Path(path)
         self._params: ModelParams | None = None
-        self._loaded_key: tuple | None = None
-        self._rejected_key: tuple | None = None
+        self._loaded: list[tuple[Path, tuple | None]] = []    # (file, stamp) of what the parameters were read from
+        self._rejected: list[tuple[Path, tuple | None]] = []  # and of the version rejected since
 
     def current(self) -> ModelParams:
-        key = self._file_key()
-        if key == self._loaded_key or (key == self._rejected_key and self._params is not None):
+        if self._params is not None and (_unchanged(self._loaded) or self._rejected and _unchanged(self._rejected)):
             return self._params
+        read = [(self.path, _stamp(self.path))]
         try:
-            params = load_params(self.path)
+            params = read_params(self.path)
+            model_path = model_file(self.path, params)
+            read.append((model_path, _stamp(model_path)))
+            params = with_learned_model(params, self.path)
         except InvalidParams as error:
             if self._params is None:
                 raise
             log.error("%s; keeping the parameters loaded before", error)
-            self._rejected_key = key
+            self._rejected = read
             return self._params
         if self._params is not None:
             log.info("model parameters reloaded from %s", self.path)
-        self._params = params
-        self._loaded_key, self._rejected_key = self._file_key(), None
+        self._params, self._loaded, self._rejected = params, read, []
         return params
 
-    def _file_key(self) -> tuple:
-        """(mtime, size) of the parameter file and of the model file it currently names."""
-        def stamp(path: Path):
-            try:
-                stat = os.stat(path)
-            except OSError:
-                return None
-            return stat.st_mtime_ns, stat.st_size
-        model = model_file(self.path, self._params) if self._params is not None else None
-        return stamp(self.path), stamp(model) if model is not None else None
+
+def _unchanged(stamped: list[tuple[Path, tuple | None]]) -> bool:
+    return all(_stamp(path) == stamp for path, stamp in stamped)
+
+
+def _stamp(path: Path) -> tuple[int, int] | None:
+    """(mtime, size) of a file, None when it cannot be read."""
+    try:
+        stat = os.stat(path)
+    except OSError:
+        return None
+    return stat.st_mtime_ns, stat.st_size
 
 
 def _with_model(params: ModelParams, model: MinorComponents | None) -> ModelParams:
@@ -298,12 +318,12 @@ def _build(cls, raw, path, where: str, skip: tuple[str, ...] = (), extra: dict |
         if hasattr(kind, "__dataclass_fields__"):
             values[name] = _build(kind, value, path, key + ".")
         elif kind is int:
-            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-                raise InvalidParams(path, f"{key} must be a non-negative integer, got {value!r}")
+            if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_INTEGER:
+                raise InvalidParams(path, f"{key} must be an integer from 0 to {MAX_INTEGER}, got {value!r}")
             values[name] = value
         elif kind is float:
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not value == value:
-                raise InvalidParams(path, f"{key} must be a number, got {value!r}")
+            if not finite_number(value):
+                raise InvalidParams(path, f"{key} must be a finite number, got {value!r}")
             values[name] = float(value)
         elif kind is bool:
             if not isinstance(value, bool):

@@ -22,6 +22,20 @@ from __future__ import annotations
 
 import numpy as np
 
+MAX_WINDOW = 100_000  # candles (69 days of minutes): a longer window would cost its memory in every symbol's state
+
+
+def check_windows(smallest: int = 2, **windows: int) -> None:
+    """A section's ``__post_init__`` check: each window between ``smallest`` and ``MAX_WINDOW`` (``ValueError``).
+
+    >>> check_windows(window=1)
+    Traceback (most recent call last):
+    ValueError: window must be between 2 and 100000 candles, got 1
+    """
+    for name, value in windows.items():
+        if not smallest <= value <= MAX_WINDOW:
+            raise ValueError(f"{name} must be between {smallest} and {MAX_WINDOW} candles, got {value}")
+
 
 class Detector:
     """Identity (class attributes) and the calls every detector answers; subclasses set the attributes."""

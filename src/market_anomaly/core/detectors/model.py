@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from market_anomaly.core.detectors.base import Detector
+from market_anomaly.core.detectors.base import Detector, check_windows
 from market_anomaly.core.features import Segments, Tails, trailing_windows
 from market_anomaly.core.learned import MinorComponents, model_inputs
 
@@ -22,8 +22,7 @@ class LearnedParams:
     warmup: int
 
     def __post_init__(self):
-        if self.sequence < 2:
-            raise ValueError("sequence needs at least 2 candles")
+        check_windows(sequence=self.sequence)
         if self.alarm_score <= self.typical_score:
             raise ValueError("alarm_score must be above typical_score")
 

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from market_anomaly.core.detectors.base import Detector
+from market_anomaly.core.detectors.base import Detector, check_windows
 from market_anomaly.core.features import Tails, trailing_windows
 
 
@@ -28,8 +28,10 @@ class RunsParams:
             raise ValueError(f"volume_combine must be \"mean\" or \"min\", got {self.volume_combine!r}")
         if not 0 <= self.reversal_netting <= 1:
             raise ValueError(f"reversal_netting must be between 0 and 1, got {self.reversal_netting}")
-        if self.volume_window < 1 or self.return_window < 2:
-            raise ValueError("volume_window needs at least 1 candle and return_window 2")
+        check_windows(1, volume_window=self.volume_window, trend_window=self.trend_window,
+                      scale_window=self.scale_window)
+        check_windows(0, scale_guard=self.scale_guard)
+        check_windows(return_window=self.return_window)
 
 
 RUNS_DEFAULTS = {"volume_window": 3, "volume_elasticity": 1.0, "return_window": 5, "trend_window": 4,

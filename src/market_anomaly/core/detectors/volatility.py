@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from market_anomaly.core.detectors.base import Detector
+from market_anomaly.core.detectors.base import Detector, check_windows
 from market_anomaly.core.features import RollingStats, Segments, median_iqr
 
 
@@ -18,8 +18,7 @@ class VolatilityParams:
     warmup: int
 
     def __post_init__(self):
-        if self.window < 2:
-            raise ValueError("window needs at least 2 candles")
+        check_windows(window=self.window, history=self.history)
 
 
 class Volatility(Detector):

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from market_anomaly.core.detectors.base import Detector
+from market_anomaly.core.detectors.base import Detector, check_windows
 
 
 @dataclass(frozen=True)
@@ -16,8 +16,7 @@ class VolumeParams:
     warmup: int
 
     def __post_init__(self):
-        if self.window < 2:
-            raise ValueError("window needs at least 2 candles")
+        check_windows(window=self.window)
 
 
 class VolumeSpike(Detector):

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from market_anomaly.core.detectors.base import Detector
+from market_anomaly.core.detectors.base import Detector, check_windows
 
 
 @dataclass(frozen=True)
@@ -18,8 +18,7 @@ class ReturnZScoreParams:
     warmup: int
 
     def __post_init__(self):
-        if self.window < 2 or self.recent_window < 2:
-            raise ValueError("window and recent_window need at least 2 candles")
+        check_windows(window=self.window, recent_window=self.recent_window)
 
 
 class ReturnZScore(Detector):

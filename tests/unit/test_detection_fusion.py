@@ -42,7 +42,7 @@ def test_constant_scores_still_give_a_usable_table():
 
 @pytest.mark.parametrize("table, problem", [
     ({"scores": [1.0, 2.0]}, "expected an object"),
-    ({"scores": [1.0, 2.0], "surprise": [0.0], "tail_slope": 1.0}, "as many numbers"),
+    ({"scores": [1.0, 2.0], "surprise": [0.0], "tail_slope": 1.0}, "as many finite numbers"),
     ({"scores": [2.0, 1.0], "surprise": [0.0, 1.0], "tail_slope": 1.0}, "increase"),
     ({"scores": [1.0, 2.0], "surprise": [0.0, 1.0], "tail_slope": 0}, "tail_slope"),
 ])

@@ -1,7 +1,8 @@
 """The detection core: pure Python/NumPy (no Spark), shared by the stream and offline commands.
 
 ``DetectionEngine(params).process(symbol, candles, state)`` turns one symbol's candles
-into decisions (``DECISION_SCHEMA``): detectors (``detectors``) scored on one calibrated scale
+into decisions (``DECISION_SCHEMA``), ``decide_bucket(candles, states)`` many symbols' in one
+pass (the stream): the registered detectors (``detectors.DETECTORS``, on shared ``baselines``) scored on one calibrated scale
 (``calibration``) and fused by ``consensus`` at a threshold ``training`` sets for a false-alarm
 budget on history; ``ParamsWatcher`` follows ``model_params.json``;
 ``mark_market_events`` joins anomalies shared by many symbols into one market event.

@@ -21,6 +21,8 @@ per-detector rules.
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 SURPRISE_GRID = np.round(np.arange(0.25, 6.01, 0.25), 2)
@@ -69,16 +71,21 @@ def surprise(table: dict | None, scores: np.ndarray) -> np.ndarray:
     return np.where(np.isfinite(scores), result, 0.0)
 
 
+def finite_number(value) -> bool:
+    """A JSON number that is neither infinite nor NaN (JSON as Python reads it allows both)."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
 def calibration_problem(table) -> str | None:
     """Why ``table`` is not a usable calibration table (None when it is)."""
     if not isinstance(table, dict) or set(table) != {"scores", "surprise", "tail_slope"}:
         return "expected an object with scores, surprise and tail_slope"
     points, levels, slope = table["scores"], table["surprise"], table["tail_slope"]
-    numbers = all(isinstance(v, (int, float)) and not isinstance(v, bool) and v == v for v in [*points, *levels])
-    if not (isinstance(points, list) and isinstance(levels, list) and numbers and len(points) == len(levels) >= 2):
-        return "scores and surprise must be lists of as many numbers (at least 2)"
+    if not (isinstance(points, list) and isinstance(levels, list) and all(map(finite_number, [*points, *levels]))
+            and len(points) == len(levels) >= 2):
+        return "scores and surprise must be lists of as many finite numbers (at least 2)"
     if any(b <= a for a, b in zip(points, points[1:])) or any(b <= a for a, b in zip(levels, levels[1:])):
         return "scores and surprise must increase"
-    if not isinstance(slope, (int, float)) or isinstance(slope, bool) or not slope > 0:
-        return "tail_slope must be a positive number"
+    if not finite_number(slope) or not slope > 0:
+        return "tail_slope must be a positive finite number"
     return None

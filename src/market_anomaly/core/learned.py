@@ -18,10 +18,14 @@ not depend on how many candles are scored together (no BLAS blocking in the hot 
 
 from __future__ import annotations
 
+import os
+import zipfile
 from pathlib import Path
 
 import numpy as np
 
+MAX_MODEL_BYTES = 1 << 20  # a fitted model is about a kilobyte: anything near this is not one
+ARRAYS = ("mean", "directions", "scales")
 INPUT_NAMES = ("abs_return_z", "volume_excess", "range_excess", "recent_rms_z", "recent_drift_z",
                "reversal", "recent_volume_excess")
 
@@ -83,11 +87,24 @@ class MinorComponents:
 
     @classmethod
     def load(cls, path: Path | str) -> "MinorComponents":
+        """The model ``save`` wrote; ``ValueError`` for anything else, before reading more than it declares: a file
+        over ``MAX_MODEL_BYTES``, or an array whose header claims more (a header can claim gigabytes)."""
+        if os.path.getsize(path) > MAX_MODEL_BYTES:
+            raise ValueError(f"{os.path.getsize(path)} bytes, more than a model's {MAX_MODEL_BYTES}")
+        with zipfile.ZipFile(path) as archive:
+            for name in ARRAYS:
+                with archive.open(f"{name}.npy") as member:
+                    version = np.lib.format.read_magic(member)
+                    read_header = (np.lib.format.read_array_header_1_0 if version == (1, 0)
+                                   else np.lib.format.read_array_header_2_0)
+                    shape, _, dtype = read_header(member)
+                    if int(np.prod(shape, dtype=np.float64)) * dtype.itemsize > MAX_MODEL_BYTES:
+                        raise ValueError(f"{name} claims shape {shape}, more than a model's {MAX_MODEL_BYTES} bytes")
         with np.load(path, allow_pickle=False) as stored:
-            model = cls(*(np.array(stored[name], dtype=float) for name in ("mean", "directions", "scales")))
+            model = cls(*(np.array(stored[name], dtype=float) for name in ARRAYS))
         dims = len(INPUT_NAMES)
         if (model.mean.shape != (dims,) or model.directions.ndim != 2 or model.directions.shape[0] != dims
                 or model.scales.shape != (model.directions.shape[1],) or not (model.scales > 0).all()
-                or not all(np.isfinite(a).all() for a in (model.mean, model.directions))):
-            raise ValueError(f"expected minor components over {dims} inputs with positive scales")
+                or not all(np.isfinite(a).all() for a in (model.mean, model.directions, model.scales))):
+            raise ValueError(f"expected minor components over {dims} inputs with positive finite scales")
         return model

@@ -32,13 +32,18 @@ import zipfile
 from dataclasses import MISSING, dataclass, fields
 from pathlib import Path
 
-from market_anomaly.core.calibration import calibration_problem
+from market_anomaly.core.calibration import calibration_problem, finite_number
+from market_anomaly.core.detectors import DETECTOR_NAMES, default_groups, sections
+from market_anomaly.core.detectors.base import MAX_WINDOW, check_windows
 from market_anomaly.core.learned import MinorComponents
 
 log = logging.getLogger("market_anomaly.core")
 
 CONFIDENCE_LEVELS = ("LOW", "MEDIUM", "HIGH")
-DETECTOR_NAMES = ("Z-SCORE", "VOLATILITY", "VOLUME", "VOLUME RUN", "BURST", "DRIFT", "TREND", "REVERSAL", "MODEL")
+MAX_INTEGER = 10 ** 9  # counts and milliseconds in the file (a day is 86,400,000 ms); windows are bounded tighter
+
+# The detectors' own sections (return_zscore, volatility, volume, runs, learned): declared by each detector.
+SECTIONS = sections()
 
 DEFAULTS: dict = {
     "version": 1,
@@ -46,18 +51,10 @@ DEFAULTS: dict = {
     "interval_ms": 60_000,
     "refresh": 5,
     "guard": 2,
-    "return_zscore": {"window": 240, "recent_window": 30, "threshold": 5.0, "min_sigma_pct": 0.002, "warmup": 240},
-    "volatility": {"window": 60, "history": 144, "threshold": 3.0, "warmup": 780},
-    "volume": {"window": 60, "threshold": 8.0, "warmup": 60},
     "range": {"window": 60, "floor_pct": 0.0001},
-    "runs": {"volume_window": 3, "volume_elasticity": 1.0, "return_window": 5, "trend_window": 4, "scale_window": 60, "scale_guard": 5,
-             "warmup": 240, "burst_trim": 1, "volume_combine": "min", "reversal_netting": 0.5},
-    "learned": {"file": "model_params.model.npz", "sequence": 5, "skip_components": 1, "typical_score": 0.0,
-                "alarm_score": 40.0, "threshold": 0.6, "warmup": 240},
+    **{name: dict(defaults) for name, (_, defaults) in SECTIONS.items()},
     "calibration": {},
-    "consensus": {"required": [], "alone": {}, "vote_surprise": 3.0,
-                  "groups": [["Z-SCORE"], ["BURST", "DRIFT"], ["VOLUME", "VOLUME RUN"], ["TREND"], ["REVERSAL"],
-                             ["MODEL"]],
+    "consensus": {"required": [], "alone": {}, "vote_surprise": 3.0, "groups": default_groups(),
                   "pairs": True, "offsets": {}, "threshold": 5.0, "false_alarm_budget": 0.7,
                   "confidence": {"LOW": 0.0, "MEDIUM": 0.75, "HIGH": 2.0}},
     "market": {"min_symbols": 3, "min_fraction": 0.3},
@@ -73,58 +70,14 @@ class InvalidParams(ValueError):
 
 
 @dataclass(frozen=True)
-class ReturnZScoreParams:
-    window: int
-    recent_window: int  # the scale is at least the RMS of this many recent returns (a busy market is not news)
-    threshold: float
-    min_sigma_pct: float  # floor on the return scale (quiet or tick-bound markets)
-    warmup: int
-
-
-@dataclass(frozen=True)
-class VolatilityParams:
-    window: int
-    history: int
-    threshold: float
-    warmup: int
-
-
-@dataclass(frozen=True)
-class VolumeParams:
-    window: int
-    threshold: float
-    warmup: int
-
-
-@dataclass(frozen=True)
 class RangeParams:
     window: int
     floor_pct: float  # a candle with high == low has this range, so its logarithm exists
 
-
-@dataclass(frozen=True)
-class RunsParams:
-    volume_window: int        # candles whose unexplained volume is averaged (VOLUME RUN)
-    volume_elasticity: float  # log volume a range excess explains: excess = log volume ratio - this * log range ratio
-    return_window: int        # candles of the short realized volatility (BURST) and the drift (DRIFT)
-    trend_window: int         # candles that must all move the same way (TREND)
-    scale_window: int         # the runs' yardstick: RMS of this many log returns ...
-    scale_guard: int          # ... ending this many candles before the refresh point
-    warmup: int
-    burst_trim: int = 0          # BURST: the largest squared moves of its window it leaves out (0: plain RMS)
-    volume_combine: str = "mean"  # VOLUME RUN: "mean" (geometric mean of the run) or "min" (every candle heavy)
-    reversal_netting: float = 1.0  # REVERSAL: share of the pair's net move |z_t-1 + z_t| taken off (see Reversal)
-
-
-@dataclass(frozen=True)
-class LearnedParams:
-    file: str
-    sequence: int         # candles in the "recent" inputs (run of moves, reversal, sustained volume)
-    skip_components: int  # leading principal components (overall activity) the distance ignores
-    typical_score: float  # median distance of the training candles: score 0
-    alarm_score: float    # distance at the training alarm quantile: score 1
-    threshold: float      # the model votes at or above this score
-    warmup: int
+    def __post_init__(self):
+        check_windows(window=self.window)
+        if not self.floor_pct > 0:
+            raise ValueError(f"floor_pct must be above 0, got {self.floor_pct}")
 
 
 @dataclass(frozen=True)
@@ -148,23 +101,29 @@ class MarketParams:
 
 @dataclass(frozen=True, eq=False)
 class ModelParams:
-    """Immutable; compared by identity (engines are cached per object)."""
+    """Immutable; compared by identity (engines are cached per object).
+
+    The detectors' sections (``SECTIONS``) are attributes too: ``params.volatility`` is
+    ``params.sections["volatility"]``.
+    """
 
     version: int
     trained_on: typing.Mapping[str, object]
     interval_ms: int
     refresh: int  # rolling baselines are recomputed every this many candles
     guard: int    # and end this many candles before their refresh point (an event cannot mask itself)
-    return_zscore: ReturnZScoreParams
-    volatility: VolatilityParams
-    volume: VolumeParams
     range: RangeParams
-    runs: RunsParams
-    learned: LearnedParams
+    sections: typing.Mapping[str, object]  # detector section name -> its frozen dataclass (see ``SECTIONS``)
     calibration: typing.Mapping[str, object]  # detector -> {"scores", "surprise", "tail_slope"} (see calibration)
     consensus: ConsensusParams
     market: MarketParams
     model: MinorComponents | None = None  # the fitted learned model (None only before training)
+
+    def __getattr__(self, name: str):
+        try:
+            return self.__dict__["sections"][name]
+        except KeyError:
+            raise AttributeError(name) from None
 
     def to_json(self) -> dict:
         """The file's content (without the fitted arrays, which live in ``learned.file``)."""
@@ -174,7 +133,26 @@ class ModelParams:
             if isinstance(value, tuple):
                 return [plain(item) for item in value]
             return dict(value) if isinstance(value, types.MappingProxyType) else value
-        return {name: value for name, value in plain(self).items() if name != "model"}
+        document = {}
+        for name, value in plain(self).items():
+            if name == "sections":
+                document.update({section: plain(values) for section, values in self.sections.items()})
+            elif name != "model":
+                document[name] = value
+        return document
+
+
+def params_with(**changes) -> ModelParams:
+    """``DEFAULTS`` with some values changed (a section's dict is merged into its defaults), without a model: for
+    examples and tests.
+
+    >>> params_with(refresh=2, volume={"threshold": 4.0}).volume
+    VolumeParams(window=60, threshold=4.0, warmup=60)
+    """
+    document = json.loads(json.dumps(DEFAULTS))
+    for name, value in changes.items():
+        document[name] = {**document[name], **value} if isinstance(value, dict) else value
+    return params_from_dict(document)
 
 
 def group_label(group: tuple[str, ...]) -> str:
@@ -190,33 +168,29 @@ def pair_keys(groups) -> list[tuple[int, int, str]]:
 
 def params_from_dict(raw: dict, path: Path | str = "<dict>", model: MinorComponents | None = None) -> ModelParams:
     """Validate ``raw`` (the JSON document) and build ``ModelParams``; raises ``InvalidParams``."""
-    params = _build(ModelParams, raw, path, "", skip=("model",))
-    for section in (params.return_zscore, params.volatility, params.volume, params.range):
-        if section.window < 2:
-            raise InvalidParams(path, f"windows need at least 2 candles, got {section}")
-    if params.return_zscore.recent_window < 2 or params.learned.sequence < 2:
-        raise InvalidParams(path, "return_zscore.recent_window and learned.sequence need at least 2 candles")
-    if params.refresh < 1 or params.interval_ms < 1:
-        raise InvalidParams(path, "refresh and interval_ms must be at least 1")
+    if not isinstance(raw, dict):
+        raise InvalidParams(path, "the document must be a JSON object")
+    missing = [name for name in SECTIONS if name not in raw]
+    if missing:
+        raise InvalidParams(path, f"missing keys {', '.join(missing)}")
+    detector_sections = {name: _build(kind, raw[name], path, f"{name}.") for name, (kind, _) in SECTIONS.items()}
+    params = _build(ModelParams, {key: value for key, value in raw.items() if key not in SECTIONS}, path, "",
+                    skip=("model", "sections"), extra={"sections": types.MappingProxyType(detector_sections)})
+    if not (1 <= params.refresh <= MAX_WINDOW and params.guard <= MAX_WINDOW and params.interval_ms >= 1):
+        raise InvalidParams(path, f"refresh must be between 1 and {MAX_WINDOW}, guard at most {MAX_WINDOW} and "
+                                  f"interval_ms at least 1")
+    if params.consensus.threshold < 0 or params.consensus.vote_surprise < 0:
+        raise InvalidParams(path, "consensus.threshold and consensus.vote_surprise are surprises: at least 0")
     levels = params.consensus.confidence
     margins = list(levels.values())
-    if (tuple(levels) != CONFIDENCE_LEVELS or not all(isinstance(v, (int, float)) and not isinstance(v, bool)
-                                                      and v >= 0 for v in margins) or margins != sorted(margins)):
+    if (tuple(levels) != CONFIDENCE_LEVELS or not all(finite_number(v) and v >= 0 for v in margins)
+            or margins != sorted(margins)):
         raise InvalidParams(path, f"consensus.confidence must map {', '.join(CONFIDENCE_LEVELS)} to increasing "
                                   f"non-negative surprise margins, got {dict(levels)}")
-    if params.learned.alarm_score <= params.learned.typical_score:
-        raise InvalidParams(path, "learned.alarm_score must be above learned.typical_score")
-    if params.runs.volume_combine not in ("mean", "min"):
-        raise InvalidParams(path, f"runs.volume_combine must be \"mean\" or \"min\", got {params.runs.volume_combine!r}")
-    if not 0 <= params.runs.reversal_netting <= 1:
-        raise InvalidParams(path, f"runs.reversal_netting must be between 0 and 1, got {params.runs.reversal_netting}")
-    if params.runs.volume_window < 1 or params.runs.return_window < 2:
-        raise InvalidParams(path, "runs.volume_window needs at least 1 candle and runs.return_window 2")
     pairs = {key for _, _, key in pair_keys(params.consensus.groups)}
     labels = {group_label(group) for group in params.consensus.groups}
     bad_offsets = sorted(set(params.consensus.offsets) - pairs - labels)
-    if bad_offsets or not all(isinstance(v, (int, float)) and not isinstance(v, bool)
-                              for v in params.consensus.offsets.values()):
+    if bad_offsets or not all(map(finite_number, params.consensus.offsets.values())):
         raise InvalidParams(path, f"consensus.offsets maps group labels or pair keys to numbers; got "
                                   f"{dict(params.consensus.offsets)}")
     unknown = sorted((set(params.calibration) - pairs | {name for group in params.consensus.groups for name in group}
@@ -224,6 +198,8 @@ def params_from_dict(raw: dict, path: Path | str = "<dict>", model: MinorCompone
     if unknown:
         raise InvalidParams(path, f"calibration or consensus.fused names unknown detectors {unknown}; expected some of "
                                   f"{', '.join(DETECTOR_NAMES)}")
+    if not all(map(finite_number, params.consensus.alone.values())):
+        raise InvalidParams(path, f"consensus.alone maps detectors to finite scores, got {dict(params.consensus.alone)}")
     for name, table in params.calibration.items():
         problem = calibration_problem(table)
         if problem:
@@ -235,6 +211,11 @@ def params_from_dict(raw: dict, path: Path | str = "<dict>", model: MinorCompone
 
 def load_params(path: Path | str) -> ModelParams:
     """Read and validate ``model_params.json`` and the learned model file it names (relative to it)."""
+    return with_learned_model(read_params(path), path)
+
+
+def read_params(path: Path | str) -> ModelParams:
+    """``model_params.json`` alone, validated (its ``model`` not loaded yet: ``with_learned_model``)."""
     path = Path(path)
     try:
         raw = json.loads(path.read_text())
@@ -242,13 +223,15 @@ def load_params(path: Path | str) -> ModelParams:
         raise InvalidParams(path, f"cannot read it ({error.strerror or error})") from None
     except ValueError as error:
         raise InvalidParams(path, f"not valid JSON ({error})") from None
-    if not isinstance(raw, dict):
-        raise InvalidParams(path, "the document must be a JSON object")
-    params = params_from_dict(raw, path)
+    return params_from_dict(raw, path)
+
+
+def with_learned_model(params: ModelParams, path: Path | str) -> ModelParams:
+    """``params`` (read from ``path``) with the learned model of the file it names."""
     model_path = model_file(path, params)
     try:
         model = MinorComponents.load(model_path)
-    except (OSError, ValueError, KeyError, zipfile.BadZipFile) as error:
+    except (OSError, ValueError, KeyError, zipfile.BadZipFile, MemoryError) as error:
         raise InvalidParams(path, f"learned model {model_path} unusable ({error})") from None
     return _with_model(params, model)
 
@@ -261,45 +244,51 @@ def model_file(params_path: Path | str, params: ModelParams) -> Path:
 class ParamsWatcher:
     """Current parameters of a file; re-read when it (or its model file) changes, cheaply checked by ``stat``.
 
-    Returns the same object while nothing changed. A bad new version is logged once at
-    ERROR and the previous parameters stay in force; with no previous version the error
-    is raised (``InvalidParams``).
+    Returns the same object while nothing changed. A bad new version (malformed, non-finite
+    or out of range, a model file that is not one) is logged once at ERROR and the previous
+    parameters stay in force; with no previous version the error is raised (``InvalidParams``).
+    Each file is stamped *before* it is read, so an edit that lands while a version is being
+    read leaves a newer stamp behind and is read on the next call, never skipped.
     """
 
     def __init__(self, path: Path | str):
         self.path = Path(path)
         self._params: ModelParams | None = None
-        self._loaded_key: tuple | None = None
-        self._rejected_key: tuple | None = None
+        self._loaded: list[tuple[Path, tuple | None]] = []    # (file, stamp) of what the parameters were read from
+        self._rejected: list[tuple[Path, tuple | None]] = []  # and of the version rejected since
 
     def current(self) -> ModelParams:
-        key = self._file_key()
-        if key == self._loaded_key or (key == self._rejected_key and self._params is not None):
+        if self._params is not None and (_unchanged(self._loaded) or self._rejected and _unchanged(self._rejected)):
             return self._params
+        read = [(self.path, _stamp(self.path))]
         try:
-            params = load_params(self.path)
+            params = read_params(self.path)
+            model_path = model_file(self.path, params)
+            read.append((model_path, _stamp(model_path)))
+            params = with_learned_model(params, self.path)
         except InvalidParams as error:
             if self._params is None:
                 raise
             log.error("%s; keeping the parameters loaded before", error)
-            self._rejected_key = key
+            self._rejected = read
             return self._params
         if self._params is not None:
             log.info("model parameters reloaded from %s", self.path)
-        self._params = params
-        self._loaded_key, self._rejected_key = self._file_key(), None
+        self._params, self._loaded, self._rejected = params, read, []
         return params
 
-    def _file_key(self) -> tuple:
-        """(mtime, size) of the parameter file and of the model file it currently names."""
-        def stamp(path: Path):
-            try:
-                stat = os.stat(path)
-            except OSError:
-                return None
-            return stat.st_mtime_ns, stat.st_size
-        model = model_file(self.path, self._params) if self._params is not None else None
-        return stamp(self.path), stamp(model) if model is not None else None
+
+def _unchanged(stamped: list[tuple[Path, tuple | None]]) -> bool:
+    return all(_stamp(path) == stamp for path, stamp in stamped)
+
+
+def _stamp(path: Path) -> tuple[int, int] | None:
+    """(mtime, size) of a file, None when it cannot be read."""
+    try:
+        stat = os.stat(path)
+    except OSError:
+        return None
+    return stat.st_mtime_ns, stat.st_size
 
 
 def _with_model(params: ModelParams, model: MinorComponents | None) -> ModelParams:
@@ -307,8 +296,9 @@ def _with_model(params: ModelParams, model: MinorComponents | None) -> ModelPara
     return ModelParams(**{**values, "model": model})
 
 
-def _build(cls, raw, path, where: str, skip: tuple[str, ...] = ()):
-    """A frozen dataclass from a JSON object: every field required, no unknown keys, types checked."""
+def _build(cls, raw, path, where: str, skip: tuple[str, ...] = (), extra: dict | None = None):
+    """A frozen dataclass from a JSON object: every field required, no unknown keys, types checked, then the
+    dataclass's own checks (a ``ValueError`` from ``__post_init__``); ``extra`` fields are given as they are."""
     if not isinstance(raw, dict):
         raise InvalidParams(path, f"{where or 'the document'} must be a JSON object")
     hints = typing.get_type_hints(cls)
@@ -328,12 +318,12 @@ def _build(cls, raw, path, where: str, skip: tuple[str, ...] = ()):
         if hasattr(kind, "__dataclass_fields__"):
             values[name] = _build(kind, value, path, key + ".")
         elif kind is int:
-            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-                raise InvalidParams(path, f"{key} must be a non-negative integer, got {value!r}")
+            if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_INTEGER:
+                raise InvalidParams(path, f"{key} must be an integer from 0 to {MAX_INTEGER}, got {value!r}")
             values[name] = value
         elif kind is float:
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not value == value:
-                raise InvalidParams(path, f"{key} must be a number, got {value!r}")
+            if not finite_number(value):
+                raise InvalidParams(path, f"{key} must be a finite number, got {value!r}")
             values[name] = float(value)
         elif kind is bool:
             if not isinstance(value, bool):
@@ -356,4 +346,7 @@ def _build(cls, raw, path, where: str, skip: tuple[str, ...] = ()):
             if not isinstance(value, dict):
                 raise InvalidParams(path, f"{key} must be a JSON object, got {value!r}")
             values[name] = types.MappingProxyType(dict(value))
-    return cls(**values)
+    try:
+        return cls(**values, **(extra or {}))
+    except ValueError as error:
+        raise InvalidParams(path, f"{where[:-1] or 'the document'}: {error}") from None

@@ -73,43 +73,24 @@ def make_detect_step(params_path: str, output_columns: list[str]):
     def step(key, frames, state):
         import pandas as pd
 
-        from market_anomaly.core.engine import stacked_frame
         from market_anomaly.spark.workers import engine_for, pack_states, unpack_states
 
         frame = pd.concat(list(frames), ignore_index=True)
         rejected = frame[frame["error"].notna()]
         candles = frame[frame["error"].isna()].drop(columns=["error", "raw", "bucket"])
         if len(candles):
-            engine = engine_for(params_path)
             states = unpack_states(state.get[0]) if state.exists else {}
-            parts = []
-            for symbol, group in candles.groupby("symbol", sort=False):
-                columns, length, states[symbol] = engine.decide(symbol, group, states.get(symbol))
-                if length:
-                    with_candle_passthrough(columns, group)
-                parts.append((columns, length))
+            decided = engine_for(params_path).decide_bucket(candles, states)  # all the bucket's symbols at once
+            states.update(decided.states)
             state.update((pack_states(states),))
-            decisions = stacked_frame(parts, CANDLE_PASSTHROUGH)
+            for name in CANDLE_PASSTHROUGH:  # the dashboard draws candlesticks
+                decided.columns[name] = candles[name].to_numpy(float)[decided.rows]
+            decisions = decided.frame(CANDLE_PASSTHROUGH)
             yield decisions.assign(error=None, raw=None).reindex(columns=output_columns)
         if len(rejected):
             yield rejected.reindex(columns=output_columns)
 
     return step
-
-
-def with_candle_passthrough(columns: dict[str, object], candles) -> None:
-    """Add each decided candle's ``CANDLE_PASSTHROUGH`` values (the dashboard draws candlesticks) to ``columns``.
-
-    Decisions are a subset of ``candles`` by ``open_time``; of duplicates, the first, as the engine keeps.
-    A lookup by position instead of a pandas merge: the merge cost more than the detection of a candle.
-    """
-    import numpy as np
-
-    times = candles["open_time"].to_numpy(np.int64)
-    order = np.argsort(times, kind="stable")
-    at = order[np.searchsorted(times[order], np.asarray(columns["open_time"], dtype=np.int64))]
-    for name in CANDLE_PASSTHROUGH:
-        columns[name] = candles[name].to_numpy(float)[at]
 
 
 # -- the streaming query --------------------------------------------------------------------------

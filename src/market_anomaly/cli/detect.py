@@ -17,7 +17,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from market_anomaly import config
+from market_anomaly import config, metrics
 from market_anomaly.cli import options
 from market_anomaly.sinks import ALERT_STATE, SinkOptions
 from market_anomaly.sinks.alerts import FORMATS
@@ -66,6 +66,7 @@ def add_detect_arguments(parser: argparse.ArgumentParser) -> None:
                              "of symbols on a cluster (default: %(default)s)")
     parser.add_argument("--run-for", type=float, default=None, metavar="SECONDS",
                         help="stop after this long (tests, benchmarks); default: until Ctrl-C")
+    options.add_metrics_arguments(parser)
     add_sink_arguments(parser)
 
 
@@ -135,6 +136,7 @@ def detect_config(args: argparse.Namespace) -> job.DetectConfig:
 
 
 def run(args: argparse.Namespace) -> int:
+    metrics.serve("detect", args.metrics_port, args.metrics_host)
     return job.run(detect_config(args))
 
 

@@ -1,4 +1,5 @@
-"""Flags several commands share: Kafka (``--bootstrap-servers``, ``-X``), Spark sessions (``--master``, ``--conf``).
+"""Flags several commands share: Kafka (``--bootstrap-servers``, ``-X``), Spark sessions (``--master``, ``--conf``),
+Prometheus metrics (``--metrics-port``, ``--metrics-host``).
 
 Kafka client settings pass through verbatim with ``-X key=value`` (the kcat convention),
 e.g. ``-X security.protocol=SASL_SSL``, and win over the project's defaults.
@@ -47,3 +48,12 @@ def add_session_arguments(parser: argparse.ArgumentParser) -> None:
                         help="Spark master when not under spark-submit (default: %(default)s)")
     parser.add_argument("--conf", action="append", default=[], metavar="KEY=VALUE", type=key_value,
                         help="extra Spark setting, e.g. --conf spark.sql.shuffle.partitions=8; repeatable")
+
+
+def add_metrics_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--metrics-port", type=int, default=int(config.env("METRICS_PORT", "0")), metavar="PORT",
+                        help="serve Prometheus metrics on http://HOST:PORT/metrics; 0 = none (env "
+                             "MARKET_ANOMALY_METRICS_PORT; default: %(default)s)")
+    parser.add_argument("--metrics-host", default=config.env("METRICS_HOST", "127.0.0.1"), metavar="HOST",
+                        help="address the metrics endpoint binds; the default keeps it on this machine "
+                             "(env MARKET_ANOMALY_METRICS_HOST; default: %(default)s)")

@@ -11,7 +11,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from market_anomaly import config
+from market_anomaly import config, metrics
 from market_anomaly.cli import options
 from market_anomaly.producer import service
 
@@ -47,6 +47,7 @@ def add_produce_arguments(parser: argparse.ArgumentParser) -> None:
                              "source=file), e.g. a long history so detection is warm from the first live candle")
     parser.add_argument("--max-candles", type=int, default=None,
                         help="stop after producing this many candles (tests, benchmarks)")
+    options.add_metrics_arguments(parser)
 
 
 def parse_symbols(text: str) -> list[str]:
@@ -73,4 +74,5 @@ def produce_config(args: argparse.Namespace) -> service.ProduceConfig:
 
 
 def run(args: argparse.Namespace) -> int:
+    metrics.serve("producer", args.metrics_port, args.metrics_host)
     return service.run(produce_config(args))

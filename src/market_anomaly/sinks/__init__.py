@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from market_anomaly import metrics
 from market_anomaly.sinks.common import hide_password
 
 log = logging.getLogger(__name__)
@@ -50,6 +51,7 @@ class Sinks:
             call()
         except Exception as error:
             self.failures[sink.name] += 1
+            metrics.SINK_FAILURES.labels(sink=sink.name).inc()
             # The traceback once; a sink that stays down (say, Kafka) then costs one line per batch.
             log.error("sink %s: %s failed: %s (%d failure(s) so far); the stream continues",
                       sink.name, action, error, self.failures[sink.name], exc_info=self.failures[sink.name] == 1)

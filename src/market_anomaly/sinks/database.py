@@ -24,6 +24,7 @@ from typing import Iterator
 
 import pandas as pd
 
+from market_anomaly import metrics
 from market_anomaly.sinks.common import DECISION_COLUMNS, levels_at_least, plain, hide_password, to_records
 
 log = logging.getLogger(__name__)
@@ -192,6 +193,7 @@ class Database:
                 if self._closed or not self._connection_lost():
                     raise
                 log.warning("database %s: connection lost; reconnecting", hide_password(self.url))
+                metrics.SINK_RETRIES.labels(sink="database").inc()
                 self._connection = self._connect()
                 return action()
 

@@ -33,13 +33,31 @@ def add_kafka_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "-X", "--kafka-config", action="append", default=[], metavar="KEY=VALUE", type=key_value,
-        help="extra Kafka client setting, passed through verbatim; repeatable",
+        help="extra Kafka client setting, passed through verbatim; repeatable. Secrets (SASL, TLS keys) belong in "
+             f"the environment ({config.ENV_PREFIX}{config.KAFKA_ENV_PREFIX}SASL_PASSWORD=...) or "
+             "--kafka-config-file: flags show in process lists",
+    )
+    parser.add_argument(
+        "--kafka-config-file", type=kafka_properties_file, default=config.env("KAFKA_CONFIG_FILE", None),
+        metavar="FILE",
+        help="Kafka client settings from a properties file (KEY=VALUE lines, as Kafka's own tools take); "
+             f"{config.ENV_PREFIX}{config.KAFKA_ENV_PREFIX}<KEY> variables win over it, -X over both (env "
+             "MARKET_ANOMALY_KAFKA_CONFIG_FILE)",
     )
 
 
+def kafka_properties_file(path: str) -> dict[str, str]:
+    """argparse type of --kafka-config-file: the file's settings; an unreadable or malformed file is a usage error."""
+    try:
+        return config.read_kafka_properties(path)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error))
+
+
 def kafka_client_config(args: argparse.Namespace) -> dict[str, str]:
-    """confluent-kafka configuration from the common flags."""
-    return {"bootstrap.servers": args.bootstrap_servers, **parse_pairs(args.kafka_config)}
+    """confluent-kafka configuration from the common flags: the file, then the environment, then -X."""
+    return config.kafka_settings(args.bootstrap_servers, getattr(args, "kafka_config_file", None),
+                                 parse_pairs(args.kafka_config))
 
 
 def add_session_arguments(parser: argparse.ArgumentParser) -> None:

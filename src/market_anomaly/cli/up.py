@@ -161,7 +161,7 @@ def run_up(args: argparse.Namespace) -> int:
             broker.start()
             bootstrap = broker.bootstrap_servers
             log.info("Kafka broker at %s (data in %s)", bootstrap, home / "kafka")
-        topics.ensure_topics({"bootstrap.servers": bootstrap}, topics.DEFAULT_TOPICS)
+        topics.ensure_topics(config.kafka_settings(bootstrap), topics.DEFAULT_TOPICS)  # + MARKET_ANOMALY_KAFKA_CFG_*
         # The children read up's configuration file too (named, from the environment, or found here).
         config_file = Path(args.config_file) if hasattr(args, "config_file") else settings.config_path([])[0]
 

@@ -16,7 +16,7 @@ from pathlib import Path
 import pandas as pd
 
 from market_anomaly import metrics
-from market_anomaly.sinks.common import hide_password
+from market_anomaly.config import redact
 
 log = logging.getLogger(__name__)
 
@@ -80,7 +80,7 @@ def build_sinks(options: SinkOptions) -> Sinks:
     sinks: list = []
     if options.db_url:
         sinks.append(DatabaseSink(open_database(options.db_url)))
-        log.info("sink database: %s", hide_password(options.db_url))
+        log.info("sink database: %s", redact(options.db_url))
     if options.anomalies_topic:
         sinks.append(KafkaTopicSink(options.kafka_config, options.anomalies_topic, options.anomalies_only))
         log.info("sink kafka: topic %s%s", options.anomalies_topic, " (anomalies only)" if options.anomalies_only else "")

@@ -101,12 +101,12 @@ async def events(request: web.Request) -> web.StreamResponse:
     after = _after(request)
     response = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache",
                                            "X-Accel-Buffering": "no"})
+    changed = watcher.next_change()  # taken before any work, so a batch recorded meanwhile is not missed
     await response.prepare(request)
     await response.write(b"retry: 2000\n\n")
     metrics.DASHBOARD_EVENT_STREAMS.inc()
     try:
         while not watcher.stopping:
-            changed = watcher.next_change()
             try:
                 await asyncio.wait_for(changed.wait(), KEEPALIVE_SECONDS)
             except TimeoutError:
@@ -114,6 +114,7 @@ async def events(request: web.Request) -> web.StreamResponse:
                 continue
             if watcher.stopping:
                 break
+            changed = watcher.next_change()
             if symbol is not None:
                 since = after + 1 if after is not None else None
                 rows = await asyncio.to_thread(database.decisions, symbol, since=since, limit=MAX_CANDLES_PER_EVENT)

@@ -100,6 +100,17 @@ ROLES = {
 }
 
 
+# Known label values exist from the start (at 0), so a rate() sees the first increment.
+for _level in CONFIDENCE_LABELS:
+    ANOMALIES.labels(confidence=_level)
+for _source in ("ws", "rest", "file"):
+    CANDLES_PRODUCED.labels(source=_source)
+for _kind in ("anomaly", "update"):
+    ALERTS_DELIVERED.labels(type=_kind)
+for _reason in ("rejected", "outbox_full"):
+    ALERTS_DROPPED.labels(reason=_reason)
+
+
 def registry(role: str) -> CollectorRegistry:
     """The metrics ``role`` exports, with the standard process, platform and garbage-collector ones."""
     result = CollectorRegistry()

@@ -173,11 +173,11 @@ const chart = LWC.createChart($("chart"), {
   grid: { vertLines: { color: "#1e2835" }, horzLines: { color: "#1e2835" } },
   crosshair: { mode: LWC.CrosshairMode.Normal },
   rightPriceScale: { borderColor: "#263142" },
-  timeScale: { borderColor: "#263142", timeVisible: true, secondsVisible: false },
-  localization: { priceFormatter: price },
+  timeScale: { borderColor: "#263142", timeVisible: true, secondsVisible: false, rightOffset: 4 },
 });
 const candleSeries = chart.addSeries(LWC.CandlestickSeries, {
   upColor: "#26a69a", downColor: "#ef5350", wickUpColor: "#26a69a", wickDownColor: "#ef5350", borderVisible: false,
+  priceFormat: { type: "custom", formatter: price, minMove: 0.000001 },
 });
 const volumeSeries = chart.addSeries(LWC.HistogramSeries, { priceFormat: { type: "volume" }, priceLineVisible: false,
                                                             lastValueVisible: false }, 1);

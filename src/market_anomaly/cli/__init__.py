@@ -95,7 +95,7 @@ def configure_logging(level: str, log_format: str | None = None) -> None:
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JsonFormatter() if log_format == "json" else
                          RedactingFormatter("%(asctime)s %(levelname)-7s %(name)s: %(message)s", datefmt="%H:%M:%S"))
-    logging.basicConfig(level=level, handlers=[handler], force=True)
+    logging.basicConfig(level=level, handlers=[handler])  # a no-op where logging is set up already (pytest)
     # py4j logs every gateway call at INFO; Spark's own logs are set through its log level.
     logging.getLogger("py4j").setLevel(logging.WARNING)
 

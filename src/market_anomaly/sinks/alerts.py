@@ -352,6 +352,8 @@ class AlertSink:
             self.counts["delivered"] += 1
             metrics.ALERTS_DELIVERED.labels(type=str(message["type"])).inc()
             return "delivered", 0.0
+        if self._stopping.is_set():
+            return "retry", 0.0  # closed while this attempt was under way: the state file keeps the message
         webhook.failures += 1
         self.counts["failed"] += 1
         metrics.ALERT_DELIVERY_FAILURES.inc()

@@ -93,3 +93,15 @@ def test_the_endpoint_binds_localhost_and_zero_serves_none():
     assert "# TYPE market_anomaly_producer_candles_total counter" in text
     with pytest.raises(OSError):
         metrics.serve("producer", port)  # taken: a clear failure at start, not a silent missing endpoint
+
+
+def test_a_metrics_port_in_use_stops_the_command_with_one_line():
+    import socket
+
+    from market_anomaly.cli import main
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        with pytest.raises(SystemExit, match="producer: cannot serve metrics on 127.0.0.1:[0-9]+: Address already in use"):
+            main(["produce", "--metrics-port", str(taken.getsockname()[1]), "--bootstrap-servers", "127.0.0.1:1"])

@@ -17,7 +17,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from market_anomaly import config, metrics
+from market_anomaly import config
 from market_anomaly.cli import options
 from market_anomaly.sinks import ALERT_STATE, SinkOptions
 from market_anomaly.sinks.alerts import FORMATS, validate_webhook_url
@@ -140,7 +140,7 @@ def detect_config(args: argparse.Namespace) -> job.DetectConfig:
 
 
 def run(args: argparse.Namespace) -> int:
-    metrics.serve("detect", args.metrics_port, args.metrics_host)
+    options.serve_metrics("detect", args)
     return job.run(detect_config(args))
 
 

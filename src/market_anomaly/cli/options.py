@@ -75,3 +75,14 @@ def add_metrics_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--metrics-host", default=config.env("METRICS_HOST", "127.0.0.1"), metavar="HOST",
                         help="address the metrics endpoint binds; the default keeps it on this machine "
                              "(env MARKET_ANOMALY_METRICS_HOST; default: %(default)s)")
+
+
+def serve_metrics(role: str, args: argparse.Namespace) -> None:
+    """Start ``role``'s /metrics endpoint from the flags; a port in use is a one-line error, not a traceback."""
+    from market_anomaly import metrics
+
+    try:
+        metrics.serve(role, args.metrics_port, args.metrics_host)
+    except OSError as error:
+        raise SystemExit(f"{role}: cannot serve metrics on {args.metrics_host}:{args.metrics_port}: "
+                         f"{error.strerror or error}")

@@ -11,7 +11,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from market_anomaly import config, metrics
+from market_anomaly import config
 from market_anomaly.cli import options
 from market_anomaly.producer import service
 
@@ -74,5 +74,5 @@ def produce_config(args: argparse.Namespace) -> service.ProduceConfig:
 
 
 def run(args: argparse.Namespace) -> int:
-    metrics.serve("producer", args.metrics_port, args.metrics_host)
+    options.serve_metrics("producer", args)
     return service.run(produce_config(args))

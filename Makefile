@@ -3,8 +3,9 @@ PYTHON ?= python3.11
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
+CHART  := src/market_anomaly/dashboard/static/vendor/lightweight-charts.standalone.production.js
 
-.PHONY: demo test test-fast setup bench clean
+.PHONY: demo test test-fast setup vendor-chart bench clean
 
 demo: setup
 	$(BIN)/market-anomaly up
@@ -17,8 +18,15 @@ test-fast: $(STAMP)
 	$(BIN)/python -m pytest tests/unit -q $(PYTEST_ARGS)
 
 # Virtual environment + Python packages + Maven jars (Kafka broker, Spark's Kafka connector); cached after the first run.
-setup: $(STAMP)
+setup: $(STAMP) | $(CHART)
 	$(BIN)/market-anomaly setup
+
+# The dashboard's chart library (TradingView Lightweight Charts, from npm) is committed with its licence;
+# setup vendors it only where it is missing; `make vendor-chart` refreshes it (scripts/vendor-chart.sh pins the version).
+$(CHART):
+	scripts/vendor-chart.sh
+vendor-chart:
+	scripts/vendor-chart.sh
 
 $(STAMP): pyproject.toml
 	@command -v $(PYTHON) >/dev/null || { echo "$(PYTHON) not found: install Python 3.11+ or run make PYTHON=python3"; exit 1; }

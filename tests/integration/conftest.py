@@ -7,6 +7,7 @@ it is never skipped.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import subprocess
 import sys
@@ -140,7 +141,6 @@ def dashboard_url(tmp_path_factory, kafka_broker):
     and a progress record 3 messages behind each partition of its candle topic (which gets 12)."""
     from confluent_kafka import Producer
 
-    from market_anomaly.kafka.broker import free_port
     from market_anomaly.kafka.topics import ensure_topics, topic_offsets
     from market_anomaly.sinks.database import DatabaseSink, open_database
 
@@ -161,14 +161,21 @@ def dashboard_url(tmp_path_factory, kafka_broker):
     })
     sink.close()
 
+    with running_dashboard(url, tmp_path_factory.mktemp("dashboard-log"), "--topic", candles_topic,
+                           "--bootstrap-servers", kafka_broker.bootstrap_servers) as base:
+        yield base
+
+
+@contextlib.contextmanager
+def running_dashboard(db_url: str, log_dir: Path, *flags: str):
+    """`market-anomaly dashboard` over ``db_url`` on a free port, until the block ends; yields its base URL."""
+    from market_anomaly.kafka.broker import free_port
+
     port = free_port()
-    log_path = tmp_path_factory.mktemp("dashboard-log") / "dashboard.log"
+    log_path = log_dir / "dashboard.log"
     with open(log_path, "wb") as log:  # a file, not a pipe nobody reads: a full pipe would block the server
-        process = subprocess.Popen(
-            [*DASHBOARD_COMMAND, "--port", str(port), "--db", url, "--topic", candles_topic,
-             "--bootstrap-servers", kafka_broker.bootstrap_servers],
-            stdout=log, stderr=subprocess.STDOUT,
-        )
+        process = subprocess.Popen([*DASHBOARD_COMMAND, "--port", str(port), "--db", db_url, *flags],
+                                   stdout=log, stderr=subprocess.STDOUT)
     base = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 30
@@ -185,3 +192,18 @@ def dashboard_url(tmp_path_factory, kafka_broker):
     finally:
         process.terminate()
         process.wait(10)
+
+
+@pytest.fixture
+def live_dashboard(tmp_path):
+    """A dashboard (without Kafka) over its own SQLite database holding ``market_decisions()``: yields
+    ``(base URL, database URL)`` for tests that write more decisions while a page watches."""
+    from market_anomaly.sinks.database import DatabaseSink, open_database
+
+    url = f"sqlite:///{tmp_path / 'anomalies.db'}"
+    sink = DatabaseSink(open_database(url))
+    sink.write(market_decisions())
+    sink.record_health({"batch_id": 1, "input_rows": 60, "at": int(time.time() * 1000)})
+    sink.close()
+    with running_dashboard(url, tmp_path, "--no-kafka") as base:
+        yield base, url

@@ -36,10 +36,13 @@ SETTLE_MINUTES = 10  # decisions this long after an injection must exist before 
 
 
 class Demo:
-    def __init__(self, home: Path, process: subprocess.Popen, dashboard_port: int):
+    def __init__(self, home: Path, process: subprocess.Popen, dashboard_port: int, metrics_port: int):
         self.home = home / "demo"
         self.process = process
         self.dashboard_url = f"http://127.0.0.1:{dashboard_port}"
+        self.metrics_urls = {"producer": f"http://127.0.0.1:{metrics_port}/metrics",
+                             "detect": f"http://127.0.0.1:{metrics_port + 1}/metrics",
+                             "dashboard": f"{self.dashboard_url}/metrics"}
 
     @property
     def database(self) -> Path:
@@ -82,20 +85,34 @@ def processes_of(home: Path) -> list[int]:
     return pids
 
 
+def free_port_pair() -> int:
+    """A free port whose successor is free too (`up --metrics-port` takes two)."""
+    import socket
+
+    while True:
+        port = free_port()
+        with socket.socket() as probe:
+            try:
+                probe.bind(("127.0.0.1", port + 1))
+                return port
+            except OSError:
+                continue
+
+
 @pytest.fixture(scope="module")
 def demo(tmp_path_factory):
     home = tmp_path_factory.mktemp("demo-home")
-    dashboard_port = free_port()
+    dashboard_port, metrics_port = free_port(), free_port_pair()
     command = [
         sys.executable, "-m", "market_anomaly", "up", "--symbols", ",".join(SYMBOLS), "--speed", "120",
-        "--inject-random", "0", "--dashboard-port", str(dashboard_port),
+        "--inject-random", "0", "--dashboard-port", str(dashboard_port), "--metrics-port", str(metrics_port),
         *[flag for symbol, (kind, minute, _) in INJECTIONS.items() for flag in ("--inject", f"{kind}:{symbol}:{minute}")],
     ]
     # Output to a file, not a pipe: nobody reads a pipe while the tests run, and a full one would stall the job.
     output = open(home / "up.out", "wb")
     process = subprocess.Popen(command, env={**os.environ, "MARKET_ANOMALY_HOME": str(home)},
                                stdout=output, stderr=subprocess.STDOUT)
-    running = Demo(home, process, dashboard_port)
+    running = Demo(home, process, dashboard_port, metrics_port)
     try:
         wait_for_decisions(running, timeout=240)
         yield running
@@ -194,13 +211,84 @@ def test_dashboard_shows_the_live_anomalies(demo, chromium_path, artifacts_dir):
         browser = playwright.chromium.launch(executable_path=str(chromium_path), args=["--no-sandbox"])
         try:
             page = browser.new_page(viewport={"width": 1400, "height": 900})
-            page.goto(demo.dashboard_url)
-            page.wait_for_selector("canvas", timeout=20_000)
-            page.wait_for_selector("[data-anomaly-marker]", state="attached", timeout=30_000)
-            assert page.locator("[data-anomaly-marker]").count() >= 1
+            errors: list[str] = []
+            page.on("pageerror", lambda error: errors.append(str(error)))
+            page.goto(f"{demo.dashboard_url}/#BTCUSDT")
+            page.wait_for_selector("#chart canvas", timeout=20_000)
+            # The last 24 h of market time: at 120x the injections are hours old by now.
+            page.select_option("#minutes", "1440")
+            page.wait_for_selector("[data-anomaly-marker='BTCUSDT']", state="attached", timeout=30_000)
+            assert any("Z-SCORE" in reasons for reasons in page.locator("[data-anomaly-marker]").evaluate_all(
+                "ms => ms.map(m => m.dataset.reasons)"))
             page.screenshot(path=str(artifacts_dir / "dashboard-demo.png"), full_page=True)
+            assert errors == [], errors
         finally:
             browser.close()
+
+
+def scrape(url: str) -> dict[tuple[str, tuple], float]:
+    """A /metrics page as {(sample name, sorted labels): value}."""
+    import urllib.request
+
+    from prometheus_client.parser import text_string_to_metric_families
+
+    text = urllib.request.urlopen(url, timeout=10).read().decode()
+    return {(sample.name, tuple(sorted(sample.labels.items()))): sample.value
+            for family in text_string_to_metric_families(text) for sample in family.samples}
+
+
+def consumer_dead_letters(samples: dict[tuple[str, tuple], float]) -> float:
+    return sum(value for (name, labels), value in samples.items()
+               if name == "market_anomaly_dead_letters_total" and ("stage", "consumer") in labels)
+
+
+def test_metrics_are_scraped_and_move(demo):
+    """Prometheus endpoints of the producer, the job and the dashboard, during the run: the values that must move."""
+    import urllib.request
+
+    from confluent_kafka import Producer
+
+    from market_anomaly import config
+
+    urllib.request.urlopen(demo.dashboard_url + "/api/health", timeout=10).read()
+    broker = LocalBroker(demo.home / "kafka")
+    poison = Producer(broker.client_config())
+    poison.produce(config.CANDLES_TOPIC, b'{"symbol": "BTCUSDT", "open_time": "soon"}', key=b"BTCUSDT")
+    assert poison.flush(10) == 0
+    produced = ("market_anomaly_producer_candles_total", (("source", "ws"),))
+    decided = ("market_anomaly_detect_candles_decided_total", ())
+    batches = ("market_anomaly_detect_micro_batch_duration_seconds_count", ())
+    first = {name: scrape(url) for name, url in demo.metrics_urls.items()}
+    deadline = time.monotonic() + 120  # a loaded machine's micro-batches take seconds; progress arrives after them
+    while True:
+        time.sleep(2)
+        second = {name: scrape(url) for name, url in demo.metrics_urls.items()}
+        moved = [second[part][key] > first[part][key] for part, key in
+                 (("producer", produced), ("detect", decided), ("detect", batches))]
+        if (all(moved) and consumer_dead_letters(second["detect"])) or time.monotonic() > deadline:
+            break
+
+    assert first["producer"][("market_anomaly_producer_candles_total", (("source", "rest"),))] >= 1000 * len(SYMBOLS)
+    assert second["producer"][produced] > first["producer"][produced] > 0
+    assert second["producer"][("market_anomaly_producer_stale_symbols", ())] == 0
+    assert second["producer"][("market_anomaly_producer_websocket_reconnects_total", ())] == 0
+
+    assert second["detect"][decided] > first["detect"][decided] >= 1000 * len(SYMBOLS)  # the seeded history too
+    assert second["detect"][batches] > first["detect"][batches] > 0
+    anomalies = sum(value for (name, _), value in second["detect"].items() if name == "market_anomaly_detect_anomalies_total")
+    assert anomalies >= len(INJECTIONS)
+    lag = {labels: value for (name, labels), value in second["detect"].items()
+           if name == "market_anomaly_detect_consumer_lag_records"}
+    assert len(lag) == 4 and all(value < 1000 for value in lag.values()), lag  # four partitions, keeping up
+    assert time.time() - second["detect"][("market_anomaly_detect_last_batch_timestamp_seconds", ())] < 30
+    assert consumer_dead_letters(second["detect"]) >= 1, "the poison record was not counted as a dead letter"
+
+    health = ("market_anomaly_dashboard_request_duration_seconds_count", (("route", "/api/health"),))
+    assert second["dashboard"][health] >= 1
+    assert ("market_anomaly_dashboard_event_streams", ()) in second["dashboard"]
+    (demo.home.parent / "metrics-scrape.txt").write_text(
+        "\n".join(f"{name}{dict(labels) or ''} {value:g}" for part in second.values()
+                  for (name, labels), value in sorted(part.items()) if name.startswith("market_anomaly")))
 
 
 def test_ctrl_c_stops_everything(demo):

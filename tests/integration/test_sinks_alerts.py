@@ -1,4 +1,4 @@
-"""Webhook alerts against a local HTTP receiver: formats, episodes and cooldown, retries, a dead receiver."""
+"""Webhook alerts against a local HTTP receiver: formats, episodes and cooldown, an outage, a dead receiver."""
 
 from __future__ import annotations
 
@@ -20,12 +20,14 @@ MINUTE = 60
 
 
 class Receiver:
-    """An HTTP server recording POSTed JSON; answers ``failures`` 500s first, then 200s."""
+    """An HTTP server recording POSTed JSON; answers ``status`` for the first ``failures`` POSTs (or for
+    ``down_for`` seconds after the first POST), then 200s."""
 
-    def __init__(self, failures: int = 0, delay: float = 0.0):
+    def __init__(self, failures: int = 0, delay: float = 0.0, down_for: float = 0.0, status: int = 500):
         self.bodies: list[object] = []
         self.paths: list[str] = []
         self.attempts = 0
+        self.first_attempt: float | None = None
         receiver = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -33,8 +35,9 @@ class Receiver:
                 body = self.rfile.read(int(self.headers["Content-Length"]))
                 time.sleep(delay)
                 receiver.attempts += 1
-                if receiver.attempts <= failures:
-                    self.send_response(500)
+                receiver.first_attempt = receiver.first_attempt or time.monotonic()
+                if receiver.attempts <= failures or time.monotonic() - receiver.first_attempt < down_for:
+                    self.send_response(status)
                     self.end_headers()
                     return
                 receiver.bodies.append(json.loads(body))
@@ -63,7 +66,8 @@ def receiver():
 
 
 def sink_for(url: str, **options) -> AlertSink:
-    return AlertSink([url], **{"backoff_seconds": 0.05, "cooldown_seconds": 15 * MINUTE, **options})
+    return AlertSink([url], **{"backoff_seconds": 0.05, "max_backoff_seconds": 0.4, "cooldown_seconds": 15 * MINUTE,
+                               **options})
 
 
 def test_slack_format_one_alert_per_episode(receiver, make_decision):
@@ -137,7 +141,7 @@ def test_what_a_crashed_run_had_not_delivered_goes_out_once_after_the_restart(re
     crashed = sink_for(f"http://127.0.0.1:{silent.getsockname()[1]}/hook", fmt="json", state_path=state,
                        timeout_seconds=30)
     crashed.write(batch)
-    assert [message["id"] for message in json.loads(state.read_text())["outbox"]] == [
+    assert [message["id"] for outbox in json.loads(state.read_text())["outboxes"].values() for message in outbox] == [
         f"BTCUSDT-{batch['open_time'].iat[0]}-anomaly"]  # saved before it went to the delivery thread
     # The job dies here (the crashed sink is never closed); the restarted one has the real receiver.
     restarted = sink_for(receiver.url, fmt="json", state_path=state)
@@ -145,7 +149,7 @@ def test_what_a_crashed_run_had_not_delivered_goes_out_once_after_the_restart(re
     assert restarted.wait_delivered(5)
     assert [(body["id"], body["type"]) for body in receiver.bodies] == [
         (f"BTCUSDT-{batch['open_time'].iat[0]}-anomaly", "anomaly")]
-    assert json.loads(state.read_text())["outbox"] == []  # delivered: not sent again by a later start
+    assert list(json.loads(state.read_text())["outboxes"].values()) == [[]]  # delivered: not sent again later
     restarted.close()
     again = sink_for(receiver.url, fmt="json", state_path=state)
     assert again.wait_delivered(5) and len(receiver.bodies) == 1
@@ -167,30 +171,89 @@ def test_symbols_have_separate_cooldowns_and_min_confidence_filters(receiver, ma
     sink.close()
 
 
-def test_a_receiver_that_fails_twice_gets_the_alert_on_the_third_attempt(make_decision):
-    flaky = Receiver(failures=2)
-    sink = sink_for(flaky.url, attempts=3)
-    sink.write(pd.DataFrame([make_decision("BTCUSDT", 0, 1.0, True, "HIGH", "Z-SCORE 8σ")]))
-    assert sink.wait_delivered(5)
-    assert flaky.attempts == 3 and len(flaky.bodies) == 1
-    assert sink.counts["delivered"] == 1 and sink.counts["failed"] == 0
-    sink.close()
-    flaky.close()
+def crash(make_decision, symbols: int, minutes: range) -> list[pd.DataFrame]:
+    """A market-wide crash as the job hands it over: one batch per minute, every symbol anomalous in it."""
+    return [pd.DataFrame([make_decision(f"S{index:02d}USDT", minute, 100.0 - minute, True,
+                                        "HIGH" if minute % 2 else "MEDIUM", f"FLASH {minute}σ | MARKET 20/20")
+                          for index in range(symbols)]) for minute in minutes]
 
 
-def test_failed_delivery_is_logged_with_the_url_redacted(make_decision, caplog):
-    broken = Receiver(failures=100)
-    sink = sink_for(broken.url, attempts=2)
+def test_an_outage_delays_alerts_but_drops_none_and_repeats_none(make_decision, caplog):
+    """The receiver answers 500 for 3 s while 20 symbols crash (episodes of 40 minutes: alerts, then updates)."""
+    down = Receiver(down_for=3.0)
+    sink = sink_for(down.url, fmt="json", cooldown_seconds=10 * MINUTE)
     with caplog.at_level(logging.INFO, logger="market_anomaly.sinks.alerts"):
-        sink.write(pd.DataFrame([make_decision("BTCUSDT", 0, 1.0, True, "HIGH", "Z-SCORE 8σ")]))
+        for batch in crash(make_decision, 20, range(0, 40)):
+            sink.write(batch)
+        sink.write(pd.DataFrame([make_decision(f"S{index:02d}USDT", 60, 50.0) for index in range(20)]))  # calm
+        assert sink.wait_delivered(30), f"{sink.waiting()} still waiting"
+    ids = [body["id"] for body in down.bodies]
+    assert len(ids) == len(set(ids)), "an alert was delivered twice"
+    alerts = {body["symbol"] for body in down.bodies if body["type"] == "anomaly"}
+    assert alerts == {f"S{index:02d}USDT" for index in range(20)}  # every symbol's episode was alerted
+    updates = [body for body in down.bodies if body["type"] == "update"]
+    assert sum(body["follow_ups"] for body in updates) == 20 * 39  # every later anomaly reported, once
+    assert sink.counts["failed"] >= 2 and sink.counts["dropped"] == sink.counts["rejected"] == 0
+    outage_lines = [record for record in caplog.records if "retrying in" in record.getMessage()]
+    assert 2 <= len(outage_lines) <= 8  # the 1st, 2nd, 4th... failure: the log says it, without flooding
+    assert "s3cr3t" not in caplog.text and "answers again after" in caplog.text
+    sink.close()
+    down.close()
+
+
+def test_undelivered_alerts_survive_a_restart_during_an_outage(make_decision, tmp_path):
+    state = tmp_path / "alert-episodes.json"
+    down = Receiver(down_for=3600)
+    first = sink_for(down.url, fmt="json", state_path=state)
+    for batch in crash(make_decision, 5, range(0, 3)):
+        first.write(batch)
+    assert not first.wait_delivered(1.0)
+    first.close(timeout=0)
+    assert down.bodies == []
+    again = sink_for(down.url, fmt="json", state_path=state)
+    assert again.waiting() == 5  # the five symbols' alerts (their follow-ups wait in the open episodes)
+    again.close(timeout=0)
+    down.close()
+    receiver = Receiver()  # the receiver moved (say, a rotated token): what the old URL had goes to the new one
+    restarted = sink_for(receiver.url, fmt="json", state_path=state)
+    assert restarted.wait_delivered(5)
+    assert sorted(body["id"] for body in receiver.bodies) == sorted(
+        f"S{index:02d}USDT-{make_decision('X', 0, 1.0)['open_time']}-anomaly" for index in range(5))
+    restarted.close()
+    later = sink_for(receiver.url, fmt="json", state_path=state)
+    assert later.waiting() == 0 and len(receiver.bodies) == 5
+    later.close()
+    receiver.close()
+
+
+def test_a_receiver_that_rejects_a_message_loses_only_that_one(make_decision, caplog):
+    rejecting = Receiver(failures=1, status=400)
+    sink = sink_for(rejecting.url, fmt="json")
+    with caplog.at_level(logging.ERROR, logger="market_anomaly.sinks.alerts"):
+        sink.write(pd.DataFrame([make_decision("BTCUSDT", 0, 1.0, True, "HIGH", "Z-SCORE 8σ"),
+                                 make_decision("ETHUSDT", 0, 1.0, True, "HIGH", "Z-SCORE 9σ")]))
         assert sink.wait_delivered(5)
-        sink.close()
-    assert broken.attempts == 2 and sink.counts["failed"] == 1
-    errors = [record.getMessage() for record in caplog.records if record.levelno == logging.ERROR]
-    assert errors == [f"alerts: delivery to http://127.0.0.1:{broken.server.server_port}/… failed after "
-                      "2 attempt(s) (HTTP 500); 1 failed, 0 delivered so far"]
-    assert "s3cr3t" not in caplog.text
-    broken.close()
+    assert [body["symbol"] for body in rejecting.bodies] == ["ETHUSDT"]
+    assert sink.counts["rejected"] == 1 and "rejected the anomaly BTCUSDT-" in caplog.text
+    sink.close()
+    rejecting.close()
+
+
+def test_a_full_outbox_makes_room_with_its_oldest_update_first(make_decision):
+    silent = socket.socket()  # accepts and never answers: nothing leaves the outbox
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(100)
+    sink = AlertSink([f"http://127.0.0.1:{silent.getsockname()[1]}/hook"], fmt="json", timeout_seconds=30,
+                     outbox_size=4, cooldown_seconds=60)
+    sink.write(pd.DataFrame([make_decision("BTCUSDT", minute, 1.0, True, "HIGH", "Z-SCORE 8σ")
+                             for minute in (0, 1)]))  # an alert, then a follow-up
+    sink.write(pd.DataFrame([make_decision("BTCUSDT", 3, 1.0)]))  # the episode ends: an update
+    for minute in (10, 20, 30):
+        sink.write(pd.DataFrame([make_decision("BTCUSDT", minute, 1.0, True, "HIGH", "Z-SCORE 8σ")]))
+    outbox = [message["type"] for message in sink.webhooks[0].outbox]
+    assert outbox == ["anomaly", "anomaly", "anomaly", "anomaly"] and sink.counts["dropped"] == 1
+    sink.close(timeout=0)
+    silent.close()
 
 
 def test_a_dead_receiver_never_blocks_write(make_decision):
@@ -198,13 +261,12 @@ def test_a_dead_receiver_never_blocks_write(make_decision):
     silent = socket.socket()
     silent.bind(("127.0.0.1", 0))
     silent.listen(100)
-    sink = AlertSink([f"http://127.0.0.1:{silent.getsockname()[1]}/hook"], timeout_seconds=5, backoff_seconds=0.1,
-                     queue_size=5)
+    sink = AlertSink([f"http://127.0.0.1:{silent.getsockname()[1]}/hook"], timeout_seconds=5, backoff_seconds=0.1)
     started = time.monotonic()
     for minute in range(0, 400, 20):  # 20 separate episodes
         sink.write(pd.DataFrame([make_decision("BTCUSDT", minute, 1.0, True, "HIGH", "Z-SCORE 8σ")]))
-    assert time.monotonic() - started < 2.0  # one POST alone would wait 5 s, three attempts 15 s
-    assert sink.counts["dropped"] >= 14  # the bounded queue sheds load instead of growing
+    assert time.monotonic() - started < 2.0  # one POST alone would wait 5 s
+    assert sink.waiting() >= 19  # kept, in order, for when the receiver answers
     started = time.monotonic()
     sink.close(timeout=0.2)
     assert time.monotonic() - started < 2.5

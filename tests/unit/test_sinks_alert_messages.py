@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from market_anomaly.sinks.alerts import AlertSink, webhook_body
+from market_anomaly.sinks.alerts import AlertSink, validate_webhook_url, webhook_body
 
 OPEN_TIME = 1_769_285_820_000  # 2026-01-24 20:17 UTC
 DECISION = {"symbol": "SOLUSDT", "open_time": OPEN_TIME, "close": 142.3456, "return_pct": -4.5, "votes": 2,
@@ -33,3 +33,27 @@ def test_options_are_checked():
         AlertSink(["http://127.0.0.1:9/x"], fmt="teams")
     with pytest.raises(ValueError, match="minimum confidence"):
         AlertSink(["http://127.0.0.1:9/x"], min_confidence="EXTREME")
+
+
+def test_symbol_and_reasons_cannot_ping_the_channel_or_reach_the_terminal():
+    hostile = {**DECISION, "symbol": "<!channel>SOL&USDT", "reasons": "VOLUME 8x <https://evil|click> \x1b[2J"}
+    text = json.loads(webhook_body({"type": "anomaly", "symbol": "x", "decision": hostile}, "slack"))["text"]
+    assert "*&lt;!channel&gt;SOL&amp;USDT*" in text
+    assert "VOLUME 8x &lt;https://evil|click&gt; \\x1b[2J" in text
+    assert "<" not in text and "\x1b" not in text
+
+
+def test_non_finite_numbers_do_not_break_json_webhooks():
+    message = {"type": "anomaly", "symbol": "SOLUSDT", "decision": {**DECISION, "zscore": float("inf"),
+                                                                    "close": float("nan")}}
+    assert json.loads(webhook_body(message, "json"))["decision"]["zscore"] is None
+
+
+@pytest.mark.parametrize("url", ["hooks.slack.com/services/T0/B0/s3cr3t", "ftp://example.com/s3cr3t",
+                                 "https:///s3cr3t", "slack"])
+def test_webhook_urls_need_a_scheme_and_a_host_and_errors_hide_the_token(url):
+    with pytest.raises(ValueError, match="not an http:// or https:// URL") as failure:
+        validate_webhook_url(url)
+    assert "s3cr3t" not in str(failure.value)
+    with pytest.raises(ValueError, match="not an http"):
+        AlertSink([url])

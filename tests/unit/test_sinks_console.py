@@ -78,3 +78,10 @@ def test_a_live_sized_batch_is_printed_in_full():
     out = io.StringIO()
     ConsoleSink("table", out, catch_up_after=200).write(pd.DataFrame([record(minute=m) for m in range(8)]))
     assert len(out.getvalue().splitlines()) == 1 + 8
+
+
+def test_control_characters_from_the_data_never_reach_the_terminal():
+    line = decision_line({"symbol": "EVIL\x1b[2J", "open_time": 0, "close": 1.0, "is_anomaly": True,
+                          "confidence": "HIGH", "reasons": "Z-SCORE 9σ\r\x1b]0;owned\x07 \u202egnp.exe"})
+    assert "\x1b" not in line and "\r" not in line and "\u202e" not in line
+    assert "EVIL\\x1b[2J" in line and "\\x1b]0;owned\\x07" in line

@@ -8,11 +8,14 @@ function, turns the flags into the frozen configuration values of the part it dr
 from __future__ import annotations
 
 import argparse
+import datetime as dt
 import importlib
+import json
 import logging
+import os
 import sys
 
-from market_anomaly import __version__
+from market_anomaly import __version__, config
 from market_anomaly.cli import settings
 
 # Modules that contribute subcommands, in the order `--help` lists them.
@@ -29,6 +32,8 @@ COMMAND_MODULES = (
     "market_anomaly.cli.settings",   # config show
 )
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+LOG_FORMATS = ("text", "json")
+LOG_FORMAT_ENV = "LOG_FORMAT"  # MARKET_ANOMALY_LOG_FORMAT: children of `up` inherit the choice
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -54,16 +59,43 @@ def add_global_arguments(parser: argparse.ArgumentParser, default_level: str) ->
     """Flags every command takes, before or after its name (a command's copy never overrides the global value)."""
     parser.add_argument("--log-level", default=default_level, choices=LOG_LEVELS,
                         help="logging verbosity (default: INFO)")
+    parser.add_argument("--log-format", choices=LOG_FORMATS,
+                        default=argparse.SUPPRESS if default_level is argparse.SUPPRESS else None,
+                        help="text lines, or one JSON event per line for log shippers (env "
+                             "MARKET_ANOMALY_LOG_FORMAT; default: text); `up` passes it to the processes it starts")
     settings.add_config_argument(parser)
 
 
-def configure_logging(level: str) -> None:
-    logging.basicConfig(
-        level=level,
-        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
-        datefmt="%H:%M:%S",
-        stream=sys.stderr,
-    )
+class RedactingFormatter(logging.Formatter):
+    """The text log line with secrets hidden (``config.redact``): a token in an error message never reaches a log."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        return config.redact(super().format(record))
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line for log shippers: time (UTC, ISO 8601), level, logger, message, and the
+    exception when there is one; secrets hidden as in the text format."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        event = {"time": dt.datetime.fromtimestamp(record.created, dt.timezone.utc).isoformat(timespec="milliseconds"),
+                 "level": record.levelname, "logger": record.name, "message": config.redact(record.getMessage()),
+                 "process": record.process}
+        if record.exc_info:
+            event["exception"] = config.redact(self.formatException(record.exc_info))
+        return json.dumps(event, ensure_ascii=False)
+
+
+def configure_logging(level: str, log_format: str | None = None) -> None:
+    """Logging to stderr, as text or JSON lines (``log_format``, default ``MARKET_ANOMALY_LOG_FORMAT`` or text)."""
+    log_format = log_format or config.env(LOG_FORMAT_ENV, "text")
+    if log_format not in LOG_FORMATS:
+        raise SystemExit(f"--log-format must be one of {', '.join(LOG_FORMATS)}, not {log_format!r}")
+    os.environ[config.ENV_PREFIX + LOG_FORMAT_ENV] = log_format  # the processes `up` starts log alike
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(JsonFormatter() if log_format == "json" else
+                         RedactingFormatter("%(asctime)s %(levelname)-7s %(name)s: %(message)s", datefmt="%H:%M:%S"))
+    logging.basicConfig(level=level, handlers=[handler])  # a no-op where logging is set up already (pytest)
     # py4j logs every gateway call at INFO; Spark's own logs are set through its log level.
     logging.getLogger("py4j").setLevel(logging.WARNING)
 
@@ -77,7 +109,7 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "handler", None):
         parser.print_help()
         return 2
-    configure_logging(args.log_level)
+    configure_logging(args.log_level, args.log_format)
     try:
         return int(args.handler(args) or 0)
     except KeyboardInterrupt:

@@ -36,7 +36,7 @@ def run(args: argparse.Namespace) -> int:
     from aiohttp import web
 
     from market_anomaly.dashboard.server import create_app
-    from market_anomaly.sinks.common import hide_password
+    from market_anomaly.config import redact
     from market_anomaly.sinks.database import DatabaseError, open_database
 
     try:
@@ -45,7 +45,7 @@ def run(args: argparse.Namespace) -> int:
         log.error("%s", error)
         return 1
     kafka_config = None if args.no_kafka else options.kafka_client_config(args)
-    log.info("dashboard: http://%s:%d (database %s)", args.host, args.port, hide_password(args.db))
+    log.info("dashboard: http://%s:%d (database %s)", args.host, args.port, redact(args.db))
     try:
         web.run_app(create_app(database, kafka_config, args.topic), host=args.host, port=args.port, print=None,
                     access_log=None)

@@ -20,7 +20,7 @@ from pathlib import Path
 from market_anomaly import config
 from market_anomaly.cli import options
 from market_anomaly.sinks import ALERT_STATE, SinkOptions
-from market_anomaly.sinks.alerts import FORMATS
+from market_anomaly.sinks.alerts import FORMATS, validate_webhook_url
 from market_anomaly.sinks.common import CONFIDENCE_LEVELS
 from market_anomaly.sinks.console import MODES
 from market_anomaly.sinks.database import default_url
@@ -66,6 +66,7 @@ def add_detect_arguments(parser: argparse.ArgumentParser) -> None:
                              "of symbols on a cluster (default: %(default)s)")
     parser.add_argument("--run-for", type=float, default=None, metavar="SECONDS",
                         help="stop after this long (tests, benchmarks); default: until Ctrl-C")
+    options.add_metrics_arguments(parser)
     add_sink_arguments(parser)
 
 
@@ -100,12 +101,16 @@ def _enabled(value: str | None) -> str | None:
 def sink_options(args: argparse.Namespace) -> SinkOptions:
     """The sink flags (and MARKET_ANOMALY_WEBHOOK_URLS) as one value."""
     from_env = [url.strip() for url in config.env(WEBHOOK_URLS_ENV, "").split(",") if url.strip()]
+    try:  # at start, and without the token: a URL without its scheme would otherwise fail at the first alert
+        webhooks = tuple(validate_webhook_url(url) for url in dict.fromkeys([*args.webhook, *from_env]))
+    except ValueError as error:
+        raise SystemExit(f"detect: {error}")
     return SinkOptions(
         db_url=_enabled(args.db),
         anomalies_topic=_enabled(args.anomalies_topic),
         anomalies_only=args.anomalies_only,
         console=args.console,
-        webhooks=tuple(dict.fromkeys([*args.webhook, *from_env])),
+        webhooks=webhooks,
         webhook_format=args.webhook_format,
         alert_min_confidence=args.alert_min_confidence,
         alert_cooldown=args.alert_cooldown,
@@ -135,6 +140,7 @@ def detect_config(args: argparse.Namespace) -> job.DetectConfig:
 
 
 def run(args: argparse.Namespace) -> int:
+    options.serve_metrics("detect", args)
     return job.run(detect_config(args))
 
 

@@ -1,4 +1,5 @@
-"""Flags several commands share: Kafka (``--bootstrap-servers``, ``-X``), Spark sessions (``--master``, ``--conf``).
+"""Flags several commands share: Kafka (``--bootstrap-servers``, ``-X``), Spark sessions (``--master``, ``--conf``),
+Prometheus metrics (``--metrics-port``, ``--metrics-host``).
 
 Kafka client settings pass through verbatim with ``-X key=value`` (the kcat convention),
 e.g. ``-X security.protocol=SASL_SSL``, and win over the project's defaults.
@@ -32,13 +33,31 @@ def add_kafka_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "-X", "--kafka-config", action="append", default=[], metavar="KEY=VALUE", type=key_value,
-        help="extra Kafka client setting, passed through verbatim; repeatable",
+        help="extra Kafka client setting, passed through verbatim; repeatable. Secrets (SASL, TLS keys) belong in "
+             f"the environment ({config.ENV_PREFIX}{config.KAFKA_ENV_PREFIX}SASL_PASSWORD=...) or "
+             "--kafka-config-file: flags show in process lists",
+    )
+    parser.add_argument(
+        "--kafka-config-file", type=kafka_properties_file, default=config.env("KAFKA_CONFIG_FILE", None),
+        metavar="FILE",
+        help="Kafka client settings from a properties file (KEY=VALUE lines, as Kafka's own tools take); "
+             f"{config.ENV_PREFIX}{config.KAFKA_ENV_PREFIX}<KEY> variables win over it, -X over both (env "
+             "MARKET_ANOMALY_KAFKA_CONFIG_FILE)",
     )
 
 
+def kafka_properties_file(path: str) -> dict[str, str]:
+    """argparse type of --kafka-config-file: the file's settings; an unreadable or malformed file is a usage error."""
+    try:
+        return config.read_kafka_properties(path)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error))
+
+
 def kafka_client_config(args: argparse.Namespace) -> dict[str, str]:
-    """confluent-kafka configuration from the common flags."""
-    return {"bootstrap.servers": args.bootstrap_servers, **parse_pairs(args.kafka_config)}
+    """confluent-kafka configuration from the common flags: the file, then the environment, then -X."""
+    return config.kafka_settings(args.bootstrap_servers, getattr(args, "kafka_config_file", None),
+                                 parse_pairs(args.kafka_config))
 
 
 def add_session_arguments(parser: argparse.ArgumentParser) -> None:
@@ -47,3 +66,23 @@ def add_session_arguments(parser: argparse.ArgumentParser) -> None:
                         help="Spark master when not under spark-submit (default: %(default)s)")
     parser.add_argument("--conf", action="append", default=[], metavar="KEY=VALUE", type=key_value,
                         help="extra Spark setting, e.g. --conf spark.sql.shuffle.partitions=8; repeatable")
+
+
+def add_metrics_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--metrics-port", type=int, default=int(config.env("METRICS_PORT", "0")), metavar="PORT",
+                        help="serve Prometheus metrics on http://HOST:PORT/metrics; 0 = none (env "
+                             "MARKET_ANOMALY_METRICS_PORT; default: %(default)s)")
+    parser.add_argument("--metrics-host", default=config.env("METRICS_HOST", "127.0.0.1"), metavar="HOST",
+                        help="address the metrics endpoint binds; the default keeps it on this machine "
+                             "(env MARKET_ANOMALY_METRICS_HOST; default: %(default)s)")
+
+
+def serve_metrics(role: str, args: argparse.Namespace) -> None:
+    """Start ``role``'s /metrics endpoint from the flags; a port in use is a one-line error, not a traceback."""
+    from market_anomaly import metrics
+
+    try:
+        metrics.serve(role, args.metrics_port, args.metrics_host)
+    except OSError as error:
+        raise SystemExit(f"{role}: cannot serve metrics on {args.metrics_host}:{args.metrics_port}: "
+                         f"{error.strerror or error}")

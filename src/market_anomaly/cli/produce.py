@@ -47,6 +47,7 @@ def add_produce_arguments(parser: argparse.ArgumentParser) -> None:
                              "source=file), e.g. a long history so detection is warm from the first live candle")
     parser.add_argument("--max-candles", type=int, default=None,
                         help="stop after producing this many candles (tests, benchmarks)")
+    options.add_metrics_arguments(parser)
 
 
 def parse_symbols(text: str) -> list[str]:
@@ -73,4 +74,5 @@ def produce_config(args: argparse.Namespace) -> service.ProduceConfig:
 
 
 def run(args: argparse.Namespace) -> int:
+    options.serve_metrics("producer", args)
     return service.run(produce_config(args))

@@ -285,8 +285,6 @@ def child_argv(build_parser, command: str, values: dict[str, object]) -> list[st
 def masked(key: str, value: object) -> object:
     """``value`` with secrets hidden: secret-looking keys, ``KEY=VALUE`` pairs with such keys, passwords in URLs,
     webhook URLs down to their host."""
-    from market_anomaly.sinks.common import hide_password, redact_url
-
     if isinstance(value, list):
         return [masked(key, item) for item in value]
     if not isinstance(value, str) or not value:
@@ -296,8 +294,8 @@ def masked(key: str, value: object) -> object:
     if SECRET_KEY.search(key):
         return "***"
     if key in TOKEN_URL_KEYS:
-        return redact_url(value)
-    return hide_password(value) if "://" in value else value
+        return config.redact_url(value)
+    return config.redact(value)
 
 
 def toml_value(value: object) -> str:

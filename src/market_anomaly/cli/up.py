@@ -60,6 +60,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     up.add_argument("--seed-history", type=int, default=1000, metavar="N",
                     help="candles per symbol fetched from REST at start so detectors are warm (default: %(default)s)")
     up.add_argument("--dashboard-port", type=int, default=8050, help="dashboard port on 127.0.0.1; 0 = none")
+    up.add_argument("--metrics-port", type=int, default=0, metavar="PORT",
+                    help="Prometheus metrics on 127.0.0.1: the producer's on PORT, the Spark job's on PORT+1 (the "
+                         "dashboard's at its own /metrics); 0 = none (default: %(default)s)")
     up.add_argument("--params", default=str(config.model_params_path()), help="model parameters file")
     up.add_argument("--keep-state", action="store_true",
                     help="continue the previous run's broker data, checkpoint and database instead of starting "
@@ -158,7 +161,7 @@ def run_up(args: argparse.Namespace) -> int:
             broker.start()
             bootstrap = broker.bootstrap_servers
             log.info("Kafka broker at %s (data in %s)", bootstrap, home / "kafka")
-        topics.ensure_topics({"bootstrap.servers": bootstrap}, topics.DEFAULT_TOPICS)
+        topics.ensure_topics(config.kafka_settings(bootstrap), topics.DEFAULT_TOPICS)  # + MARKET_ANOMALY_KAFKA_CFG_*
         # The children read up's configuration file too (named, from the environment, or found here).
         config_file = Path(args.config_file) if hasattr(args, "config_file") else settings.config_path([])[0]
 
@@ -181,11 +184,12 @@ def run_up(args: argparse.Namespace) -> int:
                                   symbols=args.symbols, speed=args.speed, inject_random=args.inject_random,
                                   labels_out=home / "injected-labels.json", inject=args.inject))
         children.append(child("producer", "produce", logs / "producer.log", bootstrap_servers=bootstrap,
-                              ws_url=ws_url, rest_url=rest_url, symbols=args.symbols, seed_history=args.seed_history))
+                              ws_url=ws_url, rest_url=rest_url, symbols=args.symbols, seed_history=args.seed_history,
+                              metrics_port=args.metrics_port))
         # stop_timeout: the job finishes its micro-batch and commits its checkpoint
         children.append(child("spark job", "detect", None, log_level="WARNING", stop_timeout=60.0,
                               bootstrap_servers=bootstrap, params=args.params, checkpoint_dir=home / "checkpoint",
-                              db=database))
+                              db=database, metrics_port=args.metrics_port + 1 if args.metrics_port else 0))
         if args.dashboard_port:
             children.append(child("dashboard", "dashboard", logs / "dashboard.log", bootstrap_servers=bootstrap,
                                   port=args.dashboard_port, db=database))
@@ -195,6 +199,9 @@ def run_up(args: argparse.Namespace) -> int:
             time.sleep(child.settle)
         if args.dashboard_port:
             log.info("dashboard: http://127.0.0.1:%d", args.dashboard_port)
+        if args.metrics_port:
+            log.info("metrics: http://127.0.0.1:%d/metrics (producer), http://127.0.0.1:%d/metrics (Spark job)",
+                     args.metrics_port, args.metrics_port + 1)
         log.info("pipeline up; the Spark job prints decisions below once its first micro-batch runs. Ctrl-C stops.")
 
         deadline = time.monotonic() + args.run_for if args.run_for else None

@@ -26,6 +26,7 @@ from pathlib import Path
 from aiohttp import web
 
 from market_anomaly import config
+from market_anomaly.dashboard import live
 from market_anomaly.sinks.common import CONFIDENCE_LEVELS
 from market_anomaly.sinks.database import Database
 
@@ -62,6 +63,20 @@ def parse_int(value: str | None, name: str, default: int, maximum: int) -> int:
     return max(1, min(number, maximum))
 
 
+def kafka_problem(error: Exception) -> str:
+    """What the page and /api/health show of a Kafka error: its kind, never the client's raw text (which can
+    name hosts, principals or settings)."""
+    code = getattr(error.args[0], "name", None) if error.args else None
+    name = code() if callable(code) else type(error).__name__
+    for words, problem in (("TRANSPORT", "broker unreachable"), ("BROKERS_DOWN", "broker unreachable"),
+                           ("TIMED_OUT", "timed out"), ("AUTHENTICATION", "authentication failed"),
+                           ("AUTHORIZATION", "not authorised"), ("UNKNOWN_TOPIC", "topic missing"),
+                           ("SSL", "TLS handshake failed")):
+        if words in name:
+            return problem
+    return f"Kafka error {name}"
+
+
 class KafkaStats:
     """Watermarks of the candle, dead-letter and anomaly topics, refreshed in the background every ``interval`` s."""
 
@@ -81,8 +96,9 @@ class KafkaStats:
         for topic in self.topics:
             try:
                 offsets = topic_offsets(self.client_config, topic, timeout=2.0)
-            except Exception as error:  # broker down, topic missing, auth: shown on the page
-                errors.append(f"{topic}: {error}")
+            except Exception as error:  # broker down, topic missing, auth: the log has the details
+                errors.append(f"{topic}: {kafka_problem(error)}")
+                log.debug("kafka stats: %s: %s", topic, error)
                 continue
             topics[topic] = {
                 "messages": sum(high - low for low, high in offsets.values()),
@@ -179,4 +195,5 @@ def create_app(database: Database, kafka_config: dict[str, str] | None,
     app.router.add_get("/api/candles", candles)
     app.router.add_get("/api/health", health)
     app.router.add_static("/static/", STATIC_DIR)
+    live.install(app, database)
     return app

@@ -18,6 +18,7 @@ import aiohttp
 import websockets
 from websockets.asyncio.client import ClientConnection
 
+from market_anomaly import metrics
 from market_anomaly.candles.record import Candle, MalformedCandle, Rejected
 from market_anomaly.exchange import protocol
 
@@ -160,6 +161,7 @@ class _KlineConnection:
                 except (websockets.ConnectionClosed, websockets.InvalidHandshake, OSError, TimeoutError) as error:
                     problem = str(error) or type(error).__name__
                 delay = self.backoff.next_delay()
+                metrics.WEBSOCKET_RECONNECTS.inc()
                 log.warning("WebSocket %s (%d streams): %s; reconnecting in %.1fs", self.client.ws_url,
                             len(self.streams), problem, delay)
                 await asyncio.sleep(delay)

@@ -6,7 +6,7 @@ import json
 import logging
 import time
 
-from market_anomaly import config
+from market_anomaly import config, metrics
 from market_anomaly.kafka.producing import produce_waiting, reliable_producer
 
 log = logging.getLogger(__name__)
@@ -27,6 +27,7 @@ class DeadLetterPublisher:
         record = {"reason": reason, "raw": raw, "stage": self.stage, "at": int(time.time() * 1000)}
         produce_waiting(self._producer, self.topic, json.dumps(record).encode(), key=key)
         self.sent += 1
+        metrics.dead_lettered(self.stage, reason)
         log.warning("dead-lettered (%s): %s", self.stage, reason)
 
     def flush(self, timeout: float = 10.0) -> int:

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from confluent_kafka import KafkaError
 
-from market_anomaly import config
+from market_anomaly import config, metrics
 from market_anomaly.candles.record import Candle, Rejected
 from market_anomaly.kafka.dead_letter import DeadLetterPublisher
 from market_anomaly.kafka.producing import produce_waiting, reliable_producer
@@ -82,6 +82,7 @@ class CandleProducer:
         else:
             # The idempotent producer has already retried; this is final, so it must be loud.
             self.failed += 1
+            metrics.PRODUCER_DELIVERY_FAILURES.inc()
             log.error("delivery of %s failed: %s", message.key(), error)
 
     def send(self, item: Candle | Rejected) -> None:
@@ -91,6 +92,7 @@ class CandleProducer:
         produce_waiting(self._producer, self.topic, item.to_json(produced_at=int(time.time() * 1000)),
                         key=item.symbol, on_delivery=self._on_delivery)
         self.produced += 1
+        metrics.candle_produced(item.symbol, item.open_time, item.source)
 
     def close(self, timeout: float = 30.0) -> int:
         remaining = self._producer.flush(timeout) + self.dead_letters.flush(timeout)
@@ -135,6 +137,7 @@ def run(job: ProduceConfig) -> int:
     symbols = list(job.symbols)
     client = BinanceKlineClient(job.ws_url, job.rest_url, symbols, job.interval, seed_history=job.seed_history)
     producer = CandleProducer(job.kafka, job.topic, job.dead_letter_topic)
+    metrics.watch_symbols(symbols, client.interval_ms)
     log.info("producing %d symbols x %s from %s to %s at %s", len(symbols), job.interval, job.ws_url,
              job.topic, job.kafka.get("bootstrap.servers"))
 

@@ -15,7 +15,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from market_anomaly.sinks.common import hide_password
+from market_anomaly import metrics
+from market_anomaly.config import redact
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +51,7 @@ class Sinks:
             call()
         except Exception as error:
             self.failures[sink.name] += 1
+            metrics.SINK_FAILURES.labels(sink=sink.name).inc()
             # The traceback once; a sink that stays down (say, Kafka) then costs one line per batch.
             log.error("sink %s: %s failed: %s (%d failure(s) so far); the stream continues",
                       sink.name, action, error, self.failures[sink.name], exc_info=self.failures[sink.name] == 1)
@@ -78,7 +80,7 @@ def build_sinks(options: SinkOptions) -> Sinks:
     sinks: list = []
     if options.db_url:
         sinks.append(DatabaseSink(open_database(options.db_url)))
-        log.info("sink database: %s", hide_password(options.db_url))
+        log.info("sink database: %s", redact(options.db_url))
     if options.anomalies_topic:
         sinks.append(KafkaTopicSink(options.kafka_config, options.anomalies_topic, options.anomalies_only))
         log.info("sink kafka: topic %s%s", options.anomalies_topic, " (anomalies only)" if options.anomalies_only else "")

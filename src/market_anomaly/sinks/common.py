@@ -1,10 +1,10 @@
-"""What every sink shares: the decision record's columns, confidence levels, plain rows, URL redaction."""
+"""What every sink shares: the decision record's columns, confidence levels, plain rows, printable text."""
 
 from __future__ import annotations
 
 import datetime as dt
 import math
-from urllib.parse import urlsplit, urlunsplit
+import re
 
 import pandas as pd
 
@@ -66,25 +66,18 @@ def is_anomaly(record: dict[str, object]) -> bool:
     return bool(record.get("is_anomaly"))
 
 
-def redact_url(url: str) -> str:
-    """``scheme://host:port/…`` with credentials, path and query hidden: webhook URLs carry tokens."""
-    try:
-        parts = urlsplit(url)
-        host = parts.hostname or ""
-        port = f":{parts.port}" if parts.port else ""
-    except ValueError:
-        return "<unparseable URL>"
-    hidden_path = "/…" if (parts.path.strip("/") or parts.query) else ""
-    return urlunsplit((parts.scheme, host + port, hidden_path, "", ""))
+# Control characters (C0, DEL, C1) and bidirectional overrides: in a terminal or a chat they can recolour,
+# move the cursor, hide or reorder text. Shown as visible escapes instead.
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
 
 
-def hide_password(url: str) -> str:
-    """A database URL fit for logs: ``postgresql://user:***@host/db``; SQLite paths unchanged."""
-    parts = urlsplit(url)
-    if not parts.password:
-        return url
-    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
-    return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
+def printable(value: object) -> str:
+    r"""``value`` as text without control characters: ``"\x1b[31mX"`` -> ``"\\x1b[31mX"`` (visible, inert).
+
+    >>> printable("BTC\x1b[2J\nUSDT")
+    'BTC\\x1b[2J\\nUSDT'
+    """
+    return _CONTROL.sub(lambda match: match[0].encode("unicode_escape").decode(), str(value))
 
 
 def format_utc(epoch_ms: object, pattern: str = "%Y-%m-%d %H:%M") -> str:

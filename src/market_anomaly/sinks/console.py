@@ -1,6 +1,8 @@
 """The live decision table on stdout: one fixed-width line per decision, anomalies highlighted.
 
-Colour only when the stream is a terminal; in a log file anomalies carry a ``!`` marker
+Text from the data (symbol, confidence, reasons) is printed without its control characters
+(``printable``), so a hostile symbol cannot recolour or clear the terminal. Colour only when
+the stream is a terminal; in a log file anomalies carry a ``!`` marker
 instead, so ``grep '^!'`` finds them. The header repeats every ``header_every`` lines so
 a scrolled terminal still says what the columns are.
 """
@@ -12,7 +14,7 @@ from typing import TextIO
 
 import pandas as pd
 
-from market_anomaly.sinks.common import format_utc, is_anomaly, to_records
+from market_anomaly.sinks.common import format_utc, is_anomaly, printable, to_records
 
 COLUMNS = (  # (title, width); the last column (reasons) is unbounded
     ("Time", 5), ("Symbol", 10), ("Close", 12), ("Return%", 7), ("Votes", 5),
@@ -50,13 +52,13 @@ def decision_line(record: dict[str, object]) -> str:
     anomaly = is_anomaly(record)
     cells = (
         format_utc(record.get("open_time"), "%H:%M").ljust(5),
-        str(record.get("symbol") or "").ljust(10),
+        printable(record.get("symbol") or "").ljust(10),
         format_price(record.get("close")).rjust(12),
         format_return(record.get("return_pct")).rjust(7),
         format_votes(record.get("votes")).center(5),
         ("YES" if anomaly else "no").ljust(10),
-        str(record.get("confidence") or "").ljust(10),
-        str(record.get("reasons") or ""),
+        printable(record.get("confidence") or "").ljust(10),
+        printable(record.get("reasons") or ""),
     )
     return ("! " if anomaly else "  ") + SEPARATOR.join(cells).rstrip()
 

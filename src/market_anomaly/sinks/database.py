@@ -24,7 +24,9 @@ from typing import Iterator
 
 import pandas as pd
 
-from market_anomaly.sinks.common import DECISION_COLUMNS, levels_at_least, plain, hide_password, to_records
+from market_anomaly import metrics
+from market_anomaly.config import redact
+from market_anomaly.sinks.common import DECISION_COLUMNS, levels_at_least, plain, to_records
 
 log = logging.getLogger(__name__)
 
@@ -106,7 +108,7 @@ def open_database(url: str) -> "Database":
         return SQLiteDatabase(url)
     if url.startswith(("postgresql://", "postgres://")):
         return PostgresDatabase(url)
-    raise DatabaseError(f"unsupported database URL {hide_password(url)!r}: use sqlite:///PATH or postgresql://...")
+    raise DatabaseError(f"unsupported database URL {redact(url)!r}: use sqlite:///PATH or postgresql://...")
 
 
 def extra_numbers(record: dict[str, object]) -> str | None:
@@ -150,7 +152,7 @@ class Database:
         except DatabaseError:
             raise
         except Exception as error:  # driver errors: say which database and why, without the password
-            raise DatabaseError(f"cannot open database {hide_password(url)}: {error}") from error
+            raise DatabaseError(f"cannot open database {redact(url)}: {error}") from error
 
     # -- dialect ---------------------------------------------------------------------------------
 
@@ -191,7 +193,8 @@ class Database:
             except Exception:
                 if self._closed or not self._connection_lost():
                     raise
-                log.warning("database %s: connection lost; reconnecting", hide_password(self.url))
+                log.warning("database %s: connection lost; reconnecting", redact(self.url))
+                metrics.SINK_RETRIES.labels(sink="database").inc()
                 self._connection = self._connect()
                 return action()
 
@@ -225,7 +228,7 @@ class Database:
                                          "VALUES (?, ?, ?)"), (version, description, int(time.time() * 1000)))
                 applied.append(version)
         if applied:
-            log.info("database %s: schema migrated to version %d", hide_password(self.url), applied[-1])
+            log.info("database %s: schema migrated to version %d", redact(self.url), applied[-1])
         return applied
 
     @property

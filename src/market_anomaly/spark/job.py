@@ -18,7 +18,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from market_anomaly import config
+from market_anomaly import config, metrics
 from market_anomaly.sinks import SinkOptions
 
 log = logging.getLogger("market_anomaly.detect")
@@ -196,6 +196,7 @@ class BatchHandler:
         self.totals["candles"] += len(decisions)
         self.totals["anomalies"] += anomalies
         self.totals["rejected"] += len(rejected)
+        metrics.record_decisions(decisions)
         log.info("batch %d: %d candles, %d anomalies, %d rejected; detection %.2fs, sinks %.2fs (totals %s)",
                  batch_id, len(decisions), anomalies, len(rejected), detected - started, time.monotonic() - detected,
                  self.totals)
@@ -211,6 +212,7 @@ def progress_listener(sinks):
 
         def onQueryProgress(self, event):
             progress = event.progress
+            metrics.record_progress(progress)
             partitions: dict[str, dict[str, int]] = {}
             for source in progress.sources:
                 try:

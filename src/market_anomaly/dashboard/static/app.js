@@ -1,14 +1,17 @@
-// The dashboard page: polls the JSON API every 2 s and draws candles on a <canvas> (no libraries:
-// the page must work without internet). Anomaly markers are also DOM elements (.anomaly-marker
-// with data-* attributes) so they carry a hover title and tests can find them.
+// The dashboard page: TradingView's Lightweight Charts (vendored under /static/vendor, so the page works
+// without internet) draws the candles, a volume pane and the anomaly markers; zoom with the wheel, pan by
+// dragging, the crosshair fills the legend. Live updates arrive as server-sent events (/api/events): new
+// candles of the shown symbol, and a "progress" event per micro-batch that refreshes the table and health.
+// The chart's anomalies are also listed as DOM chips (.anomaly-marker, data-*) that move the chart to them.
 "use strict";
 
-const REFRESH_MS = 2000;
-const MINUTE_MS = 60000;
+const REFRESH_AT_MOST_MS = 2000; // progress events come once per micro-batch; the table and health need less
+const MAX_BARS = 5000;
 const CONFIDENCE_COLOURS = { HIGH: "#ff1744", MEDIUM: "#ff9100", LOW: "#ffd600", NONE: "#ffd600" };
 const $ = (id) => document.getElementById(id);
 
-const state = { symbol: decodeURIComponent(location.hash.slice(1)) || null, candles: [], layout: null };
+const state = { symbol: decodeURIComponent(location.hash.slice(1)) || null, candles: [], byTime: new Map(),
+                stream: null, hovering: false };
 
 // -- formatting -----------------------------------------------------------------------------------
 
@@ -89,26 +92,27 @@ async function refresh() {
       getJSON("/api/symbols"),
       state.symbol ? Promise.resolve({ anomalies: [] }) : getJSON("/api/anomalies?limit=1"),
     ]);
+    const before = state.symbol;
     updateSymbols(symbols, newest.anomalies[0]);
-    const minutes = $("minutes").value;
-    const [candles, anomalies, health] = await Promise.all([
-      state.symbol ? getJSON(`/api/candles?symbol=${encodeURIComponent(state.symbol)}&minutes=${minutes}`)
-                   : Promise.resolve({ candles: [] }),
-      getJSON(`/api/anomalies?${filterQuery()}`),
-      getJSON("/api/health"),
-    ]);
-    state.candles = candles.candles;
-    drawChart();
+    const [anomalies, health] = await Promise.all([getJSON(`/api/anomalies?${filterQuery()}`), getJSON("/api/health")]);
     renderAnomalies(anomalies.anomalies);
     renderHealth(health);
-    $("status").textContent = `updated ${new Date().toISOString().slice(11, 19)} UTC`;
-    $("status").classList.remove("stale");
+    if (state.symbol !== before || !state.stream) await loadChart();
+    showStatus(`updated ${new Date().toISOString().slice(11, 19)} UTC`, false);
   } catch (error) {
-    $("status").textContent = `update failed: ${error.message}`;
-    $("status").classList.add("stale");
-  } finally {
-    setTimeout(refresh, REFRESH_MS);
+    showStatus(`update failed: ${error.message}`, true);
   }
+}
+
+function showStatus(text, stale) {
+  $("status").textContent = text;
+  $("status").classList.toggle("stale", stale);
+}
+
+// The table and health follow the stream's progress events, at most once per REFRESH_AT_MOST_MS.
+let refreshTimer = null;
+function refreshSoon() {
+  if (refreshTimer === null) refreshTimer = setTimeout(() => { refreshTimer = null; refresh(); }, REFRESH_AT_MOST_MS);
 }
 
 // -- anomalies table and health panel -------------------------------------------------------------
@@ -159,175 +163,166 @@ function renderHealth(health) {
   }, "no candles yet");
 }
 
-// -- the candlestick chart ------------------------------------------------------------------------
+// -- the chart (Lightweight Charts) --------------------------------------------------------------
 
-function ohlc(candles) {
+const LWC = window.LightweightCharts;
+const chart = LWC.createChart($("chart"), {
+  autoSize: true,
+  layout: { background: { type: "solid", color: "#161d27" }, textColor: "#8393a7", attributionLogo: true,
+            panes: { separatorColor: "#263142", enableResize: true } },
+  grid: { vertLines: { color: "#1e2835" }, horzLines: { color: "#1e2835" } },
+  crosshair: { mode: LWC.CrosshairMode.Normal },
+  rightPriceScale: { borderColor: "#263142" },
+  timeScale: { borderColor: "#263142", timeVisible: true, secondsVisible: false, rightOffset: 4 },
+});
+const candleSeries = chart.addSeries(LWC.CandlestickSeries, {
+  upColor: "#26a69a", downColor: "#ef5350", wickUpColor: "#26a69a", wickDownColor: "#ef5350", borderVisible: false,
+  priceFormat: { type: "custom", formatter: price, minMove: 0.000001 },
+});
+const volumeSeries = chart.addSeries(LWC.HistogramSeries, { priceFormat: { type: "volume" }, priceLineVisible: false,
+                                                            lastValueVisible: false }, 1);
+chart.panes()[0].setStretchFactor(4); // the volume pane below takes a fifth of the height
+chart.panes()[1].setStretchFactor(1);
+const markers = LWC.createSeriesMarkers(candleSeries, []);
+window.dashboard = { chart, candleSeries, volumeSeries, markers }; // for the browser test and the console
+
+const seconds = (ms) => Math.floor(ms / 1000);
+
+function ohlc(c, previousClose) {
   // Decisions without open/high/low (older jobs) are drawn from closes: open = previous close.
-  let previousClose = null;
-  return candles.map((c) => {
-    const open = c.open ?? previousClose ?? c.close;
-    const high = c.high ?? Math.max(open, c.close);
-    const low = c.low ?? Math.min(open, c.close);
-    previousClose = c.close;
-    return { ...c, open, high, low };
-  });
+  const open = c.open ?? previousClose ?? c.close;
+  return { open, high: c.high ?? Math.max(open, c.close), low: c.low ?? Math.min(open, c.close) };
 }
 
-function niceTicks(min, max, count) {
-  const raw = (max - min) / count;
-  const magnitude = 10 ** Math.floor(Math.log10(raw));
-  const step = [1, 2, 2.5, 5, 10].map((m) => m * magnitude).find((s) => s >= raw);
-  const ticks = [];
-  for (let v = Math.ceil(min / step) * step; v <= max; v += step) ticks.push(v);
-  return ticks;
+function addBar(c) {
+  const previous = state.candles.length ? state.candles[state.candles.length - 1] : null;
+  const bar = { ...c, ...ohlc(c, previous?.close) };
+  state.candles.push(bar);
+  state.byTime.set(seconds(c.open_time), bar);
+  return bar;
 }
 
-function drawChart() {
-  const canvas = $("chart");
-  const wrap = $("chart-wrap");
-  const ratio = window.devicePixelRatio || 1;
-  const width = wrap.clientWidth;
-  const height = wrap.clientHeight;
-  canvas.width = width * ratio;
-  canvas.height = height * ratio;
-  const ctx = canvas.getContext("2d");
-  ctx.setTransform(ratio, 0, 0, ratio, 0, 0);
-  ctx.clearRect(0, 0, width, height);
-  ctx.font = "11px system-ui, sans-serif";
-
-  const candles = ohlc(state.candles);
-  const markers = $("markers");
-  markers.replaceChildren();
-  canvas.dataset.candles = String(candles.length);
-  if (!candles.length) {
-    ctx.fillStyle = "#8393a7";
-    ctx.fillText(state.symbol ? `no decisions for ${state.symbol} yet` : "waiting for the detect job…", 20, 30);
-    $("chart-summary").textContent = "";
-    state.layout = null;
-    return;
-  }
-
-  const pad = { left: 8, right: 78, top: 24, bottom: 22 };
-  const volumeHeight = (height - pad.top - pad.bottom) * 0.18;
-  const priceBottom = height - pad.bottom - volumeHeight - 6;
-  const first = candles[0].open_time;
-  const last = candles[candles.length - 1].open_time;
-  const span = Math.max(last - first, MINUTE_MS) + MINUTE_MS;
-  const plotWidth = width - pad.left - pad.right;
-  const x = (t) => pad.left + ((t - first + MINUTE_MS / 2) / span) * plotWidth;
-  let low = Math.min(...candles.map((c) => c.low));
-  let high = Math.max(...candles.map((c) => c.high));
-  if (high === low) { high += Math.abs(high) * 0.001 || 1; low -= Math.abs(low) * 0.001 || 1; }
-  const margin = (high - low) * 0.06;
-  low -= margin; high += margin;
-  const y = (v) => pad.top + ((high - v) / (high - low)) * (priceBottom - pad.top);
-  const maxVolume = Math.max(...candles.map((c) => c.volume || 0)) || 1;
-  const bodyWidth = Math.max(1, Math.min(14, (plotWidth / (span / MINUTE_MS)) * 0.7));
-
-  // Grid and price axis.
-  ctx.strokeStyle = "#263142";
-  ctx.fillStyle = "#8393a7";
-  ctx.lineWidth = 1;
-  for (const tick of niceTicks(low, high, 6)) {
-    ctx.beginPath();
-    ctx.moveTo(pad.left, Math.round(y(tick)) + 0.5);
-    ctx.lineTo(width - pad.right, Math.round(y(tick)) + 0.5);
-    ctx.stroke();
-    ctx.fillText(price(tick), width - pad.right + 6, y(tick) + 4);
-  }
-  // Time axis: about one label per 110 px, on whole minutes.
-  const labelEvery = Math.max(1, Math.ceil((span / MINUTE_MS) / (plotWidth / 110)));
-  for (let t = first; t <= last; t += labelEvery * MINUTE_MS) {
-    ctx.fillText(utc(t, false), Math.max(pad.left, x(t) - 14), height - 6);
-  }
-
-  for (const c of candles) {
-    const cx = x(c.open_time);
-    const up = c.close >= c.open;
-    const colour = up ? "#26a69a" : "#ef5350";
-    ctx.strokeStyle = colour;
-    ctx.fillStyle = colour;
-    ctx.beginPath();
-    ctx.moveTo(Math.round(cx) + 0.5, y(c.high));
-    ctx.lineTo(Math.round(cx) + 0.5, y(c.low));
-    ctx.stroke();
-    const top = y(Math.max(c.open, c.close));
-    ctx.fillRect(cx - bodyWidth / 2, top, bodyWidth, Math.max(1, y(Math.min(c.open, c.close)) - top));
-    ctx.globalAlpha = 0.35;
-    const barHeight = ((c.volume || 0) / maxVolume) * volumeHeight;
-    ctx.fillRect(cx - bodyWidth / 2, height - pad.bottom - barHeight, bodyWidth, barHeight);
-    ctx.globalAlpha = 1;
-    if (c.is_anomaly) {
-      const my = y(c.high) - 4;
-      ctx.fillStyle = CONFIDENCE_COLOURS[c.confidence] || CONFIDENCE_COLOURS.LOW;
-      ctx.beginPath();
-      ctx.moveTo(cx, my);
-      ctx.lineTo(cx - 6, my - 10);
-      ctx.lineTo(cx + 6, my - 10);
-      ctx.closePath();
-      ctx.fill();
-      addMarker(markers, c, cx, my);
-    }
-  }
-  const anomalies = candles.filter((c) => c.is_anomaly).length;
-  const latest = candles[candles.length - 1];
-  $("chart-summary").textContent =
-    `${candles.length} candles to ${utc(latest.open_time)} UTC · last ${price(latest.close)} · ` +
-    `${anomalies} anomal${anomalies === 1 ? "y" : "ies"}`;
-  state.layout = { candles, x, y, first, span, plotWidth, pad };
+function barOf(bar) {
+  return { time: seconds(bar.open_time), open: bar.open, high: bar.high, low: bar.low, close: bar.close };
 }
 
-function describe(c) {
+function volumeOf(bar) {
+  return { time: seconds(bar.open_time), value: bar.volume || 0,
+           color: bar.close >= bar.open ? "rgba(38,166,154,0.55)" : "rgba(239,83,80,0.55)" };
+}
+
+function markerOf(bar) {
+  const reasons = bar.reasons || "anomaly";
+  return { time: seconds(bar.open_time), position: "aboveBar", shape: "arrowDown",
+           color: CONFIDENCE_COLOURS[bar.confidence] || CONFIDENCE_COLOURS.LOW, text: reasons.split(" | ")[0] };
+}
+
+function setCandles(rows) {
+  state.candles = [];
+  state.byTime = new Map();
+  rows.forEach(addBar);
+  candleSeries.setData(state.candles.map(barOf));
+  volumeSeries.setData(state.candles.map(volumeOf));
+  chart.timeScale().fitContent();
+  drawMarkers();
+}
+
+function appendCandles(rows) {
+  const last = state.candles.length ? state.candles[state.candles.length - 1].open_time : -Infinity;
+  let anomalies = false;
+  for (const row of rows) {
+    if (row.open_time <= last) continue; // already drawn (a resent event)
+    const bar = addBar(row);
+    candleSeries.update(barOf(bar));
+    volumeSeries.update(volumeOf(bar));
+    anomalies ||= Boolean(bar.is_anomaly);
+  }
+  if (state.candles.length > MAX_BARS) setCandles(state.candles.slice(-MAX_BARS));
+  else if (anomalies) drawMarkers();
+  else summarise();
+}
+
+function drawMarkers() {
+  const flagged = state.candles.filter((c) => c.is_anomaly);
+  markers.setMarkers(flagged.map(markerOf));
+  $("chart-markers").replaceChildren(...flagged.map((c) => {
+    const chip = document.createElement("button");
+    chip.type = "button";
+    chip.className = "anomaly-marker";
+    chip.dataset.anomalyMarker = c.symbol;
+    chip.dataset.openTime = String(c.open_time);
+    chip.dataset.confidence = c.confidence;
+    chip.dataset.reasons = c.reasons || "";
+    chip.title = `${c.confidence}: ${c.reasons || "anomaly"}`;
+    chip.textContent = `${utc(c.open_time).slice(11)} ${c.confidence} ${c.reasons || ""}`;
+    chip.addEventListener("click", () => focusCandle(c));
+    return chip;
+  }));
+  summarise();
+}
+
+function summarise() {
+  const element = $("chart");
+  const anomalies = state.candles.filter((c) => c.is_anomaly).length;
+  element.dataset.candles = String(state.candles.length);
+  element.dataset.markers = String(anomalies);
+  const latest = state.candles[state.candles.length - 1];
+  element.dataset.lastOpenTime = latest ? String(latest.open_time) : "";
+  $("chart-summary").textContent = latest
+    ? `${state.candles.length} candles to ${utc(latest.open_time)} UTC · last ${price(latest.close)} · ` +
+      `${anomalies} anomal${anomalies === 1 ? "y" : "ies"}`
+    : state.symbol ? `no decisions for ${state.symbol} yet` : "waiting for the detect job…";
+  if (!state.hovering) showLegend(latest);
+}
+
+function focusCandle(c) {
+  const t = seconds(c.open_time);
+  chart.timeScale().setVisibleRange({ from: t - 30 * 60, to: t + 30 * 60 });
+  showLegend(c);
+}
+
+function showLegend(c) {
+  const legend = $("legend");
+  if (!c) { legend.textContent = ""; return; }
   const lines = [
     `${c.symbol} ${utc(c.open_time)} UTC`,
-    `O ${price(c.open)}  H ${price(c.high)}  L ${price(c.low)}  C ${price(c.close)}`,
-    `return ${signed(c.return_pct)}%  volume ${c.volume?.toPrecision(4) ?? "–"}  votes ${c.votes ?? "–"}`,
+    `O ${price(c.open)}  H ${price(c.high)}  L ${price(c.low)}  C ${price(c.close)}  ` +
+      `return ${signed(c.return_pct)}%  volume ${c.volume?.toPrecision(4) ?? "–"}`,
   ];
   if (c.is_anomaly) lines.push(`ANOMALY (${c.confidence}): ${c.reasons || "no reason given"}`);
   if (c.market_event) lines.push("market-wide event");
-  return lines.join("\n");
+  legend.textContent = lines.join("\n");
+  legend.classList.toggle("anomalous", Boolean(c.is_anomaly));
 }
 
-function addMarker(container, c, cx, bottomY) {
-  const marker = document.createElement("div");
-  marker.className = "anomaly-marker";
-  marker.dataset.anomalyMarker = c.symbol;
-  marker.style.left = `${cx}px`;
-  marker.style.top = `${bottomY}px`;
-  marker.dataset.openTime = String(c.open_time);
-  marker.dataset.confidence = c.confidence;
-  marker.dataset.reasons = c.reasons || "";
-  marker.title = `${c.confidence}: ${c.reasons || "anomaly"}`;
-  marker.addEventListener("mouseenter", () => showTooltip(c, cx, bottomY));
-  marker.addEventListener("mouseleave", hideTooltip);
-  container.appendChild(marker);
+chart.subscribeCrosshairMove((param) => {
+  state.hovering = param.time !== undefined && param.point !== undefined;
+  showLegend(state.hovering ? state.byTime.get(param.time) : state.candles[state.candles.length - 1]);
+});
+
+// -- the live stream ------------------------------------------------------------------------------
+
+function connectStream() {
+  if (state.stream) state.stream.close();
+  const latest = state.candles[state.candles.length - 1];
+  const params = new URLSearchParams({ symbol: state.symbol || "" });
+  if (latest) params.set("after", String(latest.open_time));
+  const stream = new EventSource(`/api/events?${params}`);
+  stream.addEventListener("candles", (message) => {
+    const data = JSON.parse(message.data);
+    if (data.symbol === state.symbol) appendCandles(data.candles);
+  });
+  stream.addEventListener("progress", refreshSoon);
+  stream.addEventListener("open", () => showStatus("live", false));
+  stream.addEventListener("error", () => showStatus("live updates interrupted; reconnecting…", true));
+  state.stream = stream;
 }
 
-function showTooltip(c, px, py) {
-  const tooltip = $("tooltip");
-  tooltip.textContent = describe(c);
-  tooltip.hidden = false;
-  const wrap = $("chart-wrap");
-  const left = Math.min(px + 12, wrap.clientWidth - tooltip.offsetWidth - 4);
-  tooltip.style.left = `${Math.max(4, left)}px`;
-  tooltip.style.top = `${Math.max(4, py - tooltip.offsetHeight - 18)}px`;
-}
-
-function hideTooltip() {
-  $("tooltip").hidden = true;
-}
-
-function hoverCandle(event) {
-  const layout = state.layout;
-  if (!layout) return;
-  const px = event.offsetX;
-  const t = layout.first - MINUTE_MS / 2 + ((px - layout.pad.left) / layout.plotWidth) * layout.span;
-  let nearest = null;
-  for (const c of layout.candles) {
-    if (!nearest || Math.abs(c.open_time - t) < Math.abs(nearest.open_time - t)) nearest = c;
-  }
-  if (nearest && Math.abs(layout.x(nearest.open_time) - px) < 12) showTooltip(nearest, px, event.offsetY);
-  else hideTooltip();
+async function loadChart() {
+  if (!state.symbol) { setCandles([]); connectStream(); return; }
+  const data = await getJSON(`/api/candles?symbol=${encodeURIComponent(state.symbol)}&minutes=${$("minutes").value}`);
+  setCandles(data.candles);
+  connectStream();
 }
 
 // -- wiring ---------------------------------------------------------------------------------------
@@ -336,23 +331,12 @@ function selectSymbol(symbol) {
   state.symbol = symbol;
   $("symbol").value = symbol;
   location.hash = encodeURIComponent(symbol);
-  refreshChartOnly();
-}
-
-async function refreshChartOnly() {
-  if (!state.symbol) return;
-  const data = await getJSON(
-    `/api/candles?symbol=${encodeURIComponent(state.symbol)}&minutes=${$("minutes").value}`);
-  state.candles = data.candles;
-  drawChart();
+  loadChart().catch((error) => showStatus(`update failed: ${error.message}`, true));
 }
 
 $("symbol").addEventListener("change", (event) => selectSymbol(event.target.value));
-$("minutes").addEventListener("change", refreshChartOnly);
+$("minutes").addEventListener("change", () => selectSymbol(state.symbol));
 $("filters").addEventListener("input", () =>
   getJSON(`/api/anomalies?${filterQuery()}`).then((data) => renderAnomalies(data.anomalies)));
 $("filters").addEventListener("submit", (event) => event.preventDefault());
-$("chart").addEventListener("mousemove", hoverCandle);
-$("chart").addEventListener("mouseleave", hideTooltip);
-window.addEventListener("resize", drawChart);
 refresh();

@@ -13,9 +13,10 @@ import pytest
 from market_anomaly.core import (DECISION_SCHEMA, DetectionEngine, InvalidParams, ParamsWatcher, load_params,
                                  mark_market_events)
 from market_anomaly.core.consensus import consensus
+from market_anomaly.core.baselines import Baselines, Context
 from market_anomaly.core.detectors import ReturnZScore, Volatility, VolumeSpike
-from market_anomaly.core.features import RollingStats, candle_features, median_iqr, median_only
-from market_anomaly.core.params import DEFAULTS, params_from_dict
+from market_anomaly.core.features import CandleFeatures, RollingStats, Segments, candle_features, median_iqr, median_only
+from market_anomaly.core.params import DEFAULTS, params_from_dict, params_with
 from market_anomaly.core.state import unpack
 from market_anomaly.exchange.market import MINUTE_MS as MINUTE, SYNTHETIC_START as START, synthetic_candles
 from market_anomaly.training.train import train, write_params
@@ -39,8 +40,9 @@ def test_candle_features_on_a_hand_computed_example():
     candles = pd.DataFrame({"open_time": [0, MINUTE, 3 * MINUTE], "open": [100.0, 101.0, 99.0],
                             "high": [101.0, 102.0, 99.5], "low": [99.0, 100.5, 98.0], "close": [101.0, 102.0, 99.0],
                             "volume": [2.0, 4.0, 1.0], "taker_buy_base": [1.0, 3.0, 0.5]})
-    features = candle_features(candles, last_open_time=-MINUTE, last_close=100.0, last_volume=4.0,
-                               interval_ms=MINUTE, range_floor_pct=1e-4)
+    features = candle_features(candles, Segments.one(3), last_open_time=np.array([-MINUTE]),
+                               last_close=np.array([100.0]), last_volume=np.array([4.0]), interval_ms=MINUTE,
+                               range_floor_pct=1e-4)
     # close-to-close for consecutive minutes; after the 2-minute gap, the candle's own open-to-close
     np.testing.assert_allclose(features.log_return, [np.log(1.01), np.log(102 / 101), np.log(99 / 99)])
     np.testing.assert_allclose(features.return_pct, [1.0, 100 * (102 / 101 - 1), 0.0])
@@ -52,7 +54,7 @@ def test_candle_features_on_a_hand_computed_example():
 def test_rolling_stats_use_only_values_before_the_refresh_point_and_survive_chunking():
     values = np.array([1.0, 2.0, 3.0, 4.0, 100.0, 6.0, 7.0, 8.0])
     whole = RollingStats(window=4, refresh=2, statistic=median_iqr)
-    center, scale = whole.baselines(values)
+    center, scale = whole.baselines(values, Segments.one(len(values)))
     # value 5 (position 4) and 6 use positions 0-3 = [1, 2, 3, 4]: median 2.5, quartiles 2 and 4
     assert np.isnan(center[:4]).all()
     assert center[4] == center[5] == 2.5 and scale[4] == pytest.approx(2 / 1.349)
@@ -61,8 +63,8 @@ def test_rolling_stats_use_only_values_before_the_refresh_point_and_survive_chun
     chunked = RollingStats(window=4, refresh=2, statistic=median_iqr)
     parts = []
     for piece in (values[:3], values[3:4], values[4:]):
-        parts.append(chunked.baselines(piece)[0])
-        chunked.learn(piece)
+        parts.append(chunked.baselines(piece, Segments.one(len(piece)))[0])
+        chunked.learn(piece, Segments.one(len(piece)))
     np.testing.assert_array_equal(np.concatenate(parts), center)
 
 
@@ -79,37 +81,56 @@ def test_a_window_holding_a_missing_value_has_no_statistic(statistic):
 # -- detectors on synthetic series ---------------------------------------------------------------
 
 
+def features(**arrays: np.ndarray) -> CandleFeatures:
+    """Candle features with the given arrays, the others neutral (volume 1, return 0, log range 0)."""
+    length = len(next(iter(arrays.values())))
+    neutral = {"log_return": np.zeros(length), "return_pct": np.zeros(length), "volume": np.ones(length),
+               "log_range": np.zeros(length)}
+    return CandleFeatures.of(**{**neutral, **arrays})
+
+
+def scored(detector, baselines: Baselines, candles: CandleFeatures, start: int) -> tuple[np.ndarray, Context]:
+    """One engine step for one symbol: the context of ``candles`` (positions from ``start``), the detector's
+    scores, then both learn them."""
+    count = len(candles.log_return)
+    context = baselines.context(candles, start + np.arange(count), Segments.one(count))
+    scores = detector.score(context)
+    baselines.learn(context)
+    detector.learn(context)
+    return scores, context
+
+
 def test_return_zscore_flags_a_jump_and_adapts_to_a_busier_market():
-    params = params_from_dict(DEFAULTS).return_zscore
+    params = params_with()
     rng = np.random.default_rng(0)
-    calm = rng.normal(0, 0.001, 300)
-    detector = ReturnZScore(params, refresh=5)
-    detector.learn(calm)
-    jump = detector.score(np.array([0.012]))[0]
+    detector, baselines = ReturnZScore(params), Baselines(params)
+    scored(detector, baselines, features(log_return=rng.normal(0, 0.001, 300)), 0)
+    jump = scored(detector, baselines, features(log_return=np.array([0.012])), 300)[0][0]
     assert 10 < jump < 14  # 12 sigmas of the calm market
     assert detector.votes(np.array([jump]), np.array([300])).tolist() == [True]
     assert detector.votes(np.array([jump]), np.array([10])).tolist() == [False]  # still warming up
-    detector.learn(rng.normal(0, 0.004, 30))  # the market turns four times busier
-    assert abs(detector.score(np.array([0.012]))[0]) < 5
+    scored(detector, baselines, features(log_return=rng.normal(0, 0.004, 30)), 301)  # four times busier
+    assert abs(scored(detector, baselines, features(log_return=np.array([0.012])), 331)[0][0]) < 5
 
 
 def test_volatility_votes_when_the_hour_is_far_more_volatile_than_its_history():
-    params = params_from_dict(small_document()).volatility
+    params = params_from_dict(small_document())
     rng = np.random.default_rng(1)
-    detector = Volatility(params, refresh=5, floor_pct=1e-4)
-    calm = rng.normal(0, 0.05, 2000)
-    detector.learn(calm)
-    z, mean, std = detector.score(rng.normal(0, 0.5, 30))
-    assert std[-1] > 0.2 and z[-1] > params.threshold
+    detector, baselines = Volatility(params), Baselines(params)
+    scored(detector, baselines, features(return_pct=rng.normal(0, 0.05, 2000)), 0)
+    z, context = scored(detector, baselines, features(return_pct=rng.normal(0, 0.5, 30)), 2000)
+    assert context.window_std[-1] > 0.2 and z[-1] > params.volatility.threshold
     assert detector.votes(z, 2000 + np.arange(30))[-1]
-    assert abs(detector.score(rng.normal(0, 0.05, 1))[0][0]) < 3
+    calm_again = Volatility(params), Baselines(params)
+    scored(*calm_again, features(return_pct=rng.normal(0, 0.05, 2000)), 0)
+    assert abs(scored(*calm_again, features(return_pct=rng.normal(0, 0.05, 1)), 2000)[0][0]) < 3
 
 
 def test_volume_spike_is_a_multiple_of_the_rolling_median():
-    params = params_from_dict(DEFAULTS).volume
-    detector = VolumeSpike(params, refresh=5)
-    detector.learn(np.full(100, 5.0))
-    ratios = detector.score(np.array([5.0, 70.0]))
+    params = params_with()
+    detector, baselines = VolumeSpike(params), Baselines(params)
+    scored(detector, baselines, features(volume=np.full(100, 5.0)), 0)
+    ratios = scored(detector, baselines, features(volume=np.array([5.0, 70.0])), 100)[0]
     np.testing.assert_allclose(ratios, [1.0, 14.0])
     assert detector.votes(ratios, np.array([100, 101])).tolist() == [False, True]
     assert detector.reason(ratios[1]) == "VOLUME 14x"

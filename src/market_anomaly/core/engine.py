@@ -1,9 +1,11 @@
-"""The per-symbol detection engine: candles + state in, decisions + state out.
+"""The detection engine: candles + state in, decisions + state out, for one symbol or many at once.
 
-The same code serves the Spark stream (one call per symbol and micro-batch) and offline
+The same code serves the Spark stream (one call per state bucket and micro-batch) and offline
 scoring (one call per symbol and file). Decisions do not depend on how a series is cut
-into calls: every feature and baseline is a function of stream positions (see
-``features``), and the state carries exactly the tails those need.
+into calls nor on which symbols share a call: every feature and baseline is a function of
+the symbol's stream positions (see ``features``), and the state carries exactly the tails
+those need. One call is one vectorised pass over all its symbols' candles: the shared
+``baselines``, then every registered detector (``detectors.DETECTORS``), then ``consensus``.
 
 Input handling: candles are sorted by ``open_time``; of several candles with the same
 ``open_time`` the first wins; candles not after the last processed one are dropped (a
@@ -12,24 +14,29 @@ Kafka replay or a REST backfill of known minutes changes nothing).
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import numpy as np
 import pandas as pd
 
-from market_anomaly.core.consensus import consensus, group_surprise
+from market_anomaly.core.baselines import Baselines
 from market_anomaly.core.calibration import surprise
-from market_anomaly.core.detectors import (Burst, RecentScale, Drift, LearnedSurprise, ReturnZScore, Reversal, Trend,
-                                               Volatility, VolumeRun, VolumeSpike)
-from market_anomaly.core.features import RollingStats, candle_features, median_only
+from market_anomaly.core.consensus import consensus, group_surprise
+from market_anomaly.core.detectors import DETECTORS, build
+from market_anomaly.core.features import Segments, candle_features
 from market_anomaly.core.params import ModelParams
-from market_anomaly.core.state import pack, unpack
+from market_anomaly.core.state import BucketState, pack, symbol_states, unpack
 
-DECISION_SCHEMA: list[tuple[str, str]] = [
+# The candle and its features (scores' baselines included), then each detector's score, then the decision.
+_FEATURE_COLUMNS: list[tuple[str, str]] = [
     ("symbol", "object"), ("interval", "object"), ("open_time", "int64"), ("close_time", "int64"),
     ("close", "float64"), ("return_pct", "float64"), ("log_return", "float64"), ("range_pct", "float64"),
     ("volume", "float64"), ("volume_change", "float64"), ("volume_ratio", "float64"), ("range_ratio", "float64"),
     ("taker_buy_share", "float64"), ("window_mean", "float64"), ("window_std", "float64"),
-    ("zscore", "float64"), ("volatility_z", "float64"), ("model_score", "float64"),
-    ("volume_run", "float64"), ("burst", "float64"), ("drift", "float64"), ("trend", "float64"), ("reversal", "float64"),
+]
+DECISION_SCHEMA: list[tuple[str, str]] = [
+    *_FEATURE_COLUMNS,
+    *[(detector.column, "float64") for detector in DETECTORS if detector.column not in dict(_FEATURE_COLUMNS)],
     ("surprise", "float64"),
     ("votes", "int64"), ("is_anomaly", "bool"), ("confidence", "object"), ("reasons", "object"),
     ("market_event", "bool"), ("produced_at", "int64"),
@@ -37,12 +44,9 @@ DECISION_SCHEMA: list[tuple[str, str]] = [
 
 # Columns beyond the decision record: volume_change (vs the previous minute), volume_ratio and range_ratio
 # (vs their rolling medians), taker_buy_share (NaN when absent), window_mean/window_std (return %, last 60
-# candles), zscore (robust, adaptive), volatility_z (window_std vs its own history), model_score (learned model,
-# 1 = alarm level), volume_run (the last minutes' volume the range does not explain, x normal), burst (short
-# realized volatility / long-run sigma), drift (a short run's summed return, in sigmas), trend (the smallest
-# same-direction move of a steady run, in sigmas), reversal (a z-score undone by the next one; see
-# detectors.Reversal), surprise (the fused calibrated surprise, -log10 tail probability; see calibration),
-# market_event (set by mark_market_events). Floats are NaN while a detector's baseline is warming up.
+# candles), each detector's score (its ``column``: see its class), surprise (the fused calibrated surprise,
+# -log10 tail probability; see calibration), market_event (set by mark_market_events). Floats are NaN while
+# a detector's baseline is warming up.
 
 INTERVAL_NAMES = {60_000: "1m", 180_000: "3m", 300_000: "5m", 900_000: "15m", 1_800_000: "30m",
                   3_600_000: "1h", 14_400_000: "4h", 86_400_000: "1d"}
@@ -89,18 +93,35 @@ def stacked_frame(parts: list[tuple[dict[str, object], int]], extra: tuple[str, 
     return typed_frame(stacked, sum(length for _, length in parts), extra)
 
 
-def new_candles(candles: pd.DataFrame, after_open_time: int) -> pd.DataFrame:
-    """Sorted, first of each ``open_time``, only after ``after_open_time``."""
-    open_time = candles["open_time"].to_numpy(np.int64)
-    if (np.diff(open_time) > 0).all():  # the stream's usual case: already in order, no duplicates
-        return candles if open_time[0] > after_open_time else candles[open_time > after_open_time]
-    ordered = candles.sort_values("open_time", kind="stable")
-    ordered = ordered[~ordered["open_time"].duplicated(keep="first")]
-    return ordered[ordered["open_time"].to_numpy(np.int64) > after_open_time]
+def new_rows(symbols: np.ndarray, open_time: np.ndarray, after_open_time: np.ndarray) -> np.ndarray:
+    """Which candles to decide, in order: grouped by symbol (``symbols``: each candle's index in the call), each
+    symbol's by ``open_time``, the first of each ``open_time``, only after the symbol's ``after_open_time``.
+
+    >>> new_rows(np.array([1, 0, 0, 1, 0]), np.array([5, 7, 6, 5, 6]), np.array([5, 0])).tolist()
+    [2, 1, 0]
+    """
+    later = (symbols[1:] > symbols[:-1]) | ((symbols[1:] == symbols[:-1]) & (open_time[1:] > open_time[:-1]))
+    if later.all():  # the usual case: already in order, no duplicates
+        return np.flatnonzero(open_time > after_open_time[symbols])
+    order = np.lexsort((open_time, symbols))  # stable: of equal open times the first keeps its place
+    ordered_symbols, ordered_times = symbols[order], open_time[order]
+    first = np.ones(len(order), dtype=bool)
+    first[1:] = (ordered_symbols[1:] != ordered_symbols[:-1]) | (ordered_times[1:] != ordered_times[:-1])
+    return order[first & (ordered_times > after_open_time[ordered_symbols])]
+
+
+class Decided(NamedTuple):
+    """One call's decisions: ``columns`` by ``DECISION_SCHEMA`` name (arrays, one entry per decision, grouped by
+    symbol in the call's order, each symbol's by ``open_time``), ``rows`` (the candle each decision is about, as
+    a position in the call's candles) and ``states`` (each symbol's new state; None where nothing was new)."""
+
+    columns: dict[str, np.ndarray]
+    rows: np.ndarray
+    states: list[bytes | None]
 
 
 class DetectionEngine:
-    """Stateless apart from its parameters: the per-symbol state travels in and out of ``process``."""
+    """Stateless apart from its parameters: the per-symbol states travel in and out of each call."""
 
     def __init__(self, params: ModelParams):
         self.params = params
@@ -116,112 +137,92 @@ class DetectionEngine:
                ) -> tuple[dict[str, object], int, bytes]:
         """``process`` before the DataFrame: (columns by ``DECISION_SCHEMA`` name, arrays or scalars, number of
         decisions, new state). Callers deciding many symbols at once build one frame (``stacked_frame``)."""
-        params = self.params
-        memory = unpack(state) if state else {}
-        last_open_time, last_close, last_volume, seen = (
-            memory["engine.last"].tolist() if "engine.last" in memory else [-1, np.nan, np.nan, 0])
-        candles = new_candles(candles, int(last_open_time))
-        if candles.empty:
+        decided = self.decide_symbols(candles, np.zeros(len(candles), dtype=np.int64), [symbol], [state])
+        if not len(decided.rows):
             return {}, 0, state if state else pack({})
-        zscore_detector = ReturnZScore(params.return_zscore, params.refresh, params.guard)
-        volatility_detector = Volatility(params.volatility, params.refresh, params.return_zscore.min_sigma_pct)
-        volume_detector = VolumeSpike(params.volume, params.refresh, params.guard)
-        volume_run, burst, drift = VolumeRun(params.runs), Burst(params.runs), Drift(params.runs)
-        reversal, trend = Reversal(params.runs), Trend(params.runs)
-        learned = LearnedSurprise(params.learned, params.model)
-        range_level = RollingStats(params.range.window, params.refresh, median_only, params.guard)
-        detectors = (zscore_detector, volatility_detector, volume_detector, volume_run, burst, drift, trend,
-                     reversal, learned)
+        return decided.columns, len(decided.rows), decided.states[0]
+
+    def decide_symbols(self, candles: pd.DataFrame, symbol_index: np.ndarray, symbols: list[str],
+                       states: list[bytes | None]) -> Decided:
+        """The decisions of several symbols' candles in one pass: ``symbol_index[i]`` is the position in
+        ``symbols`` (and ``states``, None for a new symbol) of the symbol of ``candles``' row ``i``."""
+        params = self.params
+        memory = BucketState([unpack(state) if state else {} for state in states])
+        last = memory.rows("engine.last", [-1, np.nan, np.nan, 0])  # open_time, close, volume, candles seen
+        last_open_time, seen = last[:, 0].astype(np.int64), last[:, 3].astype(np.int64)
+        open_time = candles["open_time"].to_numpy(np.int64)
+        rows = new_rows(symbol_index, open_time, last_open_time)
+        segments = Segments(np.bincount(symbol_index[rows], minlength=len(symbols)))
+        if not len(rows):
+            return Decided({}, rows, [None] * len(symbols))
+        open_time = open_time[rows]
+        values = {name: candles[name].to_numpy(float)[rows]
+                  for name in ("open", "high", "low", "close", "volume", "taker_buy_base") if name in candles}
+        features = candle_features({**values, "open_time": open_time}, segments, last_open_time, last[:, 1],
+                                   last[:, 2], params.interval_ms, params.range.floor_pct)
+        positions = seen[segments.ids] + segments.ranks
+
+        baselines, detectors = Baselines(params), build(params)
+        baselines.restore(memory)
         for detector in detectors:
-            detector.restore(memory)
-        range_level.restore(memory, "range")
-        recent_scale = RecentScale(params.runs, params.refresh, params.return_zscore.min_sigma_pct)
-        recent_scale.restore(memory)
+            detector.restore(memory.within(detector.key))
+        context = baselines.context(features, positions, segments)
+        scores = {detector.name: detector.score(context) for detector in detectors}
+        baselines.learn(context)
+        for detector in detectors:
+            detector.learn(context)
 
-        features = candle_features(candles, int(last_open_time), last_close, last_volume, params.interval_ms,
-                                   params.range.floor_pct)
-        positions = int(seen) + np.arange(len(candles))
-        zscore, center = zscore_detector.score_and_center(features.log_return)
-        long_sigma = recent_scale.scale(features.log_return)
-        volatility_z, window_mean, window_std = volatility_detector.score(features.return_pct)
-        volume_ratio = volume_detector.score(features.volume)
-        log_range_ratio = features.log_range - range_level.baselines(features.log_range)[0]
-        log_volume_ratio = np.log(volume_ratio)
-        run_volume = volume_run.score(log_volume_ratio, log_range_ratio)
-        burst_score = burst.score(features.log_return, center, long_sigma)
-        drift_score = drift.score(features.log_return, center, long_sigma)
-        reversal_score = reversal.score(zscore)
-        trend_score = trend.score(features.log_return, center, long_sigma)
-        model_score = learned.score(zscore, log_volume_ratio, log_range_ratio)
-
-        zscore_detector.learn(features.log_return)
-        volatility_detector.learn(features.return_pct)
-        volume_detector.learn(features.volume)
-        volume_run.learn(log_volume_ratio, log_range_ratio)
-        burst.learn(features.log_return)
-        drift.learn(features.log_return)
-        reversal.learn(zscore)
-        trend.learn(features.log_return)
-        range_level.learn(features.log_range)
-        recent_scale.learn(features.log_return)
-        learned.learn(zscore, log_volume_ratio)
-
-        scores = dict(zip((d.name for d in detectors),
-                          (zscore, volatility_z, volume_ratio, run_volume, burst_score, drift_score, trend_score,
-                           reversal_score, model_score)))
-        eligible = {d.name: d.votes(scores[d.name], positions) for d in detectors}
-        surprises = detector_surprise(scores, params.calibration)
+        eligible = {detector.name: detector.votes(scores[detector.name], positions) for detector in detectors}
+        surprises = {detector.name: surprise(params.calibration.get(detector.name), detector.size(scores[detector.name]))
+                     for detector in detectors}
         votes, is_anomaly, confidence, reasons, fused = consensus(
-            eligible, {d.name: d.reason for d in detectors}, scores, surprises, params.consensus, params.calibration,
-            own_votes={d.name: eligible[d.name] for d in detectors if d.own_vote})
+            eligible, {detector.name: detector.reason for detector in detectors}, scores, surprises,
+            params.consensus, params.calibration,
+            own_votes={detector.name: eligible[detector.name] for detector in detectors if detector.own_vote})
         if self.keep_group_surprise:  # training calibrates pairs of groups on these
             names = list(eligible)
             self.group_surprise = group_surprise(names, np.column_stack(
                 [np.where(eligible[name], surprises[name], 0.0) for name in names]), params.consensus.groups)
 
-        open_time = candles["open_time"].to_numpy(np.int64)
         columns = {
-            "symbol": symbol,
-            "interval": _column_or(candles, "interval", self.interval_name),
+            "symbol": np.asarray(symbols, dtype=object)[segments.ids],
+            "interval": _column_or(candles, "interval", self.interval_name, rows),
             "open_time": open_time,
-            "close_time": _column_or(candles, "close_time", open_time + params.interval_ms - 1),
+            "close_time": _column_or(candles, "close_time", open_time + params.interval_ms - 1, rows),
             "close": features.close, "return_pct": features.return_pct, "log_return": features.log_return,
             "range_pct": features.range_pct, "volume": features.volume, "volume_change": features.volume_change,
-            "volume_ratio": volume_ratio, "range_ratio": np.exp(log_range_ratio),
+            "volume_ratio": context.volume_ratio, "range_ratio": np.exp(context.log_range_ratio),
             "taker_buy_share": features.taker_buy_share,
-            "window_mean": window_mean, "window_std": window_std, "zscore": zscore,
-            "volatility_z": volatility_z, "model_score": model_score,
-            "volume_run": run_volume, "burst": burst_score, "drift": drift_score,
-            "trend": trend_score, "reversal": reversal_score, "surprise": fused,
+            "window_mean": context.window_mean, "window_std": context.window_std,
+            **{detector.column: scores[detector.name] for detector in detectors},
+            "surprise": fused,
             "votes": votes, "is_anomaly": is_anomaly, "confidence": confidence, "reasons": reasons,
-            "market_event": False,
-            "produced_at": _column_or(candles, "produced_at", 0),
+            "market_event": np.zeros(len(rows), dtype=bool),
+            "produced_at": _column_or(candles, "produced_at", 0, rows),
         }
-        new_memory = {
-            "engine.last": np.array([open_time[-1], features.close[-1], features.volume[-1], positions[-1] + 1]),
-            **{name: values for detector in detectors for name, values in detector.state().items()},
-            **range_level.state("range"), **recent_scale.state(),
+        present = segments.counts > 0
+        ends = np.maximum(segments.ends - 1, 0)  # each symbol's last new candle (absent symbols: not stored)
+        arrays = {
+            "engine.last": np.column_stack([open_time[ends], features.close[ends], features.volume[ends],
+                                            seen + segments.counts]),
+            **baselines.state(),
+            **{f"{detector.key}.{name}": values for detector in detectors for name, values in detector.state().items()},
         }
-        return columns, len(candles), pack(new_memory)
-
-
-TWO_SIDED = ("Z-SCORE", "DRIFT")  # detectors whose size is the absolute score (either direction is news)
+        new_states = [pack(symbol_memory) if fresh else None
+                      for symbol_memory, fresh in zip(symbol_states(arrays, len(symbols)), present)]
+        return Decided(columns, rows, new_states)
 
 
 def calibration_scores(scores: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """The quantity each detector's calibration table is about (absolute value for the two-sided ones)."""
-    return {name: np.abs(values) if name in TWO_SIDED else values for name, values in scores.items()}
+    """The quantity each detector's calibration table is about (its ``size``: absolute value for two-sided ones)."""
+    sides = {detector.name: detector.two_sided for detector in DETECTORS}
+    return {name: np.abs(values) if sides[name] else values for name, values in scores.items()}
 
 
-def detector_surprise(scores: dict[str, np.ndarray], calibration) -> dict[str, np.ndarray]:
-    """Calibrated surprise per detector (0 for detectors without a table, e.g. before ``train``)."""
-    return {name: surprise(calibration.get(name), values) for name, values in calibration_scores(scores).items()}
-
-
-def _column_or(candles: pd.DataFrame, name: str, default) -> np.ndarray:
-    """The column where present, ``default`` where it is missing or null."""
+def _column_or(candles: pd.DataFrame, name: str, default, rows: np.ndarray) -> np.ndarray:
+    """The column at ``rows`` where present, ``default`` where it is missing or null."""
     if name not in candles.columns:
-        return np.broadcast_to(default, len(candles)).copy()
-    column = candles[name].to_numpy()
+        return np.broadcast_to(default, len(rows)).copy()
+    column = candles[name].to_numpy()[rows]
     missing = pd.isna(column)
     return np.where(missing, default, column) if missing.any() else column

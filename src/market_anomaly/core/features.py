@@ -69,70 +69,149 @@ def root_mean_square(windows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return np.zeros(len(windows)), np.sqrt(np.mean(windows * windows, axis=1))
 
 
+class Segments:
+    """How one array holds several symbols' values end to end: ``counts[i]`` values of symbol ``i``, in order.
+
+    A state bucket's candles, its symbols' state tails and a single symbol's series (one
+    segment) all travel this way, so every computation is one NumPy pass whatever the
+    number of symbols.
+
+    >>> segments = Segments([2, 0, 3])
+    >>> segments.ids.tolist(), segments.ranks.tolist(), segments.starts.tolist()
+    ([0, 0, 2, 2, 2], [0, 1, 0, 1, 2], [0, 2, 2])
+    """
+
+    def __init__(self, counts):
+        self.counts = np.asarray(counts, dtype=np.int64)
+        self.ends = np.cumsum(self.counts)
+        self.starts = self.ends - self.counts
+        self.ids = np.repeat(np.arange(len(self.counts)), self.counts)  # each value's symbol
+        self.ranks = np.arange(len(self.ids)) - self.starts[self.ids]  # each value's index within its symbol
+
+    def __len__(self) -> int:
+        return len(self.counts)
+
+    @classmethod
+    def one(cls, length: int) -> "Segments":
+        return cls([length])
+
+
+class Tails:
+    """Each symbol's recent values (a detector's memory), end to end: ``values`` split by ``segments``.
+
+    >>> tails = Tails.of([np.array([1.0, 2.0]), np.array([])])
+    >>> merged = tails.merged(np.array([3.0, 4.0, 5.0]), Segments([1, 2]))
+    >>> [part.tolist() for part in merged.split()], [part.tolist() for part in merged.last(2).split()]
+    ([[1.0, 2.0, 3.0], [4.0, 5.0]], [[2.0, 3.0], [4.0, 5.0]])
+    """
+
+    def __init__(self, values: np.ndarray, segments: Segments):
+        self.values, self.segments = values, segments
+
+    @classmethod
+    def of(cls, arrays: list[np.ndarray]) -> "Tails":
+        return cls(np.concatenate(arrays) if arrays else np.empty(0), Segments([len(a) for a in arrays]))
+
+    @classmethod
+    def empty(cls, symbols: int) -> "Tails":
+        return cls(np.empty(0), Segments(np.zeros(symbols, dtype=np.int64)))
+
+    def merged(self, values: np.ndarray, segments: Segments) -> "Tails":
+        """Each symbol's tail followed by its new ``values``."""
+        if len(segments) == 1:
+            return Tails(np.concatenate([self.values, values]), Segments([len(self.values) + len(values)]))
+        merged = Segments(self.segments.counts + segments.counts)
+        out = np.empty(len(self.values) + len(values))
+        out[merged.starts[self.segments.ids] + self.segments.ranks] = self.values
+        out[merged.starts[segments.ids] + self.segments.counts[segments.ids] + segments.ranks] = values
+        return Tails(out, merged)
+
+    def last(self, keep: int) -> "Tails":
+        """Each symbol's last ``keep`` values."""
+        if len(self.segments) == 1:
+            return Tails(self.values[len(self.values) - min(len(self.values), keep):],
+                         Segments([min(len(self.values), keep)]))
+        kept = self.segments.ranks >= self.segments.counts[self.segments.ids] - keep
+        return Tails(self.values[kept], Segments(np.minimum(self.segments.counts, keep)))
+
+    def split(self) -> list[np.ndarray]:
+        return [self.values[start:end] for start, end in zip(self.segments.starts, self.segments.ends)]
+
+
 class RollingStats:
     """A statistic of the last ``window`` values, refreshed every ``refresh`` values; state is a short tail.
 
-    ``baselines(values)`` gives, for each new value, the statistic over the ``window``
-    values ending ``guard`` values before its refresh point (NaN until they are known);
-    ``learn(values)`` then appends them. The guard band (as in radar CFAR detectors) keeps
-    an event's first minutes out of its own baseline, so they cannot mask each other.
+    ``baselines(values, segments)`` gives, for each new value, the statistic over the
+    ``window`` values of its symbol ending ``guard`` values before its refresh point (NaN
+    until they are known); ``learn(values, segments)`` then appends them. The guard band
+    (as in radar CFAR detectors) keeps an event's first minutes out of its own baseline,
+    so they cannot mask each other. State: ``tail`` (``Tails``) and ``seen`` (values per symbol).
 
     >>> stats = RollingStats(window=3, refresh=2, statistic=median_iqr)
-    >>> center, scale = stats.baselines(np.array([1.0, 2.0, 3.0, 10.0, 20.0, 30.0]))
+    >>> center, scale = stats.baselines(np.array([1.0, 2.0, 3.0, 10.0, 20.0, 30.0]), Segments.one(6))
     >>> center.tolist()
     [nan, nan, nan, nan, 3.0, 3.0]
-    >>> stats.learn(np.array([1.0, 2.0, 3.0]))
-    >>> stats.baselines(np.array([10.0, 20.0, 30.0]))[0].tolist()  # the same, chunked
+    >>> stats.learn(np.array([1.0, 2.0, 3.0]), Segments.one(3))
+    >>> stats.baselines(np.array([10.0, 20.0, 30.0]), Segments.one(3))[0].tolist()  # the same, chunked
     [nan, 3.0, 3.0]
     """
 
     def __init__(self, window: int, refresh: int, statistic: Statistic, guard: int = 0):
         self.window, self.refresh, self.statistic, self.guard = window, refresh, statistic, guard
-        self.tail = np.empty(0)
-        self.seen = 0
+        self.tail = Tails.empty(1)
+        self.seen = np.zeros(1, dtype=np.int64)
 
-    def baselines(self, values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        positions = self.seen + np.arange(len(values))
-        return self.baselines_at(values, positions - positions % self.refresh - self.guard)
+    def baselines(self, values: np.ndarray, segments: Segments) -> tuple[np.ndarray, np.ndarray]:
+        positions = self.seen[segments.ids] + segments.ranks
+        return self.baselines_at(values, segments, positions - positions % self.refresh - self.guard, segments.ids)
 
-    def baselines_at(self, values: np.ndarray, refresh_points: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """The statistic over the ``window`` values before each of ``refresh_points`` (absolute positions).
+    def baselines_at(self, values: np.ndarray, segments: Segments, refresh_points: np.ndarray,
+                     point_symbols: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The statistic over the ``window`` values of symbol ``point_symbols[i]`` before ``refresh_points[i]``
+        (absolute positions in that symbol's series).
 
         Points may refer to the tail or to ``values`` (the new values, not yet learned).
         """
-        history = np.concatenate([self.tail, values])
-        first = self.seen - len(self.tail)
-        points, inverse = np.unique(refresh_points, return_inverse=True)
-        center = np.full(len(points), np.nan)
-        scale = np.full(len(points), np.nan)
-        ready = (points >= self.window) & (points - first >= self.window) & (points - first <= len(history))
+        history = self.tail.merged(values, segments)
+        offsets = refresh_points - (self.seen - self.tail.segments.counts)[point_symbols]  # within the history
+        ready = ((refresh_points >= self.window) & (offsets >= self.window)
+                 & (offsets <= history.segments.counts[point_symbols]))
+        center = np.full(len(refresh_points), np.nan)
+        scale = np.full(len(refresh_points), np.nan)
         if ready.any():
-            windows = windows_at(history, self.window, points[ready] - first - self.window)
-            center[ready], scale[ready] = self.statistic(windows)
-        return center[inverse], scale[inverse]
+            starts, inverse = np.unique((history.segments.starts[point_symbols] + offsets - self.window)[ready],
+                                        return_inverse=True)
+            found = self.statistic(history.values[starts[:, None] + np.arange(self.window)])
+            center[ready], scale[ready] = found[0][inverse], found[1][inverse]
+        return center, scale
 
-    def learn(self, values: np.ndarray) -> None:
-        self.tail = np.concatenate([self.tail, values])[-(self.window + self.refresh + self.guard):]
-        self.seen += len(values)
+    def learn(self, values: np.ndarray, segments: Segments) -> None:
+        self.tail = self.tail.merged(values, segments).last(self.window + self.refresh + self.guard)
+        self.seen = self.seen + segments.counts
 
-    def state(self, prefix: str) -> dict[str, np.ndarray]:
-        return {f"{prefix}.tail": self.tail, f"{prefix}.seen": np.array([self.seen])}
+    def state(self) -> dict[str, object]:
+        return {"tail": self.tail, "seen": self.seen}
 
-    def restore(self, state: dict[str, np.ndarray], prefix: str) -> None:
-        if f"{prefix}.tail" in state:
-            self.tail = state[f"{prefix}.tail"]
-            self.seen = int(state[f"{prefix}.seen"][0])
+    def restore(self, state) -> None:
+        """From a ``state.BucketState`` (read at this statistic's prefix)."""
+        self.tail, self.seen = state.tails("tail"), state.scalars("seen", 0).astype(np.int64)
 
 
-def trailing_windows(previous: np.ndarray, values: np.ndarray, window: int) -> np.ndarray:
-    """For each new value, the ``window`` values ending with it (rows with NaN where history is short).
+def trailing_windows(previous: Tails, values: np.ndarray, segments: Segments, window: int) -> np.ndarray:
+    """For each new value, the ``window`` values of its symbol ending with it (rows with NaN where history is short).
 
-    >>> trailing_windows(np.array([1.0]), np.array([2.0, 3.0]), 2).tolist()
+    >>> trailing_windows(Tails.of([np.array([1.0])]), np.array([2.0, 3.0]), Segments.one(2), 2).tolist()
     [[1.0, 2.0], [2.0, 3.0]]
     """
-    kept = previous[len(previous) - min(len(previous), window - 1):]
-    history = np.concatenate([np.full(window - 1 - len(kept), np.nan), kept, values])
-    return windows_at(history, window)
+    if len(segments) == 1:
+        kept = previous.values[len(previous.values) - min(len(previous.values), window - 1):]
+        return windows_at(np.concatenate([np.full(window - 1 - len(kept), np.nan), kept, values]), window)
+    history = previous.last(window - 1).merged(values, segments)
+    first = history.segments.starts[segments.ids]  # where each new value's symbol starts in the history
+    kept = (history.segments.counts - segments.counts)[segments.ids]
+    rows = (first + kept + segments.ranks)[:, None] - (window - 1) + np.arange(window)
+    inside = rows >= first[:, None]
+    return np.where(inside, history.values[np.where(inside, rows, 0)], np.nan)
 
 
 FEW_WINDOWS = 32  # up to this many, gathering by index beats building a strided view (a stream's small chunks)
@@ -164,35 +243,52 @@ class CandleFeatures:
     volume_change: np.ndarray
     taker_buy_share: np.ndarray
 
+    @classmethod
+    def of(cls, **arrays: np.ndarray) -> "CandleFeatures":
+        """Features from some arrays, the rest NaN: for examples and tests."""
+        missing = np.full(len(next(iter(arrays.values()))), np.nan)
+        return cls(**{**{name: missing for name in cls.__dataclass_fields__}, **arrays})
 
-def candle_features(candles: pd.DataFrame, last_open_time: int, last_close: float, last_volume: float,
-                    interval_ms: int, range_floor_pct: float) -> CandleFeatures:
-    """Features of ``candles`` (sorted, new) given the last processed candle (NaN/-1 when none).
+
+def candle_features(candles, segments: Segments, last_open_time: np.ndarray, last_close: np.ndarray,
+                    last_volume: np.ndarray, interval_ms: int, range_floor_pct: float) -> CandleFeatures:
+    """Features of ``candles`` (columns by name: a DataFrame or arrays), each symbol's new candles in time order
+    (``segments``), given each symbol's last processed candle (NaN/-1 when none).
 
     >>> frame = pd.DataFrame({"open_time": [0, 60_000, 180_000], "open": [100.0, 101.0, 99.0],
     ...                       "high": [101.0, 102.0, 99.5], "low": [99.0, 100.5, 98.0],
     ...                       "close": [101.0, 102.0, 99.0], "volume": [2.0, 4.0, 1.0]})
-    >>> f = candle_features(frame, -1, np.nan, np.nan, 60_000, 0.001)
+    >>> f = candle_features(frame, Segments.one(3), np.array([-1]), np.array([np.nan]), np.array([np.nan]),
+    ...                     60_000, 0.001)
     >>> np.round(f.return_pct, 4).tolist()  # first and after a gap: open-to-close
     [1.0, 0.9901, 0.0]
     >>> np.round(f.range_pct, 4).tolist(), f.volume_change.tolist()
     ([2.0, 1.4851, 1.5152], [nan, 1.0, nan])
     """
-    open_time = candles["open_time"].to_numpy(np.int64)
-    open_, high, low, close = (candles[name].to_numpy(float) for name in ("open", "high", "low", "close"))
-    volume = candles["volume"].to_numpy(float)
-    previous_close = np.concatenate([[last_close], close[:-1]])
-    previous_time = np.concatenate([[last_open_time], open_time[:-1]])
-    consecutive = (open_time - previous_time == interval_ms) & np.isfinite(previous_close)
+    open_time = np.asarray(candles["open_time"], dtype=np.int64)
+    open_, high, low, close = (np.asarray(candles[name], dtype=float) for name in ("open", "high", "low", "close"))
+    volume = np.asarray(candles["volume"], dtype=float)
+    previous_close = _previous(close, last_close, segments)
+    consecutive = (open_time - _previous(open_time, last_open_time, segments) == interval_ms) & np.isfinite(
+        previous_close)
     log_return = np.log(close / np.where(consecutive, previous_close, open_))
     range_pct = (high - low) / open_ * 100
-    previous_volume = np.concatenate([[last_volume], volume[:-1]])
+    previous_volume = _previous(volume, last_volume, segments)
     with np.errstate(divide="ignore", invalid="ignore"):
         volume_change = np.where(consecutive & (previous_volume > 0), volume / previous_volume - 1, np.nan)
-        taker = (candles["taker_buy_base"].to_numpy(float) / volume if "taker_buy_base" in candles.columns
-                 else np.full(len(candles), np.nan))
+        taker = (np.asarray(candles["taker_buy_base"], dtype=float) / volume if "taker_buy_base" in candles
+                 else np.full(len(close), np.nan))
     return CandleFeatures(
         close=close, log_return=log_return, return_pct=np.expm1(log_return) * 100, range_pct=range_pct,
         log_range=np.log(np.maximum(range_pct, range_floor_pct)), volume=volume, volume_change=volume_change,
         taker_buy_share=taker,
     )
+
+
+def _previous(values: np.ndarray, last: np.ndarray, segments: Segments) -> np.ndarray:
+    """Each value's predecessor in its symbol's series: the one before it, or ``last`` of the symbol for its first."""
+    previous = np.empty_like(values)
+    previous[1:] = values[:-1]
+    present = segments.counts > 0
+    previous[segments.starts[present]] = last[present]
+    return previous

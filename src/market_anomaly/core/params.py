@@ -33,12 +33,15 @@ from dataclasses import MISSING, dataclass, fields
 from pathlib import Path
 
 from market_anomaly.core.calibration import calibration_problem
+from market_anomaly.core.detectors import DETECTOR_NAMES, default_groups, sections
 from market_anomaly.core.learned import MinorComponents
 
 log = logging.getLogger("market_anomaly.core")
 
 CONFIDENCE_LEVELS = ("LOW", "MEDIUM", "HIGH")
-DETECTOR_NAMES = ("Z-SCORE", "VOLATILITY", "VOLUME", "VOLUME RUN", "BURST", "DRIFT", "TREND", "REVERSAL", "MODEL")
+
+# The detectors' own sections (return_zscore, volatility, volume, runs, learned): declared by each detector.
+SECTIONS = sections()
 
 DEFAULTS: dict = {
     "version": 1,
@@ -46,18 +49,10 @@ DEFAULTS: dict = {
     "interval_ms": 60_000,
     "refresh": 5,
     "guard": 2,
-    "return_zscore": {"window": 240, "recent_window": 30, "threshold": 5.0, "min_sigma_pct": 0.002, "warmup": 240},
-    "volatility": {"window": 60, "history": 144, "threshold": 3.0, "warmup": 780},
-    "volume": {"window": 60, "threshold": 8.0, "warmup": 60},
     "range": {"window": 60, "floor_pct": 0.0001},
-    "runs": {"volume_window": 3, "volume_elasticity": 1.0, "return_window": 5, "trend_window": 4, "scale_window": 60, "scale_guard": 5,
-             "warmup": 240, "burst_trim": 1, "volume_combine": "min", "reversal_netting": 0.5},
-    "learned": {"file": "model_params.model.npz", "sequence": 5, "skip_components": 1, "typical_score": 0.0,
-                "alarm_score": 40.0, "threshold": 0.6, "warmup": 240},
+    **{name: dict(defaults) for name, (_, defaults) in SECTIONS.items()},
     "calibration": {},
-    "consensus": {"required": [], "alone": {}, "vote_surprise": 3.0,
-                  "groups": [["Z-SCORE"], ["BURST", "DRIFT"], ["VOLUME", "VOLUME RUN"], ["TREND"], ["REVERSAL"],
-                             ["MODEL"]],
+    "consensus": {"required": [], "alone": {}, "vote_surprise": 3.0, "groups": default_groups(),
                   "pairs": True, "offsets": {}, "threshold": 5.0, "false_alarm_budget": 0.7,
                   "confidence": {"LOW": 0.0, "MEDIUM": 0.75, "HIGH": 2.0}},
     "market": {"min_symbols": 3, "min_fraction": 0.3},
@@ -73,58 +68,13 @@ class InvalidParams(ValueError):
 
 
 @dataclass(frozen=True)
-class ReturnZScoreParams:
-    window: int
-    recent_window: int  # the scale is at least the RMS of this many recent returns (a busy market is not news)
-    threshold: float
-    min_sigma_pct: float  # floor on the return scale (quiet or tick-bound markets)
-    warmup: int
-
-
-@dataclass(frozen=True)
-class VolatilityParams:
-    window: int
-    history: int
-    threshold: float
-    warmup: int
-
-
-@dataclass(frozen=True)
-class VolumeParams:
-    window: int
-    threshold: float
-    warmup: int
-
-
-@dataclass(frozen=True)
 class RangeParams:
     window: int
     floor_pct: float  # a candle with high == low has this range, so its logarithm exists
 
-
-@dataclass(frozen=True)
-class RunsParams:
-    volume_window: int        # candles whose unexplained volume is averaged (VOLUME RUN)
-    volume_elasticity: float  # log volume a range excess explains: excess = log volume ratio - this * log range ratio
-    return_window: int        # candles of the short realized volatility (BURST) and the drift (DRIFT)
-    trend_window: int         # candles that must all move the same way (TREND)
-    scale_window: int         # the runs' yardstick: RMS of this many log returns ...
-    scale_guard: int          # ... ending this many candles before the refresh point
-    warmup: int
-    burst_trim: int = 0          # BURST: the largest squared moves of its window it leaves out (0: plain RMS)
-    volume_combine: str = "mean"  # VOLUME RUN: "mean" (geometric mean of the run) or "min" (every candle heavy)
-    reversal_netting: float = 1.0  # REVERSAL: share of the pair's net move |z_t-1 + z_t| taken off (see Reversal)
-
-
-@dataclass(frozen=True)
-class LearnedParams:
-    file: str
-    sequence: int         # candles in the "recent" inputs (run of moves, reversal, sustained volume)
-    skip_components: int  # leading principal components (overall activity) the distance ignores
-    typical_score: float  # median distance of the training candles: score 0
-    alarm_score: float    # distance at the training alarm quantile: score 1
-    threshold: float      # the model votes at or above this score
-    warmup: int
+    def __post_init__(self):
+        if self.window < 2:
+            raise ValueError("window needs at least 2 candles")
 
 
 @dataclass(frozen=True)
@@ -148,23 +98,29 @@ class MarketParams:
 
 @dataclass(frozen=True, eq=False)
 class ModelParams:
-    """Immutable; compared by identity (engines are cached per object)."""
+    """Immutable; compared by identity (engines are cached per object).
+
+    The detectors' sections (``SECTIONS``) are attributes too: ``params.volatility`` is
+    ``params.sections["volatility"]``.
+    """
 
     version: int
     trained_on: typing.Mapping[str, object]
     interval_ms: int
     refresh: int  # rolling baselines are recomputed every this many candles
     guard: int    # and end this many candles before their refresh point (an event cannot mask itself)
-    return_zscore: ReturnZScoreParams
-    volatility: VolatilityParams
-    volume: VolumeParams
     range: RangeParams
-    runs: RunsParams
-    learned: LearnedParams
+    sections: typing.Mapping[str, object]  # detector section name -> its frozen dataclass (see ``SECTIONS``)
     calibration: typing.Mapping[str, object]  # detector -> {"scores", "surprise", "tail_slope"} (see calibration)
     consensus: ConsensusParams
     market: MarketParams
     model: MinorComponents | None = None  # the fitted learned model (None only before training)
+
+    def __getattr__(self, name: str):
+        try:
+            return self.__dict__["sections"][name]
+        except KeyError:
+            raise AttributeError(name) from None
 
     def to_json(self) -> dict:
         """The file's content (without the fitted arrays, which live in ``learned.file``)."""
@@ -174,7 +130,26 @@ class ModelParams:
             if isinstance(value, tuple):
                 return [plain(item) for item in value]
             return dict(value) if isinstance(value, types.MappingProxyType) else value
-        return {name: value for name, value in plain(self).items() if name != "model"}
+        document = {}
+        for name, value in plain(self).items():
+            if name == "sections":
+                document.update({section: plain(values) for section, values in self.sections.items()})
+            elif name != "model":
+                document[name] = value
+        return document
+
+
+def params_with(**changes) -> ModelParams:
+    """``DEFAULTS`` with some values changed (a section's dict is merged into its defaults), without a model: for
+    examples and tests.
+
+    >>> params_with(refresh=2, volume={"threshold": 4.0}).volume
+    VolumeParams(window=60, threshold=4.0, warmup=60)
+    """
+    document = json.loads(json.dumps(DEFAULTS))
+    for name, value in changes.items():
+        document[name] = {**document[name], **value} if isinstance(value, dict) else value
+    return params_from_dict(document)
 
 
 def group_label(group: tuple[str, ...]) -> str:
@@ -190,12 +165,14 @@ def pair_keys(groups) -> list[tuple[int, int, str]]:
 
 def params_from_dict(raw: dict, path: Path | str = "<dict>", model: MinorComponents | None = None) -> ModelParams:
     """Validate ``raw`` (the JSON document) and build ``ModelParams``; raises ``InvalidParams``."""
-    params = _build(ModelParams, raw, path, "", skip=("model",))
-    for section in (params.return_zscore, params.volatility, params.volume, params.range):
-        if section.window < 2:
-            raise InvalidParams(path, f"windows need at least 2 candles, got {section}")
-    if params.return_zscore.recent_window < 2 or params.learned.sequence < 2:
-        raise InvalidParams(path, "return_zscore.recent_window and learned.sequence need at least 2 candles")
+    if not isinstance(raw, dict):
+        raise InvalidParams(path, "the document must be a JSON object")
+    missing = [name for name in SECTIONS if name not in raw]
+    if missing:
+        raise InvalidParams(path, f"missing keys {', '.join(missing)}")
+    detector_sections = {name: _build(kind, raw[name], path, f"{name}.") for name, (kind, _) in SECTIONS.items()}
+    params = _build(ModelParams, {key: value for key, value in raw.items() if key not in SECTIONS}, path, "",
+                    skip=("model", "sections"), extra={"sections": types.MappingProxyType(detector_sections)})
     if params.refresh < 1 or params.interval_ms < 1:
         raise InvalidParams(path, "refresh and interval_ms must be at least 1")
     levels = params.consensus.confidence
@@ -204,14 +181,6 @@ def params_from_dict(raw: dict, path: Path | str = "<dict>", model: MinorCompone
                                                       and v >= 0 for v in margins) or margins != sorted(margins)):
         raise InvalidParams(path, f"consensus.confidence must map {', '.join(CONFIDENCE_LEVELS)} to increasing "
                                   f"non-negative surprise margins, got {dict(levels)}")
-    if params.learned.alarm_score <= params.learned.typical_score:
-        raise InvalidParams(path, "learned.alarm_score must be above learned.typical_score")
-    if params.runs.volume_combine not in ("mean", "min"):
-        raise InvalidParams(path, f"runs.volume_combine must be \"mean\" or \"min\", got {params.runs.volume_combine!r}")
-    if not 0 <= params.runs.reversal_netting <= 1:
-        raise InvalidParams(path, f"runs.reversal_netting must be between 0 and 1, got {params.runs.reversal_netting}")
-    if params.runs.volume_window < 1 or params.runs.return_window < 2:
-        raise InvalidParams(path, "runs.volume_window needs at least 1 candle and runs.return_window 2")
     pairs = {key for _, _, key in pair_keys(params.consensus.groups)}
     labels = {group_label(group) for group in params.consensus.groups}
     bad_offsets = sorted(set(params.consensus.offsets) - pairs - labels)
@@ -307,8 +276,9 @@ def _with_model(params: ModelParams, model: MinorComponents | None) -> ModelPara
     return ModelParams(**{**values, "model": model})
 
 
-def _build(cls, raw, path, where: str, skip: tuple[str, ...] = ()):
-    """A frozen dataclass from a JSON object: every field required, no unknown keys, types checked."""
+def _build(cls, raw, path, where: str, skip: tuple[str, ...] = (), extra: dict | None = None):
+    """A frozen dataclass from a JSON object: every field required, no unknown keys, types checked, then the
+    dataclass's own checks (a ``ValueError`` from ``__post_init__``); ``extra`` fields are given as they are."""
     if not isinstance(raw, dict):
         raise InvalidParams(path, f"{where or 'the document'} must be a JSON object")
     hints = typing.get_type_hints(cls)
@@ -356,4 +326,7 @@ def _build(cls, raw, path, where: str, skip: tuple[str, ...] = ()):
             if not isinstance(value, dict):
                 raise InvalidParams(path, f"{key} must be a JSON object, got {value!r}")
             values[name] = types.MappingProxyType(dict(value))
-    return cls(**values)
+    try:
+        return cls(**values, **(extra or {}))
+    except ValueError as error:
+        raise InvalidParams(path, f"{where[:-1] or 'the document'}: {error}") from None

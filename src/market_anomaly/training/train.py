@@ -27,7 +27,7 @@ from market_anomaly.training.injection import KINDS, inject, injection_slots
 from market_anomaly.core.learned import INPUT_NAMES
 from market_anomaly.core.params import DEFAULTS, ModelParams, pair_keys, params_from_dict
 from market_anomaly.files import write_atomically
-from market_anomaly.core.detectors import LearnedSurprise
+from market_anomaly.core.detectors import SCORE_COLUMNS, LearnedSurprise, warmups
 
 DEFAULT_ALARM_QUANTILE = 0.999
 DEFAULT_TUNE_INJECTIONS = 1500  # events injected into the training candles to tune the fusion's offsets
@@ -101,7 +101,7 @@ def train(series, base: dict | None = None,
     document = json.loads(json.dumps(base or DEFAULTS))
     document["calibration"] = {}
     untrained = params_from_dict(document)
-    learned = LearnedSurprise(untrained.learned)
+    learned = LearnedSurprise(untrained)
     inputs = [result["inputs"] for result in collection.map(learned_inputs, untrained).values()]
     learned.fit(np.concatenate(inputs) if inputs else np.empty((0, len(INPUT_NAMES))), alarm_quantile)
     document["learned"].update(typical_score=round(learned.typical, 6), alarm_score=round(learned.alarm, 6))
@@ -109,7 +109,7 @@ def train(series, base: dict | None = None,
     uncalibrated = params_from_dict(document, model=learned.model)
     scored = list(collection.map(detector_scores, uncalibrated).values())
     document["calibration"] = {name: fit_table(np.concatenate([scores[name] for scores in scored]))
-                               for name in detector_warmups(uncalibrated)}
+                               for name in warmups(uncalibrated)}
     consensus = uncalibrated.consensus
     if consensus.pairs:
         groups = np.concatenate([result["groups"] for result in collection.map(
@@ -152,7 +152,7 @@ def train(series, base: dict | None = None,
 def learned_inputs(key: str, frame: pd.DataFrame, params: ModelParams) -> Arrays:
     """The learned model's inputs per candle after its warm-up."""
     decisions = _decisions(key, frame, params)
-    inputs = LearnedSurprise(params.learned).inputs(
+    inputs = LearnedSurprise(params).inputs(
         decisions["zscore"].to_numpy(), np.log(decisions["volume_ratio"].to_numpy()),
         np.log(decisions["range_ratio"].to_numpy()))
     return {"inputs": inputs[params.learned.warmup:]}
@@ -162,7 +162,7 @@ def detector_scores(key: str, frame: pd.DataFrame, params: ModelParams) -> Array
     """Each calibrated detector's score (``calibration_scores``) per candle after that detector's warm-up."""
     decisions = _decisions(key, frame, params)
     values = calibration_scores({name: decisions[column].to_numpy() for name, column in SCORE_COLUMNS.items()})
-    return {name: values[name][warmup:] for name, warmup in detector_warmups(params).items()}
+    return {name: values[name][warmup:] for name, warmup in warmups(params).items()}
 
 
 def group_surprises(key: str, frame: pd.DataFrame, params: ModelParams) -> Arrays:
@@ -311,20 +311,6 @@ def tuning_events(lengths: dict[str, int], injections: int, seed: int, earliest:
 
 TUNE_MIN_GAP = 240
 TUNE_MAX_ROUNDS = 40
-
-
-SCORE_COLUMNS = {"Z-SCORE": "zscore", "VOLATILITY": "volatility_z", "VOLUME": "volume_ratio",
-                 "VOLUME RUN": "volume_run", "BURST": "burst", "DRIFT": "drift", "TREND": "trend", "REVERSAL": "reversal",
-                 "MODEL": "model_score"}
-
-
-def detector_warmups(params: ModelParams) -> dict[str, int]:
-    """Candles each calibrated detector needs before its scores count (with ``SCORE_COLUMNS``: the detector list)."""
-    return {"Z-SCORE": params.return_zscore.warmup, "VOLATILITY": params.volatility.warmup,
-            "VOLUME": params.volume.warmup, "VOLUME RUN": params.runs.warmup,
-            "BURST": params.runs.warmup, "DRIFT": params.runs.warmup, "REVERSAL": params.runs.warmup,
-            "TREND": params.runs.warmup,
-            "MODEL": params.learned.warmup}
 
 
 EPISODE_GAP_MS = 5 * 60_000

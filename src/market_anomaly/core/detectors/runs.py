@@ -1,0 +1,238 @@
+"""Multi-minute run detectors: sustained volume, bursts, drifts, steady trends, reversals (section ``runs``)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from market_anomaly.core.detectors.base import Detector
+from market_anomaly.core.features import Tails, trailing_windows
+
+
+@dataclass(frozen=True)
+class RunsParams:
+    volume_window: int        # candles whose unexplained volume is averaged (VOLUME RUN)
+    volume_elasticity: float  # log volume a range excess explains: excess = log volume ratio - this * log range ratio
+    return_window: int        # candles of the short realized volatility (BURST) and the drift (DRIFT)
+    trend_window: int         # candles that must all move the same way (TREND)
+    scale_window: int         # the runs' yardstick (``Context.runs_sigma``): RMS of this many log returns ...
+    scale_guard: int          # ... ending this many candles before the refresh point
+    warmup: int
+    burst_trim: int = 0          # BURST: the largest squared moves of its window it leaves out (0: plain RMS)
+    volume_combine: str = "mean"  # VOLUME RUN: "mean" (geometric mean of the run) or "min" (every candle heavy)
+    reversal_netting: float = 1.0  # REVERSAL: share of the pair's net move |z_t-1 + z_t| taken off (see Reversal)
+
+    def __post_init__(self):
+        if self.volume_combine not in ("mean", "min"):
+            raise ValueError(f"volume_combine must be \"mean\" or \"min\", got {self.volume_combine!r}")
+        if not 0 <= self.reversal_netting <= 1:
+            raise ValueError(f"reversal_netting must be between 0 and 1, got {self.reversal_netting}")
+        if self.volume_window < 1 or self.return_window < 2:
+            raise ValueError("volume_window needs at least 1 candle and return_window 2")
+
+
+RUNS_DEFAULTS = {"volume_window": 3, "volume_elasticity": 1.0, "return_window": 5, "trend_window": 4,
+                 "scale_window": 60, "scale_guard": 5, "warmup": 240, "burst_trim": 1, "volume_combine": "min",
+                 "reversal_netting": 0.5}
+
+
+class _Run(Detector):
+    """A statistic of the last ``window`` values (this candle's included); memory: the ``window - 1`` before."""
+
+    section, Params, defaults = "runs", RunsParams, RUNS_DEFAULTS
+    threshold = 0.0
+    own_vote = False
+
+    def __init__(self, params, window: int):
+        self.warmup, self.window = params.runs.warmup, window
+        self.recent = Tails.empty(1)
+
+    def values(self, context) -> np.ndarray:
+        """The per-candle values the run is a statistic of."""
+        raise NotImplementedError
+
+    def windows(self, context) -> np.ndarray:
+        return trailing_windows(self.recent, self.values(context), context.segments, self.window)
+
+    def learn(self, context) -> None:
+        self.recent = self.recent.merged(self.values(context), context.segments).last(self.window - 1)
+
+    def state(self) -> dict[str, object]:
+        return {"recent": self.recent}
+
+    def restore(self, state) -> None:
+        self.recent = state.tails("recent")
+
+
+class VolumeRun(_Run):
+    """Sustained volume the price action does not explain: a minute of heavy volume is ordinary, minutes are not.
+
+    Per candle, the unexplained log volume is ``log(volume ratio) - elasticity * max(log(range ratio), 0)``
+    (volume rises with the candle's range on real markets), floored at ``log(0.1)`` so one
+    idle minute does not cancel a run; the score is ``exp`` of its mean over the last
+    ``volume_window`` candles: the geometric-mean multiple of normal volume, sustained. With
+    ``volume_combine`` ``"min"`` the score is the smallest of those candles' multiples instead:
+    *every* minute of the run must be heavy, so one huge real print followed by ordinary
+    minutes (common on real markets) no longer looks like a sustained burst.
+
+    >>> from market_anomaly.core.baselines import Context
+    >>> from market_anomaly.core.params import params_with
+    >>> run = VolumeRun(params_with(runs={"volume_window": 3, "volume_combine": "mean", "warmup": 0}))
+    >>> context = Context.of(log_volume_ratio=np.log([1.0, 12.0, 12.0, 12.0]), log_range_ratio=np.zeros(4))
+    >>> run.score(context).round(1).tolist(), run.reason(12.0)
+    ([nan, nan, 5.2, 12.0], 'VOLUME RUN 12x')
+    """
+
+    name, column, key, group = "VOLUME RUN", "volume_run", "volume_run", 2
+
+    def __init__(self, params):
+        super().__init__(params, params.runs.volume_window)
+        self.elasticity = params.runs.volume_elasticity
+        self.sustained = params.runs.volume_combine == "min"
+
+    def values(self, context) -> np.ndarray:
+        return np.maximum(context.log_volume_ratio - self.elasticity * np.maximum(context.log_range_ratio, 0), -2.3)
+
+    def score(self, context) -> np.ndarray:
+        windows = self.windows(context)
+        return np.exp(windows.min(axis=1) if self.sustained else windows.mean(axis=1))
+
+    def reason(self, score: float) -> str:
+        return f"{self.name} {score:.0f}x"
+
+
+class Burst(_Run):
+    """Short realized volatility: RMS of the last ``return_window`` log returns (from ``Context.center``) over
+    ``Context.runs_sigma``.
+
+    With ``burst_trim`` = k the k largest squared moves of the window are left out: real
+    volatility clusters typically start with one jump (which the z-score reports), while a
+    burst of volatility is many large minutes; trimming one keeps the jump from posing as a burst.
+
+    >>> from market_anomaly.core.baselines import CandleFeatures, Context
+    >>> from market_anomaly.core.params import params_with
+    >>> burst = Burst(params_with(runs={"return_window": 2, "burst_trim": 0, "warmup": 0}))
+    >>> context = Context.of(center=np.zeros(3), runs_sigma=np.full(3, 0.001),
+    ...                      features=CandleFeatures.of(log_return=np.array([0.001, 0.003, -0.004])))
+    >>> burst.score(context).round(2).tolist(), burst.reason(3.54)
+    ([nan, 2.24, 3.54], 'BURST 3.5x')
+    """
+
+    name, column, key, group = "BURST", "burst", "burst", 1
+
+    def __init__(self, params):
+        super().__init__(params, params.runs.return_window)
+        self.trim = min(params.runs.burst_trim, self.window - 1)
+
+    def values(self, context) -> np.ndarray:
+        return context.features.log_return
+
+    def score(self, context) -> np.ndarray:
+        deviations = self.windows(context) - context.center[:, None]
+        squares = deviations * deviations
+        if not self.trim:
+            return np.sqrt(np.mean(squares, axis=1)) / context.runs_sigma
+        # Trimmed: without the largest squares, so one jump (the z-score's news) is not a burst of volatility.
+        if self.trim == 1:
+            kept = squares.sum(axis=1) - squares.max(axis=1)
+        else:
+            kept = np.sort(squares, axis=1)[:, :self.window - self.trim].sum(axis=1)
+        return np.sqrt(kept / (self.window - self.trim)) / context.runs_sigma
+
+    def reason(self, score: float) -> str:
+        return f"{self.name} {score:.1f}x"
+
+
+class Drift(_Run):
+    """Directional run: the sum of the last ``return_window`` log returns (from ``Context.center``) in
+    ``Context.runs_sigma`` units of that sum.
+
+    A pump or a crash spread over several minutes is a large drift even when no single
+    minute is extreme. Either direction is news.
+
+    >>> from market_anomaly.core.baselines import CandleFeatures, Context
+    >>> from market_anomaly.core.params import params_with
+    >>> drift = Drift(params_with(runs={"return_window": 4, "warmup": 0}))
+    >>> context = Context.of(center=np.zeros(5), runs_sigma=np.full(5, 0.001),
+    ...                      features=CandleFeatures.of(log_return=np.full(5, -0.002)))
+    >>> drift.score(context).tolist(), drift.reason(-4.0)
+    ([nan, nan, nan, -4.0, -4.0], 'DRIFT 4.0σ')
+    """
+
+    name, column, key, group = "DRIFT", "drift", "drift", 1
+    two_sided = True
+
+    def __init__(self, params):
+        super().__init__(params, params.runs.return_window)
+
+    def values(self, context) -> np.ndarray:
+        return context.features.log_return
+
+    def score(self, context) -> np.ndarray:
+        deviations = self.windows(context) - context.center[:, None]
+        return deviations.sum(axis=1) / (context.runs_sigma * np.sqrt(self.window))
+
+
+class Trend(_Run):
+    """A steady run: the smallest same-direction move of the last ``trend_window`` candles, in ``Context.runs_sigma``.
+
+    Every candle of the window must move the same way by at least the score (0 when the
+    directions differ): a pump or a slide that builds minute after minute, which real
+    markets rarely sustain even when single minutes or 5-minute sums are large.
+
+    >>> from market_anomaly.core.baselines import CandleFeatures, Context
+    >>> from market_anomaly.core.params import params_with
+    >>> trend = Trend(params_with(runs={"trend_window": 3, "warmup": 0}))
+    >>> context = Context.of(center=np.zeros(4), runs_sigma=np.full(4, 0.001),
+    ...                      features=CandleFeatures.of(log_return=np.array([0.002, 0.003, 0.004, -0.001])))
+    >>> trend.score(context).round(1).tolist(), trend.reason(2.0)
+    ([nan, nan, 2.0, 0.0], 'TREND 2.0σ')
+    """
+
+    name, column, key, group = "TREND", "trend", "trend", 3
+
+    def __init__(self, params):
+        super().__init__(params, params.runs.trend_window)
+
+    def values(self, context) -> np.ndarray:
+        return context.features.log_return
+
+    def score(self, context) -> np.ndarray:
+        moves = (self.windows(context) - context.center[:, None]) / context.runs_sigma[:, None]
+        with np.errstate(invalid="ignore"):
+            return np.maximum(np.maximum(moves.min(axis=1), (-moves).min(axis=1)), 0.0)
+
+
+class Reversal(_Run):
+    """A move undone the next minute: ``min(|z_t-1|, |z_t|) - netting * |z_t-1 + z_t|`` for opposite signs, else 0.
+
+    A price spike (a print far off the market that the next minute takes back, to where it
+    was) is rare as a *pair*, even where single large returns are not; a partial pull-back
+    after a real jump scores less than the pull-back (the level did not return). The net
+    move of the pair is taken off at ``reversal_netting`` (0..1): the next minute's own
+    natural move sits in that net move too, so taking all of it off (1) misses spikes whose
+    next minute happened to move on; half of it (measured on the real candles) keeps a
+    partial pull-back well below a spike that returns. Reads ``Context.zscore``.
+
+    >>> from market_anomaly.core.baselines import Context
+    >>> from market_anomaly.core.params import params_with
+    >>> reversal = Reversal(params_with(runs={"reversal_netting": 0.5, "warmup": 0}))
+    >>> reversal.score(Context.of(zscore=np.array([1.0, 9.0, -8.0, -3.0]))).tolist(), reversal.reason(7.5)
+    ([nan, 0.0, 7.5, 0.0], 'REVERSAL 7.5σ')
+    """
+
+    name, column, key, group = "REVERSAL", "reversal", "reversal", 4
+
+    def __init__(self, params):
+        super().__init__(params, 2)
+        self.netting = params.runs.reversal_netting
+
+    def values(self, context) -> np.ndarray:
+        return context.zscore
+
+    def score(self, context) -> np.ndarray:
+        pair = self.windows(context)
+        with np.errstate(invalid="ignore"):
+            size = np.minimum(np.abs(pair[:, 0]), np.abs(pair[:, 1])) - self.netting * np.abs(pair[:, 0] + pair[:, 1])
+            return np.where(pair[:, 0] * pair[:, 1] < 0, np.maximum(size, 0.0), np.where(np.isnan(size), np.nan, 0.0))

@@ -34,6 +34,8 @@ against the previous 60 candles' mean and standard deviation, flag at 3.
 
 from __future__ import annotations
 
+import logging
+import time
 from pathlib import Path
 
 import numpy as np
@@ -43,6 +45,8 @@ from market_anomaly.core.params import CONFIDENCE_LEVELS
 from market_anomaly.training.injection import KINDS, MAGNITUDE_RANGES, inject_random, injection_slots
 from market_anomaly.training.train import (DETECTION_WINDOW, EPISODE_GAP_MS, alarm_episodes,
                                            score_series, train)
+
+log = logging.getLogger("market_anomaly.evaluate")
 
 MIN_GAP = 240
 SEED_CANDLES = 1000  # a live stream's seed (produce --seed-history): warms the state, never counted
@@ -113,11 +117,15 @@ def evaluate(series: dict[str, pd.DataFrame], injections: int = 500, seed: int =
     quota = _share_out(injections, {key: len(injection_slots({key: frame}, MIN_GAP, SEED_CANDLES))
                                     for key, frame in series.items()})
     tuning = {} if tune_injections is None else {"tune_injections": tune_injections}
-    folds = {}
+    folds, started = {}, time.perf_counter()
     for number, (key, frame) in enumerate(series.items()):
         params = train({other: candles for other, candles in series.items() if other != key}, base=base, **tuning)
         own_events = events["time_ms"].to_numpy(np.int64)[events["symbol"].to_numpy() == key.split("@")[0]]
         folds[key] = _fold(key, frame, params, own_events, quota[key], np.random.default_rng([seed, number]))
+        untouched = folds[key]["untouched"]
+        log.info("fold %d/%d %s: threshold %.2f, %d alarm episodes in %.1f untouched days, %d events injected "
+                 "(%.0fs so far)", number + 1, len(series), key, params.consensus.threshold,
+                 untouched["episodes"]["LOW"], untouched["days"], quota[key], time.perf_counter() - started)
     return _report(folds, seed, development, events)
 
 

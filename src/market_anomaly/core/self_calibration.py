@@ -53,24 +53,29 @@ def bins(values: np.ndarray) -> np.ndarray:
 
 
 class SelfCalibration:
-    """The histograms and mappings of a call's symbols: ``calibrated`` (which learns the candles), state as arrays."""
+    """The histograms of a call's symbols: ``calibrated`` (which learns the candles), state as arrays.
+
+    ``counts`` holds each symbol's candles of its finished blocks (faded), ``block`` those of its
+    current block (whole numbers, exact whatever the chunking); a symbol's mapping is a function
+    of ``counts`` alone, so it never needs storing.
+    """
 
     def __init__(self, params, symbols: int):
         self.params = params
         self.pooled = np.asarray(params.pooled, dtype=float).reshape(len(params.pooled), len(LEVELS))
         # the prior's tail share at each level, never thinner than a calibrated surprise's own 10**-s
         self.prior_tail = np.maximum(np.cumsum(self.pooled[:, ::-1], axis=1)[:, ::-1], 10.0 ** -LEVELS)
-        self.counts = np.zeros((symbols, *self.pooled.shape))  # own candles so far (faded at block ends)
-        self.mapping = np.tile(LEVELS, (symbols, len(self.pooled), 1))  # own surprise at each level, this block
+        self.counts = np.zeros((symbols, *self.pooled.shape))
+        self.block = np.zeros((symbols, *self.pooled.shape))
         self.decay = 0.5 ** (params.refresh / (params.half_life_days * MINUTES_PER_DAY))
 
-    def _refreshed(self, symbols: np.ndarray) -> np.ndarray:
-        """The symbols' mappings from their counts: -log10 of the blended share at or above each level."""
+    def _mapping(self, symbols: np.ndarray) -> np.ndarray:
+        """The symbols' own surprise at each level (symbols, groups, bins): -log10 of the blended share of their
+        candles at or above it, bounded by ``min_shift``/``max_shift`` around the pooled level."""
         counts, prior = self.counts[symbols], self.params.prior_candles
         own_tail = np.cumsum(counts[..., ::-1], axis=-1)[..., ::-1]
         share = (prior * self.prior_tail + own_tail) / (prior + counts.sum(axis=-1, keepdims=True))
-        own = -np.log10(share)
-        return np.clip(own, LEVELS - self.params.max_shift, LEVELS - self.params.min_shift)
+        return np.clip(-np.log10(share), LEVELS - self.params.max_shift, LEVELS - self.params.min_shift)
 
     def calibrated(self, surprise: np.ndarray, positions: np.ndarray, segments) -> np.ndarray:
         """Each candle's group surprises (n x groups, pooled) on its symbol's own scale (``positions``: candles
@@ -79,34 +84,40 @@ class SelfCalibration:
         if not len(self.pooled) or not len(positions):
             return surprise
         refresh, params = self.params.refresh, self.params
+        groups, width = len(self.pooled), len(LEVELS)
+        symbols = len(self.counts)
         blocks = positions // refresh
         local = blocks - blocks[segments.starts[segments.ids]]  # the k-th block of its symbol in this call
-        result = np.empty_like(surprise)
+        ranks = int(local.max()) + 1
         cell = bins(surprise)
-        within = (np.nan_to_num(surprise) - LEVELS[cell]) / STEP  # position inside the bin, for interpolation
-        groups = np.arange(len(self.pooled))
-        for k in range(int(local.max()) + 1):  # one pass per block rank, every symbol at once
-            rows = np.flatnonzero(local == k)
-            ids = segments.ids[rows]
-            symbols, first = np.unique(ids, return_index=True)
-            opening = symbols[positions[rows[first]] % refresh == 0]  # a new block: mapping from all before it
-            if len(opening):
-                self.mapping[opening] = self._refreshed(opening)
-            low = self.mapping[ids[:, None], groups, cell[rows]]
-            upper = np.minimum(cell[rows] + 1, len(LEVELS) - 1)
-            high = np.where(cell[rows] + 1 < len(LEVELS), self.mapping[ids[:, None], groups, upper], low + STEP)
-            result[rows] = low + within[rows] * (high - low)
-            counted = rows[positions[rows] >= params.warmup]
-            for group in groups:
-                np.add.at(self.counts, (segments.ids[counted], group, cell[counted, group]), 1.0)
-            closing = np.unique(ids[positions[rows] % refresh == refresh - 1])  # a finished block: older counts fade
-            self.counts[closing] *= self.decay
-        return np.where(np.isnan(surprise), surprise, result)
+        counted = positions >= params.warmup
+        # every counted candle's (block rank, symbol, group, bin), added per block rank below
+        index = ((local[counted, None] * symbols + segments.ids[counted, None]) * groups + np.arange(groups)) * width
+        added = np.bincount((index + cell[counted]).ravel(), minlength=ranks * symbols * groups * width
+                            ).reshape(ranks, symbols, groups, width)
+        opens = np.zeros((ranks, symbols), dtype=bool)  # a symbol's block starting in this call
+        opens[local[positions % refresh == 0], segments.ids[positions % refresh == 0]] = True
+        mappings = np.empty((ranks, symbols, groups, width))
+        mapping = self._mapping(np.arange(symbols))
+        for k in range(ranks):  # one pass per block rank, every symbol at once
+            opening = np.flatnonzero(opens[k])
+            if len(opening):  # the finished block joins the (faded) history; the mapping follows it
+                self.counts[opening] = (self.counts[opening] + self.block[opening]) * self.decay
+                self.block[opening] = 0.0
+                mapping[opening] = self._mapping(opening)
+            mappings[k] = mapping
+            self.block += added[k]
+        flat = mappings.reshape(-1)
+        start = ((local[:, None] * symbols + segments.ids[:, None]) * groups + np.arange(groups)) * width
+        low = flat[start + cell]
+        high = np.where(cell + 1 < width, flat[start + np.minimum(cell + 1, width - 1)], low + STEP)
+        within = (np.nan_to_num(surprise) - LEVELS[cell]) / STEP  # position inside the bin
+        return np.where(np.isnan(surprise), surprise, low + within * (high - low))
 
     def state(self) -> dict[str, np.ndarray]:
         if not len(self.pooled):
             return {}
-        return {"counts": self.counts.reshape(len(self.counts), -1), "mapping": self.mapping.reshape(len(self.counts), -1)}
+        return {"counts": self.counts.reshape(len(self.counts), -1), "block": self.block.reshape(len(self.block), -1)}
 
     def restore(self, state) -> None:
         """From a ``state.BucketState`` at this component's prefix; a symbol without (or with another layout of)
@@ -116,4 +127,4 @@ class SelfCalibration:
             counts = memory.get(state.prefix + "counts")
             if counts is not None and counts.size == size and size:
                 self.counts[index] = counts.reshape(self.pooled.shape)
-                self.mapping[index] = memory[state.prefix + "mapping"].reshape(self.pooled.shape)
+                self.block[index] = memory[state.prefix + "block"].reshape(self.pooled.shape)

@@ -223,6 +223,8 @@ def test_a_bucket_decided_in_one_pass_equals_each_symbol_decided_alone(engine):
     assert (engine.decide_bucket(markets["S0USDT"].iloc[:5], bucket_states).frame().empty
             and list(engine.decide_bucket(markets["S0USDT"].iloc[:0], {}).frame().columns)
             == [name for name, _ in DECISION_SCHEMA])
+    with pytest.raises(ValueError, match="1 candles without a symbol"):  # never decided as some other symbol's
+        engine.decide_bucket(markets["S0USDT"].iloc[:3].assign(symbol=["S0USDT", None, "S0USDT"]), {})
 
 
 def test_duplicates_replays_and_disorder_are_dropped(engine):

@@ -143,6 +143,8 @@ class DetectionEngine:
         NumPy pass). Returns ``Decided``: merge ``Decided.states`` into ``states`` for the next call.
         """
         codes, symbols = pd.factorize(candles["symbol"].to_numpy(object), sort=False)
+        if (codes < 0).any():
+            raise ValueError(f"{int((codes < 0).sum())} candles without a symbol")  # validated upstream: a bug
         symbols = [str(symbol) for symbol in symbols]
         columns, rows, new_states = self._decide(candles, codes.astype(np.int64), symbols,
                                                  [states.get(symbol) for symbol in symbols])

@@ -15,6 +15,7 @@ so a gap never looks like one huge 1-minute move.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Callable
 
 import numpy as np
@@ -118,8 +119,16 @@ class Segments:
         self.counts = np.asarray(counts, dtype=np.int64)
         self.ends = np.cumsum(self.counts)
         self.starts = self.ends - self.counts
-        self.ids = np.repeat(np.arange(len(self.counts)), self.counts)  # each value's symbol
-        self.ranks = np.arange(len(self.ids)) - self.starts[self.ids]  # each value's index within its symbol
+
+    @cached_property
+    def ids(self) -> np.ndarray:
+        """Each value's symbol."""
+        return np.repeat(np.arange(len(self.counts)), self.counts)
+
+    @cached_property
+    def ranks(self) -> np.ndarray:
+        """Each value's index within its symbol."""
+        return np.arange(len(self.ids)) - self.starts[self.ids]
 
     def __len__(self) -> int:
         return len(self.counts)
@@ -134,8 +143,10 @@ class Tails:
 
     >>> tails = Tails.of([np.array([1.0, 2.0]), np.array([])])
     >>> merged = tails.merged(np.array([3.0, 4.0, 5.0]), Segments([1, 2]))
-    >>> [part.tolist() for part in merged.split()], [part.tolist() for part in merged.last(2).split()]
-    ([[1.0, 2.0, 3.0], [4.0, 5.0]], [[2.0, 3.0], [4.0, 5.0]])
+    >>> merged.values.tolist(), merged.segments.counts.tolist()
+    ([1.0, 2.0, 3.0, 4.0, 5.0], [3, 2])
+    >>> merged.last(2).values.tolist()
+    [2.0, 3.0, 4.0, 5.0]
     """
 
     def __init__(self, values: np.ndarray, segments: Segments):
@@ -166,9 +177,6 @@ class Tails:
                          Segments([min(len(self.values), keep)]))
         kept = self.segments.ranks >= self.segments.counts[self.segments.ids] - keep
         return Tails(self.values[kept], Segments(np.minimum(self.segments.counts, keep)))
-
-    def split(self) -> list[np.ndarray]:
-        return [self.values[start:end] for start, end in zip(self.segments.starts, self.segments.ends)]
 
 
 class RollingStats:

@@ -62,8 +62,8 @@ class BucketState:
     ``unpack_bucket`` builds one from the symbols' ``pack`` blobs.
 
     >>> state = unpack_bucket([pack({"seen": np.array([3.0]), "tail": np.array([0.1, 0.2])}), None])
-    >>> state.scalars("seen", 0).tolist(), [part.tolist() for part in state.tails("tail").split()]
-    ([3.0, 0.0], [[0.1, 0.2], []])
+    >>> state.scalars("seen", 0).tolist(), state.tails("tail").values.tolist(), state.tails("tail").segments.counts.tolist()
+    ([3.0, 0.0], [0.1, 0.2], [2, 0])
     """
 
     def __init__(self, columns: dict[str, Tails], symbols: int, prefix: str = ""):

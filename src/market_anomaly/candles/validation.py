@@ -52,6 +52,14 @@ def interval_ms(interval: str) -> int:
     return int(interval[:-1]) * _UNIT_MS[interval[-1]]
 
 
+def interval_name(milliseconds: int) -> str:
+    """The interval ``milliseconds`` long (``60000`` -> ``1m``); ValueError when no kline interval is."""
+    for name in INTERVALS:
+        if interval_ms(name) == milliseconds:
+            return name
+    raise ValueError(f"no kline interval is {milliseconds} ms long; choose one of {', '.join(INTERVALS)}")
+
+
 @dataclass(frozen=True)
 class Limits:
     """What the checks are against; each edge builds one.

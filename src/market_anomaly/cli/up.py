@@ -176,7 +176,8 @@ def run_up(args: argparse.Namespace) -> int:
         ), logs / "producer.log"))
         children.append(Child("spark job", command(
             "--log-level", "WARNING", "detect", *kafka, "--params", args.params,
-            "--checkpoint-dir", str(home / "checkpoint"), "--db", database,
+            "--checkpoint-dir", str(home / "checkpoint"), "--db", database, "--symbols", args.symbols,
+            *([] if args.binance else ["--accept-future-candles"]),  # the simulator runs ahead of the clock
         ), None, stop_timeout=60.0))  # finishes its micro-batch and commits its checkpoint
         if args.dashboard_port:
             children.append(Child("dashboard", command(

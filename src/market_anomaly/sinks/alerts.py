@@ -90,6 +90,7 @@ def webhook_body(message: dict[str, object], fmt: str) -> bytes:
 
 class AlertSink:
     name = "alerts"
+    durable = False  # delivery runs in its own thread, with its own retries and outbox
 
     def __init__(self, urls: list[str], fmt: str = "slack", min_confidence: str = "MEDIUM",
                  cooldown_seconds: float = 900.0, attempts: int = 3, backoff_seconds: float = 1.0,
@@ -272,6 +273,9 @@ class AlertSink:
                 return False
             time.sleep(0.02)
         return True
+
+    def flush(self) -> None:
+        """Nothing to wait for: ``write`` has saved the batch's messages in the outbox and queued them."""
 
     def close(self, timeout: float = 10.0) -> None:
         """Give queued alerts ``timeout`` seconds to go out, then stop the worker."""

@@ -53,7 +53,8 @@ class Sink(Protocol):
 
     ``write`` takes a micro-batch's decisions (it may deliver them or only enqueue them); ``flush``
     returns once everything written so far is delivered, or raises. A durable sink keeps what it
-    could not deliver, and a later ``flush`` tries it again; a best-effort one may drop it.
+    could not deliver, even when ``write`` itself raised, and a later ``flush`` tries it again; a
+    best-effort one may drop it.
     """
 
     name: str
@@ -125,17 +126,15 @@ class Sinks:
                 self._deliver(sink, decisions)
 
     def _deliver(self, sink: Sink, decisions: pd.DataFrame) -> None:
-        written = False
         delays = self.retry.delays()
+        attempt = lambda: (sink.write(decisions), sink.flush())  # noqa: E731 - then flush alone: it keeps the batch
         while True:
             try:
-                if not written:
-                    sink.write(decisions)
-                    written = True
-                sink.flush()
+                attempt()
                 break
             except Exception as error:
                 self._failed(sink, error, len(decisions))
+            attempt = sink.flush
             if self._stopping.wait(next(delays)):
                 raise Stopping(f"sink {sink.name} still failing at stop: {self.outages[sink.name]['error']}")
         outage = self.outages.pop(sink.name, None)

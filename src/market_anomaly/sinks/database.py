@@ -399,9 +399,8 @@ class PostgresDatabase(Database):
 
 
 class DatabaseSink:
-    """The job's side, durable: what ``write`` takes is upserted by ``flush`` in one transaction, kept until that
-    commits (a locked file or a server away fails the flush, and the next one writes it all); the latest progress
-    kept."""
+    """The job's side, durable: each micro-batch upserted in one transaction, and kept until that commits (a
+    locked file or a server away fails the write, and the next ``flush`` writes it all); the latest progress kept."""
 
     name = "database"
     durable = True
@@ -413,6 +412,7 @@ class DatabaseSink:
 
     def write(self, decisions: pd.DataFrame) -> None:
         self._pending += to_records(decisions)
+        self.flush()
 
     def flush(self) -> None:
         if self._pending:

@@ -20,7 +20,7 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
-from confluent_kafka import KafkaError
+from confluent_kafka import KafkaError, KafkaException
 
 from market_anomaly.kafka.producing import produce_waiting, reliable_producer
 
@@ -88,19 +88,23 @@ class KafkaTopicSink:
 
     def _produce(self, messages) -> None:
         for key, value in messages:
-            produce_waiting(self._producer, self.topic, value, key=key, on_delivery=self._on_delivery)
+            try:
+                produce_waiting(self._producer, self.topic, value, key=key, on_delivery=self._on_delivery)
+            except KafkaException as error:  # refused before it left (e.g. too large): kept, and reported by flush
+                self._undelivered.append((key, value))
+                self._errors.append(str(error))
 
     def flush(self) -> None:
         """Wait until everything is on the broker; first send again what it did not take last time."""
         retry, self._undelivered = self._undelivered, []
-        self._errors = []
         self._produce(retry)
         in_flight = self._producer.flush(self.flush_timeout)
+        errors, self._errors = self._errors, []
         if in_flight or self._undelivered:
             raise DeliveryFailed(
                 f"{in_flight} decision(s) still in flight after {self.flush_timeout:.0f}s, "
                 f"{len(self._undelivered)} not taken by the broker"
-                + (f" (first error: {self._errors[0]})" if self._errors else ""))
+                + (f" (last error: {errors[-1]})" if errors else ""))
 
     def close(self) -> None:
         self.flush()

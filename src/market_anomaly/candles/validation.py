@@ -158,7 +158,7 @@ class Pandas:
     isfinite = staticmethod(lambda x: x.abs() < math.inf)
     negate = staticmethod(lambda x: ~x)
     length = staticmethod(lambda x: x.str.len())
-    matches = staticmethod(lambda x, pattern: x.str.fullmatch(pattern).fillna(False).astype(bool))
+    matches = staticmethod(lambda x, pattern: x.str.fullmatch(pattern, na=False).astype(bool))
     isin = staticmethod(lambda x, values: x.isin(list(values)))
     greatest = staticmethod(lambda *xs: _frame(xs).max(axis=1))
     least = staticmethod(lambda *xs: _frame(xs).min(axis=1))
@@ -178,10 +178,10 @@ def frame_reasons(frame, limits: Limits):
 
     columns = {name: frame[name] if name in frame.columns else pd.Series(np.nan, index=frame.index)
                for name in ("interval", "close_time", *AMOUNTS, *REQUIRED)}
-    reasons = pd.Series(None, index=frame.index, dtype=object)
+    reasons = pd.Series([None] * len(frame), index=frame.index, dtype=object)
     for text, invalid in reversed(rules(limits)):  # the first failing rule's reason is the last written
         with np.errstate(invalid="ignore"):
-            failing = invalid(columns, Pandas, limits).fillna(False).to_numpy(bool)
+            failing = invalid(columns, Pandas, limits).to_numpy(bool, na_value=False)
         reasons[failing] = text
     return reasons
 

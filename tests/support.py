@@ -40,3 +40,24 @@ def thin_market(n: int, seed: int, tick: float = 1e-8, price: float = 1.5e-6, tr
     return pd.DataFrame({"symbol": symbol, "open_time": 1_600_000_000_000 + np.arange(n) * 60_000,
                          "open": previous, "high": np.maximum(previous, close), "low": np.minimum(previous, close),
                          "close": close, "volume": volume})
+
+
+def consume_all(client_config: dict[str, str], topic: str, expected: int, timeout: float = 30.0) -> list:
+    """Every record of ``topic`` from offset 0 (assigned, no consumer group to wait for), waiting for ``expected``
+    (then a second more, so extras show)."""
+    import time
+
+    from confluent_kafka import Consumer, TopicPartition
+
+    consumer = Consumer({**client_config, "group.id": f"check-{topic}", "enable.auto.commit": False})
+    partitions = consumer.list_topics(topic, timeout=10).topics[topic].partitions
+    consumer.assign([TopicPartition(topic, partition, 0) for partition in partitions])
+    messages = []
+    deadline = time.monotonic() + timeout
+    try:
+        while len(messages) < expected and time.monotonic() < deadline:
+            messages += [message for message in consumer.consume(1000, timeout=0.5) if message.error() is None]
+        messages += [message for message in consumer.consume(1000, timeout=1.0) if message.error() is None]
+    finally:
+        consumer.close()
+    return messages

@@ -3,31 +3,17 @@
 from __future__ import annotations
 
 import json
+import threading
 import time
 
+import numpy as np
 import pandas as pd
 import pytest
-from confluent_kafka import Consumer, TopicPartition
+from support import consume_all
 
-from market_anomaly.sinks.kafka_topic import DeliveryFailed, KafkaTopicSink
+from market_anomaly.sinks.kafka_topic import DeliveryFailed, KafkaTopicSink, json_lines
 
 pytestmark = pytest.mark.integration
-
-
-def consume_all(client_config: dict[str, str], topic: str, expected: int, timeout: float = 30.0) -> list:
-    """Every record of ``topic`` from offset 0 (assigned, no consumer group to wait for), waiting for ``expected``."""
-    consumer = Consumer({**client_config, "group.id": f"check-{topic}", "enable.auto.commit": False})
-    partitions = consumer.list_topics(topic, timeout=10).topics[topic].partitions
-    consumer.assign([TopicPartition(topic, partition, 0) for partition in partitions])
-    messages = []
-    deadline = time.monotonic() + timeout
-    try:
-        while len(messages) < expected and time.monotonic() < deadline:
-            messages += [message for message in consumer.consume(100, timeout=0.5) if message.error() is None]
-        messages += [message for message in consumer.consume(100, timeout=1.0) if message.error() is None]  # extras?
-    finally:
-        consumer.close()
-    return messages
 
 
 def test_every_decision_as_json_keyed_by_symbol(kafka_broker, fresh_topic, market_frame):
@@ -62,9 +48,70 @@ def test_anomalies_only(kafka_broker, fresh_topic, market_frame):
         ("BTCUSDT", "HIGH"), ("BTCUSDT", "MEDIUM"), ("ETHUSDT", "LOW")]
 
 
-def test_unreachable_broker_raises_after_the_flush_timeout(make_decision):
-    """The sink reports a failed batch (Sinks logs and counts it); it never hangs the stream."""
+def test_unreachable_broker_fails_the_flush_and_keeps_the_decision(make_decision):
+    """The sink reports an undelivered batch and keeps it for the next flush; it never hangs the stream."""
     sink = KafkaTopicSink({"bootstrap.servers": "127.0.0.1:1", "message.timeout.ms": "1000"}, "anything",
                           flush_timeout=3)
-    with pytest.raises(DeliveryFailed, match="1 failed"):
-        sink.write(pd.DataFrame([make_decision("BTCUSDT", 0, 1.0)]))
+    sink.write(pd.DataFrame([make_decision("BTCUSDT", 0, 1.0)]))
+    with pytest.raises(DeliveryFailed, match="1 not taken by the broker"):
+        sink.flush()
+    with pytest.raises(DeliveryFailed, match="1 not taken by the broker"):
+        sink.flush()  # sent again, still no broker
+
+
+def test_json_is_what_json_dumps_writes_with_non_finite_numbers_as_null():
+    frame = pd.DataFrame({"symbol": ["BTCUSDT", "ÉTH\"X"], "open_time": np.array([1, 2], dtype="int64"),
+                          "zscore": [0.1 + 0.2, np.inf], "tiny": [6.1e-8, -np.inf], "nan": [np.nan, 1e22],
+                          "is_anomaly": [True, False], "reasons": ["Z-SCORE 7.2σ", None]})
+    got = [json.loads(line) for line in json_lines(frame)]
+    assert got == [{"symbol": "BTCUSDT", "open_time": 1, "zscore": 0.1 + 0.2, "tiny": 6.1e-8, "nan": None,
+                    "is_anomaly": True, "reasons": "Z-SCORE 7.2σ"},
+                   {"symbol": "ÉTH\"X", "open_time": 2, "zscore": None, "tiny": None, "nan": 1e22,
+                    "is_anomaly": False, "reasons": None}]
+    assert json_lines(frame.iloc[:0]) == []
+
+
+@pytest.mark.parametrize("message_timeout_ms", [3_000, 300_000])
+def test_a_broker_away_longer_than_the_flush_timeout_loses_and_duplicates_nothing(
+        tmp_path, make_decision, message_timeout_ms):
+    """6,000 decisions while the broker is down: the batch waits (health shows the outage), then all arrive once.
+
+    With a short delivery timeout the broker's refusals are sent again; with the default one the sends stay in
+    flight across the failed flushes and are not sent twice.
+    """
+    from market_anomaly.kafka import topics
+    from market_anomaly.kafka.broker import LocalBroker
+    from market_anomaly.sinks import RetryPolicy, Sinks
+    from market_anomaly.sinks.database import DatabaseSink, open_database
+
+    broker = LocalBroker(tmp_path / "kafka", port=0)
+    broker.start()
+    try:
+        topics.ensure_topics(broker.client_config(), {"decisions": 4})
+        sink = KafkaTopicSink({**broker.client_config(), "message.timeout.ms": str(message_timeout_ms)},
+                              "decisions", flush_timeout=2)
+        health = DatabaseSink(open_database(f"sqlite:///{tmp_path / 'health.db'}"))
+        sinks = Sinks([sink], health=health, retry=RetryPolicy(first=0.5, longest=1.0))
+        frame = pd.DataFrame([make_decision(f"S{symbol:02d}USDT", minute, 100.0 + minute)
+                              for symbol in range(20) for minute in range(300)])
+        assert broker.stop() is True
+        writer = threading.Thread(target=sinks.write, args=(frame,))
+        writer.start()
+        deadline = time.monotonic() + 60
+        while not health.database.health()["progress"] and time.monotonic() < deadline:
+            time.sleep(0.5)
+        outage = health.database.health()["progress"]["sinks"]["kafka"]
+        assert outage["attempts"] >= 1 and "still in flight after 2s" in outage["error"]
+        time.sleep(2 * sink.flush_timeout + min(message_timeout_ms, 5_000) / 1000)  # past a flush (and a refusal)
+        assert writer.is_alive()  # the batch waits for its durable sink
+        broker.start()
+        writer.join(timeout=120)
+        assert not writer.is_alive() and sinks.outages == {}
+        assert health.database.health()["progress"]["sinks"] == {}  # the outage is over in the health record
+        messages = consume_all(broker.client_config(), "decisions", len(frame), timeout=60)
+        keys = [(value["symbol"], value["open_time"]) for value in (json.loads(m.value()) for m in messages)]
+        assert len(keys) == len(set(keys)) == len(frame)
+        assert sinks.failures["kafka"] >= 1
+        sinks.close()
+    finally:
+        broker.stop()

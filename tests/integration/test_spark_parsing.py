@@ -25,11 +25,17 @@ def spark():
     session.stop()
 
 
-def parse(spark, raws: list[str]) -> list[dict]:
+NOW_MS = 1_700_000_100_000  # the present these checks are against (a stream uses its micro-batch's time)
+def parse(spark, raws: list[str | bytes], **limits) -> list[dict]:
+    from pyspark.sql import functions as F
+
+    from market_anomaly.candles.validation import Limits
     from market_anomaly.spark.job import parse_candles
 
-    records = spark.createDataFrame([(raw, None) for raw in raws], "raw string, timestamp timestamp")
-    return [row.asDict() for row in parse_candles(records).collect()]
+    values = [raw.encode() if isinstance(raw, str) else raw for raw in raws]
+    records = spark.createDataFrame([(value, None) for value in values], "value binary, timestamp timestamp")
+    checks = Limits(**{"interval": "1m", "present_ms": F.lit(NOW_MS), **limits})
+    return [row.asDict() for row in parse_candles(records, checks).collect()]
 
 
 def variant(**changes) -> str:
@@ -44,28 +50,78 @@ def test_a_valid_candle_is_typed_and_has_no_error(spark):
     assert row["produced_at"] == 1_700_000_100_010
 
 
-@pytest.mark.parametrize(("raw", "reason"), [
-    ("not json at all", "not a candle JSON object"),
-    ("[1, 2, 3]", "not a candle JSON object"),
-    (variant(close="100.5x"), "missing or non-numeric fields: close"),
-    (json.dumps({k: v for k, v in GOOD.items() if k not in ("volume", "open_time")}),
-     "missing or non-numeric fields: open_time, volume"),
-    (variant(symbol=" "), "empty symbol"),
-    (variant(low=0.0), "non-positive price"),
-    (variant(high=100.0), "high below open/close/low"),
-    (variant(low=100.2), "low above open/close"),
-    (variant(volume=-1.0), "negative volume"),
+INVALID = [
+    ("not json at all", "not a JSON object"),
+    ("[1, 2, 3]", "not a JSON object"),
+    ('[{"symbol": "BTCUSDT"}]', "not a JSON object"),
+    ('"BTCUSDT"', "not a JSON object"),
+    ("123", "not a JSON object"),
+    ("{broken", "not a candle JSON object"),
+    (variant(close="100.5x"), "missing close"),
+    (json.dumps({k: v for k, v in GOOD.items() if k not in ("volume", "open_time")}), "missing open_time"),
+    (variant(symbol=" "), "missing symbol"),
+    (variant(symbol="BTC-USDT"), "symbol is not 1-20 letters or digits"),
+    (variant(symbol="B" * 21), "symbol longer than 20 characters"),
+    (variant(interval="5m"), "interval is not 1m"),
+    (variant(low=0.0), "low price outside [1e-12, 1e+12]"),
+    (variant(open=-100.0), "open price outside [1e-12, 1e+12]"),
+    (variant(high=1e308), "high price outside [1e-12, 1e+12]"),
+    (variant(low=1e-300), "low price outside [1e-12, 1e+12]"),
+    (variant(volume=1e300), "volume outside [0, 1e+18]"),
+    (variant(high=100.0), "high below open, close or low"),
+    (variant(low=100.2), "low above open or close"),
+    (variant(volume=-1.0), "volume outside [0, 1e+18]"),
+    (variant(trades=-1), "trades outside [0, 1e+18]"),
     (variant(close_time=GOOD["open_time"]), "close_time not after open_time"),
-])
-def test_an_invalid_record_keeps_its_raw_text_and_says_why(spark, raw, reason):
-    [row] = parse(spark, [raw])
+    (variant(open_time=GOOD["open_time"] + 1), "open_time not aligned to 1m"),
+    (variant(open_time=4_102_444_800_000, close_time=4_102_444_859_999), "open_time more than 1m after the present"),
+    (variant(open_time=0, close_time=59_999), "open_time before 2009"),
+    (variant(open_time=-60_000, close_time=-1), "open_time before 2009"),
+] + [(variant().replace(f'"{field}": {GOOD[field]}', f'"{field}": {number}'), f"{field} is not finite")
+     for number, field in (("NaN", "close"), ("Infinity", "high"), ("-Infinity", "low"), ("1e309", "open"),
+                           ("-1e309", "volume"))]
+
+
+@pytest.fixture(scope="module")
+def invalid_rows(spark):
+    return parse(spark, [raw for raw, _ in INVALID])  # one Spark job for all the cases
+
+
+@pytest.mark.parametrize(("case", "reason"), [(index, reason) for index, (_, reason) in enumerate(INVALID)])
+def test_an_invalid_record_keeps_its_raw_text_and_says_why(invalid_rows, case, reason):
+    row = invalid_rows[case]
     assert row["error"] == reason
-    assert row["raw"] == raw
+    assert row["raw"] == INVALID[case][0]
 
 
-def test_nan_prices_are_rejected(spark):
-    [row] = parse(spark, [variant().replace('"close": 100.5', '"close": NaN')])
-    assert row["error"] == "NaN price or volume"
+def test_the_next_candle_is_accepted_and_a_later_one_only_without_a_present(spark):
+    next_minute = variant(open_time=NOW_MS // 60_000 * 60_000 + 60_000, close_time=NOW_MS // 60_000 * 60_000 + 119_999)
+    later = variant(open_time=NOW_MS // 60_000 * 60_000 + 180_000, close_time=NOW_MS // 60_000 * 60_000 + 239_999)
+    assert [row["error"] for row in parse(spark, [next_minute, later])] == [
+        None, "open_time more than 1m after the present"]
+    assert [row["error"] for row in parse(spark, [later], present_ms=None)] == [None]
+
+
+def test_a_configured_symbol_list_rejects_the_others(spark):
+    rows = parse(spark, [variant(symbol="ETHUSDT"), json.dumps(GOOD)], symbols=frozenset({"BTCUSDT"}))
+    assert [row["error"] for row in rows] == ["symbol not in the configured list", None]
+
+
+def test_poison_never_reaches_python_whole(spark):
+    """Oversized values, invalid UTF-8 and huge symbols are rejected in the JVM; what goes on is small and valid."""
+    from market_anomaly.kafka.dead_letter import RAW_BYTES
+
+    huge_symbol = variant(symbol="S" * 70_000)
+    invalid_utf8 = b'{"symbol": "BTC\xff\xfeUSDT", "open_time": 1}'
+    oversized = b"{" + b" " * (1 << 20) + b"}"
+    rows = parse(spark, [huge_symbol, invalid_utf8, oversized])
+    assert [row["error"] for row in rows] == ["value larger than 4096 bytes", "value is not valid UTF-8",
+                                              "value larger than 4096 bytes"]
+    assert [row["symbol"] for row in rows] == [None, None, None]  # never a state key, never in the codec
+    assert len(rows[0]["raw"]) == RAW_BYTES and rows[0]["raw"] == huge_symbol[:RAW_BYTES]
+    assert rows[1]["raw"] == '{"symbol": "BTC\ufffd\ufffdUSDT", "open_time": 1}'
+    [long_symbol] = parse(spark, [variant(symbol="S" * 300)])
+    assert long_symbol["error"] == "symbol longer than 20 characters" and long_symbol["symbol"] is None
 
 
 def test_source_options_reach_the_kafka_source_and_win_over_the_jobs_own(spark, kafka_broker, fresh_topic):
@@ -76,7 +132,7 @@ def test_source_options_reach_the_kafka_source_and_win_over_the_jobs_own(spark, 
                        sinks=SinkOptions(), topic=fresh_topic, source_options={"startingOffsets": "bogus"})
     query = None
     with pytest.raises(Exception, match="bogus"):  # the source's own check of its option, at the query's start
-        stream = parsed_candles(spark, job)
+        stream = parsed_candles(spark, job, "1m")
         query = stream.writeStream.format("memory").queryName("source_options").start()
         query.processAllAvailable()
     if query is not None:

@@ -53,13 +53,13 @@ def test_from_rest_row_parses_the_documented_klines_row():
     (kline(q=True), "not numeric"),
     (kline(c="NaN"), "not finite"),
     (kline(t="1672515780000.5"), "not an integer"),
-    (kline(o="0", l="0"), "non-positive open"),
-    (kline(l="-0.001"), "non-positive low"),
-    (kline(h="0.0019"), "high 0.0019 below"),
-    (kline(l=DOCUMENTED_LOW), "low 0.0015 above"),
-    (kline(v="-1"), "negative volume"),
-    (kline(n=-3), "negative trades"),
-    (kline(T=1672515780000), "close_time 1672515780000 not after"),
+    (kline(o="0", l="0"), "open price outside"),
+    (kline(l="-0.001"), "low price outside"),
+    (kline(h="0.0019"), "high below open, close or low"),
+    (kline(l=DOCUMENTED_LOW), "low above open or close"),
+    (kline(v="-1"), "volume outside"),
+    (kline(n=-3), "trades outside"),
+    (kline(T=1672515780000), "close_time not after open_time"),
 ])
 def test_from_kline_rejects_each_malformed_case(k, reason):
     with pytest.raises(MalformedCandle, match=reason):

@@ -68,17 +68,18 @@ def test_symbol_from_file_name_and_iso_timestamps(tmp_path):
 
 
 def test_rows_without_a_symbol_and_duplicates_are_skipped_and_counted(tmp_path, caplog):
+    T = 1_769_285_820_000
     path = tmp_path / "mixed.csv"
     path.write_text("symbol,open_time,open,high,low,close,volume\n"
-                    "AUSDT,0,1,1,1,1,1\n,60000,1,1,1,1,1\nBUSDT,0,2,2,2,2,2\nAUSDT,0,3,3,3,3,3\n")
+                    f"AUSDT,{T},1,1,1,1,1\n,{T + 60_000},1,1,1,1,1\nBUSDT,{T},2,2,2,2,2\nAUSDT,{T},3,3,3,3,3\n")
     with caplog.at_level("WARNING", logger="market_anomaly"):
         candles = read_candles(path)
         series = series_by_symbol([path])
     # The symbol-less row is not given a neighbour's symbol; of two AUSDT candles at 0 the first is kept.
-    assert candles[["symbol", "open_time", "close"]].values.tolist() == [["AUSDT", 0, 1], ["BUSDT", 0, 2],
-                                                                         ["AUSDT", 0, 3]]
+    assert candles[["symbol", "open_time", "close"]].values.tolist() == [["AUSDT", T, 1], ["BUSDT", T, 2],
+                                                                         ["AUSDT", T, 3]]
     assert {key: frame["close"].tolist() for key, frame in series.items()} == {"AUSDT": [1], "BUSDT": [2]}
-    assert "1 rows without a symbol skipped" in caplog.text
+    assert "1 rows skipped (missing symbol: 1)" in caplog.text
     assert "AUSDT: 1 duplicate candles" in caplog.text
 
 

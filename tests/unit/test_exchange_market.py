@@ -159,12 +159,13 @@ def test_replay_symbol_column_and_millisecond_open_times(tmp_path, shared_data):
     symbol, frame = read_candle_file(shared_data / "binance" / "BTCUSDT_1m_2019-10.csv", "1m")
     assert symbol == "BTCUSDT" and frame["open_time"].iloc[0] == 1571176200000
     csv = tmp_path / "candles.csv"
-    pd.DataFrame({"symbol": "xyzusdt", "open_time": [0, MINUTE], "open": 1.0, "high": 1.2, "low": 0.9,
+    start = 1_600_000_020_000  # a minute boundary: candle files are checked like every other input
+    pd.DataFrame({"symbol": "xyzusdt", "open_time": [start, start + MINUTE], "open": 1.0, "high": 1.2, "low": 0.9,
                   "close": 1.1, "volume": 3.0}).to_csv(csv, index=False)
     replay = Market(ReplaySource([csv], "1m", 7))
     assert replay.symbols == ("XYZUSDT",)
-    assert replay.candles("XYZUSDT", 0, 10 * MINUTE, 10)["open_time"].tolist() == [0, MINUTE]
-    assert replay.candle("XYZUSDT", 2 * MINUTE) is None
+    assert replay.candles("XYZUSDT", start, start + 10 * MINUTE, 10)["open_time"].tolist() == [start, start + MINUTE]
+    assert replay.candle("XYZUSDT", start + 2 * MINUTE) is None
 
 
 def test_docstring_examples():

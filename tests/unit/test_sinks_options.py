@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import io
 import logging
+import threading
 import math
 
 import numpy as np
@@ -13,7 +14,7 @@ import pytest
 
 from market_anomaly.cli import options
 from market_anomaly.cli.detect import add_sink_arguments, sink_options
-from market_anomaly.sinks import SinkOptions, Sinks, build_sinks
+from market_anomaly.sinks import RetryPolicy, SinkOptions, Sinks, Stopping, build_sinks
 from market_anomaly.sinks.common import levels_at_least, to_records
 from market_anomaly.sinks.console import ConsoleSink
 from market_anomaly.sinks.database import DatabaseError
@@ -62,31 +63,96 @@ def test_console_only_and_bad_database_url_fails_at_startup():
 
 class BrokenSink:
     name = "broken"
+    durable = False
 
     def write(self, decisions):
         raise ConnectionError("receiver gone")
 
-    def record_health(self, progress):
-        raise ConnectionError("receiver gone")
+    def flush(self):
+        pass
 
     def close(self):
         raise ConnectionError("receiver gone")
 
 
-def test_a_failing_sink_is_logged_and_counted_and_the_others_still_run(caplog):
+def test_a_failing_best_effort_sink_is_logged_and_counted_and_the_others_still_run(caplog):
     out = io.StringIO()
     sinks = Sinks([BrokenSink(), ConsoleSink("table", out)])
     frame = pd.DataFrame([{"symbol": "BTCUSDT", "open_time": 0, "close": 1.0, "is_anomaly": False}])
     with caplog.at_level(logging.ERROR):
         sinks.write(frame)
         sinks.write(frame)
-        sinks.record_health({"batch_id": 1})
         sinks.close()
     assert out.getvalue().count("BTCUSDT") == 2
-    assert sinks.failures == {"broken": 4, "console": 0}
+    assert sinks.failures == {"broken": 3, "console": 0}
     assert ("sink broken: writing 1 decision(s) failed: receiver gone (2 failure(s) so far); the stream continues"
             in caplog.text)
-    assert [bool(record.exc_info) for record in caplog.records] == [True, False, False, False]
+    assert [bool(record.exc_info) for record in caplog.records] == [True, False, False]
+
+
+class FlakyDurableSink:
+    """Takes what it is given; its flush fails ``failures`` times first (a database locked, a broker away)."""
+
+    name = "flaky"
+    durable = True
+
+    def __init__(self, failures: int):
+        self.failures, self.pending, self.delivered = failures, [], []
+
+    def write(self, decisions):
+        self.pending.append(decisions)
+
+    def flush(self):
+        if self.failures:
+            self.failures -= 1
+            raise ConnectionError("database is locked")
+        self.delivered += self.pending
+        self.pending = []
+
+    def close(self):
+        pass
+
+
+class Health:
+    def __init__(self):
+        self.records = []
+
+    def record_health(self, progress):
+        self.records.append(progress)
+
+
+def test_a_durable_sink_is_retried_until_it_has_the_batch_and_health_shows_the_outage_meanwhile():
+    flaky, health, out = FlakyDurableSink(failures=3), Health(), io.StringIO()
+    sinks = Sinks([flaky, ConsoleSink("table", out)], health=health, retry=RetryPolicy(first=0.01, longest=0.02))
+    sinks.record_health({"batch_id": 4, "input_rows": 10})
+    frame = pd.DataFrame([{"symbol": "BTCUSDT", "open_time": 0, "close": 1.0, "is_anomaly": False}])
+    sinks.write(frame)
+    assert len(flaky.delivered) == 1 and flaky.delivered[0] is not None  # written once, flushed until it took it
+    assert out.getvalue().count("BTCUSDT") == 1  # best-effort sinks are not repeated
+    outages = [record["sinks"] for record in health.records[1:]]
+    assert [outage["flaky"]["attempts"] for outage in outages[:3]] == [1, 2, 3]
+    assert outages[0]["flaky"]["error"] == "database is locked" and outages[-1] == {}
+    assert health.records[1]["batch_id"] == 4  # the last progress, with the outage
+    assert sinks.outages == {} and sinks.failures["flaky"] == 3
+
+
+def test_stopping_ends_a_durable_sinks_retries_and_the_batch_stays_uncommitted():
+    sinks = Sinks([FlakyDurableSink(failures=10**9)], retry=RetryPolicy(first=0.05, longest=0.05))
+    threading.Timer(0.2, sinks.stop_retrying).start()
+    with pytest.raises(Stopping, match="database is locked"):
+        sinks.write(pd.DataFrame([{"symbol": "BTCUSDT", "open_time": 0, "close": 1.0, "is_anomaly": False}]))
+
+
+def test_infinite_values_reach_no_sink(caplog):
+    flaky = FlakyDurableSink(failures=0)
+    frame = pd.DataFrame({"symbol": ["A", "B"], "zscore": [np.inf, 1.0], "burst": [-np.inf, np.nan],
+                          "votes": [1, 2]})
+    sinks = Sinks([flaky])
+    with caplog.at_level(logging.WARNING):
+        sinks.write(frame)
+    got = flaky.delivered[0]
+    assert got["zscore"].isna().tolist() == [True, False] and got["burst"].isna().all()
+    assert sinks.non_finite == 2 and "2 infinite value(s) in zscore, burst sent as null" in caplog.text
 
 
 def test_records_are_plain_python_with_nan_as_none():

@@ -1,11 +1,14 @@
 """The stream's per-bucket step, run as Spark's Python worker runs it (pandas in, pandas out), without Spark."""
 
+import json
+
 import numpy as np
 import pandas as pd
 
 from market_anomaly.core import DetectionEngine, load_params
 from market_anomaly.exchange.market import synthetic_candles
 from market_anomaly.spark.job import CANDLE_PASSTHROUGH, decision_fields, make_detect_step
+from market_anomaly.spark.workers import unpack_states
 
 PARAMS = "model_params.json"
 
@@ -44,3 +47,27 @@ def test_a_bucket_decides_each_symbol_as_offline_and_carries_the_first_duplicate
         for name in CANDLE_PASSTHROUGH:
             np.testing.assert_array_equal(got[name].to_numpy(), candles[name].iloc[300:320].to_numpy())
     assert output["error"].isna().all()
+
+
+def test_a_full_bucket_rejects_new_symbols_and_symbols_unseen_for_the_expiry_make_room():
+    from market_anomaly.spark.job import StateBounds
+
+    step = make_detect_step(PARAMS, [name for name, _ in decision_fields()],
+                            StateBounds(expiry_ms=60 * 60_000, symbols_per_bucket=2))
+    state = GroupState()
+    a, b, c = (synthetic_candles(200, seed, name) for seed, name in ((1, "AAAUSDT"), (2, "BBBUSDT"), (3, "CCCUSDT")))
+    first = pd.concat(list(step(0, [as_spark_sends(pd.concat([a.iloc[:10], b.iloc[:10], c.iloc[:10]]))], state)))
+    refused = first[first["error"].notna()]
+    assert set(first.loc[first["error"].isna(), "symbol"]) == {"AAAUSDT", "BBBUSDT"}
+    assert refused["symbol"].tolist() == ["CCCUSDT"] * 10
+    assert refused["error"].unique().tolist() == ["symbol limit reached (2 per state bucket)"]
+    assert [json.loads(raw)["open_time"] for raw in refused["raw"]] == c["open_time"].iloc[:10].tolist()
+    # BBBUSDT trades on for 70 minutes: AAAUSDT, unseen for more than the expiry, is forgotten ...
+    second = pd.concat(list(step(0, [as_spark_sends(b.iloc[10:80])], state)))
+    expected = DetectionEngine(load_params(PARAMS)).process("BBBUSDT", b.iloc[:80], None)[0].iloc[10:]
+    np.testing.assert_array_equal(second["surprise"].to_numpy(), expected["surprise"].to_numpy())  # kept its state
+    assert set(unpack_states(state.get[0])) == {"BBBUSDT"}
+    # ... which makes room for CCCUSDT.
+    third = pd.concat(list(step(0, [as_spark_sends(c.iloc[80:81])], state)))
+    assert third["error"].isna().all() and third["symbol"].tolist() == ["CCCUSDT"]
+    assert set(unpack_states(state.get[0])) == {"BBBUSDT", "CCCUSDT"}

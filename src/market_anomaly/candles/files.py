@@ -4,21 +4,26 @@ Accepted columns: ``open, high, low, close, volume`` plus a time, either ``open_
 (epoch ms), ``open_time_ms`` or ``timestamp`` (ISO text, taken as UTC when it has no
 zone, or epoch ms); ``symbol`` is optional when the file name starts with it
 (``BTCUSDT_1m.csv``). Optional columns (``quote_volume``, ``trades``, ``taker_buy_base``,
-``taker_buy_quote``, ``close_time``, ``interval``) pass through.
+``taker_buy_quote``, ``close_time``, ``interval``) pass through. Rows failing the candle checks
+(``candles.validation``, the table every edge uses) are skipped and counted by reason.
 """
 
 from __future__ import annotations
 
 import logging
 import re
+import time
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
+from market_anomaly.candles.validation import Limits, frame_reasons
+
 log = logging.getLogger("market_anomaly.candles")
 
 PRICE_COLUMNS = ("open", "high", "low", "close", "volume")
+NUMERIC_OPTIONAL = ("close_time", "quote_volume", "trades", "taker_buy_base", "taker_buy_quote")
 SYMBOL_IN_NAME = re.compile(r"^([A-Za-z0-9]+?)(?:[_\-.]|$)")
 
 
@@ -43,24 +48,24 @@ def read_candles(path: Path | str) -> pd.DataFrame:
     return _validated(frame, str(path)).drop(columns=[c for c in ("timestamp", "open_time_ms") if c in frame.columns])
 
 
-def _validated(frame: pd.DataFrame, source: str) -> pd.DataFrame:
-    """Required columns present, numeric; rows with missing or non-positive prices (or negative volume) dropped."""
+def _validated(frame: pd.DataFrame, source: str, interval: str | None = None) -> pd.DataFrame:
+    """Required columns present; symbols upper-cased, numbers numeric; rows failing the candle checks
+    (``validation``: against ``interval`` when given, and the present) dropped and counted by reason."""
     missing = [name for name in ("symbol", "open_time", *PRICE_COLUMNS) if name not in frame.columns]
     if missing:
         raise CandleFileError(f"{source}: missing columns {', '.join(missing)}")
     codes, symbols = pd.factorize(frame["symbol"])  # upper-case each distinct symbol once, not every row
     names = np.array([str(symbol).upper() for symbol in symbols] + [""], dtype=object)
-    frame["symbol"] = names[codes]  # a missing symbol (code -1) indexes the trailing "" and is skipped below
-    no_symbol = frame["symbol"].to_numpy(object) == ""
-    if no_symbol.any():
-        log.warning("%s: %d rows without a symbol skipped", source, int(no_symbol.sum()))
-        frame = frame[~no_symbol].copy()
-    for name in PRICE_COLUMNS:
-        frame[name] = pd.to_numeric(frame[name], errors="coerce")
-    prices = frame[list(PRICE_COLUMNS)].to_numpy(float)
-    bad = ~np.isfinite(prices).all(axis=1) | (prices[:, :4] <= 0).any(axis=1) | (prices[:, 4] < 0)
+    frame["symbol"] = names[codes]  # a missing symbol (code -1) indexes the trailing "", a "missing symbol"
+    for name in (*PRICE_COLUMNS, *NUMERIC_OPTIONAL):
+        if name in frame.columns:
+            frame[name] = pd.to_numeric(frame[name], errors="coerce")
+    reasons = frame_reasons(frame, Limits(interval=interval, present_ms=int(time.time() * 1000)))
+    bad = reasons.notna().to_numpy()
     if bad.any():
-        log.warning("%s: %d rows with missing or non-positive prices/volume skipped", source, int(bad.sum()))
+        counts = reasons[bad].value_counts()
+        log.warning("%s: %d rows skipped (%s)", source, int(bad.sum()),
+                    "; ".join(f"{reason}: {count}" for reason, count in counts.items()))
         frame = frame[~bad]
     return frame
 

@@ -67,7 +67,26 @@ def add_detect_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--run-for", type=float, default=None, metavar="SECONDS",
                         help="stop after this long (tests, benchmarks); default: until Ctrl-C")
     options.add_metrics_arguments(parser)
+    add_input_arguments(parser)
     add_sink_arguments(parser)
+
+
+def add_input_arguments(parser: argparse.ArgumentParser) -> None:
+    """What the job accepts, and how much state it keeps."""
+    group = parser.add_argument_group("inputs and state")
+    group.add_argument("--symbols", default="", metavar="LIST",
+                       help="comma-separated symbols to decide; candles of others go to the dead-letter topic "
+                            "(default: any valid symbol)")
+    group.add_argument("--max-symbols", type=int, default=10_000,
+                       help="detector state for at most this many symbols, spread over the state buckets; "
+                            "the candles of a symbol finding its bucket full are dead-lettered (default: %(default)s)")
+    group.add_argument("--symbol-expiry", type=float, default=24 * 3600.0, metavar="SECONDS",
+                       help="forget a symbol's state after this long without a candle, in market time (default: "
+                            "%(default)s = a day)")
+    group.add_argument("--accept-future-candles", action="store_true",
+                       help="accept candles dated more than one interval after the present: for a simulated "
+                            "market that runs faster than the clock (`up` sets it for its simulator); by default "
+                            "they are dead-lettered, as one would freeze its symbol")
 
 
 def add_sink_arguments(parser: argparse.ArgumentParser) -> None:
@@ -136,6 +155,10 @@ def detect_config(args: argparse.Namespace) -> job.DetectConfig:
         spark_conf=options.parse_pairs(args.conf),
         state_buckets=args.state_buckets,
         run_for=args.run_for,
+        symbols=tuple(config.parse_symbols(args.symbols)),
+        max_symbols=args.max_symbols,
+        symbol_expiry=args.symbol_expiry,
+        accept_future_candles=args.accept_future_candles,
     )
 
 

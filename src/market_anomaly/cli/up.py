@@ -189,7 +189,8 @@ def run_up(args: argparse.Namespace) -> int:
         # stop_timeout: the job finishes its micro-batch and commits its checkpoint
         children.append(child("spark job", "detect", None, log_level="WARNING", stop_timeout=60.0,
                               bootstrap_servers=bootstrap, params=args.params, checkpoint_dir=home / "checkpoint",
-                              db=database, metrics_port=args.metrics_port + 1 if args.metrics_port else 0))
+                              db=database, symbols=args.symbols, metrics_port=args.metrics_port + 1 if args.metrics_port else 0,
+                              accept_future_candles=not args.binance))  # the simulator runs ahead of the clock
         if args.dashboard_port:
             children.append(child("dashboard", "dashboard", logs / "dashboard.log", bootstrap_servers=bootstrap,
                                   port=args.dashboard_port, db=database))

@@ -27,7 +27,7 @@ from aiohttp import web
 
 from market_anomaly import config
 from market_anomaly.dashboard import live
-from market_anomaly.sinks.common import CONFIDENCE_LEVELS
+from market_anomaly.sinks.common import CONFIDENCE_LEVELS, json_text
 from market_anomaly.sinks.database import Database
 
 log = logging.getLogger(__name__)
@@ -131,12 +131,17 @@ class KafkaStats:
 KAFKA = web.AppKey("kafka", KafkaStats)
 
 
+def json_response(data: dict) -> web.Response:
+    """JSON with NaN and infinities as null: the browser's parser refuses them, and the page with it."""
+    return web.json_response(data, dumps=json_text)
+
+
 async def index(request: web.Request) -> web.FileResponse:
     return web.FileResponse(STATIC_DIR / "index.html")
 
 
 async def symbols(request: web.Request) -> web.Response:
-    return web.json_response({"symbols": await asyncio.to_thread(request.app[DATABASE].symbols)})
+    return json_response({"symbols": await asyncio.to_thread(request.app[DATABASE].symbols)})
 
 
 async def anomalies(request: web.Request) -> web.Response:
@@ -150,7 +155,7 @@ async def anomalies(request: web.Request) -> web.Response:
         since=parse_time(query.get("since"), "since"), until=parse_time(query.get("until"), "until"),
         limit=parse_int(query.get("limit"), "limit", 200, 5000),
     )
-    return web.json_response({"anomalies": rows})
+    return json_response({"anomalies": rows})
 
 
 async def candles(request: web.Request) -> web.Response:
@@ -164,7 +169,7 @@ async def candles(request: web.Request) -> web.Response:
         until = await asyncio.to_thread(database.latest_open_time, symbol)
     rows = [] if until is None else await asyncio.to_thread(
         database.decisions, symbol, since=until - minutes * 60_000 + 1, until=until, limit=MAX_CANDLES)
-    return web.json_response({"symbol": symbol, "minutes": minutes, "until": until, "candles": rows})
+    return json_response({"symbol": symbol, "minutes": minutes, "until": until, "candles": rows})
 
 
 async def health(request: web.Request) -> web.Response:
@@ -172,7 +177,7 @@ async def health(request: web.Request) -> web.Response:
     kafka: KafkaStats = request.app[KAFKA]
     report["kafka"] = {**kafka.latest, "lag": kafka.lag(report["progress"]), "candles_topic": kafka.candles_topic,
                        "enabled": kafka.client_config is not None}
-    return web.json_response(report)
+    return json_response(report)
 
 
 def create_app(database: Database, kafka_config: dict[str, str] | None,

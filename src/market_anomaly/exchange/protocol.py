@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from typing import Any, Mapping
 
+from market_anomaly.candles.validation import INTERVALS, interval_ms  # noqa: F401 - the exchange's names for them
+
 MAX_STREAMS_PER_CONNECTION = 1024   # Binance rejects a connection with more
 KLINES_DEFAULT_LIMIT = 500
 KLINES_MAX_LIMIT = 1000
@@ -18,17 +20,6 @@ ERROR_BAD_PARAMETER = -1100
 ERROR_MANDATORY_PARAMETER = -1102
 ERROR_INVALID_INTERVAL = -1120
 ERROR_INVALID_SYMBOL = -1121
-
-_UNIT_MS = {"s": 1_000, "m": 60_000, "h": 3_600_000, "d": 86_400_000}
-# Fixed-length Binance intervals (1w and 1M are calendar-aligned, not supported here).
-INTERVALS = ("1s", "1m", "3m", "5m", "15m", "30m", "1h", "2h", "4h", "6h", "8h", "12h", "1d", "3d")
-
-
-def interval_ms(interval: str) -> int:
-    """Length of a kline interval in milliseconds; ValueError for an unknown interval."""
-    if interval not in INTERVALS:
-        raise ValueError(f"unsupported interval {interval!r}; choose one of {', '.join(INTERVALS)}")
-    return int(interval[:-1]) * _UNIT_MS[interval[-1]]
 
 
 def stream_name(symbol: str, interval: str) -> str:

@@ -1,18 +1,28 @@
 """Where decisions go: console table, Kafka topic, database, webhook alerts.
 
-The Spark job calls ``build_sinks(options)`` with the ``SinkOptions`` the command line built
-and, per micro-batch, ``Sinks.write(frame)``;
-its progress listener calls ``Sinks.record_health(progress)``. One failing sink never
-stops the stream or the other sinks: its error is logged with a running count. Only the
-database fails loudly, at startup, because a bad ``--db`` is a configuration mistake.
+Every output is a ``Sink`` (the protocol below). The Spark job calls ``build_sinks(options)``
+with the ``SinkOptions`` the command line built and, per micro-batch, ``Sinks.write(frame)``;
+its progress listener calls ``Sinks.record_health(progress)``.
+
+The delivery contract: a *durable* sink (database, Kafka topic) has every decision it was
+given or the micro-batch does not end: ``Sinks.write`` retries its ``flush`` with back-off
+(``RetryPolicy``) for as long as it fails, while the health record (``pipeline_health``) shows
+the outage, and Spark commits the batch only after. Their writes are idempotent, so a retry (or
+a replay after a crash) duplicates nothing. A *best-effort* sink (console, webhooks) never
+blocks the stream: its failure is logged with a running count and the batch goes on. Only the
+database fails loudly at startup, because a bad ``--db`` is a configuration mistake.
 """
 
 from __future__ import annotations
 
 import logging
+import threading
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Protocol
 
+import numpy as np
 import pandas as pd
 
 from market_anomaly import metrics
@@ -39,12 +49,61 @@ class SinkOptions:
     kafka_config: dict[str, str] = field(default_factory=dict)
 
 
-class Sinks:
-    """Fans each micro-batch out to every sink; a sink's failure is logged and counted, never raised."""
+class Sink(Protocol):
+    """An output of decisions.
 
-    def __init__(self, sinks: list):
+    ``write`` takes a micro-batch's decisions (it may deliver them or only enqueue them); ``flush``
+    returns once everything written so far is delivered, or raises. A durable sink keeps what it
+    could not deliver, even when ``write`` itself raised, and a later ``flush`` tries it again; a
+    best-effort one may drop it.
+    """
+
+    name: str
+    durable: bool
+
+    def write(self, decisions: pd.DataFrame) -> None: ...
+
+    def flush(self) -> None: ...
+
+    def close(self) -> None: ...
+
+
+class HealthRecorder(Protocol):
+    """Where the job's progress and its sinks' outages are kept (the database's ``pipeline_health``)."""
+
+    def record_health(self, progress: dict) -> None: ...
+
+
+class Stopping(RuntimeError):
+    """The job is stopping while a durable sink is still failing: the batch stays uncommitted (replayed at start)."""
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """Back-off between a failing durable sink's attempts: ``first`` seconds, doubling up to ``longest``."""
+
+    first: float = 1.0
+    longest: float = 30.0
+
+    def delays(self):
+        delay = self.first
+        while True:
+            yield delay
+            delay = min(delay * 2, self.longest)
+
+
+class Sinks:
+    """Fans each micro-batch out to every sink under the delivery contract (module docstring)."""
+
+    def __init__(self, sinks: list[Sink], health: HealthRecorder | None = None, retry: RetryPolicy = RetryPolicy()):
         self.sinks = sinks
+        self.health = health
+        self.retry = retry
         self.failures = {sink.name: 0 for sink in sinks}
+        self.outages: dict[str, dict[str, object]] = {}  # failing durable sinks: since, attempts, last error
+        self.non_finite = 0  # values the core produced as +-inf, sent as null
+        self._stopping = threading.Event()
+        self._last_progress: dict = {}
 
     def _guarded(self, sink, action: str, call) -> None:
         try:
@@ -52,18 +111,83 @@ class Sinks:
         except Exception as error:
             self.failures[sink.name] += 1
             metrics.SINK_FAILURES.labels(sink=sink.name).inc()
-            # The traceback once; a sink that stays down (say, Kafka) then costs one line per batch.
+            # The traceback once; a sink that stays down (say, a webhook) then costs one line per batch.
             log.error("sink %s: %s failed: %s (%d failure(s) so far); the stream continues",
                       sink.name, action, error, self.failures[sink.name], exc_info=self.failures[sink.name] == 1)
 
     def write(self, decisions: pd.DataFrame) -> None:
+        """Best-effort sinks first (an alert goes out while the database is down), then each durable sink until
+        it has the batch; raises ``Stopping`` when ``stop_retrying`` is called meanwhile."""
+        decisions = self._finite(decisions)
         for sink in self.sinks:
-            self._guarded(sink, f"writing {len(decisions)} decision(s)", lambda: sink.write(decisions))
+            if not sink.durable:
+                self._guarded(sink, f"writing {len(decisions)} decision(s)", lambda: (sink.write(decisions),
+                                                                                     sink.flush()))
+        for sink in self.sinks:
+            if sink.durable:
+                self._deliver(sink, decisions)
+
+    def _deliver(self, sink: Sink, decisions: pd.DataFrame) -> None:
+        delays = self.retry.delays()
+        attempt = lambda: (sink.write(decisions), sink.flush())  # noqa: E731 - then flush alone: it keeps the batch
+        while True:
+            try:
+                attempt()
+                break
+            except Exception as error:
+                self._failed(sink, error, len(decisions))
+            attempt = sink.flush
+            if self._stopping.wait(next(delays)):
+                raise Stopping(f"sink {sink.name} still failing at stop: {self.outages[sink.name]['error']}")
+        outage = self.outages.pop(sink.name, None)
+        if outage:
+            log.warning("sink %s: delivered after %d attempt(s) over %.0fs", sink.name, outage["attempts"],
+                        (time.time() * 1000 - outage["since"]) / 1000)
+            self._report()
+
+    def _failed(self, sink: Sink, error: Exception, count: int) -> None:
+        self.failures[sink.name] += 1
+        outage = self.outages.setdefault(sink.name, {"since": int(time.time() * 1000), "attempts": 0})
+        outage.update(attempts=outage["attempts"] + 1, error=str(error)[:300], at=int(time.time() * 1000))
+        log.error("sink %s: delivering %d decision(s) failed: %s (attempt %d); the batch waits for it",
+                  sink.name, count, error, outage["attempts"], exc_info=outage["attempts"] == 1)
+        self._report()
+
+    def _report(self) -> None:
+        """The outages into the health record now (the progress listener only reports finished batches)."""
+        if self.health is not None:
+            try:
+                self.health.record_health({**self._last_progress, "sinks": self._outages(),
+                                           "at": int(time.time() * 1000)})
+            except Exception as error:  # the health record's own database may be the failing sink
+                log.debug("health record not written: %s", error)
+
+    def _outages(self) -> dict[str, dict[str, object]]:
+        return {name: dict(outage) for name, outage in self.outages.items()}
+
+    def _finite(self, decisions: pd.DataFrame) -> pd.DataFrame:
+        """+-inf as NaN (null in every sink); the checks at the edges keep them out, so one is logged."""
+        floats = decisions.select_dtypes("float").columns
+        infinite = np.isinf(decisions[floats].to_numpy()) if len(floats) else np.zeros((0, 0), bool)
+        if not infinite.any():
+            return decisions
+        self.non_finite += int(infinite.sum())
+        log.warning("%d infinite value(s) in %s sent as null (%d so far)", int(infinite.sum()),
+                    ", ".join(floats[infinite.any(axis=0)]), self.non_finite)
+        return decisions.assign(**{name: decisions[name].where(~infinite[:, i]) for i, name in enumerate(floats)
+                                   if infinite[:, i].any()})
+
+    def stop_retrying(self) -> None:
+        """A durable sink's retries give up (``Stopping``): the job is stopping."""
+        self._stopping.set()
 
     def record_health(self, progress: dict) -> None:
-        for sink in self.sinks:
-            if hasattr(sink, "record_health"):
-                self._guarded(sink, "recording health", lambda: sink.record_health(progress))
+        self._last_progress = {key: value for key, value in progress.items() if key not in ("sinks", "at")}
+        if self.health is not None:
+            try:
+                self.health.record_health({**progress, "sinks": self._outages()})
+            except Exception as error:
+                log.error("recording health failed: %s", error)
 
     def close(self) -> None:
         for sink in self.sinks:
@@ -77,9 +201,11 @@ def build_sinks(options: SinkOptions) -> Sinks:
     from market_anomaly.sinks.database import DatabaseSink, open_database
     from market_anomaly.sinks.kafka_topic import KafkaTopicSink
 
-    sinks: list = []
+    sinks: list[Sink] = []
+    database = None
     if options.db_url:
-        sinks.append(DatabaseSink(open_database(options.db_url)))
+        database = DatabaseSink(open_database(options.db_url))
+        sinks.append(database)
         log.info("sink database: %s", redact(options.db_url))
     if options.anomalies_topic:
         sinks.append(KafkaTopicSink(options.kafka_config, options.anomalies_topic, options.anomalies_only))
@@ -89,4 +215,4 @@ def build_sinks(options: SinkOptions) -> Sinks:
                                options.alert_cooldown, state_path=options.alert_state))
     if options.console != "off":
         sinks.append(ConsoleSink(options.console))
-    return Sinks(sinks)
+    return Sinks(sinks, health=database)

@@ -148,6 +148,7 @@ class Webhook:
 
 class AlertSink:
     name = "alerts"
+    durable = False  # delivery runs in its own thread, with its own retries and outbox
 
     def __init__(self, urls: list[str], fmt: str = "slack", min_confidence: str = "MEDIUM",
                  cooldown_seconds: float = 900.0, backoff_seconds: float = 1.0, max_backoff_seconds: float = 60.0,
@@ -383,6 +384,9 @@ class AlertSink:
                     return False
                 self._lock.wait(min(remaining, 0.1))
         return True
+
+    def flush(self) -> None:
+        """Nothing to wait for: ``write`` has saved the batch's messages in the outbox and queued them."""
 
     def close(self, timeout: float = 10.0) -> None:
         """Give waiting alerts ``timeout`` seconds to go out, then stop; what is left stays in the state file."""

@@ -1,16 +1,25 @@
-"""What every sink shares: the decision record's columns, confidence levels, plain rows, printable text."""
+"""What every sink shares: the decision record, confidence levels, plain rows and JSON, printable text."""
 
 from __future__ import annotations
 
 import datetime as dt
+import json
 import math
 import re
 
 import pandas as pd
 
+from market_anomaly.core import DECISION_SCHEMA
 from market_anomaly.core.params import CONFIDENCE_LEVELS as ANOMALY_CONFIDENCE_LEVELS
 
-# The decision record (docs/ARCHITECTURE.md); open/high/low ride along for the dashboard's candles.
+# The candle's prices the job carries next to each decision (the dashboard draws candlesticks).
+CANDLE_COLUMNS = ("open", "high", "low")
+# The decision record every sink receives, (name, NumPy dtype), defined once: the core's decision
+# (its scores derive from its detectors), the candle's prices, and when the job decided. The Spark
+# schema is built from it; the database keeps DECISION_COLUMNS by name and the other numbers as JSON.
+DECISION_RECORD: tuple[tuple[str, str], ...] = (
+    *DECISION_SCHEMA, *((name, "float64") for name in CANDLE_COLUMNS), ("decided_at", "int64"))
+# The record's columns the database stores by name (migration 1 creates them; a test checks they agree).
 DECISION_COLUMNS = (
     "symbol", "interval", "open_time", "close_time", "open", "high", "low", "close",
     "return_pct", "log_return", "range_pct", "volume", "volume_ratio", "zscore", "votes",
@@ -31,10 +40,10 @@ def levels_at_least(minimum: str) -> list[str]:
 
 
 def plain(value: object) -> object:
-    """A value JSON and both database drivers accept: NaN/NA -> None, timestamps -> epoch ms."""
+    """A value JSON and both database drivers accept: NaN/NA/+-inf -> None, timestamps -> epoch ms."""
     if value is None or value is pd.NA or value is pd.NaT:
         return None
-    if isinstance(value, float) and math.isnan(value):
+    if isinstance(value, float) and not math.isfinite(value):
         return None
     if isinstance(value, (pd.Timestamp, dt.datetime)):
         stamp = pd.Timestamp(value)
@@ -50,8 +59,11 @@ def column_values(series: pd.Series) -> list[object]:
     if series.dtype == object or pd.api.types.is_datetime64_any_dtype(series):
         return [plain(value) for value in series.tolist()]
     values = series.tolist()  # NumPy -> int/float/bool
-    if series.hasnans:
-        return [None if missing else value for value, missing in zip(values, series.isna().tolist())]
+    missing = series.isna()
+    if series.dtype.kind == "f":
+        missing |= series.abs() == math.inf
+    if missing.any():
+        return [None if absent else value for value, absent in zip(values, missing.tolist())]
     return values
 
 
@@ -81,7 +93,30 @@ def printable(value: object) -> str:
 
 
 def format_utc(epoch_ms: object, pattern: str = "%Y-%m-%d %H:%M") -> str:
-    """Epoch milliseconds as UTC text; empty for a missing time."""
+    """Epoch milliseconds as UTC text; empty for a missing time, ``?`` for one no calendar holds."""
     if epoch_ms is None:
         return ""
-    return dt.datetime.fromtimestamp(int(epoch_ms) / 1000, dt.timezone.utc).strftime(pattern)
+    try:
+        return dt.datetime.fromtimestamp(int(epoch_ms) / 1000, dt.timezone.utc).strftime(pattern)
+    except (ValueError, OverflowError, OSError):
+        return "?"
+
+
+def json_text(value: object) -> str:
+    """``json.dumps`` for API answers and messages: NaN and +-inf (which JSON lacks, and a browser's parser
+    refuses) as null, at any depth.
+
+    >>> json_text({"a": [1.5, float("inf")], "b": float("nan")})
+    '{"a": [1.5, null], "b": null}'
+    """
+    return json.dumps(_finite(value), default=str, allow_nan=False)
+
+
+def _finite(value: object) -> object:
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {key: _finite(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(item) for item in value]
+    return value

@@ -67,6 +67,7 @@ class ConsoleSink:
     """Prints every decision (``table``) or only anomalies (``anomalies``)."""
 
     name = "console"
+    durable = False
 
     def __init__(self, mode: str = "table", stream: TextIO | None = None, header_every: int = 40,
                  catch_up_after: int = 200):
@@ -108,6 +109,9 @@ class ConsoleSink:
             f"{format_utc(records[-1].get('open_time'), '%H:%M')} UTC; showing its {anomalies} anomalies "
             f"and the latest candle per symbol\n")
         return kept
+
+    def flush(self) -> None:
+        self.stream.flush()
 
     def close(self) -> None:
         self.stream.flush()

@@ -74,6 +74,9 @@ MIGRATIONS: tuple[tuple[int, str, tuple[str, ...]], ...] = (
             at BIGINT
         )""",
     )),
+    (2, "pipeline health: durable sinks' outages", (
+        "ALTER TABLE pipeline_health ADD COLUMN sinks TEXT",
+    )),
 )
 
 STORED_COLUMNS = DECISION_COLUMNS + ("extra",)
@@ -84,7 +87,7 @@ UPSERT_DECISION = (
     + ", ".join(f'"{column}" = excluded."{column}"' for column in STORED_COLUMNS if column not in KEY_COLUMNS)
 )
 HEALTH_COLUMNS = ("query", "batch_id", "input_rows", "processed_rows_per_second", "batch_duration_ms",
-                  "partitions", "at")
+                  "partitions", "at", "sinks")
 UPSERT_HEALTH = (
     f"INSERT INTO pipeline_health ({', '.join(HEALTH_COLUMNS)}) VALUES ({', '.join('?' for _ in HEALTH_COLUMNS)}) "
     "ON CONFLICT (query) DO UPDATE SET "
@@ -254,6 +257,7 @@ class Database:
         values = {name: plain(progress.get(name)) for name in HEALTH_COLUMNS}
         values["query"] = query
         values["partitions"] = json.dumps(progress.get("partitions") or {}, sort_keys=True)
+        values["sinks"] = json.dumps(progress.get("sinks") or {}, sort_keys=True)  # failing sink -> its outage
         values["at"] = values["at"] or int(time.time() * 1000)
         self._write(UPSERT_HEALTH, [tuple(values[name] for name in HEALTH_COLUMNS)])
 
@@ -319,6 +323,7 @@ class Database:
         progress = self.query(f"SELECT {', '.join(HEALTH_COLUMNS)} FROM pipeline_health WHERE query = 'detect'")
         if progress:
             progress[0]["partitions"] = json.loads(progress[0]["partitions"] or "{}")
+            progress[0]["sinks"] = json.loads(progress[0]["sinks"] or "{}")
         recent = self.query("SELECT COUNT(*) AS n FROM decisions WHERE decided_at >= ?", [now_ms - 60_000])
         last_candles = self.query(
             'SELECT d.symbol, d."interval", d.open_time, d.close, d.is_anomaly, d.confidence, d.decided_at '
@@ -397,16 +402,25 @@ class PostgresDatabase(Database):
 
 
 class DatabaseSink:
-    """The job's side: each micro-batch upserted in one transaction; the latest progress kept."""
+    """The job's side, durable: each micro-batch upserted in one transaction, and kept until that commits (a
+    locked file or a server away fails the write, and the next ``flush`` writes it all); the latest progress kept."""
 
     name = "database"
+    durable = True
 
     def __init__(self, database: Database):
         self.database = database
         self.written = 0
+        self._pending: list[dict[str, object]] = []
 
     def write(self, decisions: pd.DataFrame) -> None:
-        self.written += self.database.upsert_decisions(to_records(decisions))
+        self._pending += to_records(decisions)
+        self.flush()
+
+    def flush(self) -> None:
+        if self._pending:
+            self.written += self.database.upsert_decisions(self._pending)
+            self._pending = []
 
     def record_health(self, progress: dict[str, object]) -> None:
         if not self.database.closed:  # Spark may report the last progress after the job closed its sinks

@@ -10,6 +10,7 @@ Its flags and the spark-submit entry point are in ``cli.detect``.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import signal
@@ -19,11 +20,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from market_anomaly import config, metrics
-from market_anomaly.sinks import SinkOptions
+from market_anomaly.candles.validation import (MAX_SYMBOL_LENGTH, REQUIRED, Limits, interval_name,
+                                               raw_reason_spark, spark_reason)
+from market_anomaly.kafka.dead_letter import RAW_BYTES
+from market_anomaly.sinks import SinkOptions, Stopping
+from market_anomaly.sinks.common import CANDLE_COLUMNS, DECISION_RECORD
 
 log = logging.getLogger("market_anomaly.detect")
 
-REQUIRED_FIELDS = ("symbol", "open_time", "close_time", "open", "high", "low", "close", "volume")
 CANDLE_FIELDS = (
     ("symbol", "string"), ("interval", "string"), ("open_time", "long"), ("close_time", "long"),
     ("open", "double"), ("high", "double"), ("low", "double"), ("close", "double"), ("volume", "double"),
@@ -32,8 +36,7 @@ CANDLE_FIELDS = (
 )
 # Columns the stateful step adds to every decision so one stream carries both results and rejects.
 REJECT_FIELDS = (("error", "string"), ("raw", "string"))
-# Candle columns carried next to each decision (for the dashboard's candlesticks).
-CANDLE_PASSTHROUGH = ("open", "high", "low")
+CANDLE_PASSTHROUGH = CANDLE_COLUMNS  # carried next to each decision (the dashboard's candlesticks)
 
 
 @dataclass(frozen=True)
@@ -54,39 +57,76 @@ class DetectConfig:
     spark_conf: dict[str, str] = field(default_factory=dict)
     state_buckets: int = 16
     run_for: float | None = None  # seconds; None: until a signal
+    symbols: tuple[str, ...] = ()  # when given, only these symbols (others are dead-lettered)
+    max_symbols: int = 10_000  # detector state for at most this many symbols (see StateBounds)
+    symbol_expiry: float = 24 * 3600.0  # seconds of market time without a candle before a symbol is forgotten
+    accept_future_candles: bool = False  # a simulated market ahead of the clock: no check against the present
+
+
+@dataclass(frozen=True)
+class StateBounds:
+    """How much detector state the job keeps: symbols expire after ``expiry_ms`` of market time without a
+    candle (replays and restarts expire the same symbols), and each state bucket holds at most
+    ``symbols_per_bucket`` (``--max-symbols`` spread over the buckets)."""
+
+    expiry_ms: int = 24 * 3_600_000
+    symbols_per_bucket: int = 625  # 10,000 symbols over 16 buckets
+
+    @classmethod
+    def of(cls, job: DetectConfig) -> "StateBounds":
+        return cls(int(job.symbol_expiry * 1000), -(-job.max_symbols // job.state_buckets))
 
 
 # -- the per-symbol step (runs in Spark's Python workers) -----------------------------------------
 
 
-def make_detect_step(params_path: str, output_columns: list[str]):
+def make_detect_step(params_path: str, output_columns: list[str], bounds: StateBounds | None = None):
     """The function ``applyInPandasWithState`` calls per state bucket and micro-batch.
 
     A bucket holds many symbols (see ``--state-buckets``): one Python call per bucket
     instead of per symbol keeps PySpark's fixed per-group cost from dominating a batch
-    of one candle per symbol. Its state is the symbols' detection states side by side.
+    of one candle per symbol. Its state is the symbols' detection states side by side,
+    bounded (``StateBounds``): a symbol without a candle for ``expiry_ms`` of market time
+    is forgotten, and a bucket takes at most ``symbols_per_bucket``: the candles of a symbol
+    that finds its bucket full are rejected with the reason.
     Engines are cached per worker process and rebuilt only when the parameter file
     changes, so a live edit takes effect in the next micro-batch without a restart.
     Rejected records pass through (with ``error``/``raw``) so the driver can dead-letter them.
     """
+    bounds = bounds or StateBounds()
 
     def step(key, frames, state):
         import pandas as pd
 
-        from market_anomaly.spark.workers import engine_for, pack_states, unpack_states
+        from market_anomaly.spark.workers import SymbolState, engine_for, expire, pack_states, unpack_states
 
         frame = pd.concat(list(frames), ignore_index=True)
         rejected = frame[frame["error"].notna()]
         candles = frame[frame["error"].isna()].drop(columns=["error", "raw", "bucket"])
         if len(candles):
             states = unpack_states(state.get[0]) if state.exists else {}
-            decided = engine_for(params_path).decide_bucket(candles, states)  # all the bucket's symbols at once
-            states.update(decided.states)
+            latest = candles.groupby("symbol", sort=False)["open_time"].max()
+            expire(states, max(int(latest.max()), max((s.last_open_time for s in states.values()), default=0)),
+                   bounds.expiry_ms)
+            room = bounds.symbols_per_bucket - len(states)
+            newcomers = [symbol for symbol in latest.index if symbol not in states]
+            refused = set(newcomers[max(room, 0):])
+            accepted = candles[~candles["symbol"].isin(refused)].reset_index(drop=True) if refused else candles
+            blobs = {symbol: state.blob for symbol, state in states.items()}
+            decided = engine_for(params_path).decide_bucket(accepted, blobs)  # all the bucket's symbols at once
+            for symbol, blob in decided.states.items():
+                previous = states.get(symbol)
+                states[symbol] = SymbolState(max(int(latest[symbol]), previous.last_open_time if previous else 0), blob)
             state.update((pack_states(states),))
             for name in CANDLE_PASSTHROUGH:  # the dashboard draws candlesticks
-                decided.columns[name] = candles[name].to_numpy(float)[decided.rows]
+                decided.columns[name] = accepted[name].to_numpy(float)[decided.rows]
             decisions = decided.frame(CANDLE_PASSTHROUGH)
             yield decisions.assign(error=None, raw=None).reindex(columns=output_columns)
+            if refused:
+                over = candles[candles["symbol"].isin(refused)]
+                yield over.assign(error=f"symbol limit reached ({bounds.symbols_per_bucket} per state bucket)",
+                                  raw=over.to_json(orient="records", lines=True).splitlines()
+                                  ).reindex(columns=output_columns)
         if len(rejected):
             yield rejected.reindex(columns=output_columns)
 
@@ -103,71 +143,84 @@ def spark_schema(fields):
 
 
 def decision_fields() -> list[tuple[str, str]]:
-    """The stateful step's output: the core's decision schema in Spark DDL types, the candle's OHLC, rejects."""
-    from market_anomaly.core import DECISION_SCHEMA
-
+    """The stateful step's output: the decision record (``sinks.common.DECISION_RECORD``, without ``decided_at``,
+    which the driver adds) in Spark DDL types, and the rejects' columns."""
     ddl = {"int64": "long", "int32": "int", "float64": "double", "bool": "boolean", "object": "string",
            "str": "string", "string": "string"}
-    fields = [(name, ddl[str(dtype)]) for name, dtype in DECISION_SCHEMA]
-    return fields + [(name, "double") for name in CANDLE_PASSTHROUGH] + list(REJECT_FIELDS)
+    fields = [(name, ddl[str(dtype)]) for name, dtype in DECISION_RECORD if name != "decided_at"]
+    return fields + list(REJECT_FIELDS)
 
 
-def parsed_candles(spark, job: DetectConfig):
-    """The candle topic as a stream of parsed candles; ``job.source_options`` (``--source-option``) win."""
+def parsed_candles(spark, job: DetectConfig, interval: str):
+    """The candle topic as a stream of parsed candles checked against ``job``'s limits (``interval``: the model's);
+    ``job.source_options`` (``--source-option``) win."""
+    from pyspark.sql import functions as F
+
     reader = spark.readStream.option("startingOffsets", job.starting_offsets).option("failOnDataLoss", "false")
     if job.max_offsets_per_trigger:
         reader = reader.option("maxOffsetsPerTrigger", str(job.max_offsets_per_trigger))
     for key, value in job.source_options.items():
         reader = reader.option(key, value)
-    return kafka_candles(reader, job.topic, job.kafka)
+    # The present is the micro-batch's time (a re-run of the batch has the same); none for a simulated market.
+    present = None if job.accept_future_candles else F.unix_millis(F.current_timestamp())
+    limits = Limits(interval=interval, present_ms=present, symbols=frozenset(job.symbols) if job.symbols else None)
+    return kafka_candles(reader, job.topic, job.kafka, limits)
 
 
-def kafka_candles(reader, topic: str, kafka_options: dict[str, str]):
-    """``topic``'s records, parsed (``parse_candles``), from ``reader`` (``spark.read`` or ``spark.readStream``
-    with its offset options set); ``kafka_options`` are the client settings (``-X``)."""
-    from pyspark.sql import functions as F
-
+def kafka_candles(reader, topic: str, kafka_options: dict[str, str], limits: Limits):
+    """``topic``'s records, parsed and checked (``parse_candles``), from ``reader`` (``spark.read`` or
+    ``spark.readStream`` with its offset options set); ``kafka_options`` are the client settings (``-X``)."""
     reader = reader.format("kafka").option("subscribe", topic)
     for key, value in kafka_options.items():
         reader = reader.option(f"kafka.{key}", value)
-    return parse_candles(reader.load().select(F.col("value").cast("string").alias("raw"), F.col("timestamp")))
+    return parse_candles(reader.load().select("value", "timestamp"), limits)
 
 
-def parse_candles(records):
-    """``raw`` JSON strings (+ Kafka ``timestamp``) -> typed candle columns, ``error`` and ``raw`` when invalid.
+def parse_candles(records, limits: Limits):
+    """Kafka ``value`` bytes (+ ``timestamp``) -> typed candle columns, and ``error`` and ``raw`` when invalid.
 
-    Plain Spark SQL (no Python UDF), so parsing and validation run in the JVM.
+    Plain Spark SQL (no Python UDF), so parsing and the checks (``candles.validation``) run in the JVM:
+    a value too large or not UTF-8 is never parsed, and what reaches Python (Arrow, the state codec) is
+    either a valid candle or a reject whose ``raw`` is cut to ``RAW_BYTES`` characters of valid UTF-8 and
+    whose symbol is null unless it is a valid one.
     """
     from pyspark.sql import functions as F
 
-    c = F.from_json("raw", spark_schema(CANDLE_FIELDS), {"mode": "PERMISSIVE"}).alias("c")
-    parsed = records.select("raw", "timestamp", c)
-    missing = F.concat_ws(", ", *[F.when(F.col(f"c.{name}").isNull(), F.lit(name)) for name in REQUIRED_FIELDS])
-    col = lambda name: F.col(f"c.{name}")  # noqa: E731 - brevity in the checks below
-    error = (
-        F.when(F.col("c").isNull() | (missing == ", ".join(REQUIRED_FIELDS)), F.lit("not a candle JSON object"))
-        .when(missing != "", F.concat(F.lit("missing or non-numeric fields: "), missing))
-        .when(F.trim(col("symbol")) == "", F.lit("empty symbol"))
-        .when(F.isnan(col("open")) | F.isnan(col("high")) | F.isnan(col("low")) | F.isnan(col("close"))
-              | F.isnan(col("volume")), F.lit("NaN price or volume"))
-        .when(col("low") <= 0, F.lit("non-positive price"))
-        .when(col("high") < F.greatest(col("open"), col("close"), col("low")), F.lit("high below open/close/low"))
-        .when(col("low") > F.least(col("open"), col("close")), F.lit("low above open/close"))
-        .when(col("volume") < 0, F.lit("negative volume"))
-        .when(col("close_time") <= col("open_time"), F.lit("close_time not after open_time"))
+    value = F.col("value")
+    raw_problem = raw_reason_spark(value)
+    text = F.when(raw_problem.isNull(), value.cast("string"))
+    parsed = records.select(value, "timestamp", text.alias("text"),
+                            F.from_json(text, spark_schema(CANDLE_FIELDS), {"mode": "PERMISSIVE"}).alias("c"))
+    columns = {name: F.col(f"c.{name}") for name, _ in CANDLE_FIELDS}
+    columns["symbol"] = F.upper(columns["symbol"])
+    nothing_parsed = F.col("c").isNull() | functools.reduce(
+        lambda left, right: left & right, [columns[name].isNull() for name in REQUIRED])
+    error = F.coalesce(
+        raw_problem,
+        F.when(~F.ltrim(F.col("text")).startswith("{"), F.lit("not a JSON object"))
+        .when(nothing_parsed, F.lit("not a candle JSON object")),
+        spark_reason(columns, limits),
     )
+    symbol_ok = F.coalesce(F.length(columns["symbol"]) <= MAX_SYMBOL_LENGTH, F.lit(False))
     return parsed.select(
-        F.upper(col("symbol")).alias("symbol"),
-        F.coalesce(col("interval"), F.lit("1m")).alias("interval"),
-        *[col(name).alias(name) for name, _ in CANDLE_FIELDS if name not in ("symbol", "interval", "produced_at")],
-        F.coalesce(col("produced_at"), (F.col("timestamp").cast("double") * 1000).cast("long")).alias("produced_at"),
+        F.when(error.isNull() | symbol_ok, columns["symbol"]).alias("symbol"),
+        F.coalesce(columns["interval"], F.lit(limits.interval or "1m")).alias("interval"),
+        *[columns[name].alias(name) for name, _ in CANDLE_FIELDS if name not in ("symbol", "interval", "produced_at")],
+        F.coalesce(columns["produced_at"], F.unix_millis(F.col("timestamp"))).alias("produced_at"),
         error.alias("error"),
-        F.when(error.isNotNull(), F.col("raw")).alias("raw"),
+        F.when(error.isNotNull(), F.substring(F.make_valid_utf8(value.cast("string")), 1, RAW_BYTES)).alias("raw"),
     )
 
 
 class BatchHandler:
-    """``foreachBatch``: market-wide marking, sinks, dead letters, one progress line per batch."""
+    """``foreachBatch``: dead letters, market-wide marking, sinks, one progress line per batch.
+
+    The delivery contract (``sinks``): ``Sinks.write`` returns only once the durable sinks have the batch,
+    retrying them with back-off inside this call, so Spark commits the batch's offsets and state after
+    that and the query keeps running through an outage (a failing ``foreachBatch`` would end the query:
+    retrying here instead costs no re-planning, re-reading or re-detection, and prints and alerts nothing
+    twice). A job stopped meanwhile leaves the batch uncommitted: the next start replays it.
+    """
 
     def __init__(self, sinks, dead_letters, params_path: str):
         self.sinks = sinks
@@ -185,13 +238,13 @@ class BatchHandler:
             return
         detected = time.monotonic()
         rejected = frame[frame["error"].notna()]
+        for row in rejected.itertuples():
+            self.dead_letters.publish(row.raw, row.error, key=row.symbol if isinstance(row.symbol, str) else None)
+        self.dead_letters.flush()
         decisions = frame[frame["error"].isna()].drop(columns=[name for name, _ in REJECT_FIELDS])
         decisions = mark_market_events(decisions, params_for(self.params_path))
         decisions["decided_at"] = int(time.time() * 1000)
         self.sinks.write(decisions.reset_index(drop=True))
-        for row in rejected.itertuples():
-            self.dead_letters.publish(row.raw, row.error, key=row.symbol if isinstance(row.symbol, str) else None)
-        self.dead_letters.flush()
         anomalies = int(decisions["is_anomaly"].sum())
         self.totals["candles"] += len(decisions)
         self.totals["anomalies"] += anomalies
@@ -253,8 +306,9 @@ def run(job: DetectConfig) -> int:
 
     params_path = str(Path(job.params).resolve())
     try:
-        params_for(params_path)  # fail fast, before Spark starts, on a missing or malformed file
-    except InvalidParams as error:
+        params = params_for(params_path)  # fail fast, before Spark starts, on a missing or malformed file
+        interval = interval_name(params.interval_ms)
+    except (InvalidParams, ValueError) as error:
         log.error("%s", error)
         return 2
     spark = build_session("market-anomaly-detect", job.master, job.spark_conf)
@@ -265,11 +319,11 @@ def run(job: DetectConfig) -> int:
     try:
         dead_letters = DeadLetterPublisher(job.kafka, job.dead_letter_topic, stage="consumer")
         spark.streams.addListener(progress_listener(sinks))
-        candles = parsed_candles(spark, job)
+        candles = parsed_candles(spark, job, interval)
         output_fields = decision_fields()
         bucketed = candles.withColumn("bucket", F.pmod(F.xxhash64("symbol"), F.lit(job.state_buckets)))
         decisions = bucketed.groupBy("bucket").applyInPandasWithState(
-            make_detect_step(params_path, [name for name, _ in output_fields]),
+            make_detect_step(params_path, [name for name, _ in output_fields], StateBounds.of(job)),
             outputStructType=spark_schema(output_fields),
             stateStructType=spark_schema([("blob", "binary")]),
             outputMode="append",
@@ -284,7 +338,7 @@ def run(job: DetectConfig) -> int:
         )
         log.info("detect: reading %s from %s; checkpoint %s; params %s",
                  job.topic, job.kafka.get("bootstrap.servers"), job.checkpoint_dir, params_path)
-        healthy = wait_until_stopped(query, job.run_for)
+        healthy = wait_until_stopped(query, job.run_for, on_stop=sinks.stop_retrying)
     finally:
         if query is not None:
             finish_batch(query, STOP_GRACE_SECONDS)
@@ -296,8 +350,9 @@ def run(job: DetectConfig) -> int:
     return 0 if healthy else 1
 
 
-def wait_until_stopped(query, run_for: float | None) -> bool:
-    """Block until Ctrl-C, SIGTERM (from `up`, systemd, kill), ``run_for`` seconds, or the query fails (-> False).
+def wait_until_stopped(query, run_for: float | None, on_stop=lambda: None) -> bool:
+    """Block until Ctrl-C, SIGTERM (from `up`, systemd, kill), ``run_for`` seconds, or the query fails (-> False);
+    then ``on_stop()`` (a durable sink's retries give up, so the running batch ends uncommitted).
 
     Signals only set a flag: raising inside a blocking py4j call would tear the gateway
     connection and print a traceback instead of stopping cleanly.
@@ -310,7 +365,11 @@ def wait_until_stopped(query, run_for: float | None) -> bool:
         query.awaitTermination(0.5)
     if stop.is_set():
         log.info("detect: stopping")
+    on_stop()
     failure = query.exception()
+    if failure is not None and Stopping.__name__ in str(failure):
+        log.warning("detect: stopped while a durable sink was failing; its batch is replayed at the next start")
+        return True
     if failure is not None:
         log.error("detect: the streaming query failed: %s", failure)
     return failure is None

@@ -170,10 +170,12 @@ def topic_candles(spark, topic: str, kafka_options: dict[str, str]):
     """Every record now in ``topic``, parsed as the stream parses it, as the ``SparkSeries`` columns."""
     from pyspark.sql import functions as F
 
+    from market_anomaly.candles.validation import Limits
     from market_anomaly.spark.job import kafka_candles
 
     reader = spark.read.option("startingOffsets", "earliest").option("endingOffsets", "latest")
-    return kafka_candles(reader, topic, kafka_options).select(
+    limits = Limits(interval=None, present_ms=F.unix_millis(F.current_timestamp()))  # history of any interval
+    return kafka_candles(reader, topic, kafka_options, limits).select(
         F.lit(0).alias("source"), F.lit(f"topic {topic}").alias("file"), "symbol", "open_time", *PRICE_COLUMNS,
         F.col("produced_at").alias("order_major"), F.lit(0).cast("long").alias("order_minor"), "error")
 

@@ -1,4 +1,4 @@
-"""Per-process caches of model parameters and detection engines; the state-bucket codec.
+"""Per-process caches of model parameters and detection engines; the state-bucket codec and its bounds.
 
 Spark reuses Python worker processes across micro-batches; keeping one engine per
 worker (rebuilt only when ``model_params.json`` changes) keeps the per-batch cost low
@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import struct
 import warnings
+from dataclasses import dataclass
 
 from market_anomaly.core import DetectionEngine, ParamsWatcher
+from market_anomaly.core.state import unpack
 
 # PySpark concatenates the step's output frames; the rejects' all-null columns make pandas warn
 # about a future dtype rule on every micro-batch, which would drown the live table.
@@ -36,25 +38,59 @@ def engine_for(path: str) -> DetectionEngine:
     return cached[1]
 
 
-_ENTRY = struct.Struct("<HI")  # symbol length, state length
+@dataclass
+class SymbolState:
+    """One symbol's detection state and the ``open_time`` of its last candle (its expiry runs on market time)."""
+
+    last_open_time: int
+    blob: bytes
 
 
-def pack_states(states: dict[str, bytes]) -> bytes:
-    """Several symbols' detection states as one state-store value: (lengths, symbol, state) repeated."""
-    parts = []
-    for symbol, blob in states.items():
+MAGIC = b"MAB2"
+_ENTRY = struct.Struct("<IqI")  # symbol length, last open_time, state length
+_LEGACY_ENTRY = struct.Struct("<HI")  # before MAGIC: symbol length, state length; last open_time in the state
+
+
+def pack_states(states: dict[str, SymbolState]) -> bytes:
+    """Several symbols' states as one state-store value: ``MAGIC``, then (lengths and time, symbol, state) repeated."""
+    parts = [MAGIC]
+    for symbol, state in states.items():
         name = symbol.encode()
-        parts += [_ENTRY.pack(len(name), len(blob)), name, blob]
+        parts += [_ENTRY.pack(len(name), state.last_open_time, len(state.blob)), name, state.blob]
     return b"".join(parts)
 
 
-def unpack_states(data: bytes) -> dict[str, bytes]:
-    states, offset = {}, 0
+def unpack_states(data: bytes) -> dict[str, SymbolState]:
+    """The states of ``pack_states``, or of the layout before it (a checkpoint written by an older version)."""
+    if not data.startswith(MAGIC):
+        return _unpack_legacy(data)
+    states, offset = {}, len(MAGIC)
     while offset < len(data):
-        name_length, blob_length = _ENTRY.unpack_from(data, offset)
+        name_length, last_open_time, blob_length = _ENTRY.unpack_from(data, offset)
         offset += _ENTRY.size
         symbol = data[offset:offset + name_length].decode()
         offset += name_length
-        states[symbol] = bytes(data[offset:offset + blob_length])
+        states[symbol] = SymbolState(last_open_time, bytes(data[offset:offset + blob_length]))
         offset += blob_length
     return states
+
+
+def _unpack_legacy(data: bytes) -> dict[str, SymbolState]:
+    states, offset = {}, 0
+    while offset < len(data):
+        name_length, blob_length = _LEGACY_ENTRY.unpack_from(data, offset)
+        offset += _LEGACY_ENTRY.size
+        symbol = data[offset:offset + name_length].decode()
+        offset += name_length
+        blob = bytes(data[offset:offset + blob_length])
+        states[symbol] = SymbolState(int(unpack(blob)["engine.last"][0]), blob)
+        offset += blob_length
+    return states
+
+
+def expire(states: dict[str, SymbolState], now: int, expiry_ms: int) -> list[str]:
+    """Drop the symbols whose last candle is more than ``expiry_ms`` before ``now`` (market time); their names."""
+    expired = [symbol for symbol, state in states.items() if state.last_open_time < now - expiry_ms]
+    for symbol in expired:
+        del states[symbol]
+    return expired

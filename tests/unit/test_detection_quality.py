@@ -11,7 +11,7 @@ from market_anomaly.core.features import Segments
 from market_anomaly.core.params import SelfCalibrationParams, params_from_dict
 from market_anomaly.core.quantisation import price_ticks, relative_tick
 from market_anomaly.core.self_calibration import LEVELS, SelfCalibration
-from market_anomaly.core.state import pack, unpack, unpack_bucket
+from market_anomaly.core.state import BucketState, unpack
 from market_anomaly.training.train import alarm_episodes, confidence_margins, train
 from support import market, small_document, thin_market
 
@@ -104,8 +104,8 @@ def test_a_symbol_is_measured_against_its_own_history_and_chunking_cannot_change
     for start, stop in [(0, 7), (7, 8), (8, 1234), (1234, 6000)]:
         chunked = _calibration()
         if state is not None:
-            blob = pack({f"selfcal.{name}": values[0] for name, values in state.items()})
-            chunked.restore(unpack_bucket([blob]).within("selfcal"))
+            chunked.restore(BucketState([{f"selfcal.{name}": values[0] for name, values in state.items()}])
+                            .within("selfcal"))
         parts.append(chunked.calibrated(own[start:stop], np.arange(start, stop), Segments.one(stop - start)))
         state = chunked.state()
     assert np.array_equal(np.concatenate(parts), calibrated)

@@ -123,10 +123,8 @@ class SelfCalibration:
         """From a ``state.BucketState`` at this component's prefix; a symbol without (or with another layout of)
         histograms starts from the prior alone."""
         size = self.pooled.size
-        if not size:
-            return
-        counts, block = state.tails("counts"), state.tails("block")
-        has = (counts.segments.counts == size) & (block.segments.counts == size)
-        for tails, target in ((counts, self.counts), (block, self.block)):
-            at = tails.segments.starts[has][:, None] + np.arange(size)
-            target[has] = tails.values[at].reshape(-1, *self.pooled.shape)
+        for index, memory in enumerate(state.memories):
+            counts = memory.get(state.prefix + "counts")
+            if counts is not None and counts.size == size and size:
+                self.counts[index] = counts.reshape(self.pooled.shape)
+                self.block[index] = memory[state.prefix + "block"].reshape(self.pooled.shape)

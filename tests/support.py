@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 
 from market_anomaly.core.params import DEFAULTS
@@ -25,21 +24,6 @@ def small_document() -> dict:
     document["volatility"].update(history=48, warmup=300)
     document["consensus"].update(false_alarm_budget=2.0)  # a 3-day training set allows few episodes: not none
     return document
-
-
-def thin_market(n: int, seed: int, tick: float = 1e-8, price: float = 1.5e-6, trade_share: float = 0.3,
-                symbol: str = "THINBTC") -> pd.DataFrame:
-    """A thin BTC-quoted pair: prices in whole ticks (a tick is ~0.7 % of the price), most minutes without a
-    trade (volume 0, the last close carried), single trades of ordinary size now and then."""
-    rng = np.random.default_rng(seed)
-    trades = rng.random(n) < trade_share
-    steps = np.where(trades, rng.choice([-1, 0, 0, 1], size=n), 0)
-    close = price + tick * np.cumsum(steps)
-    previous = np.concatenate([[close[0]], close[:-1]])
-    volume = np.where(trades, rng.lognormal(6.0, 1.0, n), 0.0)
-    return pd.DataFrame({"symbol": symbol, "open_time": 1_600_000_000_000 + np.arange(n) * 60_000,
-                         "open": previous, "high": np.maximum(previous, close), "low": np.minimum(previous, close),
-                         "close": close, "volume": volume})
 
 
 def consume_all(client_config: dict[str, str], topic: str, expected: int, timeout: float = 30.0) -> list:

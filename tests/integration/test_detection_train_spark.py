@@ -226,7 +226,7 @@ def test_training_from_a_topic_equals_local_topic_training(spark, kafka_broker, 
     assert producer.flush(30) == 0
     with caplog.at_level(logging.WARNING, logger="market_anomaly"):
         document, model = spark_training(spark, topic_candles(spark, fresh_topic, kafka_broker.client_config()))
-    assert f"topic {fresh_topic}: 1 rows skipped (not a candle JSON object)" in caplog.text
+    assert f"topic {fresh_topic}: 1 rows skipped (not a JSON object)" in caplog.text
     assert list(document["trained_on"]["series"]) == ["AAAUSDT", "BBBUSDT", "CCCUSDT"]
     assert_same_training(document, model, local_training(
         tmp_path, "--topic", fresh_topic, "--bootstrap-servers", kafka_broker.bootstrap_servers))

@@ -84,28 +84,25 @@ def test_rows_without_a_symbol_and_duplicates_are_skipped_and_counted(tmp_path, 
 
 
 def test_evaluate_reports_recall_false_alarms_and_baseline(tmp_path, capsys):
-    frame = write_market_file(tmp_path / "m.csv", n=4000)
+    write_market_file(tmp_path / "m.csv", n=4000)
     base = tmp_path / "base.json"
     base.write_text(json.dumps(small_document()))
-    events = tmp_path / "events.csv"
-    events.write_text(f"symbol,time\nBBBUSDT,{int(frame['open_time'].iloc[3000])}\n")
     assert main(["evaluate", "--input", str(tmp_path / "m.csv"), "--injections", "10", "--base", str(base),
-                 "--events", str(events), "--tune-injections", "0", "--json", str(tmp_path / "report.json")]) == 0
+                 "--json", str(tmp_path / "report.json")]) == 0
     table = capsys.readouterr().out
-    assert "leave one series out" in table and "price_spike" in table and "baseline" in table
-    assert "3. labelled real events" in table and "BBBUSDT" in table
+    assert "price_spike" in table and "baseline" in table and "held out" in table
     report = json.loads((tmp_path / "report.json").read_text())
     assert report["recall"]["all"]["events"] == 10
     assert 0 <= report["recall"]["all"]["recall"] <= 1
-    assert np.isfinite(report["false_alarms_pooled"]["low_per_day"])
-    assert report["real_events"]["series"] == ["BBBUSDT"]
+    assert np.isfinite(report["false_alarm_episodes_per_symbol_day"])
     curve = report["operating_curve"]
     assert "operating curve" in table
-    # Raising the threshold can only lose events (and alarms, but for an episode a higher threshold splits in
-    # two); the trained threshold's point is the headline.
-    assert [p["step"] for p in curve] == sorted(p["step"] for p in curve)
+    # Raising the threshold can only lose events and alarms; the trained threshold's point is the headline.
+    assert [p["threshold"] for p in curve] == sorted(p["threshold"] for p in curve)
     assert all(a["recall"] >= b["recall"] for a, b in zip(curve, curve[1:]))
-    assert curve[0]["false_alarm_episodes_per_symbol_day"] >= curve[-1]["false_alarm_episodes_per_symbol_day"]
-    trained = next(p for p in curve if p["step"] == 0)
+    assert all(a["false_alarm_episodes_per_symbol_day"] >= b["false_alarm_episodes_per_symbol_day"]
+               for a, b in zip(curve, curve[1:]))
+    trained = next(p for p in curve if p["threshold"] == round(report["threshold"], 2))
     assert trained["recall"] == report["recall"]["all"]["recall"]
-    assert trained["false_alarm_episodes_per_symbol_day"] == report["false_alarms_pooled"]["low_per_day"]
+    assert trained["false_alarm_episodes_per_symbol_day"] == report["false_alarm_episodes_per_symbol_day"]
+

@@ -1,9 +1,7 @@
 """A full scoring run still gives the decisions recorded before the detector contract (issue 12): bit for bit.
 
-The digests were first taken with the code before the change (commit 530e0b5) and re-recorded
-for issue 11 (quantisation, per-symbol self-calibration, the parameters retrained on all the
-development data, injected events sized on the minutes that trade), with the committed
-``model_params.json``: a synthetic market of five symbols with every kind of injected event
+The digests were taken with the code before the change (commit 530e0b5, the committed
+``model_params.json``): a synthetic market of five symbols with every kind of injected event
 and a market-wide crash, and, where ``../shared/data`` exists, real files. Per dataset two
 digests, each over named columns (their order in the record does not matter): the decision
 columns (votes, flag, confidence, reasons, market event), compared everywhere, and every
@@ -30,11 +28,11 @@ from support import REPOSITORY, market
 RECORDED_WITH_NUMPY = "2.4.6"
 DECISION_COLUMNS = ("symbol", "open_time", "votes", "is_anomaly", "confidence", "reasons", "market_event")
 RECORDED = {  # dataset -> (digest of the decision columns, digest of every column)
-    "synthetic": ("3edcd7932c9a19c1", "1f099f1874d4b944"),
-    "binance/BTCUSDT_1m.csv": ("42276de849323c21", "850a853346ee3645"),
-    "binance/ETHUSDT_1m.csv": ("b38c89e233241c5b", "67e975828e072bf5"),
-    "binance-futures/FILUSDT_1m_2023-06.csv": ("be2b6230f842ee26", "c47adb4d434fd9ef"),
-    "pumps-2020/APPCBTC_pump_2020-11-18_1800_1m.csv": ("476f05abe65201d2", "8585e90fca83686e"),
+    "synthetic": ("8792f631ba6fdae7", "afce37a15c6e7d28"),
+    "binance/BTCUSDT_1m.csv": ("5b0190ea592a4e0f", "5047b0c70cdbfb67"),
+    "binance/ETHUSDT_1m.csv": ("27b80d7a16bbd312", "bda23e902b2efb3f"),
+    "binance-futures/FILUSDT_1m_2023-06.csv": ("1b363f63f983a64a", "4974d43806da8820"),
+    "pumps-2020/APPCBTC_pump_2020-11-18_1800_1m.csv": ("4c87c3af20f80df5", "e851de6b5b467875"),
 }
 
 
@@ -79,7 +77,7 @@ def check(decisions: pd.DataFrame, dataset: str) -> None:
 
 def test_the_synthetic_market_decides_as_before(params):
     decisions = score_candles(synthetic_market(), params)
-    assert decisions["is_anomaly"].sum() >= 40 and decisions["votes"].sum() > 300  # something to compare
+    assert decisions["is_anomaly"].sum() > 50 and decisions["market_event"].sum() > 0  # something to compare
     check(decisions, "synthetic")
 
 

@@ -45,8 +45,7 @@ def fuse(groups_surprise: np.ndarray, groups, calibration, pairs: bool, offsets=
 
 def consensus(eligible_by_detector: dict[str, np.ndarray], reasons_by_detector: dict[str, callable],
               scores_by_detector: dict[str, np.ndarray], surprise_by_detector: dict[str, np.ndarray],
-              params: ConsensusParams, calibration=None, own_votes: dict[str, np.ndarray] | None = None,
-              groups_surprise: np.ndarray | None = None
+              params: ConsensusParams, calibration=None, own_votes: dict[str, np.ndarray] | None = None
               ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """(votes, is_anomaly, confidence, reasons, fused surprise) per candle.
 
@@ -86,9 +85,8 @@ def consensus(eligible_by_detector: dict[str, np.ndarray], reasons_by_detector: 
     names = list(eligible_by_detector)
     surprise_matrix = np.column_stack([np.where(eligible_by_detector[name], surprise_by_detector[name], 0.0)
                                        for name in names])
-    if groups_surprise is None:  # (the engine passes them self-calibrated: see self_calibration)
-        groups_surprise = group_surprise(names, surprise_matrix, params.groups)
-    fused = fuse(groups_surprise, params.groups, calibration or {}, params.pairs, params.offsets)
+    fused = fuse(group_surprise(names, surprise_matrix, params.groups), params.groups, calibration or {},
+                 params.pairs, params.offsets)
     is_anomaly = fused >= params.threshold
     eligible = np.column_stack([eligible_by_detector[name] for name in names])
     rule = np.zeros(len(fused), dtype=bool)

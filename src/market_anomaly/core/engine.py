@@ -25,8 +25,6 @@ from market_anomaly.core.consensus import consensus, group_surprise
 from market_anomaly.core.detectors import DETECTORS, build
 from market_anomaly.core.features import Segments, candle_features
 from market_anomaly.core.params import ModelParams
-from market_anomaly.core.quantisation import price_ticks, relative_tick
-from market_anomaly.core.self_calibration import SelfCalibration
 from market_anomaly.core.state import pack, pack_bucket, unpack_bucket
 
 # The candle and its features (scores' baselines included), then each detector's score, then the decision.
@@ -166,12 +164,9 @@ class DetectionEngine:
             return {}, rows, [None] * len(symbols)
         open_time = open_time[rows]
         values = {name: candles[name].to_numpy(float)[rows]
-                  for name in ("open", "high", "low", "close", "volume", "taker_buy_base", "tick_size")
-                  if name in candles}
-        ticks, symbol_ticks = price_ticks(values, segments, last[:, 1], memory.scalars("quantisation.tick", np.inf))
+                  for name in ("open", "high", "low", "close", "volume", "taker_buy_base") if name in candles}
         features = candle_features({**values, "open_time": open_time}, segments, last_open_time, last[:, 1],
-                                   last[:, 2], params.interval_ms, params.range.floor_pct,
-                                   relative_tick(ticks, values["close"]))
+                                   last[:, 2], params.interval_ms, params.range.floor_pct)
         positions = seen[segments.ids] + segments.ranks
 
         baselines, detectors = Baselines(params), build(params)
@@ -187,18 +182,14 @@ class DetectionEngine:
         eligible = {detector.name: detector.votes(scores[detector.name], positions) for detector in detectors}
         surprises = {detector.name: surprise(params.calibration.get(detector.name), detector.size(scores[detector.name]))
                      for detector in detectors}
-        self_calibration = SelfCalibration(params.self_calibration, len(symbols))
-        self_calibration.restore(memory.within("selfcal"))
-        groups = group_surprise(list(eligible), np.column_stack(
-            [np.where(eligible[name], surprises[name], 0.0) for name in eligible]), params.consensus.groups)
-        groups = self_calibration.calibrated(groups, positions, segments)
         votes, is_anomaly, confidence, reasons, fused = consensus(
             eligible, {detector.name: detector.reason for detector in detectors}, scores, surprises,
             params.consensus, params.calibration,
-            own_votes={detector.name: eligible[detector.name] for detector in detectors if detector.own_vote},
-            groups_surprise=groups)
+            own_votes={detector.name: eligible[detector.name] for detector in detectors if detector.own_vote})
         if self.keep_group_surprise:  # training calibrates pairs of groups on these
-            self.group_surprise = groups
+            names = list(eligible)
+            self.group_surprise = group_surprise(names, np.column_stack(
+                [np.where(eligible[name], surprises[name], 0.0) for name in names]), params.consensus.groups)
 
         columns = {
             "symbol": np.asarray(symbols, dtype=object)[segments.ids],
@@ -221,8 +212,7 @@ class DetectionEngine:
         arrays = {
             "engine.last": np.column_stack([open_time[ends], features.close[ends], features.volume[ends],
                                             seen + segments.counts]),
-            **baselines.state(), "quantisation.tick": symbol_ticks,
-            **{f"selfcal.{name}": values for name, values in self_calibration.state().items()},
+            **baselines.state(),
             **{f"{detector.key}.{name}": values for detector in detectors for name, values in detector.state().items()},
         }
         new_states: list[bytes | None] = [None] * len(symbols)

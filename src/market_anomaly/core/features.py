@@ -53,39 +53,6 @@ def median_only(windows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return np.where(np.isnan(values[:, -1]), np.nan, center), np.full(len(values), np.nan)
 
 
-def median_nonzero(windows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Row-wise median of the values above 0 (NaN where none is, or the row has NaN); no scale. The volume
-    baseline: on a thin market most minutes do not trade, and their zeros are not the market's usual volume.
-
-    >>> median_nonzero(np.array([[0.0, 0.0, 0.0, 5.0, 7.0], [0.0, 0.0, 0.0, 0.0, 0.0]]))[0].tolist()
-    [6.0, nan]
-    """
-    values = _sorted_rows(np.where(windows > 0, windows, 0.0))
-    n = values.shape[1]
-    zeros = (values <= 0).sum(axis=1)
-    rows = np.arange(len(values))
-    low, high = zeros + (n - zeros - 1) // 2, zeros + (n - zeros) // 2
-    center = (values[rows, np.minimum(low, n - 1)] + values[rows, np.minimum(high, n - 1)]) / 2
-    undefined = (zeros == n) | np.isnan(windows).any(axis=1)
-    return np.where(undefined, np.nan, center), np.full(len(values), np.nan)
-
-
-ABS_MEDIAN_TO_SIGMA = 0.6745  # the median absolute value of a centred normal distribution over its standard deviation
-
-
-def median_iqr_active(windows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """``median_iqr``, with the scale at least that of the *moves* (the values that are not 0): on a thin market
-    most minutes do not trade and return exactly 0, which makes the IQR 0 and every move many sigmas.
-
-    >>> center, sigma = median_iqr_active(np.array([[0.0, 0.0, 0.0, 0.0, 0.0, 0.01, -0.01, 0.0]]))
-    >>> center.tolist(), sigma.round(4).tolist()
-    ([0.0], [0.0148])
-    """
-    center, sigma = median_iqr(windows)
-    moves = median_nonzero(np.abs(windows))[0] / ABS_MEDIAN_TO_SIGMA
-    return center, np.where(np.isnan(moves), sigma, np.maximum(sigma, moves))
-
-
 def _sorted_rows(windows: np.ndarray) -> np.ndarray:
     """A sorted copy of each row: NumPy's vectorised sort is 2.5-6x faster here than a partial sort
     (``partition``) at the two to four positions the statistics need."""
@@ -282,7 +249,6 @@ class CandleFeatures:
     volume: np.ndarray
     volume_change: np.ndarray
     taker_buy_share: np.ndarray
-    tick_share: np.ndarray  # the price tick as a share of the close (0 while unknown; see quantisation)
 
     @classmethod
     def of(cls, **arrays: np.ndarray) -> "CandleFeatures":
@@ -292,11 +258,9 @@ class CandleFeatures:
 
 
 def candle_features(candles, segments: Segments, last_open_time: np.ndarray, last_close: np.ndarray,
-                    last_volume: np.ndarray, interval_ms: int, range_floor_pct: float,
-                    tick_share: np.ndarray | float = 0.0) -> CandleFeatures:
+                    last_volume: np.ndarray, interval_ms: int, range_floor_pct: float) -> CandleFeatures:
     """Features of ``candles`` (columns by name: a DataFrame or arrays), each symbol's new candles in time order
-    (``segments``), given each symbol's last processed candle (NaN/-1 when none). A candle's range is at least
-    ``range_floor_pct`` and one tick (``tick_share``, per candle), so its logarithm exists and counts ticks.
+    (``segments``), given each symbol's last processed candle (NaN/-1 when none).
 
     >>> frame = pd.DataFrame({"open_time": [0, 60_000, 180_000], "open": [100.0, 101.0, 99.0],
     ...                       "high": [101.0, 102.0, 99.5], "low": [99.0, 100.5, 98.0],
@@ -323,8 +287,8 @@ def candle_features(candles, segments: Segments, last_open_time: np.ndarray, las
                  else np.full(len(close), np.nan))
     return CandleFeatures(
         close=close, log_return=log_return, return_pct=np.expm1(log_return) * 100, range_pct=range_pct,
-        log_range=np.log(np.fmax(np.maximum(range_pct, range_floor_pct), tick_share * 100)), volume=volume,
-        volume_change=volume_change, taker_buy_share=taker, tick_share=np.broadcast_to(tick_share, len(close)),
+        log_range=np.log(np.maximum(range_pct, range_floor_pct)), volume=volume, volume_change=volume_change,
+        taker_buy_share=taker,
     )
 
 

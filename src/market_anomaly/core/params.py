@@ -36,7 +36,6 @@ from market_anomaly.core.calibration import calibration_problem, finite_number
 from market_anomaly.core.detectors import DETECTOR_NAMES, default_groups, sections
 from market_anomaly.core.detectors.base import MAX_WINDOW, check_windows
 from market_anomaly.core.learned import MinorComponents
-from market_anomaly.core.self_calibration import LEVELS
 
 log = logging.getLogger("market_anomaly.core")
 
@@ -53,13 +52,10 @@ DEFAULTS: dict = {
     "refresh": 5,
     "guard": 2,
     "range": {"window": 60, "floor_pct": 0.0001},
-    "quantisation": {"ticks_per_sigma": 1.0},
-    "self_calibration": {"prior_candles": 1440, "refresh": 60, "half_life_days": 14.0,
-                         "min_shift": -1.5, "max_shift": 6.0, "warmup": 240, "pooled": []},
     **{name: dict(defaults) for name, (_, defaults) in SECTIONS.items()},
     "calibration": {},
     "consensus": {"required": [], "alone": {}, "vote_surprise": 3.0, "groups": default_groups(),
-                  "pairs": True, "offsets": {}, "threshold": 5.0, "false_alarm_budget": 0.5,
+                  "pairs": True, "offsets": {}, "threshold": 5.0, "false_alarm_budget": 0.7,
                   "confidence": {"LOW": 0.0, "MEDIUM": 0.75, "HIGH": 2.0}},
     "market": {"min_symbols": 3, "min_fraction": 0.3},
 }
@@ -82,30 +78,6 @@ class RangeParams:
         check_windows(window=self.window)
         if not self.floor_pct > 0:
             raise ValueError(f"floor_pct must be above 0, got {self.floor_pct}")
-
-
-@dataclass(frozen=True)
-class QuantisationParams:
-    ticks_per_sigma: float  # the return scale is at least this many price ticks (see core.quantisation)
-
-
-@dataclass(frozen=True)
-class SelfCalibrationParams:
-    """See ``core.self_calibration``."""
-
-    prior_candles: int         # weight of the pooled histograms in a symbol's own (its seed), in candles
-    refresh: int               # shifts are recomputed every this many candles
-    half_life_days: float      # a symbol's older counts fade with this half-life
-    min_shift: float           # a symbol's surprise is at most -min_shift above the pooled one ...
-    max_shift: float           # ... and at most max_shift below it
-    warmup: int                # candles before a symbol's surprises are counted
-    pooled: tuple[tuple[float, ...], ...]  # per detector group, the training candles' surprise histogram (by train)
-
-    def __post_init__(self):
-        if self.refresh < 1 or not self.half_life_days > 0:
-            raise ValueError("refresh must be at least 1 and half_life_days positive")
-        if not self.min_shift <= 0 <= self.max_shift:
-            raise ValueError("min_shift must be at most 0 and max_shift at least 0")
 
 
 @dataclass(frozen=True)
@@ -141,8 +113,6 @@ class ModelParams:
     refresh: int  # rolling baselines are recomputed every this many candles
     guard: int    # and end this many candles before their refresh point (an event cannot mask itself)
     range: RangeParams
-    quantisation: QuantisationParams
-    self_calibration: SelfCalibrationParams
     sections: typing.Mapping[str, object]  # detector section name -> its frozen dataclass (see ``SECTIONS``)
     calibration: typing.Mapping[str, object]  # detector -> {"scores", "surprise", "tail_slope"} (see calibration)
     consensus: ConsensusParams
@@ -236,10 +206,6 @@ def params_from_dict(raw: dict, path: Path | str = "<dict>", model: MinorCompone
             raise InvalidParams(path, f"calibration.{name}: {problem}")
     if not 0 <= params.market.min_fraction <= 1:
         raise InvalidParams(path, "market.min_fraction must be between 0 and 1")
-    pooled = params.self_calibration.pooled
-    if pooled and (len(pooled) != len(params.consensus.groups) or any(len(row) != len(LEVELS) for row in pooled)):
-        raise InvalidParams(path, f"self_calibration.pooled needs one histogram of {len(LEVELS)} bins per consensus "
-                                  f"group ({len(params.consensus.groups)}), or none")
     return _with_model(params, model)
 
 
@@ -372,12 +338,6 @@ def _build(cls, raw, path, where: str, skip: tuple[str, ...] = (), extra: dict |
                     isinstance(item, str) for item in group) for group in value) or not value:
                 raise InvalidParams(path, f"{key} must be a non-empty list of non-empty lists of names, got {value!r}")
             values[name] = tuple(tuple(group) for group in value)
-        elif kind == tuple[tuple[float, ...], ...]:
-            if not isinstance(value, list) or not all(isinstance(row, list) and all(
-                    isinstance(item, (int, float)) and not isinstance(item, bool) and item >= 0 for item in row)
-                    for row in value):
-                raise InvalidParams(path, f"{key} must be a list of lists of non-negative numbers")
-            values[name] = tuple(tuple(float(item) for item in row) for row in value)
         elif typing.get_origin(kind) is tuple:
             if not isinstance(value, list) or not all(isinstance(item, str) for item in value):
                 raise InvalidParams(path, f"{key} must be a list of names, got {value!r}")

@@ -1,62 +1,49 @@
-"""Evaluation, leave one series out: what a pair new to the model gets, next to a naive baseline.
+"""Evaluation: recall on injected anomalies and false alarms on untouched candles, against a naive baseline.
 
-Protocol (``evaluate``): for every series in turn, ``training.train`` fits the model on *all
-the other series* (the learned model, every detector's calibration, the fusion offsets tuned on
-events injected into those training candles, the self-calibration's pooled histogram, the
-threshold and the confidence levels); the series left out is then scored from a fresh state.
-Its first ``SEED_CANDLES`` only warm the state, as a live stream's REST seed does; every figure
-counts the candles after them. Three blocks, per series and pooled:
+Protocol (held out, so the model is not tested on what it was fitted on):
 
-1. **injected**: labelled events of every kind (``injection``) are injected into the left-out
-   series (``injections`` in all, shared out by the room each series has), in rounds of events
-   at least ``MIN_GAP`` candles apart, each round scored afresh; an event counts as detected when
-   a candle opening less than ``training.DETECTION_WINDOW`` minutes after its start is flagged.
-   The delay is minutes from the event's start to the close of the first flagged candle.
-2. **untouched**: alarm episodes (flags less than ``training.EPISODE_GAP_MS`` apart are one) per
-   symbol-day on the left-out series as it is, at every confidence level (LOW is every alarm);
-   where the series has labelled real events, the candles in ``QUIET_WINDOW`` around them do not
-   count (they are not ordinary minutes).
-3. **labelled real events** (``events``: symbol and announced time, e.g. the 2020 pump-and-dumps):
-   an event is flagged when a candle opening within ``EVENT_WINDOW`` minutes of its time is;
-   false-alarm episodes per symbol-day outside ``QUIET_WINDOW`` on those series.
+1. each series is split in time: the first ``train_fraction`` trains the model
+   (``training.train``), the rest is the held-out part;
+2. false alarms: the untouched series is scored from its start (the training part only
+   warms the state, as seeding a live stream would) and the flags in the held-out part
+   are grouped into episodes (flags less than ``training.EPISODE_GAP_MS`` apart are one);
+3. recall: labelled events are injected into the held-out parts only, in rounds (events
+   at least ``MIN_GAP`` candles apart), each round scored afresh; an event counts as
+   detected when a candle opening less than ``training.DETECTION_WINDOW`` minutes after its
+   start is flagged, i.e. the decision exists within 5 minutes. The delay is minutes from
+   the event's start to the close of the first flagged candle.
 
-The *operating curve* gives injected recall, untouched false alarms and the real events' figures
-at fused-surprise thresholds ``CURVE_STEPS`` away from each fold's trained one, so an analyst sees
-what another ``consensus.false_alarm_budget`` would buy or cost.
+Nothing is tuned on the held-out part: ``train`` sees only the training part (the model,
+every detector's calibration table, the fusion offsets, tuned on events injected into the
+training candles, and the alarm threshold, chosen for a false-alarm budget on the
+untouched training candles). To compare parameter
+choices (windows, groups, the budget) use ``development=True``
+(``market-anomaly evaluate --development``): the same protocol run *inside* the training
+part (its first ``train_fraction`` trains, the rest of it tests), so the held-out part stays
+untouched until the final report.
 
-Nothing is tuned on the series left out. To compare parameter choices without looking at the
-final figures, use ``development=True`` (``market-anomaly evaluate --development``): the same
-protocol on the first ``DEVELOPMENT_SHARE`` of every series only.
+The report also gives the *operating curve*: recall and held-out false alarms at fused-surprise
+thresholds around the trained one (``CURVE_STEPS``), so an analyst sees what a different
+``consensus.false_alarm_budget`` would buy or cost before retraining with it.
 
-The baseline is the naive detector users start with: z-scores of the return and of the volume
-against the previous 60 candles' mean and standard deviation, flag at 3.
+The baseline is the naive detector users start with: z-scores of the return and of the
+volume against the previous 60 candles' mean and standard deviation, flag at 3.
 """
 
 from __future__ import annotations
 
-import logging
-import time
-from pathlib import Path
-
 import numpy as np
 import pandas as pd
 
-from market_anomaly.core.params import CONFIDENCE_LEVELS
 from market_anomaly.training.injection import KINDS, MAGNITUDE_RANGES, inject_random, injection_slots
 from market_anomaly.training.train import (DETECTION_WINDOW, EPISODE_GAP_MS, alarm_episodes,
-                                           score_series, train)
-
-log = logging.getLogger("market_anomaly.evaluate")
+                                               score_series, train)
 
 MIN_GAP = 240
-SEED_CANDLES = 1000  # a live stream's seed (produce --seed-history): warms the state, never counted
-EVENT_WINDOW = (-5, 20)     # minutes around a labelled event's time in which a flag catches it
-QUIET_WINDOW = (-60, 180)   # minutes around it that are not ordinary (false alarms count outside)
-DEVELOPMENT_SHARE = 0.5
 BASELINE_WINDOW = 60
 BASELINE_THRESHOLD = 3.0
 MINUTE_MS = 60_000
-CURVE_STEPS = np.round(np.arange(-0.5, 0.51, 0.1), 2)  # operating curve: offsets from each fold's threshold
+CURVE_STEPS = np.round(np.arange(-0.5, 0.51, 0.1), 2)  # operating curve: offsets from the trained threshold
 
 
 def baseline_flags(candles: pd.DataFrame) -> np.ndarray:
@@ -77,132 +64,63 @@ def baseline_flags(candles: pd.DataFrame) -> np.ndarray:
     return ((zscore(returns).abs() > BASELINE_THRESHOLD) | (zscore(volume) > BASELINE_THRESHOLD)).to_numpy()
 
 
-def read_events(path: Path | str) -> pd.DataFrame:
-    """Labelled real events from a CSV: a ``symbol`` column and a time column (the first whose name contains
-    ``time``): ISO, epoch milliseconds or ``YYYY-MM-DD HH.MM`` (UTC). Returns ``symbol``, ``time_ms``.
-
-    >>> import io
-    >>> read_events(io.StringIO("symbol,pump_time_utc_announced\\nAPPCBTC,2020-11-18 18.00\\n")).to_dict("records")
-    [{'symbol': 'APPCBTC', 'time_ms': 1605722400000}]
-    """
-    frame = pd.read_csv(path)
-    columns = [name for name in frame.columns if "time" in name.lower()]
-    if "symbol" not in frame.columns or not columns:
-        raise ValueError(f"{path}: an events file needs a symbol column and a time column")
-    values = frame[columns[0]]
-    if pd.api.types.is_numeric_dtype(values):
-        times = values.astype("int64")
-    else:
-        text = values.astype(str).str.strip().str.replace(r"^(\d{4}-\d\d-\d\d \d\d)\.(\d\d)$", r"\1:\2", regex=True)
-        times = pd.to_datetime(text, utc=True, format="ISO8601").astype("int64") // 1_000_000
-    return pd.DataFrame({"symbol": frame["symbol"].astype(str), "time_ms": times.astype("int64")})
-
-
-def evaluate(series: dict[str, pd.DataFrame], injections: int = 500, seed: int = 0, base: dict | None = None,
-             events: pd.DataFrame | None = None, development: bool = False,
-             tune_injections: int | None = None) -> dict:
+def evaluate(series: dict[str, pd.DataFrame], injections: int = 200, seed: int = 0, train_fraction: float = 0.5,
+             base: dict | None = None, development: bool = False) -> dict:
     """The evaluation report (see the module docstring) as a JSON-ready dict.
 
-    ``series``: frames by key (``candle_files.series_by_symbol``), at least two. ``events``: labelled real
-    events (``read_events``). ``tune_injections``: for each fold's ``train`` (default: train's).
+    ``development``: evaluate inside the training part only (for choosing parameters).
     """
-    if len(series) < 2:
-        raise ValueError("leave-one-series-out evaluation needs at least two series")
-    series = {key: frame.sort_values("open_time", kind="stable").reset_index(drop=True)
-              for key, frame in series.items()}
     if development:
-        series = {key: frame.iloc[:int(len(frame) * DEVELOPMENT_SHARE)].reset_index(drop=True)
-                  for key, frame in series.items()}
-    events = events if events is not None else pd.DataFrame({"symbol": [], "time_ms": []})
-    quota = _share_out(injections, {key: len(injection_slots({key: frame}, MIN_GAP, SEED_CANDLES))
-                                    for key, frame in series.items()})
-    tuning = {} if tune_injections is None else {"tune_injections": tune_injections}
-    folds, started = {}, time.perf_counter()
-    for number, (key, frame) in enumerate(series.items()):
-        params = train({other: candles for other, candles in series.items() if other != key}, base=base, **tuning)
-        own_events = events["time_ms"].to_numpy(np.int64)[events["symbol"].to_numpy() == key.split("@")[0]]
-        folds[key] = _fold(key, frame, params, own_events, quota[key], np.random.default_rng([seed, number]))
-        untouched = folds[key]["untouched"]
-        log.info("fold %d/%d %s: threshold %.2f, %d alarm episodes in %.1f untouched days, %d events injected "
-                 "(%.0fs so far)", number + 1, len(series), key, params.consensus.threshold,
-                 untouched["episodes"]["LOW"], untouched["days"], quota[key], time.perf_counter() - started)
-    return _report(folds, seed, development, events)
+        series = {key: frame.sort_values("open_time", kind="stable").iloc[:int(len(frame) * train_fraction)]
+                  .reset_index(drop=True) for key, frame in series.items()}
+    splits = {key: int(len(frame) * train_fraction) for key, frame in series.items()}
+    params = train({key: frame.iloc[:splits[key]] for key, frame in series.items()}, base=base)
+    held_out_days = {key: (len(frame) - splits[key]) / (24 * 60) for key, frame in series.items()}
 
+    untouched = score_series(params, series)
+    thresholds = params.consensus.threshold + CURVE_STEPS
+    false_alarms, curve_episodes = {}, np.zeros(len(thresholds))
+    for key, frame in series.items():
+        held_out = slice(splits[key], None)
+        times = frame["open_time"].to_numpy()[held_out]
+        fused = untouched[key]["surprise"].to_numpy()[held_out]
+        rule = _rule_flags(untouched[key], params)[held_out]
+        curve_episodes += [alarm_episodes(times[(fused >= threshold) | rule]) for threshold in thresholds]
+        false_alarms[key] = {
+            "held_out_days": round(held_out_days[key], 2),
+            "episodes": alarm_episodes(times[untouched[key]["is_anomaly"].to_numpy()[held_out]]),
+            "baseline_episodes": alarm_episodes(times[baseline_flags(frame)[held_out]]),
+        }
 
-def _share_out(total: int, room: dict[str, int]) -> dict[str, int]:
-    """``total`` events shared out in proportion to ``room`` (largest remainders), never more than a series holds.
-
-    >>> _share_out(5, {"a": 30, "b": 10, "c": 0})
-    {'a': 4, 'b': 1, 'c': 0}
-    """
-    size = sum(room.values())
-    if not size:
-        return {key: 0 for key in room}
-    exact = {key: total * slots / size for key, slots in room.items()}
-    shares = {key: int(value) for key, value in exact.items()}
-    for key in sorted(exact, key=lambda key: shares[key] - exact[key])[:total - sum(shares.values())]:
-        shares[key] += 1
-    return shares
-
-
-def _fold(key: str, frame: pd.DataFrame, params, event_times: np.ndarray, injections: int,
-          rng: np.random.Generator) -> dict:
-    """One left-out series: its three blocks' raw counts and, per event, the peak fused surprise."""
-    threshold = params.consensus.threshold
-    times = frame["open_time"].to_numpy(np.int64)
-    counted = np.arange(len(frame)) >= SEED_CANDLES
-    near_event = np.zeros(len(frame), dtype=bool)
-    for time_ms in event_times:
-        near_event |= (times >= time_ms + QUIET_WINDOW[0] * MINUTE_MS) & (times <= time_ms + QUIET_WINDOW[1] * MINUTE_MS)
-    quiet = counted & ~near_event
-    decisions = score_series(params, {key: frame})[key]
-    fused = decisions["surprise"].to_numpy()
-    flags = decisions["is_anomaly"].to_numpy(bool)
-    confidence = decisions["confidence"].to_numpy(object)
-    baseline = baseline_flags(frame)
-    untouched = {
-        "days": round(float(quiet.sum()) / (24 * 60), 3),
-        "episodes": {level: alarm_episodes(times[quiet & flags & _at_least(confidence, level)])
-                     for level in CONFIDENCE_LEVELS},
-        "baseline_episodes": alarm_episodes(times[quiet & baseline]),
-        "curve_episodes": [alarm_episodes(times[quiet & (fused >= threshold + step)]) for step in CURVE_STEPS],
-    }
-    real = []
-    for time_ms in event_times:
-        window = (times >= time_ms + EVENT_WINDOW[0] * MINUTE_MS) & (times <= time_ms + EVENT_WINDOW[1] * MINUTE_MS)
-        hits = (times[window & flags] - time_ms) / MINUTE_MS
-        real.append({"symbol": key, "time_ms": int(time_ms), "flagged": bool(len(hits)),
-                     "delay_min": float(hits.min() + 1) if len(hits) else None,
-                     "confidence": _strongest(confidence[window & flags]),
-                     "peak_surprise": round(float(fused[window].max(initial=-np.inf)), 3),
-                     "baseline_flagged": bool((window & baseline).any())})
-
-    injected = []
-    slots = len(injection_slots({key: frame}, MIN_GAP, SEED_CANDLES))
+    rng = np.random.default_rng(seed)
+    outcomes = []
+    peaks = []  # per event: the largest fused surprise in its detection window (inf where the rule path flagged)
+    per_round = max(1, len(injection_slots(series, MIN_GAP, splits)) // 2)
     remaining = injections
     while remaining > 0:
-        count = min(max(1, slots // 2), remaining)
-        changed, labels = inject_random({key: frame}, count, rng, min_gap=MIN_GAP, earliest=SEED_CANDLES)
-        candles = changed[key]
-        scored = score_series(params, {key: candles})[key]
-        scored_fused = scored["surprise"].to_numpy()
+        count = min(per_round, remaining)
+        injected, labels = inject_random(series, count, rng, min_gap=MIN_GAP, earliest=splits)
+        decisions = score_series(params, injected)
         for label in labels:
-            injected.append({**label,
-                             "delay": _first_flag_delay(label, candles, scored["is_anomaly"]),
-                             "baseline_delay": _first_flag_delay(label, candles, baseline_flags(candles)),
-                             "peak_step": float(scored_fused[_in_window(label, candles)].max(initial=-np.inf)
-                                                - threshold)})
+            frame = injected[label["symbol"]]
+            scored = decisions[label["symbol"]]
+            outcomes.append({**label,
+                             "delay": _first_flag_delay(label, frame, scored["is_anomaly"]),
+                             "baseline_delay": _first_flag_delay(label, frame, baseline_flags(frame))})
+            fused = np.where(_rule_flags(scored, params), np.inf, scored["surprise"].to_numpy())
+            peaks.append(fused[_in_window(label, frame)].max(initial=-np.inf))
         remaining -= count
-    return {"threshold": threshold, "trained_on": params.trained_on["candles"], "untouched": untouched,
-            "real": real, "injected": injected}
+    days = sum(held_out_days.values())
+    curve = [{"threshold": round(float(threshold), 2), "recall": _share(pd.Series(np.array(peaks) >= threshold)),
+              "false_alarm_episodes_per_symbol_day": round(float(episodes) / days, 3)}
+             for threshold, episodes in zip(thresholds, curve_episodes)]
+    return {**_report(outcomes, false_alarms, days, params, train_fraction, seed, development),
+            "operating_curve": curve}
 
 
-def _at_least(confidence: np.ndarray, level: str) -> np.ndarray:
-    return np.isin(confidence, CONFIDENCE_LEVELS[CONFIDENCE_LEVELS.index(level):])
-
-
-def _strongest(levels: np.ndarray) -> str:
-    return max(levels, key=CONFIDENCE_LEVELS.index, default="NONE")
+def _rule_flags(decisions: pd.DataFrame, params) -> np.ndarray:
+    """Flags the fused surprise does not explain (the optional rule path: ``consensus.required``/``alone``)."""
+    return decisions["is_anomaly"].to_numpy(bool) & (decisions["surprise"].to_numpy() < params.consensus.threshold)
 
 
 def _first_flag_delay(label: dict, candles: pd.DataFrame, flags) -> float:
@@ -218,92 +136,50 @@ def _in_window(label: dict, candles: pd.DataFrame) -> np.ndarray:
     return (offsets >= 0) & (offsets < DETECTION_WINDOW * MINUTE_MS)
 
 
-def _report(folds: dict[str, dict], seed: int, development: bool, events: pd.DataFrame) -> dict:
-    injected = pd.DataFrame([{**outcome, "series": key} for key, fold in folds.items() for outcome in fold["injected"]],
-                            columns=["series", "symbol", "kind", "open_time", "magnitude", "delay", "baseline_delay",
-                                     "peak_step"])
-    real = [event for fold in folds.values() for event in fold["real"]]
-    labelled = {key for key, fold in folds.items() if fold["real"]}
-    days = sum(fold["untouched"]["days"] for fold in folds.values())
-    labelled_days = sum(folds[key]["untouched"]["days"] for key in labelled)
+def _report(outcomes: list[dict], false_alarms: dict, days: float, params, train_fraction: float, seed: int,
+            development: bool = False) -> dict:
+    frame = pd.DataFrame(outcomes)
 
-    def per_day(episodes: float, span: float) -> float | None:
-        return round(episodes / span, 3) if span else None
+    def recall_table(column: str) -> dict:
+        table = {}
+        for kind in KINDS + ("all",):
+            rows = frame if kind == "all" else frame[frame["kind"] == kind]
+            detected = rows[column].notna()
+            table[kind] = {"events": int(len(rows)), "recall": _share(detected),
+                           "median_delay_min": float(rows[column].median()) if detected.any() else None}
+            if kind in MAGNITUDE_RANGES:  # weak events (lower half of the range) vs strong ones
+                strong = rows["magnitude"] >= np.mean(MAGNITUDE_RANGES[kind])
+                table[kind].update(recall_weaker_half=_share(detected[~strong]),
+                                   recall_stronger_half=_share(detected[strong]))
+        return table
 
-    untouched = {key: {"days": fold["untouched"]["days"],
-                       **{f"{level.lower()}_per_day": per_day(fold["untouched"]["episodes"][level],
-                                                             fold["untouched"]["days"]) for level in CONFIDENCE_LEVELS},
-                       "baseline_per_day": per_day(fold["untouched"]["baseline_episodes"], fold["untouched"]["days"])}
-                 for key, fold in folds.items()}
-    pooled = {f"{level.lower()}_per_day": per_day(sum(fold["untouched"]["episodes"][level] for fold in folds.values()),
-                                                 days) for level in CONFIDENCE_LEVELS}
-    pooled["baseline_per_day"] = per_day(sum(fold["untouched"]["baseline_episodes"] for fold in folds.values()), days)
-
-    curve = []
-    peaks = injected["peak_step"].to_numpy()
-    for index, step in enumerate(CURVE_STEPS):
-        point = {"step": float(step) + 0.0,  # never -0.0
-                 "recall": _share(pd.Series(peaks >= step)) if len(peaks) else None,
-                 "false_alarm_episodes_per_symbol_day": per_day(
-                     sum(fold["untouched"]["curve_episodes"][index] for fold in folds.values()), days)}
-        if real:
-            point["real_events_flagged"] = _share(pd.Series([event["peak_surprise"] >= folds[event["symbol"]]["threshold"]
-                                                             + step for event in real]))
-            point["real_events_false_alarms_per_symbol_day"] = per_day(
-                sum(folds[key]["untouched"]["curve_episodes"][index] for key in labelled), labelled_days)
-        curve.append(point)
-
-    scope = f"DEVELOPMENT (first {DEVELOPMENT_SHARE:.0%} of every series only): " if development else ""
+    scope = (f"DEVELOPMENT (inside the training part only, the first {train_fraction:.0%} of each series): "
+             if development else "")
     return {
-        "protocol": (f"{scope}leave one series out: each series is scored by a model trained on all the other "
-                     f"series; its first {SEED_CANDLES} candles only warm the state (a live seed); detected = "
-                     f"flagged within {DETECTION_WINDOW} min of an injected event's start; episodes = flags < "
-                     f"{EPISODE_GAP_MS // MINUTE_MS} min apart; labelled real events: flagged within "
-                     f"[{EVENT_WINDOW[0]:+d}, {EVENT_WINDOW[1]:+d}] min, false alarms outside "
-                     f"[{QUIET_WINDOW[0]:+d}, {QUIET_WINDOW[1]:+d}] min"),
+        "protocol": (f"{scope}model trained on the first {train_fraction:.0%} of each series; false alarms and injected "
+                     f"events only in the remaining {1 - train_fraction:.0%} (held out); detected = flagged within "
+                     f"{DETECTION_WINDOW} min; episodes = flags < {EPISODE_GAP_MS // MINUTE_MS} min apart; threshold "
+                     f"{params.consensus.threshold} set by train for {params.consensus.false_alarm_budget} episodes "
+                     f"per symbol-day on the training candles; fusion offsets tuned on "
+                     f"{params.trained_on.get('tuning', {}).get('injections', 0)} events injected into the training "
+                     f"part"),
         "seed": seed,
-        "folds": {key: {"threshold": fold["threshold"], "trained_on_candles": fold["trained_on"]}
-                  for key, fold in folds.items()},
-        "recall": _recall_table(injected, "delay"),
-        "baseline_recall": _recall_table(injected, "baseline_delay"),
-        "recall_by_series": {key: {"events": int(len(rows)), "recall": _share(rows["delay"].notna()),
-                                   "baseline_recall": _share(rows["baseline_delay"].notna())}
-                             for key, rows in injected.groupby("series", sort=False)},
-        "false_alarms": untouched,
-        "false_alarms_pooled": pooled,
-        "real_events": {
-            "events": real,
-            "flagged": _share(pd.Series([event["flagged"] for event in real])) if real else None,
-            "baseline_flagged": _share(pd.Series([event["baseline_flagged"] for event in real])) if real else None,
-            "false_alarm_episodes_per_symbol_day": per_day(
-                sum(folds[key]["untouched"]["episodes"]["LOW"] for key in labelled), labelled_days),
-            "baseline_false_alarm_episodes_per_symbol_day": per_day(
-                sum(folds[key]["untouched"]["baseline_episodes"] for key in labelled), labelled_days),
-            "series": sorted(labelled),
-            "unmatched_symbols": sorted(set(events["symbol"]) - {key.split("@")[0] for key in folds}),
-        },
-        "operating_curve": curve,
-        "missed": [{name: row[name] for name in ("series", "kind", "open_time", "magnitude")}
-                   for row in injected[injected["delay"].isna()].to_dict("records")],
+        "threshold": params.consensus.threshold,
+        "params_trained_on": params.trained_on["candles"],
+        "recall": recall_table("delay"),
+        "baseline_recall": recall_table("baseline_delay"),
+        "false_alarms": false_alarms,
+        "false_alarm_episodes_per_symbol_day": round(sum(e["episodes"] for e in false_alarms.values()) / days, 3),
+        "baseline_false_alarm_episodes_per_symbol_day": round(
+            sum(e["baseline_episodes"] for e in false_alarms.values()) / days, 3),
+        "missed": [{key: outcome[key] for key in ("symbol", "kind", "open_time", "magnitude")}
+                   for outcome in outcomes if np.isnan(outcome["delay"])],
     }
 
 
-def _recall_table(injected: pd.DataFrame, column: str) -> dict:
-    table = {}
-    for kind in KINDS + ("all",):
-        rows = injected if kind == "all" else injected[injected["kind"] == kind]
-        detected = rows[column].notna()
-        table[kind] = {"events": int(len(rows)), "recall": _share(detected),
-                       "median_delay_min": float(rows[column].median()) if detected.any() else None}
-        if kind in MAGNITUDE_RANGES:  # weak events (lower half of the range) vs strong ones
-            strong = rows["magnitude"] >= np.mean(MAGNITUDE_RANGES[kind])
-            table[kind].update(recall_weaker_half=_share(detected[~strong]), recall_stronger_half=_share(detected[strong]))
-    return table
-
-
 def format_report(report: dict) -> str:
-    """The report as readable tables: injected, untouched, labelled real events, operating curve."""
-    lines = [report["protocol"], "", "1. injected events (pooled over the left-out series)",
+    """The report as a readable table."""
+    lines = [report["protocol"], "",
              f"{'kind':<18}{'events':>7}  {'recall':>7}  {'weak/strong half':>16}  {'delay(min)':>10}   "
              f"{'baseline':>8}  {'delay(min)':>10}"]
     for kind, ours in report["recall"].items():
@@ -313,39 +189,18 @@ def format_report(report: dict) -> str:
         lines.append(f"{kind:<18}{ours['events']:>7}  {_fmt(ours['recall']):>7}  {halves:>16}  "
                      f"{_fmt(ours['median_delay_min']):>10}   {_fmt(theirs['recall']):>8}  "
                      f"{_fmt(theirs['median_delay_min']):>10}")
-    lines += ["", "2. untouched candles: alarm episodes per symbol-day (at or above each confidence level)",
-              f"{'series':<30}{'days':>7}{'events':>7}{'recall':>7}{'LOW':>8}{'MEDIUM':>8}{'HIGH':>8}{'baseline':>10}"]
-    recall_by_series = report["recall_by_series"]
+    lines += ["", f"{'series':<28}{'held-out days':>14}{'episodes':>10}{'baseline':>10}"]
     for key, entry in report["false_alarms"].items():
-        injected = recall_by_series.get(key, {"events": 0, "recall": None})
-        lines.append(f"{key:<30}{entry['days']:>7.2f}{injected['events']:>7}{_fmt(injected['recall']):>7}"
-                     f"{_fmt(entry['low_per_day']):>8}{_fmt(entry['medium_per_day']):>8}"
-                     f"{_fmt(entry['high_per_day']):>8}{_fmt(entry['baseline_per_day']):>10}")
-    pooled = report["false_alarms_pooled"]
-    lines.append(f"{'pooled':<30}{sum(e['days'] for e in report['false_alarms'].values()):>7.1f}{'':>14}"
-                 f"{_fmt(pooled['low_per_day']):>8}{_fmt(pooled['medium_per_day']):>8}{_fmt(pooled['high_per_day']):>8}"
-                 f"{_fmt(pooled['baseline_per_day']):>10}")
-    real = report["real_events"]
-    if real["events"]:
-        lines += ["", "3. labelled real events", f"{'symbol':<14}{'time (UTC)':<18}{'flagged':>8}{'delay':>7}"
-                                                   f"{'confidence':>11}{'peak':>7}{'baseline':>9}"]
-        for event in real["events"]:
-            when = pd.Timestamp(event["time_ms"], unit="ms").strftime("%Y-%m-%d %H:%M")
-            lines.append(f"{event['symbol']:<14}{when:<18}{'yes' if event['flagged'] else 'NO':>8}"
-                         f"{_fmt(event['delay_min']):>7}{event['confidence']:>11}{event['peak_surprise']:>7.2f}"
-                         f"{'yes' if event['baseline_flagged'] else 'no':>9}")
-        lines.append(f"flagged {_fmt(real['flagged'])} (baseline {_fmt(real['baseline_flagged'])}); false-alarm "
-                     f"episodes per symbol-day outside the events: {_fmt(real['false_alarm_episodes_per_symbol_day'])} "
-                     f"(baseline {_fmt(real['baseline_false_alarm_episodes_per_symbol_day'])})")
-        if real["unmatched_symbols"]:
-            lines.append(f"events without a series: {', '.join(real['unmatched_symbols'])}")
-    lines += ["", "operating curve: each fold's trained threshold + step -> injected recall, untouched false alarms"
-                  + (", real events flagged, their series' false alarms" if real["events"] else "")]
-    for point in report["operating_curve"]:
-        extra = (f"  real {_fmt(point['real_events_flagged'])} at {_fmt(point['real_events_false_alarms_per_symbol_day'])}"
-                 if "real_events_flagged" in point else "")
-        lines.append(f"  {'*' if point['step'] == 0 else ' '}{point['step']:+5.1f}  recall {_fmt(point['recall']):>5}  "
-                     f"false alarms {_fmt(point['false_alarm_episodes_per_symbol_day']):>6}{extra}")
+        lines.append(f"{key:<28}{entry['held_out_days']:>14}{entry['episodes']:>10}{entry['baseline_episodes']:>10}")
+    lines.append(f"false-alarm episodes per symbol-day: {report['false_alarm_episodes_per_symbol_day']} "
+                 f"(baseline {report['baseline_false_alarm_episodes_per_symbol_day']})")
+    if report.get("operating_curve"):
+        lines += ["", "operating curve (held out): fused-surprise threshold -> recall, false-alarm episodes per "
+                      "symbol-day (trained threshold marked *)"]
+        for point in report["operating_curve"]:
+            mark = "*" if point["threshold"] == round(report["threshold"], 2) else " "
+            lines.append(f"  {mark}{point['threshold']:>6.2f}  recall {_fmt(point['recall']):>5}  "
+                         f"false alarms {point['false_alarm_episodes_per_symbol_day']:.3f}")
     return "\n".join(lines)
 
 

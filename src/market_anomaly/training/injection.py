@@ -27,9 +27,6 @@ behaviour (the training halves of the three ``../shared/data/binance`` 1-minute 
   BTCUSDT 2019-10 (a month with +40 % days). So 4-8x was a busy market, not an anomaly;
   6-12x is beyond the 99.9th percentile on two of the series and inside the tail of the third.
 - the other kinds are unchanged.
-- on thin markets (most minutes without a trade), "recent" means the minutes that moved or
-  traded (``recent_scale``): otherwise a 6-sigma spike would be a one-tick move and a volume
-  burst of 8x a median of 0 would add no volume at all.
 
 >>> import numpy as np, pandas as pd
 >>> candles = pd.DataFrame({"open_time": np.arange(200) * 60_000, "open": 100.0, "high": 100.1,
@@ -79,7 +76,8 @@ def inject(candles: pd.DataFrame, kind: str, at: int, rng: np.random.Generator,
     if magnitude is None:
         magnitude = float(rng.uniform(*MAGNITUDE_RANGES[kind]))
     recent = frame.iloc[max(0, at - LOOKBACK):at]
-    sigma, median_volume = recent_scale(recent["close"].to_numpy(float), recent["volume"].to_numpy(float))
+    sigma = float(np.std(np.diff(np.log(recent["close"].to_numpy(float))))) or 1e-4
+    median_volume = float(np.median(recent["volume"].to_numpy(float))) or 1e-9
     price_factor, volume_factor = _SHAPES[kind](len(frame) - at, magnitude, sigma, median_volume,
                                                 frame["volume"].to_numpy(float)[at:], rng)
     # A level shift (crash, burst) changes every later candle; the label ends where the event's shape ends.
@@ -88,25 +86,6 @@ def inject(candles: pd.DataFrame, kind: str, at: int, rng: np.random.Generator,
     label = {"kind": kind, "open_time": int(frame["open_time"].iat[at]),
              "end_time": int(frame["open_time"].iat[last]), "magnitude": magnitude}
     return frame, label
-
-
-def recent_scale(close: np.ndarray, volume: np.ndarray) -> tuple[float, float]:
-    """(standard deviation of the log returns, median volume) of the minutes that moved / traded.
-
-    On a liquid market that is every minute. On a thin one most minutes carry the last close
-    with no volume: their zeros would make "6 sigma" a move of one or two ticks and "8x the
-    median volume" nothing at all, so events are sized against the minutes with activity.
-
-    >>> sigma, volume = recent_scale(np.array([1.0, 1.0, 1.01, 1.01, 1.0]), np.array([0.0, 0.0, 5.0, 0.0, 7.0]))
-    >>> round(sigma, 4), volume
-    (0.01, 6.0)
-    """
-    returns = np.diff(np.log(close))
-    moves, trades = returns[returns != 0], volume[volume > 0]
-    sigma = float(np.sqrt(np.mean(moves * moves))) if len(moves) else 0.0
-    if len(moves) == len(returns) and len(returns):
-        sigma = float(np.std(returns))  # every minute moved: the plain standard deviation, as always
-    return sigma or 1e-4, float(np.median(trades)) if len(trades) else 1e-9
 
 
 def inject_random(frame_by_symbol: dict[str, pd.DataFrame], count: int, rng: np.random.Generator,

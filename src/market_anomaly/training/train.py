@@ -21,7 +21,6 @@ import numpy as np
 import pandas as pd
 
 from market_anomaly.core.calibration import fit_table
-from market_anomaly.core.self_calibration import histograms
 from market_anomaly.core.consensus import candidates
 from market_anomaly.core.engine import DetectionEngine, calibration_scores
 from market_anomaly.training.injection import KINDS, inject, injection_slots
@@ -86,17 +85,14 @@ def train(series, base: dict | None = None,
 
     1. fit the learned model on the candles' inputs (after warm-up), alarm level at ``alarm_quantile``;
     2. score every detector and store its calibration table (``calibration.fit_table``: score -> surprise),
-       the pooled histogram of each detector group's surprise (the prior and reference of every symbol's
-       ``self_calibration``), then, with ``consensus.pairs``, a table for each pair of detector groups
-       (both at least this surprising, each self-calibrated);
+       then, with ``consensus.pairs``, one for each pair of detector groups (both at least this surprising);
     3. with ``tune_injections``: inject that many labelled events into *these* candles and
        tune ``consensus.offsets`` (``tune_offsets``) for the most events caught within 5 minutes
        at the budget below;
     4. fuse the calibrated surprises and set ``consensus.threshold`` to the lowest level (on a
        0.05 grid, at least ``consensus.vote_surprise``) at which the training candles raise at most
        ``consensus.false_alarm_budget`` alarm episodes per symbol-day, counting the flags of the
-       rule path (``consensus.required``/``alone``) too, and the confidence levels' margins above it at
-       the rarer rates of ``CONFIDENCE_RARITY`` (``confidence_margins``).
+       rule path (``consensus.required``/``alone``) too.
 
     ``base`` is the parameter document to start from (default ``DEFAULTS``); windows, floors and
     the budget come from it, the fitted values are filled in and the model is attached.
@@ -104,7 +100,6 @@ def train(series, base: dict | None = None,
     collection = LocalSeries(series) if isinstance(series, dict) else series
     document = json.loads(json.dumps(base or DEFAULTS))
     document["calibration"] = {}
-    document["self_calibration"]["pooled"] = []  # fitted below, on the groups' pooled surprise
     untrained = params_from_dict(document)
     learned = LearnedSurprise(untrained)
     inputs = [result["inputs"] for result in collection.map(learned_inputs, untrained).values()]
@@ -116,10 +111,6 @@ def train(series, base: dict | None = None,
     document["calibration"] = {name: fit_table(np.concatenate([scores[name] for scores in scored]))
                                for name in warmups(uncalibrated)}
     consensus = uncalibrated.consensus
-    pooled = sum(result["histograms"] for result in collection.map(
-        group_histograms, params_from_dict(document, model=learned.model)).values())
-    document["self_calibration"]["pooled"] = [[round(float(share), 8) for share in row]
-                                              for row in pooled / np.maximum(pooled.sum(axis=1, keepdims=True), 1)]
     if consensus.pairs:
         groups = np.concatenate([result["groups"] for result in collection.map(
             group_surprises, params_from_dict(document, model=learned.model)).values()])
@@ -134,13 +125,12 @@ def train(series, base: dict | None = None,
     document["consensus"]["threshold"] = 1e9  # the rule path alone
     decided = collection.map(fused_and_rule, params_from_dict(document, model=learned.model))
     lengths = collection.lengths()
-    fused = {key: result["fused"] for key, result in decided.items()}
-    open_times = {key: result["open_time"] for key, result in decided.items()}
-    rule = {key: result["rule"] for key, result in decided.items()}
-    threshold, rate = choose_threshold(fused, open_times, consensus.false_alarm_budget, consensus.vote_surprise, rule,
-                                       days=_days(lengths))
+    threshold, rate = choose_threshold(
+        {key: result["fused"] for key, result in decided.items()},
+        {key: result["open_time"] for key, result in decided.items()},
+        consensus.false_alarm_budget, consensus.vote_surprise, {key: result["rule"] for key, result in decided.items()},
+        days=_days(lengths))
     document["consensus"]["threshold"] = threshold
-    document["consensus"]["confidence"] = confidence_margins(fused, open_times, threshold, _days(lengths))
     document["trained_on"] = {
         "sources": [str(source) for source in sources or []],
         "series": collection.spans(),
@@ -216,12 +206,6 @@ def event_candidates(key: str, frame: pd.DataFrame, params: ModelParams, events:
         times = injected["open_time"].to_numpy()
         maxima += [matrix[(times >= start) & (times < start + window)].max(axis=0) for start in starts]
     return {"maxima": np.array(maxima)}
-
-
-def group_histograms(key: str, frame: pd.DataFrame, params: ModelParams) -> Arrays:
-    """Per detector group, the histogram (``self_calibration.LEVELS``) of its surprise from
-    ``self_calibration.warmup`` on (``params`` without pooled histograms: nothing shifted yet)."""
-    return {"histograms": histograms(_group_surprise(key, frame, params)[params.self_calibration.warmup:])}
 
 
 def fused_and_rule(key: str, frame: pd.DataFrame, params: ModelParams) -> Arrays:
@@ -368,22 +352,6 @@ def choose_threshold(fused: dict[str, np.ndarray], open_times: dict[str, np.ndar
         else:
             low = middle + 1
     return float(candidates[low]), rate(candidates[low])
-
-
-CONFIDENCE_RARITY = {"LOW": None, "MEDIUM": 1 / 7, "HIGH": 1 / 30}  # episodes per symbol-day (None: the budget)
-
-
-def confidence_margins(fused: dict[str, np.ndarray], open_times: dict[str, np.ndarray], threshold: float,
-                       days: float) -> dict[str, float]:
-    """Each confidence level's margin above ``threshold``: the fused surprise at which the training candles
-    raise ``CONFIDENCE_RARITY`` episodes per symbol-day (LOW: every alarm, the budget; MEDIUM about once a
-    symbol-week; HIGH about once a symbol-month)."""
-    margins = {}
-    for level, rate in CONFIDENCE_RARITY.items():
-        level_threshold = threshold if rate is None else choose_threshold(fused, open_times, rate, threshold,
-                                                                          days=days)[0]
-        margins[level] = round(max(level_threshold - threshold, *margins.values(), 0.0), 2)
-    return margins
 
 
 def write_params(params: ModelParams, path: Path | str) -> Path:

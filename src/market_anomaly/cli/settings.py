@@ -28,7 +28,6 @@ import argparse
 import contextlib
 import json
 import os
-import re
 import sys
 import tomllib
 from pathlib import Path
@@ -41,7 +40,6 @@ DEFAULT_FILE = "market-anomaly.toml"
 # Variables that place things (state, caches, this file) rather than set one flag: a default that
 # follows them is still a default, so the file may override it.
 PLACE_VARIABLES = {config.ENV_PREFIX + name for name in ("HOME", "CACHE", CONFIG_ENV)}
-SECRET_KEY = re.compile(r"pass(word)?|secret|token|jaas|credential|api[._-]?key", re.IGNORECASE)
 TOKEN_URL_KEYS = {"webhook"}  # URLs whose path or query is the token (Slack, Teams, ...)
 NOT_SETTINGS = ("help", "version", "handler", "command", "config_file")
 
@@ -289,13 +287,11 @@ def masked(key: str, value: object) -> object:
         return [masked(key, item) for item in value]
     if not isinstance(value, str) or not value:
         return value
-    if "=" in value and SECRET_KEY.search(value.split("=", 1)[0]):
-        return value.split("=", 1)[0] + "=***"
-    if SECRET_KEY.search(key):
-        return "***"
+    if config.is_secret_key(key):
+        return config.MASK
     if key in TOKEN_URL_KEYS:
         return config.redact_url(value)
-    return config.redact(value)
+    return config.redact(value)  # KEY=VALUE pairs with secret keys, passwords in URLs
 
 
 def toml_value(value: object) -> str:

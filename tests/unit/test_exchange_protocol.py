@@ -8,7 +8,7 @@ import pytest
 
 from market_anomaly.candles.record import Candle, Rejected
 from market_anomaly.exchange import protocol
-from market_anomaly.exchange.client import parse_frame
+from market_anomaly.exchange.client import MethodReply, ServerShutdown, parse_frame
 from market_anomaly.exchange.market import partial_candle
 from market_anomaly.exchange.simulator import GARBAGE_FRAMES
 
@@ -63,7 +63,9 @@ def test_parse_frame_combined_raw_open_and_replies():
     assert isinstance(combined, Candle) and combined == raw and combined.event_time == 5
     still_open = protocol.kline_event(GENERATED, "BTCUSDT", "1m", final=False, event_time=5)
     assert parse_frame(json.dumps(still_open)) is None
-    assert parse_frame('{"result": null, "id": 1}') is None
+    assert parse_frame('{"result": null, "id": 1}') == MethodReply(1, None)
+    assert parse_frame('{"code": 2, "msg": "Invalid request: x", "id": 4}') == MethodReply(4, "code 2: Invalid request: x")
+    assert parse_frame('{"e": "serverShutdown", "E": 1}') == ServerShutdown()
 
 
 @pytest.mark.parametrize("frame, reason", [

@@ -20,8 +20,10 @@ GENERATED = {"open_time": 1769285820000, "open": 89391.58, "high": 89420.0, "low
 def test_interval_lengths_and_unknown_interval():
     assert [protocol.interval_ms(i) for i in ("1m", "3m", "5m", "15m", "1h", "1d")] == [
         60_000, 180_000, 300_000, 900_000, 3_600_000, 86_400_000]
-    with pytest.raises(ValueError, match="unsupported interval"):
-        protocol.interval_ms("1w")
+    assert protocol.interval_ms("1w") == 7 * 86_400_000 and len(protocol.INTERVALS) == 16   # 1s ... 1M, all of them
+    for unknown in ("7m", "1y", "", "m"):
+        with pytest.raises(ValueError, match="unsupported interval"):
+            protocol.interval_ms(unknown)
 
 
 def test_stream_names_are_lowercase_and_parse_back():

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from market_anomaly.exchange.protocol import split_symbol
+
 
 class UnknownSymbols(ValueError):
     """Explicitly named symbols the exchange does not list at all (a typo, a delisted pair)."""
@@ -19,6 +21,10 @@ class SymbolSelection:
     def __post_init__(self):
         if bool(self.symbols) == bool(self.quotes):
             raise ValueError("a symbol selection names either symbols or quote assets")
+
+    def matches(self, symbol: str) -> bool:
+        """Whether ``symbol`` belongs to the selection by name (exchangeInfo decides whether it trades)."""
+        return symbol in self.symbols if self.symbols else split_symbol(symbol)[1] in self.quotes
 
     def describe(self) -> str:
         return ",".join(self.symbols) if self.symbols else f"all {'/'.join(self.quotes)} pairs"

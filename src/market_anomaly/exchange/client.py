@@ -349,11 +349,13 @@ class CandleStream:
             else:
                 start = None
             while start is not None:
-                params = {"symbol": symbol, "interval": client.interval, "startTime": start,
-                          "limit": protocol.KLINES_MAX_LIMIT}
+                end = bound if bound is not None else server_time
+                if end < start:
+                    break
+                # Ask for no more rows than can exist: a small limit costs less request weight.
+                limit = min(protocol.KLINES_MAX_LIMIT, (end - start) // step + 2)
+                params = {"symbol": symbol, "interval": client.interval, "startTime": start, "limit": limit}
                 if bound is not None:
-                    if bound < start:
-                        break
                     params["endTime"] = bound
                 rows = await self.budget.get(self._session, client.rest_url, "/api/v3/klines", params)
                 if not isinstance(rows, list):
@@ -373,7 +375,7 @@ class CandleStream:
                         self._emit(state, candle)
                         filled += 1
                     start = candle.open_time + step
-                if len(rows) < protocol.KLINES_MAX_LIMIT:
+                if len(rows) < limit:
                     break
         except RestRejected as error:
             failed = True

@@ -132,7 +132,8 @@ class ExchangeSimulator:
                  drop_every: int | None = None, malformed_every: int | None = None,
                  heartbeat: float = 20.0, max_connection_age: float = 24 * 3600.0, rest_latency: float = 0.0,
                  weight_limit: int = protocol.WEIGHT_LIMIT_PER_MINUTE, weight_window: float = 60.0,
-                 halted: tuple[str, ...] = (), unlisted: tuple[str, ...] = (), quiet: tuple[str, ...] = ()):
+                 halted: tuple[str, ...] = (), unlisted: tuple[str, ...] = (), quiet: tuple[str, ...] = (),
+                 control: bool = False):
         self.market = market
         self.clock = clock
         self.updates_per_candle = updates_per_candle
@@ -149,6 +150,7 @@ class ExchangeSimulator:
         self.listed_from: dict[str, int] = {}
         self.closes_published: dict[str, list[int]] = collections.defaultdict(list)
         self.refuse_subscribes = 0
+        self.control = control
         self.policy_closes = 0       # connections closed for sending more than 5 messages a second
         self.subscribers: set[Subscriber] = set()
         self.connections_served = 0
@@ -169,6 +171,9 @@ class ExchangeSimulator:
         app.router.add_get("/api/v3/ping", self._ping)
         app.router.add_get("/api/v3/time", self._time)
         app.middlewares.append(self._rest_rules)
+        if self.control:
+            app.router.add_post("/sim/{action}", self._control)
+            app.router.add_get("/sim/report", self._report)
         return app
 
     async def start(self, host: str = "127.0.0.1", port: int = 0) -> None:
@@ -419,7 +424,7 @@ class ExchangeSimulator:
     async def _rest_rules(self, request: web.Request, handler) -> web.StreamResponse:
         """Latency, request weight and rate limits around every REST call."""
         if not request.path.startswith("/api/"):
-            return await handler(request)
+            return await handler(request)   # WebSocket handshakes and the control endpoints
         status, retry_after = self.weights.charge(protocol.request_weight(request.path, request.query),
                                                   time.time())
         await asyncio.sleep(self.rest_latency)
@@ -435,6 +440,34 @@ class ExchangeSimulator:
         response = await handler(request)
         response.headers.update(headers)
         return response
+
+    # -- control, for tests and benchmarks driving a simulator in another process ---------------------
+
+    async def _control(self, request: web.Request) -> web.Response:
+        """POST /sim/halt?symbol=, /sim/list?symbol=, /sim/storm?seconds=, /sim/shutdown?grace=, /sim/cut."""
+        action, query = request.match_info["action"], request.query
+        if action == "halt":
+            self.halt(query["symbol"])
+        elif action == "list":
+            self.list_symbol(query["symbol"])
+        elif action == "storm":
+            self.rate_limit_storm(float(query["seconds"]))
+        elif action == "shutdown":
+            asyncio.get_running_loop().create_task(self.server_shutdown(float(query.get("grace", "2"))))
+        elif action == "cut":
+            self.cut_connection()
+        else:
+            return web.json_response({"error": f"unknown action {action}"}, status=404)
+        return web.json_response({"ok": True, "now": self.clock.now()})
+
+    async def _report(self, request: web.Request) -> web.Response:
+        """What was served and enforced: closes published per symbol, halts, listings, bans, policy closes."""
+        return web.json_response({
+            "now": self.clock.now(), "interval_ms": self.market.interval_ms,
+            "closes": self.closes_published, "halted_from": self.halted_from, "listed_from": self.listed_from,
+            "connections_served": self.connections_served, "open_connections": len(self.subscribers),
+            "policy_closes": self.policy_closes, "bans": self.weights.bans, "too_many": self.weights.too_many,
+        })
 
     async def _exchange_info(self, request: web.Request) -> web.Response:
         wanted = request.query.get("symbol")

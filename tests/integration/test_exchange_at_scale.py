@@ -43,7 +43,7 @@ class Simulator:
             return json.loads(response.read())
 
     def report(self) -> dict:
-        with urllib.request.urlopen(f"{self.rest_url}/sim/report", timeout=30) as response:
+        with urllib.request.urlopen(f"{self.rest_url}/sim/report", timeout=120) as response:
             return json.loads(response.read())
 
     def stop(self) -> None:
@@ -82,6 +82,7 @@ def compare(served: dict[str, list[int]], in_kafka: dict[str, list[int]], window
         counts["unserved"] += len(set(found) - expected)
         if expected - set(found):
             missing_symbols.add(symbol)
+            print(f"missing {symbol}: {sorted(expected - set(found))[:5]} (window {low}..{high})")
     for symbol, times in in_kafka.items():
         counts["duplicated"] += len(times) - len(set(times))
     counts["symbols_missing_candles"] = len(missing_symbols)
@@ -103,6 +104,7 @@ def test_two_thousand_discovered_pairs_through_storm_shutdown_cut_halt_and_listi
     simulator = Simulator("--pairs", "2000", "--unlisted", newcomer, "--speed", "30", "--history", "30",
                           "--rest-latency", "0.1", "--updates-per-candle", "1")
     log_path = tmp_path / "producer.log"
+    print(f"\nproducer log: {log_path}")
     producer = None
     try:
         producer = start_producer(kafka_broker, simulator, fresh_topic, log_path, "--symbols", "all",

@@ -115,6 +115,7 @@ class _SymbolState:
     filling: bool = False
     pending: list[Candle] = field(default_factory=list)
     watched_since: int | None = None     # newest market time when it was (re)subscribed, for the watchdog
+    from_listing: bool = False           # newly listed: backfill from its first candle
     connection: _KlineConnection | None = None
 
 
@@ -143,6 +144,7 @@ class CandleStream:
         self.reconnects = 0
         self.handovers = 0
         self.dropped: dict[str, str] = {}     # symbol -> why it is no longer watched
+        self._left_at: dict[str, int] = {}    # a dropped symbol's last candle, should it trade again
         self.resubscribed: list[str] = []
 
     def __aiter__(self) -> CandleStream:
@@ -248,6 +250,11 @@ class CandleStream:
             if initial and (symbol in client.resume_from or client.seed_history):
                 state.last_open_time = client.resume_from.get(symbol)
                 self._request_fill(symbol)
+            elif not initial:
+                # Listed since the start (or trading again): what closed before we subscribed comes from REST.
+                state.last_open_time = self._left_at.pop(symbol, None)
+                state.from_listing = state.last_open_time is None
+                self._request_fill(symbol)
             fresh.append(symbol)
         # Fill connections that have room, then open new ones.
         for connection in sorted(self._connections, key=lambda c: len(c.symbols)):
@@ -261,6 +268,8 @@ class CandleStream:
     def _remove_symbol(self, symbol: str, reason: str) -> None:
         state = self._states.pop(symbol)
         self.dropped[symbol] = reason
+        if state.last_open_time is not None:
+            self._left_at[symbol] = state.last_open_time
         metrics.SYMBOLS_DROPPED.inc()
         log.warning("%s is no longer trading (%s): unsubscribed; last candle %s", symbol, reason,
                     state.last_open_time)
@@ -344,6 +353,8 @@ class CandleStream:
             server_time = await self._current_server_time() if bound is None or state.last_open_time is None else None
             if state.last_open_time is not None:
                 start = state.last_open_time + step
+            elif state.from_listing:
+                start = 0              # Binance answers from the symbol's first candle
             elif client.seed_history:
                 start = server_time // step * step - client.seed_history * step
             else:
@@ -353,7 +364,7 @@ class CandleStream:
                 if end < start:
                     break
                 # Ask for no more rows than can exist: a small limit costs less request weight.
-                limit = min(protocol.KLINES_MAX_LIMIT, (end - start) // step + 2)
+                limit = min(protocol.KLINES_MAX_LIMIT, (end - start) // step + 2) if start else protocol.KLINES_MAX_LIMIT
                 params = {"symbol": symbol, "interval": client.interval, "startTime": start, "limit": limit}
                 if bound is not None:
                     params["endTime"] = bound

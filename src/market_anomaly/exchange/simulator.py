@@ -508,7 +508,12 @@ class ExchangeSimulator:
         now = self.clock.now()
         current = self.current_open_time()     # Binance lists the still-open candle last
         end = min(numbers["endTime"], current) if numbers["endTime"] is not None else current
-        candles = self.market.candles(symbol, numbers["startTime"], end, limit)
+        start = numbers["startTime"]
+        if symbol in self.listed_from and start is not None:   # a listing's first candle is its first row
+            start = max(start, self.listed_from[symbol])
+        if self.halted_from.get(symbol, -1) >= 0:              # nothing after a halt
+            end = min(end, self.halted_from[symbol] - self.market.interval_ms)
+        candles = self.market.candles(symbol, start, end, limit)
         rows = []
         for candle in candles.to_dict("records"):
             served = self.candle(symbol, int(candle["open_time"]))

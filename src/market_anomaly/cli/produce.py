@@ -28,11 +28,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def add_produce_arguments(parser: argparse.ArgumentParser) -> None:
     options.add_kafka_arguments(parser)
-    parser.add_argument("--ws-url", default=config.env("WS_URL", config.BINANCE_WS_URL),
-                        help="Binance-compatible WebSocket base URL (env MARKET_ANOMALY_WS_URL; default: the real "
-                             "Binance %(default)s; the simulator prints its own)")
-    parser.add_argument("--rest-url", default=config.env("REST_URL", config.BINANCE_REST_URL),
-                        help="REST base URL for gap backfill (env MARKET_ANOMALY_REST_URL; default: %(default)s)")
+    add_exchange_url_arguments(parser)
     parser.add_argument("--symbols", default=config.env("SYMBOLS", config.DEFAULT_SYMBOLS),
                         help="comma-separated symbols, checked against the exchange's exchangeInfo at start, or "
                              "'all' for every TRADING pair of --quote (env MARKET_ANOMALY_SYMBOLS; default: "
@@ -63,6 +59,17 @@ def add_produce_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--stale-intervals", type=options.positive_int, default=3, metavar="N",
                         help="resubscribe and report a symbol silent for more than N intervals (default: %(default)s)")
     options.add_metrics_arguments(parser)
+
+
+def add_exchange_url_arguments(parser: argparse.ArgumentParser) -> None:
+    """Which Binance-compatible exchange: the real one, Binance US, the testnet, a mirror, the simulator."""
+    parser.add_argument("--ws-url", default=config.env("WS_URL", config.BINANCE_WS_URL),
+                        help="Binance-compatible WebSocket base URL, e.g. wss://stream.binance.us:9443 or "
+                             "wss://stream.testnet.binance.vision (env MARKET_ANOMALY_WS_URL; default: the real "
+                             "Binance %(default)s; the simulator prints its own)")
+    parser.add_argument("--rest-url", default=config.env("REST_URL", config.BINANCE_REST_URL),
+                        help="REST base URL for exchangeInfo and backfill, e.g. https://api.binance.us or "
+                             "https://testnet.binance.vision (env MARKET_ANOMALY_REST_URL; default: %(default)s)")
 
 
 def symbol_selection(symbols: str, quote: str | None) -> SymbolSelection:

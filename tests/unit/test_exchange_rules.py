@@ -140,3 +140,22 @@ def test_selection_by_quote_and_explicit_symbols():
 def test_client_refuses_impossible_connection_sizes():
     with pytest.raises(ValueError, match="1..1024"):
         BinanceKlineClient("ws://x", "http://x", ["BTCUSDT"], "1m", streams_per_connection=2000)
+
+
+def test_simulated_listings_halts_and_quiet_pairs():
+    from market_anomaly.exchange.market import Market, SyntheticSource, partial_candle
+    from market_anomaly.exchange.simulator import ExchangeSimulator, SimulatedClock
+
+    start = 1_700_000_040_000
+    market = Market(SyntheticSource(["BTCUSDT", "QUIETUSDT", "NEWUSDT"], "1m", 7, start - 60 * 60_000))
+    sim = ExchangeSimulator(market, SimulatedClock(start, 1.0), quiet=("QUIETUSDT",), unlisted=("NEWUSDT",))
+    assert (sim.status("BTCUSDT"), sim.status("NEWUSDT"), sim.status("NOPE")) == ("TRADING", None, None)
+    quiet = sim.candle("QUIETUSDT", start - 60_000)
+    assert quiet["trades"] == 0 and quiet["volume"] == 0 and quiet["high"] == quiet["low"] == quiet["close"]
+    assert partial_candle(quiet, 0.5)["trades"] == 0, "a quiet candle stays without trades while open"
+    sim.halt("BTCUSDT")
+    assert sim.status("BTCUSDT") == "BREAK" and sim.candle("BTCUSDT", start) is not None   # the open one closes
+    assert sim.candle("BTCUSDT", start + 60_000) is None
+    sim.list_symbol("NEWUSDT")
+    assert sim.status("NEWUSDT") == "TRADING" and sim.candle("NEWUSDT", start) is None
+    assert sim.candle("NEWUSDT", start + 60_000) is not None

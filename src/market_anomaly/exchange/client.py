@@ -145,7 +145,6 @@ class CandleStream:
         self.handovers = 0
         self.dropped: dict[str, str] = {}     # symbol -> why it is no longer watched
         self._left_at: dict[str, int] = {}    # a dropped symbol's last candle, should it trade again
-        self.resubscribed: list[str] = []
 
     def __aiter__(self) -> CandleStream:
         return self
@@ -162,11 +161,6 @@ class CandleStream:
             await self.aclose()
             raise item
         return item
-
-    @property
-    def symbols(self) -> list[str]:
-        """The symbols watched now."""
-        return sorted(self._states)
 
     def _start(self) -> None:
         client = self._client
@@ -448,7 +442,6 @@ class CandleStream:
                 log.warning("%s silent for %d intervals (last candle %s): resubscribing", symbol,
                             (newest - heard) // client.interval_ms, state.last_open_time)
                 metrics.WATCHDOG_RESUBSCRIBES.inc()
-                self.resubscribed.append(symbol)
                 state.watched_since = newest
                 state.connection.resubscribe(symbol)
                 self.catch_up([symbol])

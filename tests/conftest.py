@@ -1,4 +1,4 @@
-"""Shared fixtures: a real Kafka broker (KRaft) for the whole session, and where real data lives."""
+"""Shared fixtures: a real Kafka broker (KRaft) and a three-node KRaft cluster for the whole session, and where real data lives."""
 
 from __future__ import annotations
 
@@ -33,6 +33,25 @@ def kafka_broker(tmp_path_factory):
         yield broker
     finally:
         broker.stop()
+
+
+@pytest.fixture(scope="session")
+def kafka_cluster(tmp_path_factory):
+    """A real three-node KRaft cluster (each node broker and controller) on free ports, with the
+    project's topics created at replication factor 3 and min.insync.replicas 2.
+
+    Shared by the session: a test that kills a node starts it again before it ends.
+    """
+    from market_anomaly.kafka import topics
+    from market_anomaly.kafka.broker import LocalCluster
+
+    cluster = LocalCluster(tmp_path_factory.mktemp("kafka-cluster"), brokers=3)
+    cluster.start()
+    try:
+        cluster.ensure_topics(topics.DEFAULT_TOPICS)
+        yield cluster
+    finally:
+        cluster.stop()
 
 
 @pytest.fixture

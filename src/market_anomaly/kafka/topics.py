@@ -31,15 +31,23 @@ _probe_logger = logging.getLogger("market_anomaly.kafka.probe")
 _probe_logger.setLevel(logging.CRITICAL)
 
 
-def wait_until_ready(client_config: dict[str, str], timeout: float = 60.0) -> AdminClient:
-    """Return an admin client once a metadata request succeeds (the broker answers and has a controller)."""
+def replication_settings(brokers: int) -> tuple[int, int]:
+    """(replication factor, min.insync.replicas) for a cluster of ``brokers``: three copies where
+    possible, and ``acks=all`` writes go on while one replica is down."""
+    replication_factor = min(3, brokers)
+    return replication_factor, max(1, replication_factor - 1)
+
+
+def wait_until_ready(client_config: dict[str, str], timeout: float = 60.0, brokers: int = 1) -> AdminClient:
+    """Return an admin client once a metadata request succeeds (the broker answers and has a controller)
+    and names at least ``brokers`` brokers."""
     admin = AdminClient({**client_config, "logger": _probe_logger})
     deadline = time.monotonic() + timeout
     last_error: Exception | None = None
     while time.monotonic() < deadline:
         try:
             metadata = admin.list_topics(timeout=2)
-            if metadata.brokers:
+            if len(metadata.brokers) >= brokers:
                 return admin
         except KafkaException as error:
             last_error = error
@@ -51,13 +59,19 @@ def wait_until_ready(client_config: dict[str, str], timeout: float = 60.0) -> Ad
 
 
 def ensure_topics(
-    admin_config: dict[str, str], topics: dict[str, int], replication_factor: int = 1
+    admin_config: dict[str, str], topics: dict[str, int], replication_factor: int = 1,
+    min_insync_replicas: int | None = None,
 ) -> list[str]:
-    """Create the topics that do not exist yet and wait until they serve; return the names created."""
+    """Create the topics that do not exist yet and wait until they serve; return the names created.
+
+    ``min_insync_replicas`` (with ``replication_factor`` > 1) is how many replicas must have an
+    ``acks=all`` write before it counts; unset, the broker's default applies.
+    """
     admin = wait_until_ready(admin_config)
     existing = set(admin.list_topics(timeout=10).topics)
+    topic_config = {} if min_insync_replicas is None else {"min.insync.replicas": str(min_insync_replicas)}
     missing = [
-        NewTopic(name, num_partitions=partitions, replication_factor=replication_factor)
+        NewTopic(name, num_partitions=partitions, replication_factor=replication_factor, config=topic_config)
         for name, partitions in topics.items() if name not in existing
     ]
     if not missing:

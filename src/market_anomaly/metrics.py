@@ -37,6 +37,21 @@ PRODUCER_DELIVERY_FAILURES = Counter("market_anomaly_producer_delivery_failures"
 WEBSOCKET_RECONNECTS = Counter("market_anomaly_producer_websocket_reconnects",
                                "Exchange WebSocket connections lost and reopened after a back-off",
                                registry=None)
+WATCHDOG_RESUBSCRIBES = Counter("market_anomaly_producer_watchdog_resubscribes",
+                                "Symbols silent for longer than the watchdog allows, resubscribed and backfilled",
+                                registry=None)
+SYMBOLS_DROPPED = Counter("market_anomaly_producer_symbols_dropped",
+                          "Symbols unsubscribed because the exchange no longer lists them as TRADING (halt, delisting)",
+                          registry=None)
+SYMBOLS_ADDED = Counter("market_anomaly_producer_symbols_added",
+                        "Symbols subscribed after the start because the exchange newly lists them as TRADING",
+                        registry=None)
+REST_RATE_LIMITED = Counter("market_anomaly_producer_rest_rate_limited",
+                            "REST answers 429/418 from the exchange; every task waits out their Retry-After",
+                            ["status"], registry=None)
+REQUESTS_REFUSED = Counter("market_anomaly_producer_requests_refused",
+                           "Requests the exchange refused for good (REST 4xx, SUBSCRIBE errors after retries)",
+                           ["kind"], registry=None)
 STALE_SYMBOLS = Gauge("market_anomaly_producer_stale_symbols",
                       "Watched symbols whose latest closed candle is more than one interval older than the newest "
                       "symbol's, or that have none yet", registry=None)
@@ -91,7 +106,8 @@ DASHBOARD_EVENTS = Counter("market_anomaly_dashboard_events_sent", "Server-sent 
 CONFIDENCE_LABELS = ("LOW", "MEDIUM", "HIGH")
 
 ROLES = {
-    "producer": (CANDLES_PRODUCED, PRODUCER_DELIVERY_FAILURES, WEBSOCKET_RECONNECTS, STALE_SYMBOLS, DEAD_LETTERS,
+    "producer": (CANDLES_PRODUCED, PRODUCER_DELIVERY_FAILURES, WEBSOCKET_RECONNECTS, WATCHDOG_RESUBSCRIBES,
+                 SYMBOLS_DROPPED, SYMBOLS_ADDED, REST_RATE_LIMITED, REQUESTS_REFUSED, STALE_SYMBOLS, DEAD_LETTERS,
                  DEAD_LETTER_FAILURES),
     "detect": (INPUT_RECORDS, CANDLES_DECIDED, ANOMALIES, BATCH_DURATION, LAST_BATCH, CONSUMER_LAG, DEAD_LETTERS,
                DEAD_LETTER_FAILURES, SINK_FAILURES, SINK_RETRIES, ALERTS_DELIVERED, ALERT_DELIVERY_FAILURES,
@@ -175,9 +191,15 @@ _freshness: SymbolFreshness | None = None
 
 
 def watch_symbols(symbols: list[str], interval_ms: int) -> None:
-    """The producer's watch list: ``STALE_SYMBOLS`` counts its stale symbols at each scrape."""
+    """The producer's watch list: ``STALE_SYMBOLS`` counts its stale symbols at each scrape. Called again when
+    discovery changes the list; symbols still watched keep their latest candle."""
     global _freshness
+    previous = _freshness
     _freshness = SymbolFreshness(symbols, interval_ms)
+    if previous is not None:
+        for symbol, open_time in previous.latest.items():
+            if open_time is not None:
+                _freshness.seen(symbol, open_time)
     STALE_SYMBOLS.set_function(_freshness.stale)
 
 

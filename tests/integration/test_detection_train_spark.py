@@ -26,7 +26,7 @@ from confluent_kafka import Producer
 from market_anomaly.cli import main
 from market_anomaly.core.params import DEFAULTS
 from market_anomaly.exchange.market import synthetic_candles
-from market_anomaly.training.train import train
+from market_anomaly.training.train import TrainConfig, train
 from market_anomaly.kafka.broker import free_port
 
 pytestmark = pytest.mark.integration
@@ -112,7 +112,7 @@ def spark():
 def spark_training(spark, candles) -> tuple[dict, dict]:
     from market_anomaly.spark.training import spark_series
 
-    params = train(spark_series(spark, candles, partitions=4), base=BASE, tune_injections=TUNE)
+    params = train(spark_series(spark, candles, partitions=4), TrainConfig(base=BASE, tune_injections=TUNE))
     model = params.model
     return params.to_json(), {"mean": model.mean, "directions": model.directions, "scales": model.scales}
 

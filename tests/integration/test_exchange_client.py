@@ -20,6 +20,7 @@ from aiohttp import web
 
 from market_anomaly.candles.record import Candle, Rejected
 from market_anomaly.exchange.client import BinanceKlineClient, ExponentialBackoff
+from market_anomaly.exchange.discovery import SymbolSelection, UnknownSymbols
 from market_anomaly.exchange.market import Market, SyntheticSource
 from market_anomaly.exchange.simulator import ExchangeSimulator, SimulatedClock
 
@@ -88,13 +89,15 @@ def test_rest_klines_paging_limits_and_errors():
             assert status == 200 and len(page) == 1000 and page[0][0] == start
             status, rest = await get(session, klines, symbol="BTCUSDT", interval="1m", startTime=page[-1][0] + 1,
                                      limit=1000)
-            assert rest[0][0] == page[-1][0] + MINUTE and 500 <= len(rest) <= 502   # 500 history + the live ones
-            assert all(row[6] < sim.clock.now() for row in rest), "only closed candles"
+            assert rest[0][0] == page[-1][0] + MINUTE and 501 <= len(rest) <= 503   # 500 history, live, the open one
+            now = sim.clock.now()
+            assert all(row[6] < now for row in rest[:-1]) and rest[-1][0] <= now <= rest[-1][6], \
+                "closed candles, then the still-open one (as Binance lists it)"
             assert [Candle.from_rest_row("BTCUSDT", "1m", row).open_time for row in page + rest] == \
                 list(range(start, rest[-1][0] + MINUTE, MINUTE))
 
             status, latest = await get(session, klines, symbol="btcusdt", interval="1m")
-            assert len(latest) == 500 and latest[-1] == rest[-1]
+            assert len(latest) == 500 and latest[-1][0] == rest[-1][0]   # the open one, moved on since
             status, until = await get(session, klines, symbol="BTCUSDT", interval="1m", endTime=start + 9 * MINUTE,
                                       limit=3)
             assert [row[0] for row in until] == [start + 7 * MINUTE, start + 8 * MINUTE, start + 9 * MINUTE]
@@ -141,7 +144,9 @@ def test_subscribe_methods_on_the_bare_endpoint():
             assert any(reply.get("stream") == "solusdt@kline_1m" for reply in replies)
             await ws.send(json.dumps({"method": "SUBSCRIBE", "params": ["nonsense"], "id": 3}))
             replies = [json.loads(await ws.recv()) for _ in range(8)]
-            assert any(reply.get("id") == 3 and reply["error"]["code"] == 2 for reply in replies)
+            refusal = [reply for reply in replies if reply.get("id") == 3]
+            assert refusal and refusal[0]["code"] == 2 and refusal[0]["msg"].startswith("Invalid request"), \
+                "Binance's flat error shape"
     asyncio.run(scenario())
 
 
@@ -333,3 +338,53 @@ def test_client_fills_a_candle_the_stream_skipped_from_rest_without_reconnecting
         assert_contiguous(series)
         filled = [candle for candle in series if candle.source == "rest"]
         assert len(filled) >= 3 and all(candle.open_time // MINUTE % 5 == 0 for candle in filled)
+
+
+@pytest.mark.integration
+def test_unknown_explicit_symbols_are_refused_at_start_with_a_clear_message():
+    async def scenario():
+        async with simulator(speed=60.0) as sim:
+            stream = BinanceKlineClient(sim.ws_url, sim.rest_url, SymbolSelection(symbols=("BTCUSDT", "BTCUSTD")),
+                                        "1m").candles()
+            with pytest.raises(UnknownSymbols, match="does not list BTCUSTD"):
+                await asyncio.wait_for(anext(stream), 10)
+    asyncio.run(scenario())
+
+
+@pytest.mark.integration
+def test_refused_subscribes_are_retried_until_acknowledged():
+    symbols = [f"SYM{i:03d}USDT" for i in range(120)]    # too long for a URL: subscribed by message
+
+    async def scenario():
+        async with simulator(symbols, speed=120.0, history=5) as sim:
+            sim.refuse_subscribes = 2
+            client = BinanceKlineClient(sim.ws_url, sim.rest_url, symbols, "1m", backoff_initial=0.1)
+            return sim, await collect(client, 5.0)
+    sim, items = asyncio.run(scenario())
+    assert sim.refuse_subscribes == 0 and sim.connections_served == 1
+    assert set(by_symbol(items)) == set(symbols), "every stream flowed after the retries"
+
+
+@pytest.mark.integration
+def test_server_shutdown_hands_over_without_gap_or_duplicate():
+    async def scenario():
+        async with simulator(speed=600.0) as sim:
+            client = BinanceKlineClient(sim.ws_url, sim.rest_url, SYMBOLS, "1m")
+            stream = client.candles()
+            items = []
+
+            async def read():
+                async for item in stream:
+                    items.append(item)
+            reader = asyncio.create_task(read())
+            await asyncio.sleep(1.5)
+            await sim.server_shutdown(grace=1.0)
+            await asyncio.sleep(1.5)
+            reader.cancel()
+            await stream.aclose()
+            return sim, stream, items
+    sim, stream, items = asyncio.run(scenario())
+    assert stream.handovers == 1 and stream.reconnects == 0 and sim.connections_served == 2
+    for series in by_symbol(items).values():
+        assert_contiguous(series)
+        assert {candle.source for candle in series} == {"ws"}, "no gap to fill: the new connection was up first"

@@ -19,13 +19,13 @@ from market_anomaly.core.features import CandleFeatures, RollingStats, Segments,
 from market_anomaly.core.params import DEFAULTS, params_from_dict, params_with
 from market_anomaly.core.state import unpack
 from market_anomaly.exchange.market import MINUTE_MS as MINUTE, SYNTHETIC_START as START, synthetic_candles
-from market_anomaly.training.train import train, write_params
+from market_anomaly.training.train import TrainConfig, train, write_params
 from support import market, small_document
 
 
 @pytest.fixture(scope="module")
 def params():
-    return train({"TESTUSDT": market(4000, seed=1)}, base=small_document())
+    return train({"TESTUSDT": market(4000, seed=1)}, TrainConfig(base=small_document()))
 
 
 @pytest.fixture(scope="module")
@@ -381,7 +381,7 @@ def test_a_new_model_file_is_picked_up_and_a_broken_one_rejected(tmp_path, param
     model_path = write_params(params, path)
     watcher = ParamsWatcher(path)
     first = watcher.current()
-    retrained = train({"TESTUSDT": market(3000, seed=2)}, base=small_document())
+    retrained = train({"TESTUSDT": market(3000, seed=2)}, TrainConfig(base=small_document()))
     write_params(retrained, path)
     os.utime(model_path, ns=(0, model_path.stat().st_mtime_ns + 1_000_000_000))
     second = watcher.current()

@@ -12,14 +12,14 @@ from market_anomaly.core.calibration import MAX_SURPRISE, calibration_problem, f
 from market_anomaly.core.consensus import fuse
 from market_anomaly.core.params import pair_keys
 from market_anomaly.core.params import params_from_dict
-from market_anomaly.training.train import alarm_episodes, choose_threshold, score_series, train
+from market_anomaly.training.train import alarm_episodes, choose_threshold, score_series, TrainConfig, train
 from support import market, small_document
 
 
 @pytest.fixture(scope="module")
 def trained():
     history = {"AAAUSDT": market(6000, seed=11, symbol="AAAUSDT"), "BBBUSDT": market(6000, seed=12, symbol="BBBUSDT")}
-    return history, train(history, base=small_document())
+    return history, train(history, TrainConfig(base=small_document()))
 
 
 def test_surprise_is_minus_log10_of_the_training_tail_and_grows_beyond_it():

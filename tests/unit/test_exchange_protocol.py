@@ -8,7 +8,7 @@ import pytest
 
 from market_anomaly.candles.record import Candle, Rejected
 from market_anomaly.exchange import protocol
-from market_anomaly.exchange.client import parse_frame
+from market_anomaly.exchange.client import MethodReply, ServerShutdown, parse_frame
 from market_anomaly.exchange.market import partial_candle
 from market_anomaly.exchange.simulator import GARBAGE_FRAMES
 
@@ -20,8 +20,10 @@ GENERATED = {"open_time": 1769285820000, "open": 89391.58, "high": 89420.0, "low
 def test_interval_lengths_and_unknown_interval():
     assert [protocol.interval_ms(i) for i in ("1m", "3m", "5m", "15m", "1h", "1d")] == [
         60_000, 180_000, 300_000, 900_000, 3_600_000, 86_400_000]
-    with pytest.raises(ValueError, match="unsupported interval"):
-        protocol.interval_ms("1w")
+    assert protocol.interval_ms("1w") == 7 * 86_400_000 and len(protocol.INTERVALS) == 16   # 1s ... 1M, all of them
+    for unknown in ("7m", "1y", "", "m"):
+        with pytest.raises(ValueError, match="unsupported interval"):
+            protocol.interval_ms(unknown)
 
 
 def test_stream_names_are_lowercase_and_parse_back():
@@ -63,7 +65,9 @@ def test_parse_frame_combined_raw_open_and_replies():
     assert isinstance(combined, Candle) and combined == raw and combined.event_time == 5
     still_open = protocol.kline_event(GENERATED, "BTCUSDT", "1m", final=False, event_time=5)
     assert parse_frame(json.dumps(still_open)) is None
-    assert parse_frame('{"result": null, "id": 1}') is None
+    assert parse_frame('{"result": null, "id": 1}') == MethodReply(1, None)
+    assert parse_frame('{"code": 2, "msg": "Invalid request: x", "id": 4}') == MethodReply(4, "code 2: Invalid request: x")
+    assert parse_frame('{"e": "serverShutdown", "E": 1}') == ServerShutdown()
 
 
 @pytest.mark.parametrize("frame, reason", [

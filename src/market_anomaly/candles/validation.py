@@ -40,16 +40,34 @@ PRICES = ("open", "high", "low", "close")
 AMOUNTS = ("volume", "quote_volume", "taker_buy_base", "taker_buy_quote", "trades")
 REQUIRED = ("symbol", "open_time", *PRICES, "volume")
 
-_UNIT_MS = {"s": 1_000, "m": 60_000, "h": 3_600_000, "d": 86_400_000}
-# Fixed-length Binance intervals (1w and 1M are calendar-aligned, not supported here).
-INTERVALS = ("1s", "1m", "3m", "5m", "15m", "30m", "1h", "2h", "4h", "6h", "8h", "12h", "1d", "3d")
+_DAY_MS = 86_400_000
+# "M" is a calendar month; its nominal length is 30 days (the exchange's close times are exact).
+_UNIT_MS = {"s": 1_000, "m": 60_000, "h": 3_600_000, "d": _DAY_MS, "w": 7 * _DAY_MS, "M": 30 * _DAY_MS}
+# Every kline interval Binance offers, the one table of them.
+INTERVALS = ("1s", "1m", "3m", "5m", "15m", "30m", "1h", "2h", "4h", "6h", "8h", "12h", "1d", "3d", "1w", "1M")
+# Where open times fall, as (modulus, offset) of epoch ms, where it is not simply a multiple of the length:
+# weeks open on Mondays (the epoch was a Thursday), months at midnight on the 1st (checked to the day).
+_ALIGNMENT = {"1w": (7 * _DAY_MS, 4 * _DAY_MS), "1M": (_DAY_MS, 0)}
 
 
 def interval_ms(interval: str) -> int:
-    """Length of a kline interval in milliseconds; ValueError for an unknown interval."""
+    """Length of a kline interval in milliseconds (1M: nominally 30 days); ValueError for an unknown interval.
+
+    >>> interval_ms("1w"), interval_ms("1M") // 86_400_000
+    (604800000, 30)
+    """
     if interval not in INTERVALS:
         raise ValueError(f"unsupported interval {interval!r}; choose one of {', '.join(INTERVALS)}")
     return int(interval[:-1]) * _UNIT_MS[interval[-1]]
+
+
+def interval_alignment(interval: str) -> tuple[int, int]:
+    """(modulus, offset): an ``interval`` candle's open time ``t`` has ``(t - offset) % modulus == 0``.
+
+    >>> interval_alignment("1h"), interval_alignment("1w")
+    ((3600000, 0), (604800000, 345600000))
+    """
+    return _ALIGNMENT.get(interval, (interval_ms(interval), 0))
 
 
 def interval_name(milliseconds: int) -> str:
@@ -110,7 +128,9 @@ def rules(limits: Limits) -> list[Rule]:
         ("open_time before 2009", lambda c, b, _: c["open_time"] < EARLIEST_OPEN_TIME),
     ]
     if step is not None:
-        table.append((f"open_time not aligned to {limits.interval}", lambda c, b, _: (c["open_time"] % step) != 0))
+        modulus, offset = interval_alignment(limits.interval)
+        table.append((f"open_time not aligned to {limits.interval}",
+                      lambda c, b, _: ((c["open_time"] - offset) % modulus) != 0))
     if limits.present_ms is not None:
         lead = step or 0
         table.append((f"open_time more than {limits.interval or 'a moment'} after the present",

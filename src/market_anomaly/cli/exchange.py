@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from market_anomaly import config
+from market_anomaly.cli import options
 from market_anomaly.exchange import protocol
 from market_anomaly.exchange.market import (MINUTE_MS, Injection, Market, ReplaySource, SyntheticSource,
                                             random_injections)
@@ -41,8 +42,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--symbols", default=None,
                         help="comma-separated symbols of the synthetic market (env MARKET_ANOMALY_SYMBOLS; default: "
                              f"{config.DEFAULT_SYMBOLS}); with --replay the files decide")
-    parser.add_argument("--interval", default="1m", choices=protocol.INTERVALS, metavar="INTERVAL",
-                        help="kline interval (default: %(default)s; 1s, 1m, 3m, 5m, 15m, 30m, 1h ... 1d)")
+    parser.add_argument("--pairs", type=options.positive_int, default=None, metavar="N",
+                        help="instead of --symbols, N synthetic pairs P0000USDT, P0001USDT, ... (every 20th quoted "
+                             "in BTC), as many as Binance lists")
+    parser.add_argument("--interval", default="1m", type=options.kline_interval,
+                        help="kline interval (default: %(default)s; 1s, 1m, 3m, 5m, 15m, 30m, 1h ... 3d, 1w)")
     parser.add_argument("--speed", type=float, default=60.0,
                         help="simulated seconds per real second (default: %(default)s: a 1m candle per second)")
     parser.add_argument("--history", type=int, default=1000, metavar="N",
@@ -61,6 +65,19 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="write the injections as JSON [{symbol, kind, open_time, end_time, magnitude}]")
     parser.add_argument("--updates-per-candle", type=int, default=2, metavar="N",
                         help="still-open kline updates (x=false) sent before each final one (default: %(default)s)")
+    parser.add_argument("--rest-latency", type=float, default=0.0, metavar="SECONDS",
+                        help="answer every REST request this much later (default: %(default)s)")
+    parser.add_argument("--weight-limit", type=options.positive_int, default=protocol.WEIGHT_LIMIT_PER_MINUTE,
+                        metavar="N", help="REQUEST_WEIGHT per minute before 429s (default: %(default)s)")
+    parser.add_argument("--halted", default="", metavar="SYMBOLS",
+                        help="comma-separated symbols listed with status BREAK from the start (no candles)")
+    parser.add_argument("--unlisted", default="", metavar="SYMBOLS",
+                        help="comma-separated symbols simulated but not listed until POST /sim/list (with --control)")
+    parser.add_argument("--quiet", default="", metavar="SYMBOLS",
+                        help="comma-separated symbols whose candles have no trades (flat, zero volume)")
+    parser.add_argument("--control", action="store_true",
+                        help="serve POST /sim/{halt,list,storm,shutdown,cut} and GET /sim/report, for tests and "
+                             "benchmarks (never expose it)")
     parser.add_argument("--drop-every", type=int, default=None, metavar="N",
                         help="fault: close every WebSocket connection after N messages")
     parser.add_argument("--malformed-every", type=int, default=None, metavar="N",
@@ -84,6 +101,11 @@ def parse_injection(text: str) -> tuple[str, str, float]:
         raise argparse.ArgumentTypeError(f"minute {minute!r} is not a number") from None
 
 
+def synthetic_pairs(count: int) -> list[str]:
+    """``count`` pair names, every 20th quoted in BTC: ``P0000BTC``, ``P0001USDT``, ..."""
+    return [f"P{i:04d}{'BTC' if i % 20 == 0 else 'USDT'}" for i in range(count)]
+
+
 def build_market(args: argparse.Namespace) -> tuple[Market, int]:
     """The market the arguments describe, with its injections applied, and the live start (ms)."""
     step = protocol.interval_ms(args.interval)
@@ -91,7 +113,9 @@ def build_market(args: argparse.Namespace) -> tuple[Market, int]:
         source = ReplaySource(args.replay, args.interval, args.seed)
         live_start = source.live_start(args.history)
     else:
-        symbols = config.parse_symbols(args.symbols or config.env("SYMBOLS", config.DEFAULT_SYMBOLS))
+        symbols = synthetic_pairs(args.pairs) if args.pairs else \
+            config.parse_symbols(args.symbols or config.env("SYMBOLS", config.DEFAULT_SYMBOLS))
+        symbols += [symbol for symbol in config.parse_symbols(args.unlisted) if symbol not in symbols]
         live_start = int(time.time() * 1000) // step * step
         source = SyntheticSource(symbols, args.interval, args.seed, live_start - args.history * step)
     injections = [Injection(symbol, kind, live_start + int(minute * MINUTE_MS) // step * step)
@@ -118,11 +142,16 @@ def run(args: argparse.Namespace) -> int:
 
 async def serve(args: argparse.Namespace, market: Market, clock: SimulatedClock) -> None:
     simulator = ExchangeSimulator(market, clock, updates_per_candle=args.updates_per_candle,
-                                  drop_every=args.drop_every, malformed_every=args.malformed_every)
+                                  drop_every=args.drop_every, malformed_every=args.malformed_every,
+                                  rest_latency=args.rest_latency, weight_limit=args.weight_limit,
+                                  halted=tuple(config.parse_symbols(args.halted)),
+                                  unlisted=tuple(config.parse_symbols(args.unlisted)),
+                                  quiet=tuple(config.parse_symbols(args.quiet)), control=args.control)
     await simulator.start(args.host, args.port)
     print(f"exchange simulator listening: {simulator.ws_url} rest {simulator.rest_url}", flush=True)
     log.info("serving %d symbols (%s) x %s klines, %s market from %s UTC at %gx; %d candles of history each",
-             len(market.symbols), ",".join(market.symbols), market.interval,
+             len(market.symbols), ",".join(market.symbols[:10]) + (",..." if len(market.symbols) > 10 else ""),
+             market.interval,
              "replayed" if args.replay else "synthetic", _utc(clock.start), clock.speed, args.history)
     for label in market.labels:
         log.info("anomaly %s in %s at %s UTC", label["kind"], label["symbol"], _utc(label["open_time"]))

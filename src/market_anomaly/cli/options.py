@@ -20,6 +20,28 @@ def key_value(pair: str) -> str:
     return pair
 
 
+def kline_interval(text: str) -> str:
+    """argparse type of --interval: one of Binance's kline intervals, else a usage error listing them."""
+    from market_anomaly.candles.validation import interval_ms
+
+    try:
+        interval_ms(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error))
+    return text
+
+
+def positive_int(text: str) -> int:
+    """argparse type of counts that must be at least 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value} is not positive")
+    return value
+
+
 def parse_pairs(pairs: list[str] | None) -> dict[str, str]:
     """Turn ``["acks=all", "linger.ms=5"]`` into a dict (the value may hold ``=``); a pair without ``=`` is an error."""
     return {key.strip(): value.strip() for key, _, value in (key_value(pair).partition("=") for pair in pairs or [])}

@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import argparse
 import logging
+import sys
 import time
 from pathlib import Path
 
 from market_anomaly.cli import options
-import sys
-
 from market_anomaly.cli.history import add_history_arguments, base_document
+from market_anomaly.training.train import (DEFAULT_ALARM_QUANTILE, DEFAULT_TUNE_INJECTIONS, TrainConfig, train,
+                                           write_params)
 
 log = logging.getLogger("market_anomaly.train")
 
@@ -55,34 +56,41 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     options.add_session_arguments(parser)
 
 
+def train_config(args: argparse.Namespace) -> TrainConfig:
+    """``train``'s fitting flags as one frozen value."""
+    sources = [f"kafka:{args.topic}"] if args.topic else [Path(path).name for path in args.input]
+    return TrainConfig(
+        base=base_document(args.base),
+        alarm_quantile=args.alarm_quantile or DEFAULT_ALARM_QUANTILE,
+        tune_injections=DEFAULT_TUNE_INJECTIONS if args.tune_injections is None else args.tune_injections,
+        sources=tuple(sources),
+    )
+
+
 def run_train(args: argparse.Namespace) -> int:
     from market_anomaly.candles.files import series_by_symbol
     from market_anomaly.kafka.topics import read_candle_topic
 
-    sources = [f"kafka:{args.topic}"] if args.topic else [Path(path).name for path in args.input]
+    config = train_config(args)
     if args.spark:
         from market_anomaly.spark.training import training_series
 
         with training_series(args.master, options.parse_pairs(args.conf), inputs=args.input, topic=args.topic,
                              kafka=options.kafka_client_config(args) if args.topic else None) as series:
-            return _train_and_write(args, series, sources)
+            return _train_and_write(series, config, args.output)
     if args.topic:
         series = series_by_symbol([], read_candle_topic(options.kafka_client_config(args), args.topic))
     else:
         series = series_by_symbol(args.input)
-    return _train_and_write(args, series, sources)
+    return _train_and_write(series, config, args.output)
 
 
-def _train_and_write(args: argparse.Namespace, series, sources: list[str]) -> int:
-    from market_anomaly.training.train import DEFAULT_ALARM_QUANTILE, DEFAULT_TUNE_INJECTIONS, train, write_params
-
+def _train_and_write(series, config: TrainConfig, output: Path) -> int:
     started = time.perf_counter()
-    params = train(series, base=base_document(args.base),
-                   alarm_quantile=args.alarm_quantile or DEFAULT_ALARM_QUANTILE, sources=sources,
-                   tune_injections=DEFAULT_TUNE_INJECTIONS if args.tune_injections is None else args.tune_injections)
-    model_path = write_params(params, args.output)
+    params = train(series, config)
+    model_path = write_params(params, output)
     log.info("trained on %d candles of %d series in %.1fs; wrote %s and %s", params.trained_on["candles"],
-             len(params.trained_on["series"]), time.perf_counter() - started, args.output, model_path)
+             len(params.trained_on["series"]), time.perf_counter() - started, output, model_path)
     return 0
 
 

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from market_anomaly import config, maven
-from market_anomaly.cli import build_parser, settings
+from market_anomaly.cli import build_parser, produce, settings
 
 log = logging.getLogger("market_anomaly.up")
 
@@ -45,7 +45,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     up.add_argument("--bootstrap-servers", default=None,
                     help="use this Kafka cluster instead of starting a local broker")
     up.add_argument("--binance", action="store_true",
-                    help="read the real Binance instead of the built-in simulator (needs internet)")
+                    help="read the real Binance (or the exchange --ws-url/--rest-url name) instead of the built-in "
+                         "simulator (needs internet)")
+    produce.add_exchange_url_arguments(up)
     up.add_argument("--symbols", default=config.env("SYMBOLS", config.DEFAULT_SYMBOLS),
                     help="symbols to watch (default: %(default)s)")
     up.add_argument("--speed", type=float, default=60.0,
@@ -175,7 +177,7 @@ def run_up(args: argparse.Namespace) -> int:
             return Child(name, command(*words), log_path, stop_timeout=stop_timeout, settle=settle)
 
         if args.binance:
-            ws_url, rest_url = config.BINANCE_WS_URL, config.BINANCE_REST_URL
+            ws_url, rest_url = args.ws_url, args.rest_url
         else:
             port = free_port()
             ws_url, rest_url = f"ws://127.0.0.1:{port}", f"http://127.0.0.1:{port}"

@@ -291,7 +291,7 @@ def partial_candle(candle: dict, fraction: float) -> dict:
         "high": max(candle["open"], close) + (candle["high"] - top) * fraction,
         "low": min(candle["open"], close) - (bottom - candle["low"]) * fraction,
         **{field: candle[field] * fraction for field in ("volume", "quote_volume", "taker_buy_base", "taker_buy_quote")},
-        "trades": max(1, int(candle["trades"] * fraction)),
+        "trades": min(int(candle["trades"]), max(1, int(candle["trades"] * fraction))),  # a quiet candle stays at 0
     }
 
 

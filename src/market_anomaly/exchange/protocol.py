@@ -12,14 +12,50 @@ from typing import Any, Mapping
 from market_anomaly.candles.validation import INTERVALS, interval_ms  # noqa: F401 - the exchange's names for them
 
 MAX_STREAMS_PER_CONNECTION = 1024   # Binance rejects a connection with more
+MAX_INBOUND_MESSAGES_PER_SECOND = 5  # per connection, pings and pongs included; more closes it (1008)
 KLINES_DEFAULT_LIMIT = 500
 KLINES_MAX_LIMIT = 1000
+WEIGHT_LIMIT_PER_MINUTE = 6000      # REQUEST_WEIGHT per IP per minute
+USED_WEIGHT_HEADER = "X-MBX-USED-WEIGHT-1M"
+QUOTE_ASSETS = ("USDT", "FDUSD", "USDC", "BTC", "ETH", "BNB", "TRY", "EUR")  # longest match first where they overlap
 
 # Binance error codes the simulator answers with.
 ERROR_BAD_PARAMETER = -1100
 ERROR_MANDATORY_PARAMETER = -1102
 ERROR_INVALID_INTERVAL = -1120
 ERROR_INVALID_SYMBOL = -1121
+ERROR_TOO_MANY_REQUESTS = -1003
+ERROR_INVALID_REQUEST = 2           # WebSocket method replies: {"code": 2, "msg": "Invalid request: ...", "id": n}
+ERROR_INVALID_JSON = 3
+
+
+def request_weight(path: str, params: Mapping[str, Any]) -> int:
+    """Binance's REQUEST_WEIGHT of a GET: klines by ``limit``, exchangeInfo 20, the rest 1."""
+    if path.endswith("/klines"):
+        limit = int(params.get("limit") or KLINES_DEFAULT_LIMIT)
+        return 1 if limit < 100 else 2 if limit < 500 else 5 if limit <= 1000 else 10
+    if path.endswith("/exchangeInfo"):
+        return 20
+    return 1
+
+
+def split_symbol(symbol: str) -> tuple[str, str]:
+    """``ETHBTC`` -> (``ETH``, ``BTC``): base and quote asset by the known quote suffixes."""
+    for quote in QUOTE_ASSETS:
+        if symbol.endswith(quote) and len(symbol) > len(quote):
+            return symbol[:-len(quote)], quote
+    return symbol[:-3], symbol[-3:]
+
+
+def method_reply_error(message: Mapping[str, Any]) -> str | None:
+    """The error text of a WebSocket method reply, None if it succeeded. Binance's errors are flat
+    (``{"code": 2, "msg": ..., "id": n}``); a nested ``{"error": {...}}`` is accepted too."""
+    if "result" in message and "code" not in message and "error" not in message:
+        return None
+    error = message.get("error", message)
+    if isinstance(error, Mapping):
+        return f"code {error.get('code')}: {error.get('msg')}"
+    return str(error)
 
 
 def stream_name(symbol: str, interval: str) -> str:
@@ -77,5 +113,28 @@ def klines_row(candle: Mapping[str, Any], interval: str) -> list:
     ]
 
 
-def error_body(code: int, message: str) -> dict:
-    return {"code": code, "msg": message}
+def error_body(code: int, message: str, request_id: int | None = None) -> dict:
+    """Binance's flat error: ``{"code", "msg"}`` on REST, with the request ``id`` on the WebSocket."""
+    body: dict = {"code": code, "msg": message}
+    if request_id is not None:
+        body["id"] = request_id
+    return body
+
+
+def symbol_info(symbol: str, status: str, tick_size: str = "0.01000000") -> dict:
+    """One ``symbols`` entry of ``/api/v3/exchangeInfo``."""
+    base, quote = split_symbol(symbol)
+    return {
+        "symbol": symbol, "status": status, "baseAsset": base, "quoteAsset": quote,
+        "baseAssetPrecision": 8, "quoteAssetPrecision": 8, "isSpotTradingAllowed": True,
+        "filters": [
+            {"filterType": "PRICE_FILTER", "minPrice": tick_size, "maxPrice": "1000000.00000000",
+             "tickSize": tick_size},
+            {"filterType": "LOT_SIZE", "minQty": "0.00001000", "maxQty": "9000.00000000", "stepSize": "0.00001000"},
+        ],
+    }
+
+
+def shutdown_event(event_time: int) -> dict:
+    """What Binance sends shortly before it closes a connection for maintenance."""
+    return {"e": "serverShutdown", "E": event_time}

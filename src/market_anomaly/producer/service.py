@@ -19,6 +19,7 @@ from confluent_kafka import KafkaError
 
 from market_anomaly import config, metrics
 from market_anomaly.candles.record import Candle, Rejected
+from market_anomaly.exchange.discovery import SymbolSelection
 from market_anomaly.kafka.dead_letter import DeadLetterPublisher
 from market_anomaly.kafka.producing import produce_waiting, reliable_producer
 
@@ -30,7 +31,7 @@ class ProduceConfig:
     """What ``produce`` needs, built once by the command line (``cli.produce``)."""
 
     kafka: dict[str, str]  # client settings: bootstrap.servers and -X pairs
-    symbols: tuple[str, ...]
+    selection: SymbolSelection  # explicit symbols, or every TRADING pair of some quote assets
     ws_url: str = config.BINANCE_WS_URL
     rest_url: str = config.BINANCE_REST_URL
     interval: str = "1m"
@@ -39,10 +40,14 @@ class ProduceConfig:
     seed_history: int = 0
     seed_files: tuple[Path, ...] = ()
     max_candles: int | None = None
+    resume: bool = True             # continue each symbol from its last candle in the topic
+    streams_per_connection: int = 200
+    discovery_interval: float = 300.0
+    stale_intervals: int = 3
 
 
-def candles_from_files(paths: list[Path], interval: str, symbols: list[str]) -> list[Candle]:
-    """The watched symbols' candles from history files, oldest first; columns a file lacks are NaN."""
+def candles_from_files(paths: list[Path], interval: str, selection: SymbolSelection) -> list[Candle]:
+    """The selected symbols' candles from history files, oldest first; columns a file lacks are NaN."""
     import numpy as np
     import pandas as pd
 
@@ -50,7 +55,7 @@ def candles_from_files(paths: list[Path], interval: str, symbols: list[str]) -> 
     from market_anomaly.exchange.protocol import interval_ms
 
     frame = pd.concat([read_candles(path) for path in paths], ignore_index=True)
-    frame = frame[frame["symbol"].isin(symbols)].sort_values(["open_time", "symbol"], kind="stable")
+    frame = frame[frame["symbol"].map(selection.matches)].sort_values(["open_time", "symbol"], kind="stable")
     optional = {name: frame[name] if name in frame else np.nan
                 for name in ("quote_volume", "taker_buy_base", "taker_buy_quote")}
     frame = frame.assign(**optional, trades=frame["trades"] if "trades" in frame else 0)
@@ -133,12 +138,21 @@ async def pump(client, producer: CandleProducer, max_candles: int | None, stop: 
 
 def run(job: ProduceConfig) -> int:
     from market_anomaly.exchange.client import BinanceKlineClient
+    from market_anomaly.exchange.discovery import UnknownSymbols
+    from market_anomaly.producer.resume import last_open_times
 
-    symbols = list(job.symbols)
-    client = BinanceKlineClient(job.ws_url, job.rest_url, symbols, job.interval, seed_history=job.seed_history)
+    resume_from = {}
+    if job.resume:
+        resume_from = {symbol: open_time for symbol, open_time in
+                       last_open_times(job.kafka, job.topic, job.interval,
+                                       set(job.selection.symbols) or None).items()
+                       if job.selection.matches(symbol)}
+        log.info("resuming %d symbols from their last candle in %s", len(resume_from), job.topic)
+    client = BinanceKlineClient(job.ws_url, job.rest_url, job.selection, job.interval, seed_history=job.seed_history,
+                                resume_from=resume_from, streams_per_connection=job.streams_per_connection,
+                                discovery_interval=job.discovery_interval, stale_intervals=job.stale_intervals)
     producer = CandleProducer(job.kafka, job.topic, job.dead_letter_topic)
-    metrics.watch_symbols(symbols, client.interval_ms)
-    log.info("producing %d symbols x %s from %s to %s at %s", len(symbols), job.interval, job.ws_url,
+    log.info("producing %s x %s from %s to %s at %s", job.selection.describe(), job.interval, job.ws_url,
              job.topic, job.kafka.get("bootstrap.servers"))
 
     async def main() -> None:
@@ -150,11 +164,15 @@ def run(job: ProduceConfig) -> int:
 
     try:
         if job.seed_files:
-            seeds = candles_from_files(list(job.seed_files), job.interval, symbols)
+            seeds = [candle for candle in candles_from_files(list(job.seed_files), job.interval, job.selection)
+                     if candle.open_time > resume_from.get(candle.symbol, -1)]   # not twice after a restart
             for candle in seeds:
                 producer.send(candle)
             log.info("seeded %d candles from %s", len(seeds), ", ".join(map(str, job.seed_files)))
         asyncio.run(main())
+    except UnknownSymbols as error:
+        log.error("produce: %s", error)
+        return 2
     finally:
         remaining = producer.close()
         log.info("producer stopped: %d produced, %d delivered, %d failed, %d dead-lettered", producer.produced,

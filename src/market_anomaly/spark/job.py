@@ -294,60 +294,105 @@ def progress_listener(sinks):
     return HealthListener()
 
 
-def run(job: DetectConfig) -> int:
-    """Run the stream until a signal, ``job.run_for`` or a failure; 0 when it stopped cleanly."""
-    from pyspark.sql import functions as F
-
+def run(config: DetectConfig) -> int:
+    """Run the stream until a signal, ``config.run_for`` or a failure; 0 when it stopped cleanly, 2 when the
+    parameter file is unusable (checked before Spark starts)."""
     from market_anomaly.core import InvalidParams
-    from market_anomaly.kafka.dead_letter import DeadLetterPublisher
-    from market_anomaly.sinks import build_sinks
-    from market_anomaly.spark.session import build_session
-    from market_anomaly.spark.workers import params_for
 
-    params_path = str(Path(job.params).resolve())
     try:
-        params = params_for(params_path)  # fail fast, before Spark starts, on a missing or malformed file
-        interval = interval_name(params.interval_ms)
+        job = DetectJob(config)
     except (InvalidParams, ValueError) as error:
         log.error("%s", error)
         return 2
-    spark = build_session("market-anomaly-detect", job.master, job.spark_conf)
-    sinks = build_sinks(job.sinks)
-    dead_letters = None
-    query = None
-    healthy = False
-    try:
-        dead_letters = DeadLetterPublisher(job.kafka, job.dead_letter_topic, stage="consumer")
-        spark.streams.addListener(progress_listener(sinks))
-        candles = parsed_candles(spark, job, interval)
+    with job:
+        return 0 if job.wait() else 1
+
+
+class DetectJob:
+    """The running stream and everything it owns: the Spark session, the sinks, the dead-letter publisher,
+    the progress listener and the query.
+
+    ``DetectJob(config)`` checks the parameter file (``InvalidParams``/``ValueError`` before any Spark
+    start); ``start()`` builds the rest and starts the query; ``wait()`` blocks until a signal,
+    ``config.run_for`` or a failure; ``close()`` lets the running micro-batch finish, then stops the query
+    and releases the parts in reverse order. As a context manager, ``with DetectJob(config) as job:``
+    starts it and always closes it.
+    """
+
+    def __init__(self, config: DetectConfig):
+        from market_anomaly.spark.workers import params_for
+
+        self.config = config
+        self.params_path = str(Path(config.params).resolve())
+        self.interval = interval_name(params_for(self.params_path).interval_ms)  # fails fast on a bad file
+        self.spark = None
+        self.sinks = None
+        self.dead_letters = None
+        self.query = None
+
+    def __enter__(self) -> "DetectJob":
+        try:
+            return self.start()
+        except BaseException:
+            self.close()
+            raise
+
+    def __exit__(self, *exc_info) -> None:
+        self.close()
+
+    def start(self) -> "DetectJob":
+        from market_anomaly.kafka.dead_letter import DeadLetterPublisher
+        from market_anomaly.sinks import build_sinks
+        from market_anomaly.spark.session import build_session
+
+        config = self.config
+        self.spark = build_session("market-anomaly-detect", config.master, config.spark_conf)
+        self.sinks = build_sinks(config.sinks)
+        self.dead_letters = DeadLetterPublisher(config.kafka, config.dead_letter_topic, stage="consumer")
+        self.spark.streams.addListener(progress_listener(self.sinks))
+        self.query = (
+            self.decisions().writeStream.foreachBatch(BatchHandler(self.sinks, self.dead_letters, self.params_path))
+            .option("checkpointLocation", str(config.checkpoint_dir))
+            .trigger(processingTime=config.trigger)
+            .queryName("market-anomaly-detect")
+            .start()
+        )
+        log.info("detect: reading %s from %s; checkpoint %s; params %s",
+                 config.topic, config.kafka.get("bootstrap.servers"), config.checkpoint_dir, self.params_path)
+        return self
+
+    def decisions(self):
+        """The stream of decisions and rejects: parsed candles, hashed into state buckets, through the
+        stateful per-bucket step (``make_detect_step``)."""
+        from pyspark.sql import functions as F
+
+        config = self.config
         output_fields = decision_fields()
-        bucketed = candles.withColumn("bucket", F.pmod(F.xxhash64("symbol"), F.lit(job.state_buckets)))
-        decisions = bucketed.groupBy("bucket").applyInPandasWithState(
-            make_detect_step(params_path, [name for name, _ in output_fields], StateBounds.of(job)),
+        bucketed = parsed_candles(self.spark, config, self.interval).withColumn(
+            "bucket", F.pmod(F.xxhash64("symbol"), F.lit(config.state_buckets)))
+        return bucketed.groupBy("bucket").applyInPandasWithState(
+            make_detect_step(self.params_path, [name for name, _ in output_fields], StateBounds.of(config)),
             outputStructType=spark_schema(output_fields),
             stateStructType=spark_schema([("blob", "binary")]),
             outputMode="append",
             timeoutConf="NoTimeout",
         )
-        query = (
-            decisions.writeStream.foreachBatch(BatchHandler(sinks, dead_letters, params_path))
-            .option("checkpointLocation", str(job.checkpoint_dir))
-            .trigger(processingTime=job.trigger)
-            .queryName("market-anomaly-detect")
-            .start()
-        )
-        log.info("detect: reading %s from %s; checkpoint %s; params %s",
-                 job.topic, job.kafka.get("bootstrap.servers"), job.checkpoint_dir, params_path)
-        healthy = wait_until_stopped(query, job.run_for, on_stop=sinks.stop_retrying)
-    finally:
-        if query is not None:
-            finish_batch(query, STOP_GRACE_SECONDS)
-            query.stop()
-        sinks.close()
-        if dead_letters is not None:
-            dead_letters.flush()
-        spark.stop()
-    return 0 if healthy else 1
+
+    def wait(self) -> bool:
+        """Block until the stream stops; False when the query failed."""
+        return wait_until_stopped(self.query, self.config.run_for, on_stop=self.sinks.stop_retrying)
+
+    def close(self) -> None:
+        if self.query is not None:
+            finish_batch(self.query, STOP_GRACE_SECONDS)
+            self.query.stop()
+        if self.sinks is not None:
+            self.sinks.close()
+        if self.dead_letters is not None:
+            self.dead_letters.flush()
+        if self.spark is not None:
+            self.spark.stop()
+        self.query = self.sinks = self.dead_letters = self.spark = None
 
 
 def wait_until_stopped(query, run_for: float | None, on_stop=lambda: None) -> bool:

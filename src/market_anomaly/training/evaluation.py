@@ -36,7 +36,7 @@ import numpy as np
 import pandas as pd
 
 from market_anomaly.training.injection import KINDS, MAGNITUDE_RANGES, inject_random, injection_slots
-from market_anomaly.training.train import (DETECTION_WINDOW, EPISODE_GAP_MS, alarm_episodes,
+from market_anomaly.training.train import (DETECTION_WINDOW, EPISODE_GAP_MS, TrainConfig, alarm_episodes,
                                                score_series, train)
 
 MIN_GAP = 240
@@ -74,7 +74,7 @@ def evaluate(series: dict[str, pd.DataFrame], injections: int = 200, seed: int =
         series = {key: frame.sort_values("open_time", kind="stable").iloc[:int(len(frame) * train_fraction)]
                   .reset_index(drop=True) for key, frame in series.items()}
     splits = {key: int(len(frame) * train_fraction) for key, frame in series.items()}
-    params = train({key: frame.iloc[:splits[key]] for key, frame in series.items()}, base=base)
+    params = train({key: frame.iloc[:splits[key]] for key, frame in series.items()}, TrainConfig(base=base))
     held_out_days = {key: (len(frame) - splits[key]) / (24 * 60) for key, frame in series.items()}
 
     untouched = score_series(params, series)

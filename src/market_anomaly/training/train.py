@@ -14,6 +14,7 @@ from __future__ import annotations
 import itertools
 import json
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, NamedTuple
 
@@ -74,9 +75,25 @@ class LocalSeries:
         return {key: function(key, frame, *args) for key, frame in self.series.items()}
 
 
-def train(series, base: dict | None = None,
-          alarm_quantile: float = DEFAULT_ALARM_QUANTILE, sources: list[str] | None = None,
-          tune_injections: int = DEFAULT_TUNE_INJECTIONS, tune_seed: int = 0) -> ModelParams:
+@dataclass(frozen=True)
+class TrainConfig:
+    """How ``train`` fits, as one value (built once by the command line, ``cli.train``).
+
+    ``base``: the parameter document to start from (default ``DEFAULTS``); ``sources``: what the candles
+    came from, recorded in the parameter file.
+
+    >>> TrainConfig(tune_injections=0).alarm_quantile
+    0.999
+    """
+
+    base: dict | None = None
+    alarm_quantile: float = DEFAULT_ALARM_QUANTILE
+    tune_injections: int = DEFAULT_TUNE_INJECTIONS
+    tune_seed: int = 0
+    sources: tuple[str, ...] = ()
+
+
+def train(series, config: TrainConfig = TrainConfig()) -> ModelParams:
     """Fit the learned model, calibrate every detector, and set the alarm threshold for the false-alarm budget.
 
     ``series``: frames by key (``candle_files.series_by_symbol``) or a series collection
@@ -97,6 +114,7 @@ def train(series, base: dict | None = None,
     ``base`` is the parameter document to start from (default ``DEFAULTS``); windows, floors and
     the budget come from it, the fitted values are filled in and the model is attached.
     """
+    base, alarm_quantile, tune_injections = config.base, config.alarm_quantile, config.tune_injections
     collection = LocalSeries(series) if isinstance(series, dict) else series
     document = json.loads(json.dumps(base or DEFAULTS))
     document["calibration"] = {}
@@ -120,7 +138,7 @@ def train(series, base: dict | None = None,
     tuning = {}
     if tune_injections > 0:
         offsets, tuning = tune_offsets(params_from_dict(document, model=learned.model), collection,
-                                       tune_injections, tune_seed)
+                                       tune_injections, config.tune_seed)
         document["consensus"]["offsets"] = offsets
     document["consensus"]["threshold"] = 1e9  # the rule path alone
     decided = collection.map(fused_and_rule, params_from_dict(document, model=learned.model))
@@ -132,7 +150,7 @@ def train(series, base: dict | None = None,
         days=_days(lengths))
     document["consensus"]["threshold"] = threshold
     document["trained_on"] = {
-        "sources": [str(source) for source in sources or []],
+        "sources": [str(source) for source in config.sources],
         "series": collection.spans(),
         "candles": int(sum(lengths.values())),
         "model": f"minor principal components of {', '.join(INPUT_NAMES)} "

@@ -17,6 +17,7 @@ import signal
 import sqlite3
 import string
 import time
+import urllib.request
 
 import pytest
 from conftest import OUTAGE_SECONDS
@@ -93,12 +94,16 @@ def test_websocket_drops_and_producer_killed(pipeline):
     assert "reconnecting" in running["produce"].logs(tail=10**7)
 
 
-@pytest.mark.xfail(strict=True, reason="the simulator on main has no serverShutdown event (Binance's notice "
-                                       "before a maintenance disconnect); the exchange branch adds it")
-def test_server_shutdown_notice_at_the_producer():
-    from market_anomaly.exchange import simulator
-
-    assert "serverShutdown" in open(simulator.__file__).read()
+def test_server_shutdown_notices_at_the_producer(pipeline):
+    running = pipeline(exchange_flags=("--control",))
+    running.wait_for_rows(3000, timeout=300)
+    for _ in range(2):  # Binance's notice before a maintenance disconnect: the producer hands over, twice
+        request = urllib.request.Request(running.rest_url + "/sim/shutdown?grace=2", method="POST")
+        with urllib.request.urlopen(request, timeout=10) as response:
+            assert json.loads(response.read())["ok"]
+        time.sleep(10)
+    print(running.verify())
+    assert "announced a shutdown" in running["produce"].logs(tail=10**7)
 
 
 def test_webhook_failing_then_back_delivers_every_alert_once_late(pipeline, receiver):

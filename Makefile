@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 CHART  := src/market_anomaly/dashboard/static/vendor/lightweight-charts.standalone.production.js
 
-.PHONY: demo test test-fast setup vendor-chart bench clean
+.PHONY: demo test test-fast test-faults setup vendor-chart bench clean
 
 demo: setup
 	$(BIN)/market-anomaly up
@@ -40,3 +40,9 @@ bench: setup
 
 clean:
 	rm -rf var .pytest_cache
+
+# The fault suite (issue 13): real processes under kill -9, broker, database and webhook outages, poison records.
+# FAULT_OUTAGE_SECONDS: how long a database or webhook receiver stays away (default: the issue's 2 minutes).
+FAULT_OUTAGE_SECONDS ?= 120
+test-faults: setup
+	FAULT_SUITE=1 FAULT_OUTAGE_SECONDS=$(FAULT_OUTAGE_SECONDS) $(BIN)/python -m pytest tests/faults -v -s --durations=0 $(PYTEST_ARGS)

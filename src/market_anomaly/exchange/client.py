@@ -117,6 +117,7 @@ class _SymbolState:
     watched_since: int | None = None     # newest market time when it was (re)subscribed, for the watchdog
     from_listing: bool = False           # newly listed: backfill from its first candle
     connection: _KlineConnection | None = None
+    leaving: int = 0                     # halted or delisted: final REST fills still to run before it is forgotten
 
 
 class CandleStream:
@@ -221,8 +222,9 @@ class CandleStream:
             log.info("discovered %d TRADING symbols for %s", len(listing.trading), client.selection.describe())
             return list(listing.trading)
         trading = set(listing.trading)
-        added = sorted(trading - set(self._states))
-        gone = sorted(set(self._states) - trading)
+        added = sorted(symbol for symbol in trading if symbol not in self._states or self._states[symbol].leaving)
+        gone = sorted(symbol for symbol, state in self._states.items()
+                      if symbol not in trading and not state.leaving)
         for symbol in gone:
             reason = f"status {listing.not_trading[symbol]}" if symbol in listing.not_trading else "delisted"
             self._remove_symbol(symbol, reason)
@@ -239,6 +241,7 @@ class CandleStream:
         fresh = []
         for symbol in symbols:
             state = self._states.setdefault(symbol, _SymbolState())
+            was_leaving, state.leaving = state.leaving, 0
             self.dropped.pop(symbol, None)
             state.watched_since = self.newest_open_time
             if initial and (symbol in client.resume_from or client.seed_history):
@@ -246,7 +249,7 @@ class CandleStream:
                 self._request_fill(symbol)
             elif not initial:
                 # Listed since the start (or trading again): what closed before we subscribed comes from REST.
-                state.last_open_time = self._left_at.pop(symbol, None)
+                state.last_open_time = state.last_open_time if was_leaving else self._left_at.pop(symbol, None)
                 state.from_listing = state.last_open_time is None
                 self._request_fill(symbol)
             fresh.append(symbol)
@@ -260,15 +263,24 @@ class CandleStream:
             self._open_connection(fresh[start:start + client.streams_per_connection])
 
     def _remove_symbol(self, symbol: str, reason: str) -> None:
-        state = self._states.pop(symbol)
+        """Unsubscribe a symbol the exchange no longer lists as trading. Its state stays until REST has
+        filled what closed before the halt (a last candle may still be in flight or never streamed):
+        two fills, since one already running may stop at a waiting live candle."""
+        state = self._states[symbol]
         self.dropped[symbol] = reason
-        if state.last_open_time is not None:
-            self._left_at[symbol] = state.last_open_time
         metrics.SYMBOLS_DROPPED.inc()
         log.warning("%s is no longer trading (%s): unsubscribed; last candle %s", symbol, reason,
                     state.last_open_time)
         if state.connection is not None:
             state.connection.remove([symbol])
+            state.connection = None
+        state.leaving = 2
+        self._request_fill(symbol)
+
+    def _forget(self, symbol: str) -> None:
+        state = self._states.pop(symbol)
+        if state.last_open_time is not None:
+            self._left_at[symbol] = state.last_open_time
 
     def _open_connection(self, symbols: list[str]) -> _KlineConnection:
         connection = _KlineConnection(self, symbols)
@@ -332,8 +344,16 @@ class CandleStream:
     async def _fill_worker(self) -> None:
         while True:
             symbol = await self._fills.get()
-            if symbol in self._states:
-                await self._fill(symbol)
+            state = self._states.get(symbol)
+            if state is None:
+                continue
+            await self._fill(symbol)
+            if state.leaving and not state.filling and self._states.get(symbol) is state:
+                state.leaving -= 1
+                if state.leaving:
+                    self._request_fill(symbol)
+                else:
+                    self._forget(symbol)
 
     async def _fill(self, symbol: str) -> None:
         """REST candles from the symbol's high-water mark up to its first waiting live candle (or up to now);

@@ -54,6 +54,19 @@ def kafka_cluster(tmp_path_factory):
         cluster.stop()
 
 
+@pytest.fixture(scope="session")
+def spark_cluster(tmp_path_factory):
+    """A Spark standalone cluster from PySpark's own scripts: a master and two one-core workers."""
+    from market_anomaly.spark.standalone import StandaloneCluster
+
+    cluster = StandaloneCluster(tmp_path_factory.mktemp("spark-cluster"), workers=2, cores=1)
+    cluster.start()
+    try:
+        yield cluster
+    finally:
+        cluster.stop()
+
+
 @pytest.fixture
 def fresh_topic(kafka_broker, request):
     """A new, empty topic (4 partitions) for a test that must not see other tests' records."""

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import json
+import signal
+import subprocess
 from pathlib import Path
+from typing import Callable
 
 import pandas as pd
 
@@ -45,3 +48,17 @@ def consume_all(client_config: dict[str, str], topic: str, expected: int, timeou
     finally:
         consumer.close()
     return messages
+
+
+def stop_process(process: subprocess.Popen, signum: int = signal.SIGTERM, timeout: float = 120.0,
+                 force: Callable[[], None] | None = None) -> None:
+    """Ask ``process`` to stop (``signum``: what `up` or systemd would send) and wait; past ``timeout``,
+    ``force()`` (default: SIGKILL the process itself) so a hung job cannot outlive its test."""
+    if process.poll() is not None:
+        return
+    process.send_signal(signum)
+    try:
+        process.wait(timeout)
+    except subprocess.TimeoutExpired:
+        (force or process.kill)()
+        process.wait(30)

@@ -22,6 +22,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from support import stop_process
+
 from market_anomaly.kafka.broker import LocalBroker, free_port
 
 pytestmark = pytest.mark.integration
@@ -85,6 +87,14 @@ def processes_of(home: Path) -> list[int]:
     return pids
 
 
+def kill_all(pids: list[int]) -> None:
+    for pid in pids:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass  # already gone
+
+
 def free_port_pair() -> int:
     """A free port whose successor is free too (`up --metrics-port` takes two)."""
     import socket
@@ -117,13 +127,7 @@ def demo(tmp_path_factory):
         wait_for_decisions(running, timeout=240)
         yield running
     finally:
-        if process.poll() is None:
-            process.send_signal(signal.SIGINT)
-            try:
-                process.wait(120)
-            except subprocess.TimeoutExpired:
-                for pid in processes_of(home):
-                    os.kill(pid, signal.SIGKILL)
+        stop_process(process, signal.SIGINT, force=lambda: kill_all(processes_of(home)))
 
 
 def wait_for_decisions(demo: Demo, timeout: float) -> None:

@@ -1,19 +1,26 @@
-"""Pipeline benchmark: candles through Kafka and the Spark job, sustained throughput and end-to-end latency.
+"""Pipeline benchmark: candles through Kafka and the Spark job into its sinks (Kafka topic and SQLite).
 
-    .venv/bin/python bench/pipeline_throughput.py [--symbols 200] [--candles-per-symbol 300]
+    .venv/bin/python bench/pipeline_throughput.py --mode catch-up --symbols 200 --candles-per-symbol 1000
+    .venv/bin/python bench/pipeline_throughput.py --mode burst --symbols 400 --bursts 30
+    .venv/bin/python bench/pipeline_throughput.py --mode burst --symbols 400 --interval 1s --bursts 60
 
-Phase 1 (throughput): a backlog of SYMBOLS x CANDLES real Binance 1m candles (each symbol a
-different slice of ../shared/data/binance, so the detectors see real markets) is produced to a
-fresh topic, then `market-anomaly detect` starts and works it off in micro-batches of at most
---batch-size records. Sustained throughput = candles decided after the first micro-batch /
-time between the first and the last micro-batch (the first one pays Spark's start-up).
+catch-up (after an outage, a replay, a backfill): a backlog of SYMBOLS x CANDLES real Binance
+1m candles (each symbol a different slice of ../shared/data/binance, so the detectors see real
+markets) is produced to a fresh topic, then `market-anomaly detect` starts and works it off in
+micro-batches of at most --batch-size records. Throughput = candles decided after the first
+micro-batch / time between the first and the last micro-batch (the first one pays Spark's
+start-up).
 
-Phase 2 (latency): with the job caught up, candles are produced at --rate per second for
---duration seconds; latency = the decision's decided_at (when the job hands it to the sinks)
-minus the candle's produced_at (when the producer sent it), p50 / p99 / max.
+burst (the live pattern: every interval all symbols close at once): after a warm-up backlog of
+--warmup-candles per symbol has been decided, a burst of one candle per symbol is produced every
+--burst-every seconds (default: the interval, capped at 10 s; bursts of 1m candles closer than a
+minute are then ahead of the clock, so the job gets --accept-future-candles). A burst's latency is
+from its last produce to its last decision on the job's output topic (the Kafka sink writes after
+the database, so the database has it too), p50 / p99 / max over --bursts bursts.
 
-Decisions are read back from the job's Kafka output topic. A local broker is started in a
-temporary directory unless --bootstrap-servers names one.
+Either mode prints one JSON object: the figures, the settings, the job's peak RSS (driver, JVM and
+Python workers together) and its state store's memory. A local broker is started in a temporary
+directory unless --bootstrap-servers names one.
 """
 
 from __future__ import annotations
@@ -21,10 +28,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import subprocess
 import sys
 import tempfile
+import threading
 import time
+import urllib.request
 import uuid
 from pathlib import Path
 
@@ -33,12 +43,13 @@ import pandas as pd
 from confluent_kafka import Consumer, TopicPartition
 
 from market_anomaly.candles.record import Candle
+from market_anomaly.candles.validation import interval_ms
 from market_anomaly.kafka import topics
-from market_anomaly.kafka.broker import LocalBroker
+from market_anomaly.kafka.broker import LocalBroker, free_port
 from market_anomaly.producer.service import CandleProducer
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "binance"
-MINUTE_MS = 60_000
+PARAMS = Path(__file__).resolve().parents[1] / "model_params.json"
 
 
 def real_markets(data: Path, symbols: int, candles: int) -> dict[str, pd.DataFrame]:
@@ -52,56 +63,150 @@ def real_markets(data: Path, symbols: int, candles: int) -> dict[str, pd.DataFra
     return markets
 
 
-def candle(symbol: str, row, open_time: int) -> Candle:
-    return Candle(symbol=symbol, interval="1m", open_time=open_time, close_time=open_time + MINUTE_MS - 1,
+def candle(symbol: str, row, interval: str, open_time: int) -> Candle:
+    return Candle(symbol=symbol, interval=interval, open_time=open_time, close_time=open_time + interval_ms(interval) - 1,
                   open=float(row.open), high=float(row.high), low=float(row.low), close=float(row.close),
                   volume=float(row.volume), quote_volume=float(row.volume * row.close), trades=0,
                   taker_buy_base=float(row.volume) / 2, taker_buy_quote=float(row.volume * row.close) / 2,
                   event_time=None, source="ws")
 
 
-def read_decisions(bootstrap: str, topic: str, expected: int, timeout: float, job: subprocess.Popen) -> pd.DataFrame:
-    """The job's decisions from its output topic, until ``expected`` arrived, ``timeout`` or the job died."""
-    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": f"bench-{uuid.uuid4()}",
-                         "enable.auto.commit": False})
-    partitions = consumer.list_topics(topic, timeout=10).topics[topic].partitions
-    consumer.assign([TopicPartition(topic, p, 0) for p in partitions])
-    records, deadline = [], time.monotonic() + timeout
-    try:
-        while len(records) < expected and time.monotonic() < deadline and job.poll() is None:
-            for message in consumer.consume(5000, timeout=1):
+class DecisionReader:
+    """The job's output topic from offset 0: each decision's (symbol, open_time) and when the sink wrote it."""
+
+    def __init__(self, bootstrap: str, topic: str):
+        self.consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": f"bench-{uuid.uuid4()}",
+                                  "enable.auto.commit": False})
+        partitions = self.consumer.list_topics(topic, timeout=10).topics[topic].partitions
+        self.consumer.assign([TopicPartition(topic, partition, 0) for partition in partitions])
+        self.rows: list[tuple[str, int, int, int]] = []  # symbol, open_time, decided_at, written (Kafka timestamp)
+
+    def read_until(self, expected: int, timeout: float, job: subprocess.Popen) -> int:
+        deadline = time.monotonic() + timeout
+        while len(self.rows) < expected and time.monotonic() < deadline and job.poll() is None:
+            for message in self.consumer.consume(5000, timeout=0.2):
                 if message.error() is None:
-                    records.append(json.loads(message.value()))
-    finally:
-        consumer.close()
-    return pd.DataFrame(records)
+                    decision = json.loads(message.value())
+                    self.rows.append((decision["symbol"], decision["open_time"], decision["decided_at"],
+                                      message.timestamp()[1]))
+        return len(self.rows)
+
+    def frame(self) -> pd.DataFrame:
+        return pd.DataFrame(self.rows, columns=["symbol", "open_time", "decided_at", "written"])
+
+    def close(self) -> None:
+        self.consumer.close()
 
 
-def start_job(bootstrap: str, candle_topic: str, output_topic: str, state: Path, batch_size: int, log_level: str,
-              extra: list[str]):
+class PeakMemory:
+    """Peak resident memory of a process and all its descendants (the JVM, Python workers), sampled every second."""
+
+    def __init__(self, pid: int):
+        self.pid, self.peak_bytes = pid, 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.wait(1.0):
+            self.peak_bytes = max(self.peak_bytes, sum(map(resident_bytes, process_tree(self.pid))))
+
+    def stop(self) -> int:
+        self._stop.set()
+        self._thread.join()
+        return self.peak_bytes
+
+
+def process_tree(root: int) -> list[int]:
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                parent = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+            children.setdefault(parent, []).append(int(entry.name))
+    tree, pending = [], [root]
+    while pending:
+        pid = pending.pop()
+        tree.append(pid)
+        pending += children.get(pid, [])
+    return tree
+
+
+def resident_bytes(pid: int) -> int:
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return 0
+    found = re.search(r"VmRSS:\s+(\d+) kB", status)
+    return int(found[1]) * 1024 if found else 0
+
+
+def state_bytes(metrics_port: int) -> int | None:
+    try:
+        text = urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5).read().decode()
+    except OSError:
+        return None
+    found = re.search(r"^market_anomaly_detect_state_bytes (\S+)$", text, re.MULTILINE)
+    return int(float(found[1])) if found else None
+
+
+def start_job(args, bootstrap: str, candle_topic: str, output_topic: str, state: Path, metrics_port: int,
+              extra: list[str]) -> subprocess.Popen:
     command = [
-        sys.executable, "-m", "market_anomaly", "--log-level", log_level, "detect",
+        sys.executable, "-m", "market_anomaly", "--log-level", args.job_log_level, "detect",
         "--bootstrap-servers", bootstrap, "--topic", candle_topic, "--anomalies-topic", output_topic,
-        "--checkpoint-dir", str(state / "checkpoint"), "--db", "none", "--console", "off",
-        "--max-offsets-per-trigger", str(batch_size), *extra,
+        "--params", str(params_for_interval(args.interval, state)), "--checkpoint-dir", str(state / "checkpoint"),
+        "--db", "none" if args.db == "none" else f"sqlite:///{state / 'decisions.db'}", "--console", "off",
+        "--max-offsets-per-trigger", str(args.batch_size), "--metrics-port", str(metrics_port), *extra, *args.job_arg,
     ]
     return subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=open(state / "detect.log", "wb"))
 
 
+def params_for_interval(interval: str, state: Path) -> Path:
+    """The shipped model (trained on 1m candles); for another interval, the same parameters with its interval_ms
+    (the job checks candles against the model's interval)."""
+    document = json.loads(PARAMS.read_text())
+    if document["interval_ms"] == interval_ms(interval):
+        return PARAMS
+    path = state / f"model_params_{interval}.json"
+    path.write_text(json.dumps({**document, "interval_ms": interval_ms(interval)}))
+    return path
+
+
+def throughput(decided: pd.DataFrame) -> tuple[float, int]:
+    """Candles/s after the first micro-batch (a batch: one decided_at), and the number of micro-batches."""
+    batches = decided.groupby("decided_at").size().sort_index()
+    span_s = (batches.index[-1] - batches.index[0]) / 1000
+    return (float(batches.iloc[1:].sum() / span_s) if span_s > 0 else float("nan")), len(batches)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--mode", choices=("catch-up", "burst"), default="catch-up")
     parser.add_argument("--symbols", type=int, default=200)
-    parser.add_argument("--candles-per-symbol", type=int, default=300)
-    parser.add_argument("--batch-size", type=int, default=20_000, help="maxOffsetsPerTrigger for the backlog")
-    parser.add_argument("--rate", type=float, default=200.0, help="candles per second in the latency phase")
-    parser.add_argument("--duration", type=float, default=60.0, help="seconds of the latency phase")
+    parser.add_argument("--candles-per-symbol", type=int, default=1000, help="catch-up: the backlog per symbol")
+    parser.add_argument("--warmup-candles", type=int, default=100, help="burst: decided before the first burst")
+    parser.add_argument("--bursts", type=int, default=30)
+    parser.add_argument("--burst-every", type=float, default=None, metavar="SECONDS",
+                        help="burst: seconds between bursts (default: the interval, at most 10)")
+    parser.add_argument("--interval", default="1m", choices=("1s", "1m"))
+    parser.add_argument("--batch-size", type=int, default=20_000, help="maxOffsetsPerTrigger")
+    parser.add_argument("--db", choices=("sqlite", "none"), default="sqlite", help="the job's database sink")
     parser.add_argument("--partitions", type=int, default=4)
     parser.add_argument("--bootstrap-servers", default=None)
     parser.add_argument("--data", type=Path, default=DATA)
-    parser.add_argument("--job-log-level", default="WARNING", help="DEBUG shows Spark's timings per micro-batch")
+    parser.add_argument("--job-log-level", default="INFO", help="INFO logs each micro-batch's detection and sinks time")
     parser.add_argument("--job-arg", action="append", default=[], metavar="ARG",
                         help="extra `detect` argument, repeatable (e.g. --job-arg=--state-buckets=4)")
     args = parser.parse_args()
+
+    step_ms = interval_ms(args.interval)
+    burst_every = args.burst_every if args.burst_every is not None else min(step_ms / 1000, 10.0)
+    backlog_per_symbol = args.candles_per_symbol if args.mode == "catch-up" else args.warmup_candles
+    bursts = args.bursts if args.mode == "burst" else 0
+    ahead_of_clock = args.mode == "burst" and burst_every * 1000 < step_ms
 
     state = Path(tempfile.mkdtemp(prefix="bench-pipeline-"))
     broker = None
@@ -112,59 +217,87 @@ def main() -> int:
     run_id = uuid.uuid4().hex[:8]
     candle_topic, output_topic = f"bench-candles-{run_id}", f"bench-decisions-{run_id}"
     topics.ensure_topics({"bootstrap.servers": bootstrap}, {candle_topic: args.partitions, output_topic: args.partitions})
-    producer = CandleProducer({"bootstrap.servers": bootstrap}, candle_topic, f"bench-dlq-{run_id}")
-    job = None
+    producer = producer_for(bootstrap, candle_topic, run_id)
+    job = reader = memory = None
+    metrics_port = free_port()
     try:
-        live_candles = int(args.rate * args.duration / args.symbols) + 1
-        markets = real_markets(args.data, args.symbols, args.candles_per_symbol + live_candles)
-        start_time = (int(time.time() * 1000) // MINUTE_MS - args.candles_per_symbol) * MINUTE_MS
-        for step in range(args.candles_per_symbol):  # time-ordered, as an exchange would deliver them
+        markets = real_markets(args.data, args.symbols, backlog_per_symbol + bursts)
+        # The backlog ends one interval before now, so live 1s bursts are on the clock.
+        start_time = (int(time.time() * 1000) // step_ms - backlog_per_symbol) * step_ms
+        for step in range(backlog_per_symbol):  # time-ordered, as an exchange would deliver them
             for symbol, market in markets.items():
-                producer.send(candle(symbol, market.iloc[step], start_time + step * MINUTE_MS))
+                producer.send(candle(symbol, market.iloc[step], args.interval, start_time + step * step_ms))
         producer.close()
-        backlog = args.symbols * args.candles_per_symbol
-        print(f"backlog: {backlog} candles ({args.symbols} symbols x {args.candles_per_symbol}) in {candle_topic}")
+        backlog = args.symbols * backlog_per_symbol
 
-        job = start_job(bootstrap, candle_topic, output_topic, state, args.batch_size, args.job_log_level, args.job_arg)
-        decided = read_decisions(bootstrap, output_topic, backlog, timeout=900, job=job)
-        if len(decided) < backlog:
-            print(f"only {len(decided)} of {backlog} decisions arrived")
+        job = start_job(args, bootstrap, candle_topic, output_topic, state, metrics_port,
+                        ["--accept-future-candles"] if ahead_of_clock else [])
+        memory = PeakMemory(job.pid)
+        reader = DecisionReader(bootstrap, output_topic)
+        if reader.read_until(backlog, timeout=1800, job=job) < backlog:
+            print(f"only {len(reader.rows)} of {backlog} backlog decisions arrived; job log: {state / 'detect.log'}")
             return 1
-        batches = decided.groupby("decided_at").size().sort_index()
-        span_s = (batches.index[-1] - batches.index[0]) / 1000
-        after_first = batches.iloc[1:].sum()
-        throughput = after_first / span_s if span_s > 0 else float("nan")
-
-        producer = CandleProducer({"bootstrap.servers": bootstrap}, candle_topic, f"bench-dlq-{run_id}")
-        interval, sent, began = 1.0 / args.rate, 0, time.monotonic()
-        for step in range(args.candles_per_symbol, args.candles_per_symbol + live_candles):
-            for symbol, market in markets.items():
-                if sent >= args.rate * args.duration:
-                    break
-                time.sleep(max(0.0, began + sent * interval - time.monotonic()))
-                producer.send(candle(symbol, market.iloc[step], start_time + step * MINUTE_MS))
-                sent += 1
-        producer.close()
-        everything = read_decisions(bootstrap, output_topic, backlog + sent, timeout=120, job=job)
-        live = everything[everything.open_time >= start_time + args.candles_per_symbol * MINUTE_MS]
-        latency = (live.decided_at - live.produced_at).to_numpy()
-        results = {
-            "symbols": args.symbols, "backlog_candles": backlog, "micro_batches": len(batches),
-            "throughput_candles_per_s": round(throughput, 1),
-            "latency_rate_per_s": args.rate, "latency_candles": int(len(latency)),
-            "latency_ms_p50": float(np.percentile(latency, 50)), "latency_ms_p99": float(np.percentile(latency, 99)),
-            "latency_ms_max": float(latency.max()),
-            "machine": f"{os.cpu_count()} cores, Spark local[2]",
-        }
+        results: dict[str, object] = {"mode": args.mode}
+        if args.mode == "catch-up":
+            rate, batches = throughput(reader.frame())
+            results.update(throughput_candles_per_s=round(rate, 1), latency_ms_p50=None, latency_ms_p99=None,
+                           micro_batches=batches, backlog_candles=backlog)
+        else:
+            results.update(burst_latencies(args, markets, producer_for(bootstrap, candle_topic, run_id), reader, job,
+                                           start_time, step_ms, backlog_per_symbol, burst_every))
+        results.update(
+            settings={"symbols": args.symbols, "interval": args.interval, "candles_per_symbol": backlog_per_symbol,
+                      "bursts": bursts, "burst_every_s": burst_every if bursts else None,
+                      "batch_size": args.batch_size, "partitions": args.partitions, "db": args.db,
+                      "sinks": ["kafka", *(["sqlite"] if args.db == "sqlite" else [])], "job_args": args.job_arg,
+                      "master": "local[2]", "cores": os.cpu_count()},
+            job_peak_rss_mb=round(memory.stop() / 2**20), state_store_bytes=state_bytes(metrics_port),
+        )
+        if results["state_store_bytes"]:
+            results["state_bytes_per_symbol"] = round(results["state_store_bytes"] / args.symbols)
         print(json.dumps(results, indent=2))
-        print(f"job log: {state / 'detect.log'}")
+        print(f"job log: {state / 'detect.log'}", file=sys.stderr)
         return 0
     finally:
+        if memory is not None:
+            memory.stop()
+        if reader is not None:
+            reader.close()
         if job is not None:
             job.terminate()
             job.wait(60)
         if broker is not None:
             broker.stop()
+
+
+def producer_for(bootstrap: str, topic: str, run_id: str) -> CandleProducer:
+    return CandleProducer({"bootstrap.servers": bootstrap}, topic, f"bench-dlq-{run_id}")
+
+
+def burst_latencies(args, markets, producer: CandleProducer, reader: DecisionReader, job: subprocess.Popen,
+                    start_time: int, step_ms: int, first_step: int, burst_every: float) -> dict[str, object]:
+    """One candle per symbol every ``burst_every`` s; per burst, its last produce to its last decision written."""
+    sent_at: dict[int, int] = {}
+    began, began_ms = time.monotonic(), int(time.time() * 1000)
+    for burst in range(args.bursts):
+        time.sleep(max(0.0, began + burst * burst_every - time.monotonic()))
+        open_time = start_time + (first_step + burst) * step_ms
+        for symbol, market in markets.items():
+            producer.send(candle(symbol, market.iloc[first_step + burst], args.interval, open_time))
+        sent_at[open_time] = int(time.time() * 1000)
+    producer.close()
+    expected = args.symbols * (first_step + args.bursts)
+    reader.read_until(expected, timeout=120, job=job)
+    decided = reader.frame()
+    live = decided[decided.open_time.isin(sent_at)]
+    last_written = live.groupby("open_time")["written"].max()
+    complete = live.groupby("open_time").size() == args.symbols
+    latency = np.array([last_written[t] - sent_at[t] for t in sorted(sent_at) if complete.get(t, False)], float)
+    if len(latency) == 0:
+        return {"bursts_complete": 0}
+    return {"bursts_complete": int(len(latency)), "latency_ms_p50": float(np.percentile(latency, 50)),
+            "latency_ms_p99": float(np.percentile(latency, 99)), "latency_ms_max": float(latency.max()),
+            "throughput_candles_per_s": round(len(live) / ((live["written"].max() - began_ms) / 1000), 1)}
 
 
 if __name__ == "__main__":

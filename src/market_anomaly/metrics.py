@@ -76,6 +76,9 @@ BATCH_DURATION = Histogram("market_anomaly_detect_micro_batch_duration_seconds",
                            buckets=(0.25, 0.5, 1, 2, 4, 8, 16, 32, 64, 128), registry=None)
 LAST_BATCH = Gauge("market_anomaly_detect_last_batch_timestamp_seconds",
                    "When the latest micro-batch finished (Unix time): alert on time() minus this", registry=None)
+STATE_BYTES = Gauge("market_anomaly_detect_state_bytes",
+                    "Memory of the job's state store (every symbol's detector state) at the latest micro-batch",
+                    registry=None)
 CONSUMER_LAG = Gauge("market_anomaly_detect_consumer_lag_records",
                      "Per candle-topic partition: records behind the log end at the latest micro-batch",
                      ["topic", "partition"], registry=None)
@@ -109,8 +112,8 @@ ROLES = {
     "producer": (CANDLES_PRODUCED, PRODUCER_DELIVERY_FAILURES, WEBSOCKET_RECONNECTS, WATCHDOG_RESUBSCRIBES,
                  SYMBOLS_DROPPED, SYMBOLS_ADDED, REST_RATE_LIMITED, REQUESTS_REFUSED, STALE_SYMBOLS, DEAD_LETTERS,
                  DEAD_LETTER_FAILURES),
-    "detect": (INPUT_RECORDS, CANDLES_DECIDED, ANOMALIES, BATCH_DURATION, LAST_BATCH, CONSUMER_LAG, DEAD_LETTERS,
-               DEAD_LETTER_FAILURES, SINK_FAILURES, SINK_RETRIES, ALERTS_DELIVERED, ALERT_DELIVERY_FAILURES,
+    "detect": (INPUT_RECORDS, CANDLES_DECIDED, ANOMALIES, BATCH_DURATION, LAST_BATCH, STATE_BYTES, CONSUMER_LAG,
+               DEAD_LETTERS, DEAD_LETTER_FAILURES, SINK_FAILURES, SINK_RETRIES, ALERTS_DELIVERED, ALERT_DELIVERY_FAILURES,
                ALERTS_DROPPED, ALERT_OUTBOX),
     "dashboard": (DASHBOARD_REQUESTS, DASHBOARD_EVENT_STREAMS, DASHBOARD_EVENTS),
 }
@@ -223,6 +226,7 @@ def record_progress(progress) -> None:
     BATCH_DURATION.observe(progress.batchDuration / 1000)
     INPUT_RECORDS.inc(progress.numInputRows)
     LAST_BATCH.set_to_current_time()
+    STATE_BYTES.set(sum(operator.memoryUsedBytes for operator in progress.stateOperators))
     for source in progress.sources:
         try:
             end, latest = json.loads(source.endOffset or "{}"), json.loads(source.latestOffset or "{}")

@@ -79,11 +79,14 @@ def test_decisions_and_progress_move_the_job_metrics():
 
     source = types.SimpleNamespace(endOffset='{"crypto-candles": {"0": 10, "1": 7}}',
                                    latestOffset='{"crypto-candles": {"0": 15, "1": 7}}')
-    metrics.record_progress(types.SimpleNamespace(batchDuration=1500, numInputRows=17, sources=[source]))
+    state = [types.SimpleNamespace(memoryUsedBytes=600_000), types.SimpleNamespace(memoryUsedBytes=24_000)]
+    metrics.record_progress(types.SimpleNamespace(batchDuration=1500, numInputRows=17, sources=[source],
+                                                  stateOperators=state))
     assert sample("detect", "market_anomaly_detect_consumer_lag_records", topic="crypto-candles", partition="0") == 5
     assert sample("detect", "market_anomaly_detect_consumer_lag_records", topic="crypto-candles", partition="1") == 0
     assert sample("detect", "market_anomaly_detect_micro_batch_duration_seconds_bucket", le="2.0") >= 1
     assert sample("detect", "market_anomaly_detect_last_batch_timestamp_seconds") > 1.7e9
+    assert sample("detect", "market_anomaly_detect_state_bytes") == 624_000
 
 
 def test_the_endpoint_binds_localhost_and_zero_serves_none():

@@ -70,7 +70,7 @@ def test_a_required_flag_may_come_from_the_file(workdir):
     ('bogus = 1\n', "unknown key 'bogus': no command has a --bogus flag"),
     ('[detekt]\nconsole = "off"\n', "unknown table [detekt]"),
     ('[detect]\nconsle = "off"\n', "[detect] unknown key 'consle'"),
-    ('[detect]\nconsole = "loud"\n', "[detect] console: 'loud' is not one of table, anomalies, off"),
+    ('[detect]\nconsole = "loud"\n', "[detect] console: 'loud' is not one of auto, all, anomalies, summary, off"),
     ('[detect]\nstate-buckets = "many"\n', "[detect] state-buckets: 'many' is not valid"),
     ('[detect]\nanomalies-only = "yes"\n', "[detect] anomalies-only: expected true or false"),
     ('[detect]\nconsole = \n', "not valid TOML"),

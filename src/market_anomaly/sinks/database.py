@@ -379,8 +379,9 @@ class Database:
                 cursor.execute(self._sql('DELETE FROM decisions WHERE symbol = ? AND "interval" = ? '
                                          "AND open_time >= ? AND open_time < ? AND NOT is_anomaly"),
                                (*key, start, end))
-                self._count(cursor, -cursor.rowcount)
-                return cursor.rowcount
+                deleted = cursor.rowcount
+                self._count(cursor, -deleted)
+                return deleted
 
         return self._retrying(run)
 

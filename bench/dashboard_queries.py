@@ -13,8 +13,12 @@ MEDIUM and HIGH), written minute by minute across all symbols as the job writes 
   two hours), ``/api/symbols`` (the first 100) and ``/api/symbols?q=`` (substrings of real names);
 
 and prints one JSON object: p50/p99/max milliseconds per endpoint, the database's size and rows.
+With ``--sweep``, then also the retention's cost at this size: one sweep with nothing to delete
+(what the job pays every market hour beyond the deletions) and one that deletes the oldest hour of
+ordinary decisions (the hourly sweep's work at 2,000 symbols; a reused database keeps an hour
+less each time).
 
-    .venv/bin/python bench/dashboard_queries.py [--database var/bench-dashboard.db] [--requests 50]
+    .venv/bin/python bench/dashboard_queries.py [--database var/bench-dashboard.db] [--requests 50] [--sweep]
 """
 
 from __future__ import annotations
@@ -105,6 +109,22 @@ def build(path: Path, symbols: int, days: int, seed: int = 7) -> dict[str, objec
     return {"built_seconds": round(time.perf_counter() - started, 1), "anomalies_written": anomalies}
 
 
+def sweep(path: Path) -> dict[str, object]:
+    """Time ``delete_expired`` with nothing to delete, then deleting the oldest hour of ordinary decisions."""
+    database = open_database(f"sqlite:///{path}")
+    span = database.health()["symbols"]["newest_open_time"] - database.query(
+        "SELECT MIN(open_time) AS t FROM decisions WHERE NOT is_anomaly")[0]["t"]
+    started = time.perf_counter()
+    nothing = database.delete_expired(span + MINUTE_MS)
+    idle = time.perf_counter() - started
+    started = time.perf_counter()
+    deleted = database.delete_expired(span - 59 * MINUTE_MS)
+    busy = time.perf_counter() - started
+    database.close()
+    assert nothing == 0
+    return {"sweep_nothing_seconds": round(idle, 2), "sweep_hour_seconds": round(busy, 2), "sweep_hour_rows": deleted}
+
+
 def fetch_ms(url: str) -> float:
     started = time.perf_counter()
     with urllib.request.urlopen(url, timeout=60) as response:
@@ -124,6 +144,7 @@ def main() -> int:
     parser.add_argument("--symbols", type=int, default=2000)
     parser.add_argument("--days", type=int, default=7)
     parser.add_argument("--requests", type=int, default=50, help="timed requests per endpoint (default: 50)")
+    parser.add_argument("--sweep", action="store_true", help="also time the retention's hourly sweep (deletes an hour)")
     args = parser.parse_args()
 
     scratch = None
@@ -186,6 +207,8 @@ def main() -> int:
         report["requests_per_endpoint"] = args.requests
         report["endpoints"] = timings
         report["target_met"] = all(t["p99_ms"] <= 200 for t in timings.values())
+        if args.sweep:
+            report.update(sweep(path))
         print(json.dumps(report))
     finally:
         if scratch is not None:

@@ -225,11 +225,12 @@ def test_symbols_are_searched_case_insensitively_prefix_first_and_limited(databa
 def test_retention_deletes_old_ordinary_decisions_in_chunks_and_keeps_anomalies(database, make_decision, monkeypatch):
     monkeypatch.setattr(database_module, "EXPIRY_CHUNK_CANDLES", 7)  # many chunks per symbol
     chunks = []
-    delete = database._delete_ordinary
-    monkeypatch.setattr(database, "_delete_ordinary", lambda *a: chunks.append(a) or delete(*a))
+    delete = type(database)._delete_ordinary  # the sweep runs on a connection of its own
+    monkeypatch.setattr(type(database), "_delete_ordinary", lambda self, *a: chunks.append(a) or delete(self, *a))
     sink = DatabaseSink(database, retention_ms=60 * 60_000)  # an hour
     sink.write(minutes_of(make_decision, {"BTCUSDT": 150, "ETHUSDT": 100},
                           anomalies={("BTCUSDT", 3), ("BTCUSDT", 120), ("ETHUSDT", 89)}))
+    sink.wait_for_sweep()
     # The newest candle is BTCUSDT's minute 150: ordinary decisions before minute 90 are gone, for both symbols.
     rows = database.query('SELECT symbol, open_time, is_anomaly FROM decisions ORDER BY symbol, open_time')
     kept = {(row["symbol"], (row["open_time"] - rows[0]["open_time"] + 3 * 60_000) // 60_000) for row in rows
@@ -237,12 +238,15 @@ def test_retention_deletes_old_ordinary_decisions_in_chunks_and_keeps_anomalies(
     assert kept == {("BTCUSDT", 3), ("ETHUSDT", 89)}  # only the anomalies stay behind the cutoff
     assert count(database) == 61 + 11 + 2 and sink.expired == 89 + 89
     assert database.health()["decisions"] == count(database) and count(database, "anomalies") == 3
-    assert all(end - start <= 7 * 60_000 for _, start, end in chunks) and len(chunks) > 20
+    # Chunks of 7 rows after the first minute's (2 symbols a minute here): at most 4 minutes each.
+    assert all(end - start <= 4 * 60_000 for start, end in chunks) and len(chunks) >= 178 // 9
     # Within the next market hour nothing is swept again; an hour later, the hour that fell out goes.
     chunks.clear()
     sink.write(minutes_of(make_decision, {"BTCUSDT": 200}, first=151))
+    sink.wait_for_sweep()
     assert chunks == [] and count(database) == 61 + 11 + 2 + 50
     sink.write(minutes_of(make_decision, {"BTCUSDT": 215}, first=201))
+    sink.wait_for_sweep()
     # The cutoff is now minute 155: BTCUSDT keeps minutes 155-215 and its anomalies at 3 and 120, ETHUSDT its anomaly.
     assert count(database) == 61 + 2 + 1
     assert database.symbols() == (["BTCUSDT", "ETHUSDT"], 2)  # a symbol stays listed (with its anomalies)
@@ -251,7 +255,33 @@ def test_retention_deletes_old_ordinary_decisions_in_chunks_and_keeps_anomalies(
 def test_no_retention_keeps_everything(database, make_decision):
     sink = DatabaseSink(database, retention_ms=None)
     sink.write(minutes_of(make_decision, {"BTCUSDT": 3000}))
+    sink.wait_for_sweep()
     assert count(database) == 3001 and sink.expired == 0
+
+
+def test_a_sweep_stops_after_its_chunk_when_the_sink_closes(database_url, make_decision, monkeypatch):
+    monkeypatch.setattr(database_module, "EXPIRY_CHUNK_CANDLES", 10)
+    sink = DatabaseSink(open_database(database_url), retention_ms=60_000)
+    started, release = threading.Event(), threading.Event()
+    delete = database_module.Database._delete_ordinary
+
+    def slow_delete(self, *bounds):
+        started.set()
+        release.wait(10)
+        return delete(self, *bounds)
+
+    monkeypatch.setattr(database_module.Database, "_delete_ordinary", slow_delete)
+    sink.write(minutes_of(make_decision, {"BTCUSDT": 500}))
+    assert started.wait(10)
+    closing = threading.Thread(target=sink.close)
+    closing.start()
+    assert sink._stopping.wait(10)  # close has asked the sweep to stop; now the chunk under way may finish
+    release.set()
+    closing.join(10)
+    assert not closing.is_alive() and sink.expired == 10  # that one chunk: minutes 0-9
+    reopened = open_database(database_url)
+    assert count(reopened) == 501 - 10 == reopened.health()["decisions"]
+    reopened.close()
 
 
 def test_migrating_an_existing_database_fills_the_symbols_and_the_count(database_url, make_decision, monkeypatch):
@@ -294,7 +324,7 @@ def test_the_dashboards_queries_use_indexes_on_sqlite(tmp_path, make_decision):
         assert "SCAN decisions" not in plan.replace("SCAN decisions USING INDEX decisions_anomalies", ""), (statement, plan)
     used = " ".join(plans.values())
     for index in ("decisions_anomalies", "decisions_anomalies_by_symbol", "sqlite_autoindex_decisions_1",
-                  "decisions_decided_at", "sqlite_autoindex_symbols_1"):
+                  "decisions_decided_at", "sqlite_autoindex_symbols_1", "decisions_ordinary"):
         assert index in used, index
     database.close()
 

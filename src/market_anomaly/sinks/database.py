@@ -14,8 +14,8 @@ Sized for thousands of symbols and weeks of one-minute decisions (tens of millio
 the same transaction keeps ``symbols`` (each symbol's latest candle, one row per symbol and
 interval) and ``decision_counts`` (the row count) up to date, so the dashboard's symbol list,
 health view and totals never scan ``decisions``. ``delete_expired`` bounds the table: ordinary
-decisions older than the retention (market time, behind the newest candle) go in chunks of
-``EXPIRY_CHUNK_CANDLES`` per transaction; anomalies are kept.
+decisions older than the retention (market time, behind the newest candle) go oldest first in
+chunks of ``EXPIRY_CHUNK_CANDLES`` per transaction; anomalies are kept.
 """
 
 from __future__ import annotations
@@ -32,7 +32,6 @@ from typing import Iterator
 import pandas as pd
 
 from market_anomaly import metrics
-from market_anomaly.candles.validation import interval_ms
 from market_anomaly.config import redact
 from market_anomaly.sinks.common import DECISION_COLUMNS, levels_at_least, plain, to_records
 
@@ -113,6 +112,8 @@ MIGRATIONS: tuple[tuple[int, str, tuple[str, ...]], ...] = (
         *REBUILD_SUMMARIES,
         # The anomaly table filtered by symbol: without it, a symbol's whole history is read and sorted.
         "CREATE INDEX IF NOT EXISTS decisions_anomalies_by_symbol ON decisions (symbol, open_time) WHERE is_anomaly",
+        # Retention deletes ordinary decisions oldest first, in chunks along this index.
+        "CREATE INDEX IF NOT EXISTS decisions_ordinary ON decisions (open_time) WHERE NOT is_anomaly",
     )),
 )
 # Ordinary decisions deleted per transaction by ``delete_expired``: short enough that the job and the
@@ -353,32 +354,34 @@ class Database:
         if change:
             cursor.execute(self._sql("UPDATE decision_counts SET decisions = decisions + ? WHERE id = 1"), (change,))
 
-    def delete_expired(self, keep_ms: int) -> int:
+    def delete_expired(self, keep_ms: int, stop: threading.Event | None = None) -> int:
         """Delete the ordinary decisions more than ``keep_ms`` of market time older than the newest candle of any
-        symbol; anomalies stay. Per symbol, from its oldest ordinary decision, ``EXPIRY_CHUNK_CANDLES`` at most
-        per transaction (each a range of the primary key). Returns the rows deleted."""
+        symbol; anomalies stay. Oldest first, about ``EXPIRY_CHUNK_CANDLES`` per transaction, along the index of
+        ordinary decisions by time: the job writes a minute of every symbol together, so a chunk is a run of
+        neighbouring pages (symbol by symbol, which rewrites each page once per symbol on it, an hour of 2,000
+        symbols took 6.6 s instead of 3.6 s). ``stop`` set ends it after the current chunk. Returns the rows
+        deleted."""
         newest = self.query("SELECT MAX(open_time) AS open_time FROM symbols")[0]["open_time"]
         if newest is None:
             return 0
         cutoff = int(newest) - int(keep_ms)
         deleted = 0
-        for entry in self.query('SELECT symbol, "interval" FROM symbols ORDER BY symbol, "interval"'):
-            key = [entry["symbol"], entry["interval"]]
-            oldest = self.query('SELECT open_time FROM decisions WHERE symbol = ? AND "interval" = ? '
-                                "AND NOT is_anomaly ORDER BY open_time LIMIT 1", key)
-            start = oldest[0]["open_time"] if oldest else cutoff
-            while start < cutoff:
-                end = min(cutoff, start + EXPIRY_CHUNK_CANDLES * interval_ms(entry["interval"]))
-                deleted += self._delete_ordinary(key, start, end)
-                start = end
+        start = self.query("SELECT MIN(open_time) AS open_time FROM decisions WHERE NOT is_anomaly")[0]["open_time"]
+        while start is not None and start < cutoff and not (stop is not None and stop.is_set()):
+            # The chunk ends EXPIRY_CHUNK_CANDLES rows on; it holds whole open_times, so one more minute's at most.
+            after = self.query("SELECT open_time FROM decisions WHERE NOT is_anomaly AND open_time > ? "
+                               "AND open_time < ? ORDER BY open_time LIMIT 1 OFFSET ?",
+                               [start, cutoff, EXPIRY_CHUNK_CANDLES - 1])
+            end = after[0]["open_time"] if after else cutoff
+            deleted += self._delete_ordinary(start, end)
+            start = end
         return deleted
 
-    def _delete_ordinary(self, key: list[str], start: int, end: int) -> int:
+    def _delete_ordinary(self, start: int, end: int) -> int:
         def run():
             with self.transaction() as cursor:
-                cursor.execute(self._sql('DELETE FROM decisions WHERE symbol = ? AND "interval" = ? '
-                                         "AND open_time >= ? AND open_time < ? AND NOT is_anomaly"),
-                               (*key, start, end))
+                cursor.execute(self._sql("DELETE FROM decisions WHERE NOT is_anomaly AND open_time >= ? "
+                                         "AND open_time < ?"), (start, end))
                 deleted = cursor.rowcount
                 self._count(cursor, -deleted)
                 return deleted
@@ -556,8 +559,10 @@ class DatabaseSink:
     locked file or a server away fails the write, and the next ``flush`` writes it all); the latest progress kept.
 
     With ``retention_ms``, ordinary decisions older than that (market time) are deleted at the first write and
-    then whenever the newest candle has moved ``EXPIRY_EVERY_MS`` on: a sweep is a few thousand small
-    transactions, so it runs hourly (of market time), not every batch. Housekeeping never fails a batch."""
+    then whenever the newest candle has moved ``EXPIRY_EVERY_MS`` on. A sweep runs in a thread on its own
+    connection, beside the batches (an hour of 2,000 symbols is 120,000 rows, seconds of work); a batch waits at
+    most for one of its chunks. Housekeeping never fails a batch: a failed sweep is logged, the next one
+    deletes what it left."""
 
     name = "database"
     durable = True
@@ -569,7 +574,9 @@ class DatabaseSink:
         self.written = 0
         self.expired = 0
         self._pending: list[dict[str, object]] = []
-        self._swept_at: int | None = None  # the newest open_time at the last sweep
+        self._swept_at: int | None = None  # the newest open_time when the last sweep started
+        self._sweep: threading.Thread | None = None
+        self._stopping = threading.Event()
 
     def write(self, decisions: pd.DataFrame) -> None:
         self._pending += to_records(decisions)
@@ -581,18 +588,26 @@ class DatabaseSink:
                          default=None)
             self.written += self.database.upsert_decisions(self._pending)
             self._pending = []
-            self._expire(newest)
+            self._start_sweep(newest)
 
-    def _expire(self, newest: int | None) -> None:
-        if not self.retention_ms or newest is None:
+    def _start_sweep(self, newest: int | None) -> None:
+        if not self.retention_ms or newest is None or (self._sweep is not None and self._sweep.is_alive()):
             return
         if self._swept_at is not None and newest - self._swept_at < self.EXPIRY_EVERY_MS:
             return
         self._swept_at = newest
+        self._sweep = threading.Thread(target=self._delete_expired, name="database-retention", daemon=True)
+        self._sweep.start()
+
+    def _delete_expired(self) -> None:
         started = time.perf_counter()
         try:
-            deleted = self.database.delete_expired(self.retention_ms)
-        except Exception as error:  # the next sweep deletes what this one did not
+            database = open_database(self.database.url)
+            try:
+                deleted = database.delete_expired(self.retention_ms, self._stopping)
+            finally:
+                database.close()
+        except Exception as error:  # noqa: BLE001 - whatever it is, the next sweep tries again
             log.warning("database %s: deleting expired decisions failed: %s", redact(self.database.url), error)
             return
         self.expired += deleted
@@ -600,9 +615,16 @@ class DatabaseSink:
             log.info("database: %d ordinary decision(s) past the retention deleted in %.2fs", deleted,
                      time.perf_counter() - started)
 
+    def wait_for_sweep(self, timeout: float | None = None) -> None:
+        """Return once the running retention sweep (if any) has ended: for callers that read its result."""
+        if self._sweep is not None:
+            self._sweep.join(timeout)
+
     def record_health(self, progress: dict[str, object]) -> None:
         if not self.database.closed:  # Spark may report the last progress after the job closed its sinks
             self.database.save_health(progress)
 
     def close(self) -> None:
+        self._stopping.set()  # a sweep ends after its current chunk
+        self.wait_for_sweep()
         self.database.close()

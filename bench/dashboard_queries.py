@@ -94,7 +94,8 @@ def build(path: Path, symbols: int, days: int, seed: int = 7) -> dict[str, objec
             "volume_ratio": (volumes / np.exp(3)).ravel(), "zscore": (returns / 0.0015).ravel(),
             "votes": np.where(flagged, rng.integers(2, 5, (minutes, symbols)), 0).ravel(),
             "is_anomaly": flagged.ravel(), "confidence": confidence.ravel(), "reasons": reasons.ravel(),
-            "market_event": np.zeros(minutes * symbols, bool), "produced_at": np.repeat(open_times + MINUTE_MS + 40, symbols),
+            "market_event": np.zeros(minutes * symbols, bool),
+            "produced_at": np.repeat(open_times + MINUTE_MS + 40, symbols),
             "decided_at": np.repeat(open_times + MINUTE_MS + 1_500, symbols),
         }
         with database.transaction() as cursor:
@@ -161,7 +162,8 @@ def main() -> int:
     parser.add_argument("--days", type=int, default=7)
     parser.add_argument("--requests", type=int, default=50, help="timed requests per endpoint (default: 50)")
     parser.add_argument("--job-side", action="store_true",
-                        help="also time the job's writes of a minute and the hourly retention sweep (changes the database)")
+                        help="also time the job's writes of a minute and the hourly retention sweep "
+                             "(changes the database)")
     args = parser.parse_args()
 
     scratch = None

@@ -120,3 +120,8 @@ def test_up_renders_its_children_through_their_own_flags():
     _, args, _ = settings.resolve(build_parser, settings.child_argv(
         build_parser, "detect", {"bootstrap_servers": "h:1", "checkpoint_dir": "/c", "anomalies_only": True}))
     assert (args.bootstrap_servers, str(args.checkpoint_dir), args.anomalies_only) == ("h:1", "/c", True)
+    # up's --retention-days reaches its job.
+    _, up, _ = settings.resolve(build_parser, ["up", "--retention-days", "2.5"])
+    _, job, _ = settings.resolve(build_parser, settings.child_argv(build_parser, "detect",
+                                                                   {"retention_days": up.retention_days}))
+    assert job.retention_days == 2.5

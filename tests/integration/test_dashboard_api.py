@@ -27,8 +27,12 @@ def api(base: str, path: str) -> dict:
     return json.loads(get(base, path)[2])
 
 
-def test_symbols(dashboard_url):
-    assert api(dashboard_url, "/api/symbols") == {"symbols": ["BTCUSDT", "ETHUSDT"]}
+def test_symbols_searched_and_limited(dashboard_url):
+    assert api(dashboard_url, "/api/symbols") == {"symbols": ["BTCUSDT", "ETHUSDT"], "matches": 2}
+    assert api(dashboard_url, "/api/symbols?q=eth") == {"symbols": ["ETHUSDT"], "matches": 1}
+    assert api(dashboard_url, "/api/symbols?q=USDT&limit=1") == {"symbols": ["BTCUSDT"], "matches": 2}
+    assert api(dashboard_url, "/api/symbols?q=DOGE") == {"symbols": [], "matches": 0}
+    assert len(api(dashboard_url, "/api/symbols?limit=999999")["symbols"]) == 2  # capped at 5000, not refused
 
 
 def test_anomalies_with_filters(dashboard_url, market_frame):
@@ -50,7 +54,8 @@ def test_anomalies_with_filters(dashboard_url, market_frame):
 
 def test_bad_parameters_are_400(dashboard_url):
     for path in ("/api/anomalies?since=yesterday", "/api/anomalies?confidence=EXTREME",
-                 "/api/anomalies?limit=many", "/api/candles"):
+                 "/api/anomalies?limit=many", "/api/candles", "/api/symbols?limit=all",
+                 "/api/health?stale_after=soon", "/api/health?limit=x"):
         with pytest.raises(urllib.error.HTTPError) as error:
             get(dashboard_url, path)
         assert error.value.code == 400, path
@@ -82,8 +87,12 @@ def test_health_reports_progress_lag_topic_counts_and_last_candles(dashboard_url
     assert health["progress"]["batch_id"] == 42 and health["progress"]["processed_rows_per_second"] == 250.0
     assert (health["decisions"], health["anomalies"]) == (60, 3)
     start = int(market_frame["open_time"].min())
-    assert [(c["symbol"], c["open_time"]) for c in health["last_candles"]] == [
-        ("BTCUSDT", start + 29 * MINUTE_MS), ("ETHUSDT", start + 29 * MINUTE_MS)]
+    assert [(c["symbol"], c["open_time"], c["stale"]) for c in health["last_candles"]] == [
+        ("BTCUSDT", start + 29 * MINUTE_MS, False), ("ETHUSDT", start + 29 * MINUTE_MS, False)]
+    assert health["symbols"] == {"total": 2, "stale": 0, "fresh": 2, "newest_open_time": start + 29 * MINUTE_MS,
+                                 "stale_after_ms": 180_000}
+    limited = api(dashboard_url, "/api/health?limit=1&stale_after=60")
+    assert len(limited["last_candles"]) == 1 and limited["symbols"]["stale_after_ms"] == 60_000
     kafka = health["kafka"]
     assert kafka["error"] is None and kafka["enabled"] is True
     assert kafka["candles_topic"] == "dashboard-candles"
@@ -140,7 +149,9 @@ def test_an_unreachable_broker_is_reported_without_delaying_responses(dashboard_
         assert health is not None and "crypto-candles" in health["kafka"]["error"]
         assert (health["kafka"]["lag"], health["kafka"]["topics"], health["progress"]) == ([], {}, None)
         assert (health["decisions"], health["last_candles"]) == (0, [])
-        assert api(base, "/api/symbols") == {"symbols": []}
+        assert health["symbols"] == {"total": 0, "stale": 0, "fresh": 0, "newest_open_time": None,
+                                     "stale_after_ms": 180_000}
+        assert api(base, "/api/symbols") == {"symbols": [], "matches": 0}
     finally:
         process.terminate()
         assert process.wait(10) == 0  # SIGTERM stops the server cleanly

@@ -83,6 +83,7 @@ def test_chart_markers_table_and_health(page, dashboard_url, artifacts_dir, mark
     assert page.locator("#lag tr").count() == 4
     assert page.locator("#lag tr td:last-child").all_inner_texts() == ["3", "3", "3", "3"]
     assert page.locator("#last-candles tr").count() == 2
+    assert page.locator("#symbol-counts").inner_text().startswith("2: 2 fresh, 0 stale")
     assert page.locator("#last-batch").inner_text().startswith("#42: 60 rows")
 
     # Filters: minimum confidence HIGH leaves one row; the chart follows a click on ETHUSDT's row.
@@ -93,6 +94,16 @@ def test_chart_markers_table_and_health(page, dashboard_url, artifacts_dir, mark
     page.locator("#anomalies tr[data-symbol='ETHUSDT']").click()
     page.wait_for_function("document.querySelectorAll('.anomaly-marker').length === 1")
     assert page.locator(".anomaly-marker").get_attribute("data-confidence") == "LOW"
+    page.select_option("#symbol", "BTCUSDT")
+    page.wait_for_function("document.querySelectorAll('.anomaly-marker').length === 2")
+
+    # The picker is searched on the server (/api/symbols?q=): it lists the matches and shows the first.
+    page.fill("#symbol-search", "eth")
+    page.wait_for_function("[...document.querySelectorAll('#symbol option')].map(o => o.value).join() === 'ETHUSDT'")
+    page.wait_for_function("document.querySelectorAll('.anomaly-marker').length === 1")
+    assert page.locator("#symbol").input_value() == "ETHUSDT" and page.evaluate("location.hash") == "#ETHUSDT"
+    page.fill("#symbol-search", "")
+    page.wait_for_function("document.querySelectorAll('#symbol option').length === 2")
     page.select_option("#symbol", "BTCUSDT")
     page.wait_for_function("document.querySelectorAll('.anomaly-marker').length === 2")
 

@@ -8,7 +8,8 @@ import threading
 import pandas as pd
 import pytest
 
-from market_anomaly.sinks.database import MIGRATIONS, DatabaseError, DatabaseSink, open_database
+from market_anomaly.sinks import database as database_module
+from market_anomaly.sinks.database import MIGRATIONS, DatabaseError, DatabaseSink, decision_row, open_database
 
 pytestmark = pytest.mark.integration
 
@@ -168,7 +169,7 @@ def test_candles_symbols_and_health(database, market_frame):
     sink.record_health({"batch_id": 8, "input_rows": 2, "processed_rows_per_second": 10.0,
                         "batch_duration_ms": 200, "partitions": {"crypto-candles:0": {"end_offset": 43}},
                         "at": 1_769_285_910_000})
-    assert database.symbols() == ["BTCUSDT", "ETHUSDT"]
+    assert database.symbols() == (["BTCUSDT", "ETHUSDT"], 2)
     start = int(market_frame["open_time"].min())
     candles = database.decisions("BTCUSDT", since=start + 10 * 60_000, until=start + 14 * 60_000)
     assert [c["open_time"] for c in candles] == [start + m * 60_000 for m in range(10, 15)]
@@ -182,10 +183,151 @@ def test_candles_symbols_and_health(database, market_frame):
     assert health["progress"]["partitions"] == {"crypto-candles:0": {"end_offset": 43}}
     assert count(database, "pipeline_health") == 1
     assert health["candles_per_second"] == pytest.approx(60 / 60)  # all decided just now
-    assert [(c["symbol"], c["open_time"]) for c in health["last_candles"]] == [
-        ("BTCUSDT", start + 29 * 60_000), ("ETHUSDT", start + 29 * 60_000)]
+    assert [(c["symbol"], c["open_time"], c["behind_ms"], c["stale"]) for c in health["last_candles"]] == [
+        ("BTCUSDT", start + 29 * 60_000, 0, False), ("ETHUSDT", start + 29 * 60_000, 0, False)]
+    assert health["symbols"] == {"total": 2, "stale": 0, "fresh": 2, "newest_open_time": start + 29 * 60_000,
+                                 "stale_after_ms": 180_000}
     assert (health["decisions"], health["anomalies"]) == (60, 3)
     assert database.health(now_ms=int(market_frame["decided_at"].max()) + 61_000)["candles_per_second"] == 0
+
+
+def minutes_of(make_decision, symbols: dict[str, int], anomalies: set[tuple[str, int]] = frozenset(),
+               first: int = 0) -> pd.DataFrame:
+    """Decisions of each symbol from minute ``first`` to its minute in ``symbols``; ``anomalies``: (symbol, minute)."""
+    return pd.DataFrame([make_decision(symbol, minute, 100.0 + minute, (symbol, minute) in anomalies)
+                         for symbol, last in symbols.items() for minute in range(first, last + 1)])
+
+
+def test_health_puts_lagging_and_stale_symbols_first_with_counts(database, make_decision):
+    DatabaseSink(database).write(minutes_of(make_decision, {"BTCUSDT": 60, "ETHUSDT": 59, "SOLUSDT": 50,
+                                                            "ADAUSDT": 40, "XRPUSDT": 60}))
+    health = database.health(limit=3)
+    assert health["symbols"]["total"] == 5 and health["symbols"]["stale"] == 2 and health["symbols"]["fresh"] == 3
+    assert [(c["symbol"], c["behind_ms"] // 60_000, c["stale"]) for c in health["last_candles"]] == [
+        ("ADAUSDT", 20, True), ("SOLUSDT", 10, True), ("ETHUSDT", 1, False)]
+    assert database.health(stale_after_ms=15 * 60_000)["symbols"]["stale"] == 1
+    # A replayed older candle never moves a symbol's latest one back.
+    DatabaseSink(database).write(minutes_of(make_decision, {"BTCUSDT": 10}, first=5))
+    assert database.latest_open_time("BTCUSDT") == database.health()["symbols"]["newest_open_time"]
+    assert database.health()["decisions"] == count(database) == 61 + 60 + 51 + 41 + 61
+
+
+def test_symbols_are_searched_case_insensitively_prefix_first_and_limited(database, make_decision):
+    names = ["BTCUSDT", "ETHBTC", "ETHUSDT", "WBTCUSDT", "SOLUSDT", "A_BUSDT"]
+    DatabaseSink(database).write(minutes_of(make_decision, {name: 0 for name in names}))
+    assert database.symbols("btc") == (["BTCUSDT", "ETHBTC", "WBTCUSDT"], 3)  # starting with it, then containing
+    assert database.symbols("Eth", limit=1) == (["ETHBTC"], 2)
+    assert database.symbols("", limit=2) == (["A_BUSDT", "BTCUSDT"], 6)
+    assert database.symbols("_b") == (["A_BUSDT"], 1)  # LIKE's wildcards are plain characters
+    assert database.symbols("%") == ([], 0)
+
+
+def test_retention_deletes_old_ordinary_decisions_in_chunks_and_keeps_anomalies(database, make_decision, monkeypatch):
+    monkeypatch.setattr(database_module, "EXPIRY_CHUNK_CANDLES", 7)  # many chunks per symbol
+    chunks = []
+    delete = type(database)._delete_ordinary  # the sweep runs on a connection of its own
+    monkeypatch.setattr(type(database), "_delete_ordinary", lambda self, *a: chunks.append(a) or delete(self, *a))
+    sink = DatabaseSink(database, retention_ms=60 * 60_000)  # an hour
+    sink.write(minutes_of(make_decision, {"BTCUSDT": 150, "ETHUSDT": 100},
+                          anomalies={("BTCUSDT", 3), ("BTCUSDT", 120), ("ETHUSDT", 89)}))
+    sink.wait_for_sweep()
+    # The newest candle is BTCUSDT's minute 150: ordinary decisions before minute 90 are gone, for both symbols.
+    rows = database.query('SELECT symbol, open_time, is_anomaly FROM decisions ORDER BY symbol, open_time')
+    kept = {(row["symbol"], (row["open_time"] - rows[0]["open_time"] + 3 * 60_000) // 60_000) for row in rows
+            if row["open_time"] < database.latest_open_time("BTCUSDT") - 60 * 60_000}
+    assert kept == {("BTCUSDT", 3), ("ETHUSDT", 89)}  # only the anomalies stay behind the cutoff
+    assert count(database) == 61 + 11 + 2 and sink.expired == 89 + 89
+    assert database.health()["decisions"] == count(database) and count(database, "anomalies") == 3
+    # Chunks of 7 rows after the first minute's (2 symbols a minute here): at most 4 minutes each.
+    assert all(end - start <= 4 * 60_000 for start, end in chunks) and len(chunks) >= 178 // 9
+    # Within the next market hour nothing is swept again; an hour later, the hour that fell out goes.
+    chunks.clear()
+    sink.write(minutes_of(make_decision, {"BTCUSDT": 200}, first=151))
+    sink.wait_for_sweep()
+    assert chunks == [] and count(database) == 61 + 11 + 2 + 50
+    sink.write(minutes_of(make_decision, {"BTCUSDT": 215}, first=201))
+    sink.wait_for_sweep()
+    # The cutoff is now minute 155: BTCUSDT keeps minutes 155-215 and its anomalies at 3 and 120, ETHUSDT its anomaly.
+    assert count(database) == 61 + 2 + 1
+    assert database.symbols() == (["BTCUSDT", "ETHUSDT"], 2)  # a symbol stays listed (with its anomalies)
+
+
+def test_no_retention_keeps_everything(database, make_decision):
+    sink = DatabaseSink(database, retention_ms=None)
+    sink.write(minutes_of(make_decision, {"BTCUSDT": 3000}))
+    sink.wait_for_sweep()
+    assert count(database) == 3001 and sink.expired == 0
+
+
+def test_a_sweep_stops_after_its_chunk_when_the_sink_closes(database_url, make_decision, monkeypatch):
+    monkeypatch.setattr(database_module, "EXPIRY_CHUNK_CANDLES", 10)
+    sink = DatabaseSink(open_database(database_url), retention_ms=60_000)
+    started, release = threading.Event(), threading.Event()
+    delete = database_module.Database._delete_ordinary
+
+    def slow_delete(self, *bounds):
+        started.set()
+        release.wait(10)
+        return delete(self, *bounds)
+
+    monkeypatch.setattr(database_module.Database, "_delete_ordinary", slow_delete)
+    sink.write(minutes_of(make_decision, {"BTCUSDT": 500}))
+    assert started.wait(10)
+    closing = threading.Thread(target=sink.close)
+    closing.start()
+    assert sink._stopping.wait(10)  # close has asked the sweep to stop; now the chunk under way may finish
+    release.set()
+    closing.join(10)
+    assert not closing.is_alive() and sink.expired == 10  # that one chunk: minutes 0-9
+    reopened = open_database(database_url)
+    assert count(reopened) == 501 - 10 == reopened.health()["decisions"]
+    reopened.close()
+
+
+def test_migrating_an_existing_database_fills_the_symbols_and_the_count(database_url, make_decision, monkeypatch):
+    monkeypatch.setattr(database_module, "MIGRATIONS", MIGRATIONS[:2])  # a database of the previous release
+    old = open_database(database_url)
+    with old.transaction() as cursor:
+        cursor.executemany(old._sql(database_module.UPSERT_DECISION), [
+            decision_row(record) for record in minutes_of(make_decision, {"BTCUSDT": 30, "ETHUSDT": 20},
+                                                          anomalies={("ETHUSDT", 4)}).to_dict("records")])
+    old.close()
+    monkeypatch.setattr(database_module, "MIGRATIONS", MIGRATIONS)
+    database = open_database(database_url)
+    assert database.schema_version() == LATEST_VERSION
+    health = database.health()
+    assert (health["decisions"], health["anomalies"], health["symbols"]["total"]) == (52, 1, 2)
+    assert [(c["symbol"], c["behind_ms"] // 60_000) for c in health["last_candles"]] == [("ETHUSDT", 10),
+                                                                                        ("BTCUSDT", 0)]
+    assert len(database.decisions("ETHUSDT")) == 21
+    database.close()
+
+
+def test_the_dashboards_queries_use_indexes_on_sqlite(tmp_path, make_decision):
+    """EXPLAIN QUERY PLAN of each dashboard read: an index search, never a scan of ``decisions`` itself."""
+    database = open_database(f"sqlite:///{tmp_path / 'plans.db'}")
+    DatabaseSink(database).write(minutes_of(make_decision, {"BTCUSDT": 30, "ETHUSDT": 30}, anomalies={("BTCUSDT", 5)}))
+    statements = []
+    query = database.query
+    database.query = lambda sql, params=(): statements.append((sql, list(params))) or query(sql, params)
+    database.recent_anomalies()
+    database.recent_anomalies(symbol="BTCUSDT", min_confidence="MEDIUM", reason="z-score")
+    database.decisions("BTCUSDT", since=0, until=2**62)
+    database.latest_open_time("BTCUSDT")
+    database.symbols("bt", limit=10)
+    database.health()
+    database.delete_expired(10 * 60_000)
+    database.query = query
+    plans = {statement: " / ".join(row["detail"] for row in query("EXPLAIN QUERY PLAN " + statement, params))
+             for statement, params in statements}
+    for statement, plan in plans.items():
+        counted_on_the_anomalies = plan.replace("SCAN decisions USING INDEX decisions_anomalies", "")
+        assert "SCAN decisions" not in counted_on_the_anomalies, (statement, plan)
+    used = " ".join(plans.values())
+    for index in ("decisions_anomalies", "decisions_anomalies_by_symbol", "sqlite_autoindex_decisions_1",
+                  "decisions_decided_at", "sqlite_autoindex_symbols_1", "decisions_ordinary"):
+        assert index in used, index
+    database.close()
 
 
 def test_a_dropped_postgresql_connection_is_reopened_without_losing_the_batch(postgres_url, postgres_server,
@@ -210,7 +352,7 @@ def test_sqlite_uses_wal_so_the_dashboard_reads_while_the_job_writes(tmp_path, m
     reader = open_database(url)
     with writer.transaction() as cursor:  # the job mid-batch, transaction open
         cursor.execute("DELETE FROM decisions")
-        assert reader.symbols() == []  # a reader is not blocked by the open write transaction
+        assert reader.symbols() == ([], 0)  # a reader is not blocked by the open write transaction
     assert sqlite3.connect(tmp_path / "live.db").execute("PRAGMA journal_mode").fetchone()[0] == "wal"
     writer.close()
     reader.close()

@@ -70,7 +70,7 @@ def test_a_required_flag_may_come_from_the_file(workdir):
     ('bogus = 1\n', "unknown key 'bogus': no command has a --bogus flag"),
     ('[detekt]\nconsole = "off"\n', "unknown table [detekt]"),
     ('[detect]\nconsle = "off"\n', "[detect] unknown key 'consle'"),
-    ('[detect]\nconsole = "loud"\n', "[detect] console: 'loud' is not one of table, anomalies, off"),
+    ('[detect]\nconsole = "loud"\n', "[detect] console: 'loud' is not one of auto, all, anomalies, summary, off"),
     ('[detect]\nstate-buckets = "many"\n', "[detect] state-buckets: 'many' is not valid"),
     ('[detect]\nanomalies-only = "yes"\n', "[detect] anomalies-only: expected true or false"),
     ('[detect]\nconsole = \n', "not valid TOML"),
@@ -120,3 +120,8 @@ def test_up_renders_its_children_through_their_own_flags():
     _, args, _ = settings.resolve(build_parser, settings.child_argv(
         build_parser, "detect", {"bootstrap_servers": "h:1", "checkpoint_dir": "/c", "anomalies_only": True}))
     assert (args.bootstrap_servers, str(args.checkpoint_dir), args.anomalies_only) == ("h:1", "/c", True)
+    # up's --retention-days reaches its job.
+    _, up, _ = settings.resolve(build_parser, ["up", "--retention-days", "2.5"])
+    _, job, _ = settings.resolve(build_parser, settings.child_argv(build_parser, "detect",
+                                                                   {"retention_days": up.retention_days}))
+    assert job.retention_days == 2.5

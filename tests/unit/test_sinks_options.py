@@ -34,7 +34,7 @@ def test_defaults(monkeypatch, tmp_path):
     options = sink_options(parse())
     assert options == SinkOptions(
         db_url=f"sqlite:///{tmp_path / 'anomalies.db'}", anomalies_topic="crypto-anomalies", anomalies_only=False,
-        console="table", webhooks=(), webhook_format="slack", alert_min_confidence="MEDIUM", alert_cooldown=900.0,
+        console="auto", webhooks=(), webhook_format="slack", alert_min_confidence="MEDIUM", alert_cooldown=900.0,
         kafka_config={"bootstrap.servers": "localhost:9092"},
     )
 
@@ -49,9 +49,22 @@ def test_flags_env_webhooks_and_none(monkeypatch):
     ))
     assert (options.db_url, options.anomalies_topic, options.anomalies_only, options.console) == (
         None, None, True, "anomalies")
+    assert options.retention_days == 7.0
     assert options.webhooks == ("https://hooks.example/b", "http://127.0.0.1:9/x", "https://hooks.example/a?token=1")
     assert (options.webhook_format, options.alert_min_confidence, options.alert_cooldown) == ("json", "HIGH", 60.0)
     assert options.kafka_config == {"bootstrap.servers": "k:9092", "security.protocol": "SSL"}
+
+
+@pytest.mark.parametrize("days, expected", [("0", 0.0), ("2.5", 2.5), ("30", 30.0)])
+def test_retention_days(days, expected):
+    assert sink_options(parse("--retention-days", days)).retention_days == expected
+
+
+@pytest.mark.parametrize("days", ["-1", "nan", "inf", "week"])
+def test_retention_days_refuses_what_is_not_a_number_of_days(days, capsys):
+    with pytest.raises(SystemExit):
+        parse("--retention-days", days)
+    assert "--retention-days" in capsys.readouterr().err
 
 
 def test_console_only_and_bad_database_url_fails_at_startup():
@@ -77,7 +90,7 @@ class BrokenSink:
 
 def test_a_failing_best_effort_sink_is_logged_and_counted_and_the_others_still_run(caplog):
     out = io.StringIO()
-    sinks = Sinks([BrokenSink(), ConsoleSink("table", out)])
+    sinks = Sinks([BrokenSink(), ConsoleSink("all", out)])
     frame = pd.DataFrame([{"symbol": "BTCUSDT", "open_time": 0, "close": 1.0, "is_anomaly": False}])
     with caplog.at_level(logging.ERROR):
         sinks.write(frame)
@@ -123,7 +136,7 @@ class Health:
 
 def test_a_durable_sink_is_retried_until_it_has_the_batch_and_health_shows_the_outage_meanwhile():
     flaky, health, out = FlakyDurableSink(failures=3), Health(), io.StringIO()
-    sinks = Sinks([flaky, ConsoleSink("table", out)], health=health, retry=RetryPolicy(first=0.01, longest=0.02))
+    sinks = Sinks([flaky, ConsoleSink("all", out)], health=health, retry=RetryPolicy(first=0.01, longest=0.02))
     sinks.record_health({"batch_id": 4, "input_rows": 10})
     frame = pd.DataFrame([{"symbol": "BTCUSDT", "open_time": 0, "close": 1.0, "is_anomaly": False}])
     sinks.write(frame)

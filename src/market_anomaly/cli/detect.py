@@ -22,7 +22,7 @@ from market_anomaly.cli import options
 from market_anomaly.sinks import ALERT_STATE, SinkOptions
 from market_anomaly.sinks.alerts import FORMATS, validate_webhook_url
 from market_anomaly.sinks.common import CONFIDENCE_LEVELS
-from market_anomaly.sinks.console import MODES
+from market_anomaly.sinks.console import AUTO_ALL_SYMBOLS, MODES
 from market_anomaly.sinks.database import default_url
 from market_anomaly.spark import job
 
@@ -94,13 +94,16 @@ def add_sink_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--db", default=config.env("DB", default_url()), metavar="URL",
                        help="database for decisions: sqlite:///PATH or postgresql://USER@HOST:PORT/DB; "
                             "'none' disables (env MARKET_ANOMALY_DB; default: %(default)s)")
+    options.add_retention_argument(group)
     group.add_argument("--anomalies-topic", default=config.ANOMALIES_TOPIC, metavar="TOPIC",
                        help="Kafka topic for decisions as JSON, keyed by symbol; 'none' disables "
                             "(default: %(default)s)")
     group.add_argument("--anomalies-only", action="store_true",
                        help="produce only anomalies to the topic, not every decision")
-    group.add_argument("--console", default="table", choices=MODES,
-                       help="live table on stdout: every decision, only anomalies, or off (default: %(default)s)")
+    group.add_argument("--console", default="auto", choices=MODES,
+                       help="live table on stdout: 'all' decisions, only 'anomalies', a 'summary' line per "
+                            "micro-batch, or 'off'; 'auto' prints every decision of a batch of up to "
+                            f"{AUTO_ALL_SYMBOLS} symbols, else its anomalies and its summary (default: %(default)s)")
     group.add_argument("--webhook", action="append", default=[], metavar="URL",
                        help="POST alerts here; repeatable. URLs with tokens belong in the environment "
                             "(MARKET_ANOMALY_WEBHOOK_URLS, comma-separated): flags show in process lists")
@@ -126,6 +129,7 @@ def sink_options(args: argparse.Namespace) -> SinkOptions:
         raise SystemExit(f"detect: {error}")
     return SinkOptions(
         db_url=_enabled(args.db),
+        retention_days=args.retention_days,
         anomalies_topic=_enabled(args.anomalies_topic),
         anomalies_only=args.anomalies_only,
         console=args.console,

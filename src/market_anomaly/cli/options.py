@@ -1,5 +1,5 @@
 """Flags several commands share: Kafka (``--bootstrap-servers``, ``-X``), Spark sessions (``--master``, ``--conf``),
-Prometheus metrics (``--metrics-port``, ``--metrics-host``).
+Prometheus metrics (``--metrics-port``, ``--metrics-host``), the database's retention (``--retention-days``).
 
 Kafka client settings pass through verbatim with ``-X key=value`` (the kcat convention),
 e.g. ``-X security.protocol=SASL_SSL``, and win over the project's defaults.
@@ -97,6 +97,25 @@ def add_metrics_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--metrics-host", default=config.env("METRICS_HOST", "127.0.0.1"), metavar="HOST",
                         help="address the metrics endpoint binds; the default keeps it on this machine "
                              "(env MARKET_ANOMALY_METRICS_HOST; default: %(default)s)")
+
+
+def retention_days(text: str) -> float:
+    """argparse type of --retention-days: a number of days, 0 (keep everything) or more."""
+    try:
+        days = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of days") from None
+    if not 0 <= days <= 100_000:  # also refuses nan and inf
+        raise argparse.ArgumentTypeError(f"{text} is not between 0 (keep everything) and 100000 days")
+    return days
+
+
+def add_retention_argument(parser) -> None:
+    """--retention-days, for ``detect`` and for ``up`` (which passes it to its job)."""
+    parser.add_argument("--retention-days", type=retention_days, default=7.0, metavar="DAYS",
+                        help="delete ordinary decisions from the database once they are this many days of market "
+                             "time older than the newest candle (checked every market hour); anomalies are kept "
+                             "forever; 0 = keep everything (default: %(default)s)")
 
 
 def serve_metrics(role: str, args: argparse.Namespace) -> None:

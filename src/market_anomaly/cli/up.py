@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from market_anomaly import config, maven
-from market_anomaly.cli import build_parser, produce, settings
+from market_anomaly.cli import build_parser, options, produce, settings
 
 log = logging.getLogger("market_anomaly.up")
 
@@ -65,6 +65,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     up.add_argument("--metrics-port", type=int, default=0, metavar="PORT",
                     help="Prometheus metrics on 127.0.0.1: the producer's on PORT, the Spark job's on PORT+1 (the "
                          "dashboard's at its own /metrics); 0 = none (default: %(default)s)")
+    options.add_retention_argument(up)
     up.add_argument("--params", default=str(config.model_params_path()), help="model parameters file")
     up.add_argument("--keep-state", action="store_true",
                     help="continue the previous run's broker data, checkpoint and database instead of starting "
@@ -191,7 +192,7 @@ def run_up(args: argparse.Namespace) -> int:
         # stop_timeout: the job finishes its micro-batch and commits its checkpoint
         children.append(child("spark job", "detect", None, log_level="WARNING", stop_timeout=60.0,
                               bootstrap_servers=bootstrap, params=args.params, checkpoint_dir=home / "checkpoint",
-                              db=database, symbols=args.symbols, metrics_port=args.metrics_port + 1 if args.metrics_port else 0,
+                              db=database, retention_days=args.retention_days, symbols=args.symbols, metrics_port=args.metrics_port + 1 if args.metrics_port else 0,
                               accept_future_candles=not args.binance))  # the simulator runs ahead of the clock
         if args.dashboard_port:
             children.append(child("dashboard", "dashboard", logs / "dashboard.log", bootstrap_servers=bootstrap,

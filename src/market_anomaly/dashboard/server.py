@@ -2,14 +2,18 @@
 
 API (all JSON; times are epoch milliseconds, or ISO 8601 in UTC for ``since``/``until``):
 
-- ``/api/symbols``: ``{"symbols": [...]}``
+- ``/api/symbols?q=&limit=``: ``{"symbols": [...], "matches": n}``, the symbols containing ``q``
+  (case-insensitive; those starting with it first), at most ``limit`` (default 100, at most 5000)
 - ``/api/anomalies?symbol=&confidence=&reason=&since=&until=&limit=``: newest first; ``confidence``
   is a minimum, ``reason`` a case-insensitive substring, ``since``/``until`` bound ``open_time``
 - ``/api/candles?symbol=&minutes=&until=``: the symbol's decisions (OHLC, anomaly, reasons) for
   ``minutes`` of market time ending at ``until`` or at its latest candle (the simulator runs
   faster than the clock, so "the last hour" means the market's last hour)
-- ``/api/health``: the job's latest progress, candles/s over the last minute, last candle per
-  symbol, Kafka message counts per topic and consumer lag per partition of the candle topic
+- ``/api/health?limit=&stale_after=``: the job's latest progress, candles/s over the last minute,
+  the symbols' counts (``total``, ``stale``, ``fresh``; stale: no candle for ``stale_after``
+  seconds of market time behind the newest, default 180), the ``limit`` symbols furthest behind
+  with their last candle (default 50), Kafka message counts per topic and consumer lag per
+  partition of the candle topic
 
 Kafka offsets are polled in the background (a slow or absent broker never delays a
 response); the page shows the last poll and its error, if any.
@@ -28,12 +32,13 @@ from aiohttp import web
 from market_anomaly import config
 from market_anomaly.dashboard import live
 from market_anomaly.sinks.common import CONFIDENCE_LEVELS, json_text
-from market_anomaly.sinks.database import Database
+from market_anomaly.sinks.database import STALE_AFTER_MS, Database
 
 log = logging.getLogger(__name__)
 
 STATIC_DIR = Path(__file__).resolve().parent / "static"
 MAX_CANDLES = 2000
+MAX_LISTED = 5000  # symbols in one /api/symbols or /api/health answer
 DATABASE = web.AppKey("database", Database)
 
 
@@ -141,7 +146,9 @@ async def index(request: web.Request) -> web.FileResponse:
 
 
 async def symbols(request: web.Request) -> web.Response:
-    return json_response({"symbols": await asyncio.to_thread(request.app[DATABASE].symbols)})
+    found, matches = await asyncio.to_thread(request.app[DATABASE].symbols, request.query.get("q", ""),
+                                             parse_int(request.query.get("limit"), "limit", 100, MAX_LISTED))
+    return json_response({"symbols": found, "matches": matches})
 
 
 async def anomalies(request: web.Request) -> web.Response:
@@ -173,7 +180,10 @@ async def candles(request: web.Request) -> web.Response:
 
 
 async def health(request: web.Request) -> web.Response:
-    report = await asyncio.to_thread(request.app[DATABASE].health)
+    report = await asyncio.to_thread(
+        request.app[DATABASE].health, limit=parse_int(request.query.get("limit"), "limit", 50, MAX_LISTED),
+        stale_after_ms=1000 * parse_int(request.query.get("stale_after"), "stale_after",
+                                        STALE_AFTER_MS // 1000, 365 * 86_400))
     kafka: KafkaStats = request.app[KAFKA]
     report["kafka"] = {**kafka.latest, "lag": kafka.lag(report["progress"]), "candles_topic": kafka.candles_topic,
                        "enabled": kafka.client_config is not None}

@@ -38,9 +38,10 @@ class SinkOptions:
     """Which sinks ``detect`` writes to, and how (built once by the command line, ``cli.detect``)."""
 
     db_url: str | None = None
+    retention_days: float = 7.0  # ordinary decisions kept this long (market time); 0 = all (anomalies always)
     anomalies_topic: str | None = None
     anomalies_only: bool = False
-    console: str = "table"
+    console: str = "auto"
     webhooks: tuple[str, ...] = ()
     webhook_format: str = "slack"
     alert_min_confidence: str = "MEDIUM"
@@ -204,9 +205,11 @@ def build_sinks(options: SinkOptions) -> Sinks:
     sinks: list[Sink] = []
     database = None
     if options.db_url:
-        database = DatabaseSink(open_database(options.db_url))
+        retention_ms = round(options.retention_days * 86_400_000) or None
+        database = DatabaseSink(open_database(options.db_url), retention_ms)
         sinks.append(database)
-        log.info("sink database: %s", redact(options.db_url))
+        log.info("sink database: %s (%s)", redact(options.db_url),
+                 f"ordinary decisions kept {options.retention_days:g} days" if retention_ms else "everything kept")
     if options.anomalies_topic:
         sinks.append(KafkaTopicSink(options.kafka_config, options.anomalies_topic, options.anomalies_only))
         log.info("sink kafka: topic %s%s", options.anomalies_topic, " (anomalies only)" if options.anomalies_only else "")

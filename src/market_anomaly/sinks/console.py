@@ -1,5 +1,12 @@
 """The live decision table on stdout: one fixed-width line per decision, anomalies highlighted.
 
+Modes (``--console``): ``all`` prints every decision; ``anomalies`` only anomalies; ``summary``
+one line per micro-batch (``summary_line``: candles, symbols, anomalies by confidence, its market
+time and when it was decided); ``auto`` (the default) is ``all`` for a batch of a few symbols
+(``AUTO_ALL_SYMBOLS``, at most ``AUTO_ALL_CANDLES`` candles: a live batch of a small watch list)
+and otherwise the batch's anomalies and its summary, so 2,000 symbols make a line per anomaly and
+one per minute, and a catch-up batch (seeding, a restart) does not scroll history past.
+
 Text from the data (symbol, confidence, reasons) is printed without its control characters
 (``printable``), so a hostile symbol cannot recolour or clear the terminal. Colour only when
 the stream is a terminal; in a log file anomalies carry a ``!`` marker
@@ -14,7 +21,7 @@ from typing import TextIO
 
 import pandas as pd
 
-from market_anomaly.sinks.common import format_utc, is_anomaly, printable, to_records
+from market_anomaly.sinks.common import CONFIDENCE_LEVELS, format_utc, is_anomaly, printable, to_records
 
 COLUMNS = (  # (title, width); the last column (reasons) is unbounded
     ("Time", 5), ("Symbol", 10), ("Close", 12), ("Return%", 7), ("Votes", 5),
@@ -23,7 +30,9 @@ COLUMNS = (  # (title, width); the last column (reasons) is unbounded
 SEPARATOR = " | "
 ANSI_ANOMALY = "\x1b[1;31m"  # bold red
 ANSI_RESET = "\x1b[0m"
-MODES = ("table", "anomalies", "off")
+MODES = ("auto", "all", "anomalies", "summary", "off")
+AUTO_ALL_SYMBOLS = 50
+AUTO_ALL_CANDLES = 200
 
 
 def format_price(value: object) -> str:
@@ -63,31 +72,51 @@ def decision_line(record: dict[str, object]) -> str:
     return ("! " if anomaly else "  ") + SEPARATOR.join(cells).rstrip()
 
 
+def summary_line(records: list[dict[str, object]]) -> str:
+    """One line for a batch, ``# `` first (``grep '^#'``), e.g. ``# 2026-01-24 20:17 UTC: 2,000 candles of 2,000
+    symbols, 3 anomalies (HIGH 1, MEDIUM 2); decided 20:18:02 UTC``."""
+    times = [record["open_time"] for record in records if record.get("open_time") is not None]
+    first, last = (min(times), max(times)) if times else (None, None)
+    span = format_utc(first)
+    if last != first:
+        same_day = format_utc(first, "%Y-%m-%d") == format_utc(last, "%Y-%m-%d")
+        span += " to " + format_utc(last, "%H:%M" if same_day else "%Y-%m-%d %H:%M")
+    symbols = len({record.get("symbol") for record in records})
+    levels = [printable(record.get("confidence") or "NONE").upper() for record in records if is_anomaly(record)]
+    by_level = ", ".join(f"{level} {levels.count(level)}" for level in reversed(CONFIDENCE_LEVELS)
+                         if levels.count(level))
+    decided = [record["decided_at"] for record in records if record.get("decided_at") is not None]
+    return (f"# {span} UTC: {len(records):,} candle{'s' * (len(records) != 1)} of {symbols:,} "
+            f"symbol{'s' * (symbols != 1)}, {len(levels):,} anomal{'ies' if len(levels) != 1 else 'y'}"
+            + (f" ({by_level})" if by_level else "")
+            + (f"; decided {format_utc(max(decided), '%H:%M:%S')} UTC" if decided else ""))
+
+
 class ConsoleSink:
-    """Prints every decision (``table``) or only anomalies (``anomalies``)."""
+    """Prints a micro-batch's decisions as ``mode`` says (module docstring)."""
 
     name = "console"
     durable = False
 
-    def __init__(self, mode: str = "table", stream: TextIO | None = None, header_every: int = 40,
-                 catch_up_after: int = 200):
-        if mode not in MODES[:2]:
-            raise ValueError(f"console mode must be one of {MODES[:2]}, not {mode!r}")
+    def __init__(self, mode: str = "auto", stream: TextIO | None = None, header_every: int = 40,
+                 auto_all_symbols: int = AUTO_ALL_SYMBOLS, auto_all_candles: int = AUTO_ALL_CANDLES):
+        if mode not in MODES[:-1]:
+            raise ValueError(f"console mode must be one of {MODES[:-1]}, not {mode!r}")
         self.mode = mode
         self.stream = stream or sys.stdout
         self.header_every = header_every
-        # A batch this large is history (seeding, restart catch-up): a screenful of it says nothing.
-        self.catch_up_after = catch_up_after
+        self.auto_all_symbols = auto_all_symbols
+        self.auto_all_candles = auto_all_candles
         self.colour = bool(getattr(self.stream, "isatty", lambda: False)())
         self._lines_since_header: int | None = None  # None: header not printed yet
 
     def write(self, decisions: pd.DataFrame) -> None:
-        records = to_records(decisions.sort_values(["open_time", "symbol"]) if len(decisions) else decisions)
-        if self.mode == "anomalies":
-            records = [record for record in records if is_anomaly(record)]
-        elif len(records) > self.catch_up_after:
-            records = self._catch_up(records)
-        for record in records:
+        if not len(decisions):
+            return
+        records = to_records(decisions.sort_values(["open_time", "symbol"]))
+        every = self._every_decision(records)
+        shown = records if every else [] if self.mode == "summary" else [r for r in records if is_anomaly(r)]
+        for record in shown:
             if self._lines_since_header is None or self._lines_since_header >= self.header_every:
                 self.stream.write(header_line() + "\n")
                 self._lines_since_header = 0
@@ -96,19 +125,15 @@ class ConsoleSink:
                 line = ANSI_ANOMALY + line + ANSI_RESET
             self.stream.write(line + "\n")
             self._lines_since_header += 1
+        if self.mode == "summary" or (self.mode == "auto" and not every):
+            self.stream.write(summary_line(records) + "\n")
         self.stream.flush()
 
-    def _catch_up(self, records: list[dict[str, object]]) -> list[dict[str, object]]:
-        """Announce a catch-up batch; keep its anomalies and each symbol's latest candle."""
-        latest = {record["symbol"]: index for index, record in enumerate(records)}
-        kept = [record for index, record in enumerate(records) if is_anomaly(record) or latest[record["symbol"]] == index]
-        anomalies = sum(1 for record in kept if is_anomaly(record))
-        self.stream.write(
-            f"  ... catching up: {len(records)} candles of {len(latest)} symbols, "
-            f"{format_utc(records[0].get('open_time'), '%Y-%m-%d %H:%M')} to "
-            f"{format_utc(records[-1].get('open_time'), '%H:%M')} UTC; showing its {anomalies} anomalies "
-            f"and the latest candle per symbol\n")
-        return kept
+    def _every_decision(self, records: list[dict[str, object]]) -> bool:
+        if self.mode != "auto":
+            return self.mode == "all"
+        return (len(records) <= self.auto_all_candles
+                and len({record.get("symbol") for record in records}) <= self.auto_all_symbols)
 
     def flush(self) -> None:
         self.stream.flush()

@@ -3,15 +3,20 @@
 // dragging, the crosshair fills the legend. Live updates arrive as server-sent events (/api/events): new
 // candles of the shown symbol, and a "progress" event per micro-batch that refreshes the table and health.
 // The chart's anomalies are also listed as DOM chips (.anomaly-marker, data-*) that move the chart to them.
+// With thousands of symbols nothing lists them all: the picker shows the symbols matching its search box
+// (/api/symbols?q=, at most SYMBOLS_LISTED), and the health panel the counts and the symbols furthest behind.
 "use strict";
 
 const REFRESH_AT_MOST_MS = 2000; // progress events come once per micro-batch; the table and health need less
 const MAX_BARS = 5000;
+const SYMBOLS_LISTED = 100; // in the picker, per search
+const HEALTH_LISTED = 20; // symbols furthest behind in the health panel
+const SEARCH_DELAY_MS = 150; // after the last keystroke
 const CONFIDENCE_COLOURS = { HIGH: "#ff1744", MEDIUM: "#ff9100", LOW: "#ffd600", NONE: "#ffd600" };
 const $ = (id) => document.getElementById(id);
 
 const state = { symbol: decodeURIComponent(location.hash.slice(1)) || null, candles: [], byTime: new Map(),
-                stream: null, hovering: false };
+                stream: null, hovering: false, search: "" };
 
 // -- formatting -----------------------------------------------------------------------------------
 
@@ -25,6 +30,12 @@ function price(value) {
   if (value === null || value === undefined) return "–";
   const digits = Math.abs(value) >= 100 ? 2 : Math.abs(value) >= 1 ? 4 : 6;
   return value.toLocaleString("en-US", { minimumFractionDigits: digits, maximumFractionDigits: digits });
+}
+
+function behind(ms) {
+  if (!ms) return "–";
+  const minutes = ms / 60_000;
+  return minutes < 120 ? `${Math.round(minutes)} min` : minutes < 2880 ? `${(minutes / 60).toFixed(1)} h` : `${(minutes / 1440).toFixed(1)} d`;
 }
 
 function signed(value) {
@@ -69,32 +80,51 @@ function filterQuery() {
   return params.toString();
 }
 
+function symbolsQuery() {
+  return new URLSearchParams({ q: state.search, limit: String(SYMBOLS_LISTED) }).toString();
+}
+
+// The picker lists the search's matches, and the shown symbol even when it is not one of them.
 function updateSymbols(symbols, newestAnomaly) {
   const chartSelect = $("symbol");
-  const filterSelect = $("filters").elements.symbol;
   // Without a choice (or #SYMBOL in the address), show where the latest anomaly happened.
-  if (!state.symbol || !symbols.includes(state.symbol)) {
-    state.symbol = newestAnomaly && symbols.includes(newestAnomaly.symbol) ? newestAnomaly.symbol : symbols[0] || null;
-  }
-  const known = [...chartSelect.options].map((o) => o.value);
-  if (known.join() !== symbols.join()) {
-    chartSelect.replaceChildren(...symbols.map((s) => new Option(s, s)));
-    const chosen = filterSelect.value;
-    filterSelect.replaceChildren(new Option("all", ""), ...symbols.map((s) => new Option(s, s)));
-    filterSelect.value = chosen;
+  if (!state.symbol) state.symbol = newestAnomaly ? newestAnomaly.symbol : symbols[0] || null;
+  const listed = state.symbol && !symbols.includes(state.symbol) ? [state.symbol, ...symbols] : symbols;
+  if ([...chartSelect.options].map((o) => o.value).join() !== listed.join()) {
+    chartSelect.replaceChildren(...listed.map((s) => new Option(s, s)));
+    $("symbol-options").replaceChildren(...symbols.map((s) => new Option(s, s)));
   }
   if (state.symbol) chartSelect.value = state.symbol;
+}
+
+async function search() {
+  const { symbols, matches } = await getJSON(`/api/symbols?${symbolsQuery()}`);
+  // A search that leaves out the shown symbol shows its first match.
+  const first = symbols.length && !symbols.includes(state.symbol) ? symbols[0] : null;
+  if (first) state.symbol = first;
+  updateSymbols(symbols, null);
+  $("symbol").title = `${matches} symbol${matches === 1 ? "" : "s"} match` +
+    (matches > symbols.length ? `, the first ${symbols.length} listed` : "");
+  if (first) selectSymbol(first);
+}
+
+let searchTimer = null;
+function searchSoon() {
+  clearTimeout(searchTimer);
+  searchTimer = setTimeout(() => search().catch((error) => showStatus(`search failed: ${error.message}`, true)),
+                           SEARCH_DELAY_MS);
 }
 
 async function refresh() {
   try {
     const [{ symbols }, newest] = await Promise.all([
-      getJSON("/api/symbols"),
+      getJSON(`/api/symbols?${symbolsQuery()}`),
       state.symbol ? Promise.resolve({ anomalies: [] }) : getJSON("/api/anomalies?limit=1"),
     ]);
     const before = state.symbol;
     updateSymbols(symbols, newest.anomalies[0]);
-    const [anomalies, health] = await Promise.all([getJSON(`/api/anomalies?${filterQuery()}`), getJSON("/api/health")]);
+    const [anomalies, health] = await Promise.all([getJSON(`/api/anomalies?${filterQuery()}`),
+                                                   getJSON(`/api/health?limit=${HEALTH_LISTED}`)]);
     renderAnomalies(anomalies.anomalies);
     renderHealth(health);
     if (state.symbol !== before || !state.stream) await loadChart();
@@ -155,11 +185,19 @@ function renderHealth(health) {
   $("kafka-error").hidden = !kafka.error;
   $("kafka-error").textContent = kafka.error ? `Kafka: ${kafka.error}` : "";
 
+  const counts = health.symbols;
+  $("symbol-counts").textContent = `${counts.total.toLocaleString()}: ${counts.fresh.toLocaleString()} fresh, ` +
+    `${counts.stale.toLocaleString()} stale (no candle for ${counts.stale_after_ms / 1000} s behind the newest)`;
+  $("symbol-counts").dataset.stale = String(counts.stale);
   fillTable($("last-candles"), health.last_candles, (row, c) => {
     cell(row, c.symbol);
     cell(row, utc(c.open_time));
+    cell(row, behind(c.behind_ms), "num");
     cell(row, price(c.close), "num");
-    cell(row, c.is_anomaly ? `ANOMALY ${c.confidence}` : "normal", c.is_anomaly ? `conf-${c.confidence}` : "");
+    if (c.stale) cell(row, "STALE", "stale");
+    else cell(row, c.is_anomaly ? `ANOMALY ${c.confidence}` : "normal", c.is_anomaly ? `conf-${c.confidence}` : "");
+    row.dataset.symbol = c.symbol;
+    row.addEventListener("click", () => selectSymbol(c.symbol));
   }, "no candles yet");
 }
 
@@ -329,12 +367,15 @@ async function loadChart() {
 
 function selectSymbol(symbol) {
   state.symbol = symbol;
-  $("symbol").value = symbol;
+  const select = $("symbol");
+  if (![...select.options].some((o) => o.value === symbol)) select.prepend(new Option(symbol, symbol));
+  select.value = symbol;
   location.hash = encodeURIComponent(symbol);
   loadChart().catch((error) => showStatus(`update failed: ${error.message}`, true));
 }
 
 $("symbol").addEventListener("change", (event) => selectSymbol(event.target.value));
+$("symbol-search").addEventListener("input", (event) => { state.search = event.target.value.trim(); searchSoon(); });
 $("minutes").addEventListener("change", () => selectSymbol(state.symbol));
 $("filters").addEventListener("input", () =>
   getJSON(`/api/anomalies?${filterQuery()}`).then((data) => renderAnomalies(data.anomalies)));

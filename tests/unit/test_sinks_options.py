@@ -180,3 +180,7 @@ def test_records_are_plain_python_with_nan_as_none():
 
 def test_confidence_levels_at_least():
     assert levels_at_least("medium") == ["MEDIUM", "HIGH"]
+
+
+def test_the_console_mode_table_of_earlier_configurations_means_all():
+    assert sink_options(parse("--console", "table")).console == "all"

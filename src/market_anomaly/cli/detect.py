@@ -30,6 +30,11 @@ DISABLED = "none"
 WEBHOOK_URLS_ENV = "WEBHOOK_URLS"  # MARKET_ANOMALY_WEBHOOK_URLS, comma-separated
 
 
+def console_mode(text: str) -> str:
+    """A console mode; ``table``, its name before ``all``, still works (configuration files say it)."""
+    return "all" if text == "table" else text
+
+
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "detect", help="run the Spark streaming consumer: candles in, anomaly decisions out",
@@ -100,7 +105,7 @@ def add_sink_arguments(parser: argparse.ArgumentParser) -> None:
                             "(default: %(default)s)")
     group.add_argument("--anomalies-only", action="store_true",
                        help="produce only anomalies to the topic, not every decision")
-    group.add_argument("--console", default="auto", choices=MODES,
+    group.add_argument("--console", default="auto", choices=MODES, type=console_mode,
                        help="live table on stdout: 'all' decisions, only 'anomalies', a 'summary' line per "
                             "micro-batch, or 'off'; 'auto' prints every decision of a batch of up to "
                             f"{AUTO_ALL_SYMBOLS} symbols, else its anomalies and its summary (default: %(default)s)")

@@ -106,3 +106,25 @@ def test_evaluate_reports_recall_false_alarms_and_baseline(tmp_path, capsys):
     assert trained["recall"] == report["recall"]["all"]["recall"]
     assert trained["false_alarm_episodes_per_symbol_day"] == report["false_alarm_episodes_per_symbol_day"]
 
+
+
+def test_evaluate_leave_one_out_trains_on_the_others_and_reports_real_events(tmp_path, capsys):
+    for seed, symbol in enumerate(("AAAUSDT", "BBBUSDT", "CCCUSDT")):
+        market(4000, seed, symbol).to_csv(tmp_path / f"{symbol}_1m.csv", index=False)
+    announced = int(market(4000, 2, "CCCUSDT")["open_time"].iloc[3000])
+    stamp = pd.Timestamp(announced, unit="ms", tz="UTC").strftime("%Y-%m-%d %H.%M")
+    (tmp_path / "events.csv").write_text(f"symbol,pump_time_utc_announced\nCCCUSDT,{stamp}\n")
+    base = tmp_path / "base.json"
+    base.write_text(json.dumps(small_document()))
+    assert main(["evaluate", "--leave-one-out", "--input", *(str(tmp_path / f"{s}_1m.csv") for s in
+                                                              ("AAAUSDT", "BBBUSDT", "CCCUSDT")),
+                 "--injections", "4", "--tune-injections", "20", "--base", str(base), "--events",
+                 str(tmp_path / "events.csv"), "--json", str(tmp_path / "report.json")]) == 0
+    assert "leave one series out" in capsys.readouterr().out
+    report = json.loads((tmp_path / "report.json").read_text())
+    assert list(report["series"]) == ["AAAUSDT", "BBBUSDT", "CCCUSDT"]
+    assert report["recall"]["all"]["events"] == sum(entry["injected"] for entry in report["series"].values()) > 0
+    # the 4 excluded hours around the announced time are not symbol-days of false alarms
+    assert report["series"]["CCCUSDT"]["days"] == round((4000 - 241) / 1440, 2)
+    assert list(report["real_events"]["events"]) == ["CCCUSDT"]
+    assert 0 <= report["real_events"]["caught"] <= 1

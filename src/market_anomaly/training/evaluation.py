@@ -35,6 +35,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+from market_anomaly.core.detectors import warmups
 from market_anomaly.training.injection import KINDS, MAGNITUDE_RANGES, inject_random, injection_slots
 from market_anomaly.training.train import (DETECTION_WINDOW, EPISODE_GAP_MS, TrainConfig, alarm_episodes,
                                                score_series, train)
@@ -139,20 +140,6 @@ def _in_window(label: dict, candles: pd.DataFrame) -> np.ndarray:
 def _report(outcomes: list[dict], false_alarms: dict, days: float, params, train_fraction: float, seed: int,
             development: bool = False) -> dict:
     frame = pd.DataFrame(outcomes)
-
-    def recall_table(column: str) -> dict:
-        table = {}
-        for kind in KINDS + ("all",):
-            rows = frame if kind == "all" else frame[frame["kind"] == kind]
-            detected = rows[column].notna()
-            table[kind] = {"events": int(len(rows)), "recall": _share(detected),
-                           "median_delay_min": float(rows[column].median()) if detected.any() else None}
-            if kind in MAGNITUDE_RANGES:  # weak events (lower half of the range) vs strong ones
-                strong = rows["magnitude"] >= np.mean(MAGNITUDE_RANGES[kind])
-                table[kind].update(recall_weaker_half=_share(detected[~strong]),
-                                   recall_stronger_half=_share(detected[strong]))
-        return table
-
     scope = (f"DEVELOPMENT (inside the training part only, the first {train_fraction:.0%} of each series): "
              if development else "")
     return {
@@ -166,8 +153,8 @@ def _report(outcomes: list[dict], false_alarms: dict, days: float, params, train
         "seed": seed,
         "threshold": params.consensus.threshold,
         "params_trained_on": params.trained_on["candles"],
-        "recall": recall_table("delay"),
-        "baseline_recall": recall_table("baseline_delay"),
+        "recall": _recall_table(frame, "delay"),
+        "baseline_recall": _recall_table(frame, "baseline_delay"),
         "false_alarms": false_alarms,
         "false_alarm_episodes_per_symbol_day": round(sum(e["episodes"] for e in false_alarms.values()) / days, 3),
         "baseline_false_alarm_episodes_per_symbol_day": round(
@@ -175,6 +162,21 @@ def _report(outcomes: list[dict], false_alarms: dict, days: float, params, train
         "missed": [{key: outcome[key] for key in ("symbol", "kind", "open_time", "magnitude")}
                    for outcome in outcomes if np.isnan(outcome["delay"])],
     }
+
+
+def _recall_table(frame: pd.DataFrame, column: str) -> dict:
+    """Per kind (and all): events, recall, median delay of ``column``; weaker/stronger half of the range."""
+    table = {}
+    for kind in KINDS + ("all",):
+        rows = frame if kind == "all" else frame[frame["kind"] == kind]
+        detected = rows[column].notna()
+        table[kind] = {"events": int(len(rows)), "recall": _share(detected),
+                       "median_delay_min": float(rows[column].median()) if detected.any() else None}
+        if kind in MAGNITUDE_RANGES:  # weak events (lower half of the range) vs strong ones
+            strong = rows["magnitude"] >= np.mean(MAGNITUDE_RANGES[kind])
+            table[kind].update(recall_weaker_half=_share(detected[~strong]),
+                               recall_stronger_half=_share(detected[strong]))
+    return table
 
 
 def format_report(report: dict) -> str:
@@ -210,3 +212,160 @@ def _share(flags: pd.Series) -> float | None:
 
 def _fmt(value) -> str:
     return "-" if value is None else f"{value:.2f}" if isinstance(value, float) else str(value)
+
+
+# -- leave one series out: what a pair new to the model gets ----------------------------------------
+
+REAL_EVENT_WINDOW = (-5, 20)           # minutes around an announced time in which a flag catches the event
+REAL_EVENT_EXCLUDED = (-60, 180)       # minutes around it that are not counted as false alarms
+DAY_MINUTES = 24 * 60
+
+
+def read_announced_events(path) -> dict[str, int]:
+    """Symbol -> announced time (epoch ms) from a file with ``symbol`` and ``pump_time_utc_announced``
+    (``YYYY-MM-DD HH.MM``, UTC), like ``../shared/data/pumps-2020/pump_events.csv``."""
+    table = pd.read_csv(path)
+    times = pd.to_datetime(table["pump_time_utc_announced"], format="%Y-%m-%d %H.%M", utc=True)
+    return dict(zip(table["symbol"].astype(str), times.to_numpy("datetime64[ms]").astype(np.int64).tolist()))
+
+
+def evaluate_leave_one_out(series: dict[str, pd.DataFrame], injections: int = 30, seed: int = 0,
+                           base: dict | None = None, events: dict[str, int] | None = None,
+                           tune_injections: int | None = None, max_candles: int | None = None) -> dict:
+    """Leave-one-series-out: for each series, train on all the others and evaluate on it, scored from an empty
+    state (a pair the model has never seen, from its first candle).
+
+    Per held-out series: ``injections`` labelled events injected after the longest warm-up (in rounds, as
+    ``evaluate``), recall within ``DETECTION_WINDOW`` minutes; untouched false-alarm episodes per symbol-day
+    on all its candles. ``events``: symbol -> announced time (ms) of a real event (``read_announced_events``):
+    its series counts as caught when a candle opening within ``REAL_EVENT_WINDOW`` minutes of it is flagged;
+    the ``REAL_EVENT_EXCLUDED`` minutes around it count neither as false alarms nor for injected events.
+    ``max_candles``: keep only each series' first candles (quick iteration only; report full runs).
+    Everything also for the naive rolling z-score (``baseline_flags``).
+    """
+    events = events or {}
+    if max_candles:
+        series = {key: frame.iloc[:max_candles].reset_index(drop=True) for key, frame in series.items()}
+    config = TrainConfig(base=base) if tune_injections is None else TrainConfig(base=base,
+                                                                                tune_injections=tune_injections)
+    rng = np.random.default_rng(seed)
+    outcomes, per_series, real = [], {}, {}
+    for key, frame in series.items():
+        params = train({other: candles for other, candles in series.items() if other != key}, config)
+        symbol = key.split("@")[0]
+        times = frame["open_time"].to_numpy()
+        announced = events.get(symbol)
+        counted = np.ones(len(frame), dtype=bool)
+        if announced is not None:
+            offsets = (times - announced) / MINUTE_MS
+            counted = (offsets < REAL_EVENT_EXCLUDED[0]) | (offsets > REAL_EVENT_EXCLUDED[1])
+        flags = score_series(params, {key: frame})[key]["is_anomaly"].to_numpy(bool)
+        baseline = baseline_flags(frame)
+        days = counted.sum() / DAY_MINUTES
+        per_series[key] = {"days": round(float(days), 2), "threshold": params.consensus.threshold,
+                           "episodes": alarm_episodes(times[flags & counted]),
+                           "baseline_episodes": alarm_episodes(times[baseline & counted])}
+        if announced is not None:
+            near = (offsets >= REAL_EVENT_WINDOW[0]) & (offsets <= REAL_EVENT_WINDOW[1])
+            real[key] = {"announced": pd.Timestamp(announced, unit="ms", tz="UTC").isoformat(),
+                         "first_flag_min": _first_offset(offsets, flags & near),
+                         "baseline_first_flag_min": _first_offset(offsets, baseline & near)}
+        earliest = max(warmups(params).values())
+        found = _injected_outcomes(params, key, frame, injections, rng, earliest)
+        if announced is not None:  # events overlapping the real one cannot be told apart from it
+            found = [outcome for outcome in found
+                     if not (announced + REAL_EVENT_EXCLUDED[0] * MINUTE_MS <= outcome["open_time"]
+                             <= announced + REAL_EVENT_EXCLUDED[1] * MINUTE_MS)]
+        outcomes += found
+        per_series[key].update(injected=len(found), recall=_share(pd.Series([not np.isnan(o["delay"])
+                                                                            for o in found], dtype=bool)))
+    return _loso_report(outcomes, per_series, real, seed, injections)
+
+
+def _injected_outcomes(params, key: str, frame: pd.DataFrame, injections: int, rng: np.random.Generator,
+                       earliest: int) -> list[dict]:
+    """Outcomes (label, delay, baseline delay) of ``injections`` events injected into one series in rounds."""
+    slots = injection_slots({key: frame}, MIN_GAP, earliest)
+    if not slots:
+        return []
+    per_round, remaining, outcomes = max(1, len(slots) // 2), injections, []
+    while remaining > 0:
+        count = min(per_round, remaining)
+        injected, labels = inject_random({key: frame}, count, rng, min_gap=MIN_GAP, earliest=earliest)
+        scored = score_series(params, injected)[key]
+        candles = injected[key]
+        baseline = baseline_flags(candles)
+        outcomes += [{**label, "delay": _first_flag_delay(label, candles, scored["is_anomaly"]),
+                      "baseline_delay": _first_flag_delay(label, candles, baseline)} for label in labels]
+        remaining -= count
+    return outcomes
+
+
+def _first_offset(offsets: np.ndarray, flags: np.ndarray) -> float | None:
+    return float(offsets[flags].min()) if flags.any() else None
+
+
+def _loso_report(outcomes: list[dict], per_series: dict, real: dict, seed: int, injections: int) -> dict:
+    frame = pd.DataFrame(outcomes)
+    days = sum(entry["days"] for entry in per_series.values())
+    for entry in per_series.values():
+        entry["per_symbol_day"] = round(entry["episodes"] / entry["days"], 3) if entry["days"] else None
+        entry["baseline_per_symbol_day"] = round(entry["baseline_episodes"] / entry["days"], 3) if entry["days"] \
+            else None
+    real_days = sum(per_series[key]["days"] for key in real)
+    report = {
+        "protocol": (f"leave one series out: each series scored from an empty state by a model trained on all the "
+                     f"other series; {injections} events injected per series after the warm-up; detected = flagged "
+                     f"within {DETECTION_WINDOW} min; false alarms = episodes (flags < "
+                     f"{EPISODE_GAP_MS // MINUTE_MS} min apart) on the untouched candles, outside "
+                     f"[{REAL_EVENT_EXCLUDED[0]}, +{REAL_EVENT_EXCLUDED[1]}] min of an announced real event; a real "
+                     f"event is caught when flagged within [{REAL_EVENT_WINDOW[0]}, +{REAL_EVENT_WINDOW[1]}] min"),
+        "seed": seed,
+        "recall": _recall_table(frame, "delay"),
+        "baseline_recall": _recall_table(frame, "baseline_delay"),
+        "series": per_series,
+        "false_alarm_episodes_per_symbol_day": round(sum(e["episodes"] for e in per_series.values()) / days, 3),
+        "baseline_false_alarm_episodes_per_symbol_day": round(
+            sum(e["baseline_episodes"] for e in per_series.values()) / days, 3),
+        "series_above_1_per_day": sorted(key for key, e in per_series.items() if (e["per_symbol_day"] or 0) > 1.0),
+        "missed": [{key: outcome[key] for key in ("symbol", "kind", "open_time", "magnitude")}
+                   for outcome in outcomes if np.isnan(outcome["delay"])],
+    }
+    if real:
+        report["real_events"] = {
+            "events": real,
+            "caught": _share(pd.Series([entry["first_flag_min"] is not None for entry in real.values()])),
+            "baseline_caught": _share(pd.Series([entry["baseline_first_flag_min"] is not None
+                                                 for entry in real.values()])),
+            "false_alarm_episodes_per_symbol_day": round(sum(per_series[k]["episodes"] for k in real) / real_days, 3),
+            "baseline_false_alarm_episodes_per_symbol_day": round(
+                sum(per_series[k]["baseline_episodes"] for k in real) / real_days, 3),
+        }
+    return report
+
+
+def format_leave_one_out(report: dict) -> str:
+    """The leave-one-series-out report as a readable table."""
+    lines = [report["protocol"], "", f"{'kind':<18}{'events':>7}  {'recall':>7}  {'delay(min)':>10}   "
+                                     f"{'baseline':>8}  {'delay(min)':>10}"]
+    for kind, ours in report["recall"].items():
+        theirs = report["baseline_recall"][kind]
+        lines.append(f"{kind:<18}{ours['events']:>7}  {_fmt(ours['recall']):>7}  {_fmt(ours['median_delay_min']):>10}"
+                     f"   {_fmt(theirs['recall']):>8}  {_fmt(theirs['median_delay_min']):>10}")
+    lines += ["", f"{'series':<30}{'days':>6}{'thr':>6}{'recall':>8}{'FA/day':>8}{'baseline':>9}"]
+    for key, entry in report["series"].items():
+        lines.append(f"{key:<30}{entry['days']:>6}{entry['threshold']:>6}{_fmt(entry['recall']):>8}"
+                     f"{_fmt(entry['per_symbol_day']):>8}{_fmt(entry['baseline_per_symbol_day']):>9}")
+    lines.append(f"false-alarm episodes per symbol-day, pooled: {report['false_alarm_episodes_per_symbol_day']} "
+                 f"(baseline {report['baseline_false_alarm_episodes_per_symbol_day']}); series above 1.0: "
+                 f"{', '.join(report['series_above_1_per_day']) or 'none'}")
+    if "real_events" in report:
+        real = report["real_events"]
+        lines += ["", f"{'real event':<30}{'announced':>27}{'first flag':>12}{'baseline':>10}"]
+        for key, entry in real["events"].items():
+            lines.append(f"{key:<30}{entry['announced']:>27}{_fmt(entry['first_flag_min']):>12}"
+                         f"{_fmt(entry['baseline_first_flag_min']):>10}")
+        lines.append(f"caught {real['caught']} (baseline {real['baseline_caught']}); false-alarm episodes per "
+                     f"symbol-day on these series away from the event: {real['false_alarm_episodes_per_symbol_day']} "
+                     f"(baseline {real['baseline_false_alarm_episodes_per_symbol_day']})")
+    return "\n".join(lines)

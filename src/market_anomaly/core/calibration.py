@@ -89,3 +89,51 @@ def calibration_problem(table) -> str | None:
     if not finite_number(slope) or not slope > 0:
         return "tail_slope must be a positive finite number"
     return None
+
+
+# -- per-symbol self-calibration of the fused surprise's candidates ---------------------------------
+
+RARITY_LEVELS = np.round(np.arange(3.0, MAX_SURPRISE + 0.01, 0.5), 2)  # surprise levels each symbol counts
+
+
+def self_calibrated(surprises: np.ndarray, segments, positions: np.ndarray, counts: np.ndarray,
+                    prior_candles: float) -> tuple[np.ndarray, np.ndarray]:
+    """Calibrated surprises re-read against the symbol's own history: (calibrated, new ``counts``).
+
+    ``surprises``: (candles, k), e.g. the fused surprise's candidates (``consensus.candidates``: each
+    detector group, each calibrated pair of groups); ``counts[symbol, c, i]``: the symbol's
+    earlier candles whose column ``c`` reached ``RARITY_LEVELS[i]``; ``positions``:
+    candles it saw before each one. A surprise ``s`` says the training candles (the typical
+    symbol) reach it with probability ``10**-s``; blended with the symbol's own rate, the
+    training counting as ``prior_candles`` candles, its tail probability is
+    ``P(s) = (N(>= s) + prior_candles * 10**-s) / (n + prior_candles)`` and the calibrated
+    surprise ``-log10 P(s)``. So one threshold is the same rarity on every symbol: a symbol
+    whose ordinary minutes look unusual for the typical one (a thin market's trades after
+    silence) raises its bar for that kind of evidence only (each column on its own), a quiet one lowers it, a new
+    symbol starts as the typical one. Values below the lowest level are unchanged (never near
+    a threshold). A candle's value depends only on the candles before it: the same however
+    the stream is cut.
+
+    >>> from market_anomaly.core.features import Segments
+    >>> calibrated, counts = self_calibrated(np.array([[4.0], [4.0], [4.0]]), Segments.one(3),
+    ...                                      np.array([1000, 1001, 1002]), np.zeros((1, 1, len(RARITY_LEVELS))), 1000.0)
+    >>> calibrated[:, 0].round(2).tolist(), int(counts[0, 0, 2])  # each 4.0 makes the next one less rare
+    ([4.3, 3.26, 2.98], 3)
+    """
+    calibrated = np.array(surprises, dtype=float)
+    new_counts = counts.copy()
+    for column in range(calibrated.shape[1]):
+        rows = np.flatnonzero(calibrated[:, column] >= RARITY_LEVELS[0])
+        if not len(rows):
+            continue
+        values, symbols = calibrated[rows, column], segments.ids[rows]
+        exceeds = (values[:, None] >= RARITY_LEVELS[None, :]).astype(float)
+        running = np.cumsum(exceeds, axis=0) - exceeds  # exceedances of the earlier candidate rows ...
+        first = np.flatnonzero(np.concatenate([[True], symbols[1:] != symbols[:-1]]))
+        running -= np.repeat(running[first], np.diff(np.append(first, len(rows))), axis=0)  # ... of its symbol
+        level = np.searchsorted(RARITY_LEVELS, values, side="right") - 1
+        own = counts[symbols, column, level] + running[np.arange(len(rows)), level]
+        rarity = (own + prior_candles * 10.0 ** -values) / (positions[rows] + prior_candles)
+        calibrated[rows, column] = -np.log10(rarity)
+        np.add.at(new_counts[:, column], symbols, exceeds)
+    return calibrated, new_counts

@@ -38,15 +38,19 @@ def candidates(groups_surprise: np.ndarray, groups, calibration, pairs: bool) ->
 
 def fuse(groups_surprise: np.ndarray, groups, calibration, pairs: bool, offsets=None) -> np.ndarray:
     """Fused surprise: the largest candidate (``candidates``) plus its offset (``train --tune``; default 0)."""
+    return fuse_candidates(candidates(groups_surprise, groups, calibration, pairs), offsets)
+
+
+def fuse_candidates(found: dict[str, np.ndarray], offsets=None) -> np.ndarray:
+    """The largest of the candidates ``found`` (name -> surprise per candle), each plus its offset."""
     offsets = offsets or {}
-    found = candidates(groups_surprise, groups, calibration, pairs)
     return np.max([values + offsets.get(key, 0.0) for key, values in found.items()], axis=0)
 
 
 def consensus(eligible_by_detector: dict[str, np.ndarray], reasons_by_detector: dict[str, callable],
               scores_by_detector: dict[str, np.ndarray], surprise_by_detector: dict[str, np.ndarray],
-              params: ConsensusParams, calibration=None, own_votes: dict[str, np.ndarray] | None = None
-              ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+              params: ConsensusParams, calibration=None, own_votes: dict[str, np.ndarray] | None = None,
+              found: dict[str, np.ndarray] | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """(votes, is_anomaly, confidence, reasons, fused surprise) per candle.
 
     Every detector's score is on one scale, its calibrated *surprise* (``calibration``:
@@ -66,7 +70,9 @@ def consensus(eligible_by_detector: dict[str, np.ndarray], reasons_by_detector: 
     detectors, and the reasons name each voter (an anomaly always names at least its most
     surprising detector) with the size of its deviation. Confidence of an anomaly grows
     with the fused surprise above the threshold (``params.confidence``: the margin each level
-    needs); NONE for the rest.
+    needs, set by ``train`` by rarity on the training candles); NONE for the rest.
+    ``found``: the fused surprise's candidates when the caller has them already (the engine's,
+    after the per-symbol self-calibration ``calibration.self_calibrated``); default ``candidates``.
 
     >>> from market_anomaly.core.params import ConsensusParams
     >>> params = ConsensusParams(required=(), alone={}, vote_surprise=3.0, groups=(("Z-SCORE",), ("VOLUME",)),
@@ -85,8 +91,10 @@ def consensus(eligible_by_detector: dict[str, np.ndarray], reasons_by_detector: 
     names = list(eligible_by_detector)
     surprise_matrix = np.column_stack([np.where(eligible_by_detector[name], surprise_by_detector[name], 0.0)
                                        for name in names])
-    fused = fuse(group_surprise(names, surprise_matrix, params.groups), params.groups, calibration or {},
-                 params.pairs, params.offsets)
+    if found is None:
+        found = candidates(group_surprise(names, surprise_matrix, params.groups), params.groups, calibration or {},
+                           params.pairs)
+    fused = fuse_candidates(found, params.offsets)
     is_anomaly = fused >= params.threshold
     eligible = np.column_stack([eligible_by_detector[name] for name in names])
     rule = np.zeros(len(fused), dtype=bool)

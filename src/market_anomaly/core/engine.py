@@ -20,12 +20,12 @@ import numpy as np
 import pandas as pd
 
 from market_anomaly.core.baselines import Baselines
-from market_anomaly.core.calibration import surprise
-from market_anomaly.core.consensus import consensus, group_surprise
+from market_anomaly.core.calibration import RARITY_LEVELS, self_calibrated, surprise
+from market_anomaly.core.consensus import candidates, consensus, group_surprise
 from market_anomaly.core.detectors import DETECTORS, build
 from market_anomaly.core.features import Segments, candle_features
 from market_anomaly.core.params import ModelParams
-from market_anomaly.core.state import pack, pack_bucket, unpack_bucket
+from market_anomaly.core.state import pack, pack_bucket, unpack, unpack_bucket
 
 # The candle and its features (scores' baselines included), then each detector's score, then the decision.
 _FEATURE_COLUMNS: list[tuple[str, str]] = [
@@ -118,7 +118,7 @@ class DetectionEngine:
 
     def __init__(self, params: ModelParams):
         self.params = params
-        self.keep_group_surprise, self.group_surprise = False, None
+        self.keep_group_surprise, self.group_surprise, self.candidates = False, None, None
         self.interval_name = INTERVAL_NAMES.get(params.interval_ms, f"{params.interval_ms}ms")
 
     def process(self, symbol: str, candles: pd.DataFrame, state: bytes | None) -> tuple[pd.DataFrame, bytes]:
@@ -157,6 +157,7 @@ class DetectionEngine:
         memory = unpack_bucket(states)
         last = memory.rows("engine.last", [-1, np.nan, np.nan, 0])  # open_time, close, volume, candles seen
         last_open_time, seen = last[:, 0].astype(np.int64), last[:, 3].astype(np.int64)
+        tick = memory.rows(TICK_STATE, [np.nan, np.nan])  # smallest price step seen, exchange tick size
         open_time = candles["open_time"].to_numpy(np.int64)
         rows = new_rows(symbol_index, open_time, last_open_time)
         segments = Segments(np.bincount(symbol_index[rows], minlength=len(symbols)))
@@ -166,7 +167,7 @@ class DetectionEngine:
         values = {name: candles[name].to_numpy(float)[rows]
                   for name in ("open", "high", "low", "close", "volume", "taker_buy_base") if name in candles}
         features = candle_features({**values, "open_time": open_time}, segments, last_open_time, last[:, 1],
-                                   last[:, 2], params.interval_ms, params.range.floor_pct)
+                                   last[:, 2], params.interval_ms, params.range.floor_pct, tick[:, 0], tick[:, 1])
         positions = seen[segments.ids] + segments.ranks
 
         baselines, detectors = Baselines(params), build(params)
@@ -182,14 +183,23 @@ class DetectionEngine:
         eligible = {detector.name: detector.votes(scores[detector.name], positions) for detector in detectors}
         surprises = {detector.name: surprise(params.calibration.get(detector.name), detector.size(scores[detector.name]))
                      for detector in detectors}
+        names = list(eligible)
+        groups = group_surprise(names, np.column_stack([np.where(eligible[name], surprises[name], 0.0)
+                                                        for name in names]), params.consensus.groups)
+        found = candidates(groups, params.consensus.groups, params.calibration, params.consensus.pairs)
+        prior, shape = params.consensus.prior_candles, (len(symbols), len(found), len(RARITY_LEVELS))
+        if prior > 0:  # each symbol's own history sets how rare each candidate's reading is for it
+            counts = memory.rows(RARITY_STATE, [0.0] * (shape[1] * shape[2])).reshape(shape)
+            calibrated, counts = self_calibrated(np.column_stack(list(found.values())), segments, positions,
+                                                 counts, prior)
+            found = dict(zip(found, calibrated.T))
         votes, is_anomaly, confidence, reasons, fused = consensus(
             eligible, {detector.name: detector.reason for detector in detectors}, scores, surprises,
             params.consensus, params.calibration,
-            own_votes={detector.name: eligible[detector.name] for detector in detectors if detector.own_vote})
-        if self.keep_group_surprise:  # training calibrates pairs of groups on these
-            names = list(eligible)
-            self.group_surprise = group_surprise(names, np.column_stack(
-                [np.where(eligible[name], surprises[name], 0.0) for name in names]), params.consensus.groups)
+            own_votes={detector.name: eligible[detector.name] for detector in detectors if detector.own_vote},
+            found=found)
+        if self.keep_group_surprise:  # training calibrates pairs of groups and tunes the candidates' offsets on these
+            self.group_surprise, self.candidates = groups, found
 
         columns = {
             "symbol": np.asarray(symbols, dtype=object)[segments.ids],
@@ -212,6 +222,8 @@ class DetectionEngine:
         arrays = {
             "engine.last": np.column_stack([open_time[ends], features.close[ends], features.volume[ends],
                                             seen + segments.counts]),
+            TICK_STATE: np.column_stack([features.min_step[ends], tick[:, 1]]),
+            **({RARITY_STATE: counts.reshape(len(symbols), -1)} if prior > 0 else {}),
             **baselines.state(),
             **{f"{detector.key}.{name}": values for detector in detectors for name, values in detector.state().items()},
         }
@@ -219,6 +231,25 @@ class DetectionEngine:
         for symbol, blob in zip(present, pack_bucket(arrays, present)):
             new_states[symbol] = blob
         return columns, rows, new_states
+
+
+TICK_STATE = "engine.tick"
+RARITY_STATE = "engine.rarity"  # per symbol, fusion candidate and calibration.RARITY_LEVELS: its candles at or above
+
+
+def with_tick_size(state: bytes | None, tick_size: float) -> bytes:
+    """``state`` (None: a new symbol) with the symbol's exchange tick size (``exchangeInfo``'s PRICE_FILTER
+    ``tickSize``): used instead of the smallest price step seen, from the next candle on.
+
+    >>> from market_anomaly.core.state import unpack
+    >>> unpack(with_tick_size(None, 1e-8))["engine.tick"].tolist()
+    [nan, 1e-08]
+    """
+    if not tick_size > 0:
+        raise ValueError(f"a tick size is positive, got {tick_size}")
+    arrays = unpack(state) if state else {}
+    step = arrays.get(TICK_STATE, np.array([np.nan, np.nan]))[0]
+    return pack({**arrays, TICK_STATE: np.array([step, tick_size])})
 
 
 def calibration_scores(scores: dict[str, np.ndarray]) -> dict[str, np.ndarray]:

@@ -22,7 +22,6 @@ import numpy as np
 import pandas as pd
 
 from market_anomaly.core.calibration import fit_table
-from market_anomaly.core.consensus import candidates
 from market_anomaly.core.engine import DetectionEngine, calibration_scores
 from market_anomaly.training.injection import KINDS, inject, injection_slots
 from market_anomaly.core.learned import INPUT_NAMES
@@ -149,6 +148,9 @@ def train(series, config: TrainConfig = TrainConfig()) -> ModelParams:
         consensus.false_alarm_budget, consensus.vote_surprise, {key: result["rule"] for key, result in decided.items()},
         days=_days(lengths))
     document["consensus"]["threshold"] = threshold
+    confidence, rarity = confidence_margins(decided, threshold, consensus.false_alarm_budget, consensus.vote_surprise,
+                                            _days(lengths))
+    document["consensus"]["confidence"] = confidence
     document["trained_on"] = {
         "sources": [str(source) for source in config.sources],
         "series": collection.spans(),
@@ -159,6 +161,7 @@ def train(series, config: TrainConfig = TrainConfig()) -> ModelParams:
         "tuning": tuning,
         "threshold": f"fused surprise {threshold} gives {rate:.3f} alarm episodes per symbol-day on these candles "
                      f"(budget {consensus.false_alarm_budget})",
+        "confidence": rarity,
         "trained_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
     return params_from_dict(document, model=learned.model)
@@ -240,16 +243,21 @@ def _decisions(key: str, frame: pd.DataFrame, params: ModelParams) -> pd.DataFra
     return DetectionEngine(params).process(key.split("@")[0], frame, None)[0]
 
 
-def _group_surprise(key: str, frame: pd.DataFrame, params: ModelParams) -> np.ndarray:
+def _kept_engine(key: str, frame: pd.DataFrame, params: ModelParams) -> DetectionEngine:
+    """An engine that has scored the series and kept its groups' surprise and the fusion's candidates."""
     engine = DetectionEngine(params)
     engine.keep_group_surprise = True
     engine.process(key.split("@")[0], frame, None)
-    return engine.group_surprise
+    return engine
+
+
+def _group_surprise(key: str, frame: pd.DataFrame, params: ModelParams) -> np.ndarray:
+    return _kept_engine(key, frame, params).group_surprise
 
 
 def _candidate_matrix(key: str, frame: pd.DataFrame, params: ModelParams) -> tuple[list[str], np.ndarray]:
-    consensus = params.consensus
-    found = candidates(_group_surprise(key, frame, params), consensus.groups, params.calibration, consensus.pairs)
+    """The fusion's candidates as the engine fuses them (self-calibrated per symbol), without their offsets."""
+    found = _kept_engine(key, frame, params).candidates
     return list(found), np.column_stack(list(found.values()))
 
 
@@ -370,6 +378,29 @@ def choose_threshold(fused: dict[str, np.ndarray], open_times: dict[str, np.ndar
         else:
             low = middle + 1
     return float(candidates[low]), rate(candidates[low])
+
+
+# Confidence by rarity on the training candles: alarm episodes per symbol-day each level allows (LOW: the budget).
+CONFIDENCE_RARITY = {"MEDIUM": 1 / 7, "HIGH": 1 / 30}  # about once a symbol-week, once a symbol-month
+
+
+def confidence_margins(decided: dict[str, Arrays], threshold: float, budget: float, lowest: float, days: float
+                       ) -> tuple[dict[str, float], dict[str, str]]:
+    """``consensus.confidence``: each level's margin above ``threshold`` at which the training candles (``decided``:
+    ``fused_and_rule`` results) raise ``CONFIDENCE_RARITY`` episodes per symbol-day; and what each level measured.
+
+    Each symbol's group surprises are self-calibrated against its own history (``consensus.prior_candles``), so
+    a level's rarity is meant to hold per symbol (measured by ``evaluate --leave-one-out``).
+    """
+    fused = {key: result["fused"] for key, result in decided.items()}
+    times = {key: result["open_time"] for key, result in decided.items()}
+    rule = {key: result["rule"] for key, result in decided.items()}
+    margins, measured = {"LOW": 0.0}, {"LOW": f"{budget} episodes per symbol-day (the budget)"}
+    for level, rate in CONFIDENCE_RARITY.items():
+        at, found = choose_threshold(fused, times, rate, max(threshold, lowest), rule, days=days)
+        margins[level] = round(max(at - threshold, margins[list(margins)[-1]]), 4)
+        measured[level] = f"fused surprise {at}: {found:.3f} episodes per symbol-day (aim {rate:.3f})"
+    return margins, measured
 
 
 def write_params(params: ModelParams, path: Path | str) -> Path:

@@ -55,8 +55,8 @@ DEFAULTS: dict = {
     **{name: dict(defaults) for name, (_, defaults) in SECTIONS.items()},
     "calibration": {},
     "consensus": {"required": [], "alone": {}, "vote_surprise": 3.0, "groups": default_groups(),
-                  "pairs": True, "offsets": {}, "threshold": 5.0, "false_alarm_budget": 0.7,
-                  "confidence": {"LOW": 0.0, "MEDIUM": 0.75, "HIGH": 2.0}, "prior_candles": 10080.0},
+                  "pairs": True, "offsets": {}, "threshold": 5.0, "false_alarm_budget": 0.5,
+                  "confidence": {"LOW": 0.0, "MEDIUM": 0.75, "HIGH": 2.0}, "prior_candles": 2880.0},
     "market": {"min_symbols": 3, "min_fraction": 0.3},
 }
 

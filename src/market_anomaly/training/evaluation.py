@@ -231,7 +231,7 @@ def read_announced_events(path) -> dict[str, int]:
 
 def evaluate_leave_one_out(series: dict[str, pd.DataFrame], injections: int = 30, seed: int = 0,
                            base: dict | None = None, events: dict[str, int] | None = None,
-                           tune_injections: int | None = None, max_candles: int | None = None) -> dict:
+                           tune_injections: int | None = None, train_candles: int | None = None) -> dict:
     """Leave-one-series-out: for each series, train on all the others and evaluate on it, scored from an empty
     state (a pair the model has never seen, from its first candle).
 
@@ -240,18 +240,19 @@ def evaluate_leave_one_out(series: dict[str, pd.DataFrame], injections: int = 30
     on all its candles. ``events``: symbol -> announced time (ms) of a real event (``read_announced_events``):
     its series counts as caught when a candle opening within ``REAL_EVENT_WINDOW`` minutes of it is flagged;
     the ``REAL_EVENT_EXCLUDED`` minutes around it count neither as false alarms nor for injected events.
-    ``max_candles``: keep only each series' first candles (quick iteration only; report full runs).
+    ``train_candles``: train each fold on only the first candles of the other series (cheaper folds; the
+    held-out series is still evaluated in full).
     Everything also for the naive rolling z-score (``baseline_flags``).
     """
     events = events or {}
-    if max_candles:
-        series = {key: frame.iloc[:max_candles].reset_index(drop=True) for key, frame in series.items()}
+    training = ({key: frame.iloc[:train_candles].reset_index(drop=True) for key, frame in series.items()}
+                if train_candles else series)
     config = TrainConfig(base=base) if tune_injections is None else TrainConfig(base=base,
                                                                                 tune_injections=tune_injections)
     rng = np.random.default_rng(seed)
     outcomes, per_series, real = [], {}, {}
     for key, frame in series.items():
-        params = train({other: candles for other, candles in series.items() if other != key}, config)
+        params = train({other: candles for other, candles in training.items() if other != key}, config)
         symbol = key.split("@")[0]
         times = frame["open_time"].to_numpy()
         announced = events.get(symbol)
@@ -279,7 +280,7 @@ def evaluate_leave_one_out(series: dict[str, pd.DataFrame], injections: int = 30
         outcomes += found
         per_series[key].update(injected=len(found), recall=_share(pd.Series([not np.isnan(o["delay"])
                                                                             for o in found], dtype=bool)))
-    return _loso_report(outcomes, per_series, real, seed, injections)
+    return _loso_report(outcomes, per_series, real, seed, injections, train_candles)
 
 
 def _injected_outcomes(params, key: str, frame: pd.DataFrame, injections: int, rng: np.random.Generator,
@@ -305,7 +306,8 @@ def _first_offset(offsets: np.ndarray, flags: np.ndarray) -> float | None:
     return float(offsets[flags].min()) if flags.any() else None
 
 
-def _loso_report(outcomes: list[dict], per_series: dict, real: dict, seed: int, injections: int) -> dict:
+def _loso_report(outcomes: list[dict], per_series: dict, real: dict, seed: int, injections: int,
+                 train_candles: int | None) -> dict:
     frame = pd.DataFrame(outcomes)
     days = sum(entry["days"] for entry in per_series.values())
     for entry in per_series.values():
@@ -314,8 +316,9 @@ def _loso_report(outcomes: list[dict], per_series: dict, real: dict, seed: int, 
             else None
     real_days = sum(per_series[key]["days"] for key in real)
     report = {
-        "protocol": (f"leave one series out: each series scored from an empty state by a model trained on all the "
-                     f"other series; {injections} events injected per series after the warm-up; detected = flagged "
+        "protocol": (f"leave one series out: each series scored in full from an empty state by a model trained on "
+                     f"{f'the first {train_candles} candles of ' if train_candles else ''}all the other series; "
+                     f"{injections} events injected per series after the warm-up; detected = flagged "
                      f"within {DETECTION_WINDOW} min; false alarms = episodes (flags < "
                      f"{EPISODE_GAP_MS // MINUTE_MS} min apart) on the untouched candles, outside "
                      f"[{REAL_EVENT_EXCLUDED[0]}, +{REAL_EVENT_EXCLUDED[1]}] min of an announced real event; a real "

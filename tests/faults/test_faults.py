@@ -122,6 +122,7 @@ def test_webhook_failing_then_back_delivers_every_alert_once_late(pipeline, rece
     receiver.status = 200
     counts = running.verify()
     assert counts["alerts"] >= 1, counts
+    print(counts)
 
 
 def test_poison_records_into_the_topic(pipeline, kafka_broker):

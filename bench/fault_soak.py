@@ -44,7 +44,8 @@ SAMPLE_SECONDS = 5.0
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--minutes", type=float, default=60.0, help="how long the run lasts from the start (the seeded history is decided first, then faults; default: 60)")
+    parser.add_argument("--minutes", type=float, default=60.0,
+                        help="how long the run lasts from its start: the seeded history first, then faults (default: 60)")
     parser.add_argument("--fault-every", type=float, default=4.0, metavar="MINUTES",
                         help="mean time between two faults (default: 4)")
     parser.add_argument("--outage-seconds", type=float, default=60.0,
@@ -181,7 +182,8 @@ class Soak:
             "alerts_expected": len(expected), "alerts_delivered": len(expected & set(ids)),
             "alerts_undelivered": len(undelivered), "alerts_duplicated": sum(1 for n in ids.values() if n > 1),
             "unexpected_exits": dict(self.unexpected_exits), "detect_running": self.pipeline["detect"].running(),
-            "runtime_seconds": round(time.monotonic() - started), "settle_seconds": round(time.monotonic() - faults_over),
+            "runtime_seconds": round(time.monotonic() - started),
+            "settle_seconds": round(time.monotonic() - faults_over),
             "peak_rss_mb": self.peak_rss_mb,
             "soak_process_peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
         }

@@ -45,7 +45,7 @@ SAMPLE_SECONDS = 5.0
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--minutes", type=float, default=60.0,
-                        help="how long the run lasts from its start: the seeded history first, then faults (default: 60)")
+                        help="how long the run lasts: the seeded history first, then faults (default: 60)")
     parser.add_argument("--fault-every", type=float, default=4.0, metavar="MINUTES",
                         help="mean time between two faults (default: 4)")
     parser.add_argument("--outage-seconds", type=float, default=60.0,

@@ -9,9 +9,10 @@ import tempfile
 from pathlib import Path
 
 import pytest
+import harness
 from harness import Pipeline, Receiver
 
-from support import REPOSITORY, market
+from support import REPOSITORY
 
 # How long a database or a webhook receiver stays away (the issue's case: 2 minutes; `make test-faults` sets it).
 OUTAGE_SECONDS = float(os.environ.get("FAULT_OUTAGE_SECONDS", "120"))
@@ -36,8 +37,6 @@ def receiver():
 @pytest.fixture
 def pipeline(tmp_path, kafka_broker, receiver, replay_files, request):
     """A pipeline on the session broker, its own topic; ``pipeline(**Pipeline fields)`` builds and starts it."""
-    from market_anomaly.kafka import topics
-
     made: list[Pipeline] = []
 
     def build(bootstrap: str | None = None, replication: tuple[int, int | None] = (1, None), **fields) -> Pipeline:
@@ -46,8 +45,7 @@ def pipeline(tmp_path, kafka_broker, receiver, replay_files, request):
         built = Pipeline(tmp_path / f"pipeline-{len(made)}", bootstrap, fields.pop("db_url", None)
                          or f"sqlite:///{tmp_path / 'anomalies.db'}", receiver, replay=tuple(replay_files), topic=topic,
                          **fields)
-        topics.ensure_topics({"bootstrap.servers": bootstrap}, {topic: 4, built.names["dead"]: 1,
-                                                                built.names["decisions"]: 4}, *replication)
+        built.create_topics(replication)
         made.append(built)
         built.start()
         return built
@@ -96,15 +94,4 @@ def stoppable_postgres():
 
 @pytest.fixture(scope="session")
 def replay_files(tmp_path_factory) -> list[Path]:
-    """Three symbols' synthetic 1m candles from 2025 on, as files the exchange replays: market time stays in the
-    past however fast it runs, so the job checks `open_time` against the present as it does live."""
-    directory = tmp_path_factory.mktemp("replay")
-    paths = []
-    for seed, symbol in enumerate(("AAAUSDT", "BBBUSDT", "CCCUSDT")):
-        candles = market(6000, seed + 3, symbol)
-        start = 1_735_689_600_000  # 2025-01-01 UTC
-        candles = candles.assign(timestamp=start + 60_000 * candles.index.to_numpy())
-        path = directory / f"{symbol}_1m.csv"
-        candles[["timestamp", "open", "high", "low", "close", "volume"]].to_csv(path, index=False)
-        paths.append(path)
-    return paths
+    return harness.replay_files(tmp_path_factory.mktemp("replay"))

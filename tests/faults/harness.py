@@ -29,13 +29,18 @@ from pathlib import Path
 
 import pandas as pd
 
+import market_anomaly
+from market_anomaly.candles.validation import MAX_RAW_BYTES, Limits
+from market_anomaly.candles.validation import reason as validation_reason
 from market_anomaly.kafka.broker import free_port
 from market_anomaly.kafka.topics import read_to_end
 
 REPOSITORY = Path(__file__).resolve().parents[2]
+PACKAGE_ROOT = Path(market_anomaly.__file__).resolve().parents[1]
 COMMAND = (sys.executable, "-m", "market_anomaly", "--log-level", "INFO")
 MINUTE_MS = 60_000
 SYMBOLS = ("AAAUSDT", "BBBUSDT", "CCCUSDT")
+REPLAY_START = 1_735_689_600_000  # 2025-01-01 UTC
 # Live minutes after the exchange's start; at the default speed they arrive during every case.
 INJECTIONS = ("price_spike:AAAUSDT:40", "volume_burst:BBBUSDT:70", "flash_crash:CCCUSDT:100",
               "pump_and_dump:AAAUSDT:160", "price_spike:BBBUSDT:220")
@@ -144,7 +149,9 @@ class Pipeline:
     def __post_init__(self) -> None:
         self.home.mkdir(parents=True, exist_ok=True)
         self.names = {"candles": self.topic, "dead": f"{self.topic}-dead", "decisions": f"{self.topic}-decisions"}
-        env = {**os.environ, "MARKET_ANOMALY_HOME": str(self.home)}
+        # The commands run the package this process imported (a relative PYTHONPATH would not hold in their cwd).
+        env = {**os.environ, "MARKET_ANOMALY_HOME": str(self.home),
+               "PYTHONPATH": os.pathsep.join(filter(None, (str(PACKAGE_ROOT), os.environ.get("PYTHONPATH"))))}
         port = free_port()
         self.rest_url = f"http://127.0.0.1:{port}"
         kafka = ["--bootstrap-servers", self.bootstrap]
@@ -169,6 +176,13 @@ class Pipeline:
 
     def __getitem__(self, name: str) -> Service:
         return self.services[name]
+
+    def create_topics(self, replication: tuple[int, int | None] = (1, None)) -> None:
+        """The pipeline's topics; ``replication``: (replication factor, min.insync.replicas)."""
+        from market_anomaly.kafka import topics
+
+        topics.ensure_topics({"bootstrap.servers": self.bootstrap}, {self.names["candles"]: 4, self.names["dead"]: 1,
+                                                                     self.names["decisions"]: 4}, *replication)
 
     def start(self) -> None:
         self["exchange"].start()
@@ -231,14 +245,19 @@ class Pipeline:
         return frame.astype({"open_time": "int64", "votes": "int64", "is_anomaly": bool})
 
     def candles(self) -> pd.DataFrame:
-        """The candle topic's valid records of the pipeline's symbols (as the job reads them)."""
+        """The candle topic's valid records of the pipeline's symbols, as the job reads them: poison records
+        carrying a real symbol (no ``open_time``, one from 1970 or 2100, an infinite price) are not candles."""
+        limits = Limits(interval="1m", present_ms=int(time.time() * 1000))
         records = []
         for message in read_to_end({"bootstrap.servers": self.bootstrap}, self.names["candles"], timeout=60):
+            if len(message.value() or b"") > MAX_RAW_BYTES:
+                continue
             try:
                 record = json.loads(message.value())
-            except ValueError:
+            except ValueError:  # not JSON, or not UTF-8
                 continue
-            if isinstance(record, dict) and record.get("symbol") in self.symbols:
+            if (isinstance(record, dict) and record.get("symbol") in self.symbols
+                    and validation_reason(record, limits) is None):
                 records.append(record)
         return pd.DataFrame(records)
 
@@ -255,10 +274,10 @@ class Pipeline:
 
     # -- the contract ----------------------------------------------------------------------------
 
-    def verify(self, timeout: float = 300.0, alerts: bool = True) -> dict[str, int]:
-        """Wait until every candle served up to now is decided, then check the contract; returns the counts."""
+    def settle(self, timeout: float = 300.0) -> "Outcome":
+        """Wait (up to ``timeout``, or until the job dies) until every candle served up to now is decided;
+        what the pipeline made of the candles served up to then, lost ones included."""
         cutoff = self.market_time() // MINUTE_MS * MINUTE_MS - 2 * MINUTE_MS
-        first = {}
         deadline = time.monotonic() + timeout
         while True:
             candles = self.candles()
@@ -267,21 +286,28 @@ class Pipeline:
             served = {(symbol, open_time) for symbol, open_time in served if open_time >= first[symbol]}
             rows = self.decisions()
             rows = rows[rows.open_time <= cutoff]
-            if served and set(zip(rows.symbol, rows.open_time)) >= served:
-                break
-            if time.monotonic() > deadline or not self["detect"].running():
-                missing = sorted(served - set(zip(rows.symbol, rows.open_time)))
-                raise AssertionError(f"{len(missing)} of {len(served)} served candles undecided "
-                                     f"(detect running: {self['detect'].running()}), e.g. {missing[:5]}\n{self.logs()}")
+            outcome = Outcome(served, rows, candles[candles.open_time <= cutoff] if len(candles) else candles)
+            if (served and not outcome.lost) or time.monotonic() > deadline or not self["detect"].running():
+                return outcome
             time.sleep(2.0)
 
-        keys = list(zip(rows.symbol, rows.open_time))
-        assert len(keys) == len(set(keys)), "duplicate decisions"
-        assert set(keys) == served, f"decisions of candles never served: {sorted(set(keys) - served)[:5]}"
+    def wait_for_alerts(self, expected: set[str], timeout: float) -> set[str]:
+        """The ids of ``expected`` still undelivered after waiting up to ``timeout``."""
+        deadline = time.monotonic() + timeout
+        while (missing := expected - set(self.receiver.ids())) and time.monotonic() < deadline:
+            time.sleep(1.0)
+        return missing
 
-        offline = offline_decisions(candles[candles.open_time <= cutoff])
-        streamed = rows.set_index(["symbol", "open_time"]).sort_index()
-        offline = offline.set_index(["symbol", "open_time"]).loc[streamed.index]
+    def verify(self, timeout: float = 300.0, alerts: bool = True) -> dict[str, int]:
+        """Wait until every candle served up to now is decided, then check the contract; returns the counts."""
+        outcome = self.settle(timeout)
+        if not outcome.served or outcome.lost:
+            missing = sorted(outcome.lost)
+            raise AssertionError(f"{len(missing)} of {len(outcome.served)} served candles undecided "
+                                 f"(detect running: {self['detect'].running()}), e.g. {missing[:5]}\n{self.logs()}")
+        assert not outcome.duplicated, "duplicate decisions"
+        assert not outcome.unserved, f"decisions of candles never served: {sorted(outcome.unserved)[:5]}"
+        streamed, offline = outcome.compared()
         for column in COMPARED:
             differs = streamed[column].to_numpy() != offline[column].to_numpy()
             assert not differs.any(), (f"{column} differs from the offline run at "
@@ -289,14 +315,61 @@ class Pipeline:
         assert [strip_market(r) for r in streamed.reasons.fillna("")] == [strip_market(r) for r in offline.reasons]
 
         expected = expected_alert_ids(offline.reset_index()) if alerts else set()
-        if alerts:
-            self._wait(lambda: set(self.receiver.ids()) >= expected, timeout,
-                       f"alerts {sorted(expected - set(self.receiver.ids()))} not delivered")
+        missing = self.wait_for_alerts(expected, timeout)
+        assert not missing, f"alerts {sorted(missing)} not delivered within {timeout:.0f}s\n{self.logs()}"
         repeated = {key: count for key, count in self.receiver.ids().items() if count > 1}
         assert not repeated, f"alerts delivered more than once: {repeated}"
         assert self["detect"].running(), self["detect"].logs()
-        return {"served": len(served), "decided": len(keys), "alerts": len(expected),
+        return {"served": len(outcome.served), "decided": len(outcome.keys), "lost": len(outcome.lost),
+                "duplicated": outcome.duplicated, "alerts": len(expected),
                 "anomalies": int(streamed.is_anomaly.sum())}
+
+
+@dataclass
+class Outcome:
+    """The candles the exchange served up to a cutoff, and what the pipeline decided of them."""
+
+    served: set[tuple[str, int]]
+    rows: pd.DataFrame  # the database's decisions up to the cutoff
+    candles: pd.DataFrame  # the candle topic's valid records up to the cutoff
+
+    @property
+    def keys(self) -> list[tuple[str, int]]:
+        return list(zip(self.rows.symbol, self.rows.open_time))
+
+    @property
+    def lost(self) -> set[tuple[str, int]]:
+        return self.served - set(self.keys)
+
+    @property
+    def duplicated(self) -> int:
+        return len(self.keys) - len(set(self.keys))
+
+    @property
+    def unserved(self) -> set[tuple[str, int]]:
+        return set(self.keys) - self.served
+
+    def compared(self) -> tuple[pd.DataFrame, pd.DataFrame]:
+        """The streamed decisions and an uninterrupted offline run's of the same candles, on one index."""
+        streamed = self.rows.drop_duplicates(["symbol", "open_time"]).set_index(["symbol", "open_time"]).sort_index()
+        offline = offline_decisions(self.candles).set_index(["symbol", "open_time"])
+        index = streamed.index.intersection(offline.index)  # verify() has checked they are the same
+        return streamed.loc[index], offline.loc[index]
+
+
+def replay_files(directory: Path, candles: int = 6000) -> list[Path]:
+    """``SYMBOLS``' synthetic 1m candles from 2025 on, as files the exchange replays: market time stays in the
+    past however fast it runs, so the job checks ``open_time`` against the present as it does live."""
+    from market_anomaly.exchange.market import synthetic_candles
+
+    paths = []
+    for seed, symbol in enumerate(SYMBOLS):
+        frame = synthetic_candles(candles, seed + 3, symbol)
+        frame = frame.assign(timestamp=REPLAY_START + MINUTE_MS * frame.index.to_numpy())
+        path = directory / f"{symbol}_1m.csv"
+        frame[["timestamp", "open", "high", "low", "close", "volume"]].to_csv(path, index=False)
+        paths.append(path)
+    return paths
 
 
 def strip_market(reasons: str) -> str:

@@ -74,7 +74,8 @@ class StateBounds:
 
     @classmethod
     def of(cls, job: DetectConfig) -> "StateBounds":
-        return cls(int(job.symbol_expiry * 1000), -(-job.max_symbols // job.state_buckets))
+        # Rounded down, so the buckets together never hold more than --max-symbols (200 over 16: 12 each, 192).
+        return cls(int(job.symbol_expiry * 1000), max(job.max_symbols // job.state_buckets, 1))
 
 
 # -- the per-symbol step (runs in Spark's Python workers) -----------------------------------------

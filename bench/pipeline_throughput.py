@@ -29,6 +29,7 @@ import argparse
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -172,6 +173,8 @@ def params_for_interval(interval: str, state: Path) -> Path:
         return PARAMS
     path = state / f"model_params_{interval}.json"
     path.write_text(json.dumps({**document, "interval_ms": interval_ms(interval)}))
+    for model in PARAMS.parent.glob(f"{PARAMS.stem}.*.npz"):  # the learned model the document names, beside it
+        shutil.copy(model, state / model.name)
     return path
 
 

@@ -1,13 +1,16 @@
 """The stream's per-bucket step, run as Spark's Python worker runs it (pandas in, pandas out), without Spark."""
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pytest
 
 from market_anomaly.core import DetectionEngine, load_params
 from market_anomaly.exchange.market import synthetic_candles
-from market_anomaly.spark.job import CANDLE_PASSTHROUGH, decision_fields, make_detect_step
+from market_anomaly.sinks import SinkOptions
+from market_anomaly.spark.job import CANDLE_PASSTHROUGH, DetectConfig, StateBounds, decision_fields, make_detect_step
 from market_anomaly.spark.workers import unpack_states
 
 PARAMS = "model_params.json"
@@ -50,7 +53,6 @@ def test_a_bucket_decides_each_symbol_as_offline_and_carries_the_first_duplicate
 
 
 def test_a_full_bucket_rejects_new_symbols_and_symbols_unseen_for_the_expiry_make_room():
-    from market_anomaly.spark.job import StateBounds
 
     step = make_detect_step(PARAMS, [name for name, _ in decision_fields()],
                             StateBounds(expiry_ms=60 * 60_000, symbols_per_bucket=2))
@@ -71,3 +73,11 @@ def test_a_full_bucket_rejects_new_symbols_and_symbols_unseen_for_the_expiry_mak
     third = pd.concat(list(step(0, [as_spark_sends(c.iloc[80:81])], state)))
     assert third["error"].isna().all() and third["symbol"].tolist() == ["CCCUSDT"]
     assert set(unpack_states(state.get[0])) == {"BBBUSDT", "CCCUSDT"}
+
+
+@pytest.mark.parametrize("max_symbols, buckets", [(200, 16), (10_000, 16), (2_000, 7), (16, 16)])
+def test_the_buckets_together_never_hold_more_than_max_symbols(max_symbols, buckets):
+    job = DetectConfig(kafka={}, params=Path("model_params.json"), checkpoint_dir=Path("checkpoint"),
+                       sinks=SinkOptions(), max_symbols=max_symbols, state_buckets=buckets)
+    per_bucket = StateBounds.of(job).symbols_per_bucket
+    assert per_bucket * buckets <= max_symbols < (per_bucket + 1) * buckets

@@ -53,7 +53,6 @@ def test_a_bucket_decides_each_symbol_as_offline_and_carries_the_first_duplicate
 
 
 def test_a_full_bucket_rejects_new_symbols_and_symbols_unseen_for_the_expiry_make_room():
-
     step = make_detect_step(PARAMS, [name for name, _ in decision_fields()],
                             StateBounds(expiry_ms=60 * 60_000, symbols_per_bucket=2))
     state = GroupState()

@@ -153,9 +153,16 @@ def _report(outcomes: list[dict], false_alarms: dict, days: float, params, train
         "seed": seed,
         "threshold": params.consensus.threshold,
         "params_trained_on": params.trained_on["candles"],
+        "false_alarms": false_alarms,
+        **_detection_summary(frame, outcomes, false_alarms, days),
+    }
+
+
+def _detection_summary(frame: pd.DataFrame, outcomes: list[dict], false_alarms: dict[str, dict], days: float) -> dict:
+    """What both evaluations report: recall (ours and the baseline's), pooled false-alarm rates, the missed events."""
+    return {
         "recall": _recall_table(frame, "delay"),
         "baseline_recall": _recall_table(frame, "baseline_delay"),
-        "false_alarms": false_alarms,
         "false_alarm_episodes_per_symbol_day": round(sum(e["episodes"] for e in false_alarms.values()) / days, 3),
         "baseline_false_alarm_episodes_per_symbol_day": round(
             sum(e["baseline_episodes"] for e in false_alarms.values()) / days, 3),
@@ -321,15 +328,9 @@ def _loso_report(outcomes: list[dict], per_series: dict, real: dict, seed: int, 
                      f"[{REAL_EVENT_EXCLUDED[0]}, +{REAL_EVENT_EXCLUDED[1]}] min of an announced real event; a real "
                      f"event is caught when flagged within [{REAL_EVENT_WINDOW[0]}, +{REAL_EVENT_WINDOW[1]}] min"),
         "seed": seed,
-        "recall": _recall_table(frame, "delay"),
-        "baseline_recall": _recall_table(frame, "baseline_delay"),
         "series": per_series,
-        "false_alarm_episodes_per_symbol_day": round(sum(e["episodes"] for e in per_series.values()) / days, 3),
-        "baseline_false_alarm_episodes_per_symbol_day": round(
-            sum(e["baseline_episodes"] for e in per_series.values()) / days, 3),
+        **_detection_summary(frame, outcomes, per_series, days),
         "series_above_1_per_day": sorted(key for key, e in per_series.items() if (e["per_symbol_day"] or 0) > 1.0),
-        "missed": [{key: outcome[key] for key in ("symbol", "kind", "open_time", "magnitude")}
-                   for outcome in outcomes if np.isnan(outcome["delay"])],
     }
     if real:
         report["real_events"] = {

@@ -74,6 +74,33 @@ def test_a_full_bucket_rejects_new_symbols_and_symbols_unseen_for_the_expiry_mak
     assert set(unpack_states(state.get[0])) == {"BBBUSDT", "CCCUSDT"}
 
 
+def test_a_flood_of_one_off_symbols_cannot_lock_out_a_real_listing_nor_evict_a_trading_symbol():
+    step = make_detect_step(PARAMS, [name for name, _ in decision_fields()],
+                            StateBounds(symbols_per_bucket=3))
+    state = GroupState()
+    trading, listing = synthetic_candles(200, 1, "AAAUSDT"), synthetic_candles(200, 2, "NEWUSDT")
+    list(step(0, [as_spark_sends(trading.iloc[:100])], state))  # warmed up: past every detector's shortest warm-up
+    flood = pd.concat([synthetic_candles(1, seed, f"X{seed}USDT").assign(open_time=trading["open_time"].iloc[100])
+                       for seed in range(4)])
+    first = pd.concat(list(step(0, [as_spark_sends(flood)], state)))
+    assert first.loc[first["error"].isna(), "symbol"].tolist() == ["X0USDT", "X1USDT"]  # the bucket is full
+    assert first.loc[first["error"].notna(), "symbol"].tolist() == ["X2USDT", "X3USDT"]  # nothing silent yet
+    # A minute later a real listing arrives: the longest silent one-off symbol gives way, the trading one stays.
+    batch = pd.concat([trading.iloc[100:102], listing.iloc[101:103]])
+    second = pd.concat(list(step(0, [as_spark_sends(batch)], state)))
+    assert second["error"].isna().all() and second["symbol"].tolist() == ["AAAUSDT"] * 2 + ["NEWUSDT"] * 2
+    assert set(unpack_states(state.get[0])) == {"AAAUSDT", "X1USDT", "NEWUSDT"}
+    expected = DetectionEngine(load_params(PARAMS)).process("AAAUSDT", trading.iloc[:102], None)[0].iloc[100:]
+    np.testing.assert_array_equal(second["surprise"].iloc[:2].to_numpy(), expected["surprise"].to_numpy())
+    # The last one-off symbol gives way too; then, with every symbol in the bucket trading, a newcomer is refused.
+    late = [synthetic_candles(1, seed, name).assign(open_time=listing["open_time"].iloc[103])
+            for seed, name in ((8, "YUSDT"), (9, "ZUSDT"))]
+    third = pd.concat(list(step(0, [as_spark_sends(pd.concat([trading.iloc[103:104], listing.iloc[103:104],
+                                                              *late]))], state)))
+    assert third.loc[third["error"].notna(), "symbol"].tolist() == ["ZUSDT"]
+    assert set(unpack_states(state.get[0])) == {"AAAUSDT", "NEWUSDT", "YUSDT"}
+
+
 @pytest.mark.parametrize("max_symbols, buckets", [(200, 16), (10_000, 16), (2_000, 7), (16, 16)])
 def test_the_buckets_together_never_hold_more_than_max_symbols(max_symbols, buckets):
     job = DetectConfig(kafka={}, params=Path("model_params.json"), checkpoint_dir=Path("checkpoint"),

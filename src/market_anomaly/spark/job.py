@@ -88,8 +88,9 @@ def make_detect_step(params_path: str, output_columns: list[str], bounds: StateB
     instead of per symbol keeps PySpark's fixed per-group cost from dominating a batch
     of one candle per symbol. Its state is the symbols' detection states side by side,
     bounded (``StateBounds``): a symbol without a candle for ``expiry_ms`` of market time
-    is forgotten, and a bucket takes at most ``symbols_per_bucket``: the candles of a symbol
-    that finds its bucket full are rejected with the reason.
+    is forgotten, and a bucket takes at most ``symbols_per_bucket``: a newcomer to a full bucket
+    replaces a symbol that never warmed up and fell silent before it (``workers.admit``), or else
+    its candles are rejected with the reason.
     Engines are cached per worker process and rebuilt only when the parameter file
     changes, so a live edit takes effect in the next micro-batch without a restart.
     Rejected records pass through (with ``error``/``raw``) so the driver can dead-letter them.
@@ -99,7 +100,9 @@ def make_detect_step(params_path: str, output_columns: list[str], bounds: StateB
     def step(key, frames, state):
         import pandas as pd
 
-        from market_anomaly.spark.workers import SymbolState, engine_for, expire, pack_states, unpack_states
+        from market_anomaly.core.detectors import warmups
+        from market_anomaly.spark.workers import (SymbolState, admit, engine_for, expire, pack_states,
+                                                  unpack_states)
 
         frame = pd.concat(list(frames), ignore_index=True)
         rejected = frame[frame["error"].notna()]
@@ -109,12 +112,16 @@ def make_detect_step(params_path: str, output_columns: list[str], bounds: StateB
             latest = candles.groupby("symbol", sort=False)["open_time"].max()
             expire(states, max(int(latest.max()), max((s.last_open_time for s in states.values()), default=0)),
                    bounds.expiry_ms)
-            room = bounds.symbols_per_bucket - len(states)
-            newcomers = [symbol for symbol in latest.index if symbol not in states]
-            refused = set(newcomers[max(room, 0):])
+            newcomers = {symbol: int(open_time) for symbol, open_time in latest.items() if symbol not in states}
+            engine = engine_for(params_path)
+            refused, evicted = admit(states, newcomers, bounds.symbols_per_bucket,
+                                     min(warmups(engine.params).values()), set(latest.index))
+            if evicted:
+                log.warning("state bucket %s full: forgot %d symbols that never warmed up (%s) for new ones",
+                            frame["bucket"].iloc[0], len(evicted), ", ".join(evicted[:5]))
             accepted = candles[~candles["symbol"].isin(refused)].reset_index(drop=True) if refused else candles
             blobs = {symbol: state.blob for symbol, state in states.items()}
-            decided = engine_for(params_path).decide_bucket(accepted, blobs)  # all the bucket's symbols at once
+            decided = engine.decide_bucket(accepted, blobs)  # all the bucket's symbols at once
             for symbol, blob in decided.states.items():
                 previous = states.get(symbol)
                 states[symbol] = SymbolState(max(int(latest[symbol]), previous.last_open_time if previous else 0), blob)

@@ -7,13 +7,14 @@ every few minutes, then what was lost or duplicated.
 The pipeline of tests/faults (``harness.Pipeline``: a replayed 2025 market at ``--speed``x with
 anomalies injected through the run, `produce`, `detect` with SQLite and a JSON webhook, each a
 process) on its own local broker. Every ``--fault-every`` minutes (jittered by +-50%, drawn with
-``--seed``) one fault from ``FAULTS``: ``kill -9`` of `detect` and restart, broker ``kill -9`` and
+``--seed``) one fault from ``FAULTS``, in shuffled rounds (each kind once per round): ``kill -9`` of `detect` and restart, broker ``kill -9`` and
 restart, a WebSocket cut, ``kill -9`` of the producer and restart, the SQLite file locked for
 ``--outage-seconds``, the webhook answering 500 for ``--outage-seconds``. A part that exits on
 its own is counted and restarted. At the end the pipeline settles and one JSON object is printed:
 candles served (by the exchange's REST, the truth), decided, lost, duplicated, decisions that
 differ from an uninterrupted offline run, faults applied, alerts expected/delivered/duplicated,
-runtime and each part's peak RSS (its process group's summed VmRSS, sampled every few seconds).
+runtime and each part's peak RSS (the summed VmRSS of its process tree, sampled every few seconds, and what made
+it up per command).
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ from market_anomaly.training.injection import KINDS
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "faults"))  # the fault suite's harness
 from harness import COMPARED, SYMBOLS, Pipeline, Receiver, expected_alert_ids, replay_files  # noqa: E402
+from process_memory import tree_resident_bytes  # noqa: E402  (bench/, the script's own directory)
 
 FAULTS = ("detect_kill", "broker_kill", "websocket_cut", "producer_kill", "sqlite_lock", "webhook_500")
 SAMPLE_SECONDS = 5.0
@@ -83,11 +85,11 @@ def main() -> int:
     try:
         pipeline.start()
         pipeline.wait_for_rows(history * len(SYMBOLS), timeout=600)  # the seeded history, before any fault
-        end = started + args.minutes * 60
+        end, faults = started + args.minutes * 60, shuffled_rounds(kinds, rng)
         while time.monotonic() < end:
             soak.idle(min(end, time.monotonic() + args.fault_every * 60 * rng.uniform(0.5, 1.5)))
             if time.monotonic() < end:
-                soak.apply(rng.choice(kinds))
+                soak.apply(next(faults))
         report = soak.report(started)
     finally:
         pipeline.stop()
@@ -97,6 +99,15 @@ def main() -> int:
                   seed=args.seed, speed=args.speed, workdir=str(home))
     print(json.dumps(report))
     return 0 if report["lost"] == report["duplicated"] == report["differing"] == 0 else 1
+
+
+def shuffled_rounds(kinds: list[str], rng: random.Random):
+    """The faults in rounds, each kind once per round in a random order: every kind is applied in a run of
+    at least ``len(kinds)`` faults (independent draws left two of six kinds out of a 30-minute run)."""
+    while True:
+        round_ = list(kinds)
+        rng.shuffle(round_)
+        yield from round_
 
 
 class Soak:
@@ -110,6 +121,7 @@ class Soak:
         self.sequence: list[tuple[int, str]] = []
         self.unexpected_exits: Counter = Counter()
         self.peak_rss_mb: dict[str, float] = {}
+        self.peak_rss_parts: dict[str, dict[str, float]] = {}
         self.started = time.monotonic()
 
     def idle(self, until: float) -> None:
@@ -124,12 +136,17 @@ class Soak:
                 self.unexpected_exits[name] += 1
                 print(f"{name} exited on its own (code {service.process.returncode}); restarting", file=sys.stderr)
                 service.start()
-            self._peak(name, group_rss_mb(service.process.pid))
+            self._peak(name, service.process.pid)
         if self.broker.pid():
-            self._peak("broker", group_rss_mb(self.broker.pid(), group=False))
+            self._peak("broker", self.broker.pid())
 
-    def _peak(self, name: str, megabytes: float) -> None:
-        self.peak_rss_mb[name] = max(self.peak_rss_mb.get(name, 0.0), round(megabytes, 1))
+    def _peak(self, name: str, pid: int) -> None:
+        """Keep a part's peak resident memory, with what made it up (MB per command: java, python, ...)."""
+        by_command = tree_resident_bytes(pid)
+        megabytes = round(sum(by_command.values()) / 2**20, 1)
+        if megabytes > self.peak_rss_mb.get(name, 0.0):
+            self.peak_rss_mb[name] = megabytes
+            self.peak_rss_parts[name] = {command: round(size / 2**20, 1) for command, size in by_command.items()}
 
     def apply(self, kind: str) -> None:
         self.applied[kind] += 1
@@ -184,28 +201,9 @@ class Soak:
             "unexpected_exits": dict(self.unexpected_exits), "detect_running": self.pipeline["detect"].running(),
             "runtime_seconds": round(time.monotonic() - started),
             "settle_seconds": round(time.monotonic() - faults_over),
-            "peak_rss_mb": self.peak_rss_mb,
+            "peak_rss_mb": self.peak_rss_mb, "peak_rss_parts_mb": self.peak_rss_parts,
             "soak_process_peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
         }
-
-
-def group_rss_mb(pid: int, group: bool = True) -> float:
-    """The summed resident memory (MB) of ``pid``'s process group (a service and its Spark JVM), or of ``pid``."""
-    total = 0
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text()
-            pgrp = int(stat.rsplit(")", 1)[1].split()[2])
-            if (pgrp if group else int(entry.name)) != pid:
-                continue
-            for line in (entry / "status").read_text().splitlines():
-                if line.startswith("VmRSS:"):
-                    total += int(line.split()[1])
-        except (OSError, ValueError, IndexError):
-            continue  # it exited meanwhile
-    return total / 1024
 
 
 if __name__ == "__main__":

@@ -48,6 +48,7 @@ from market_anomaly.candles.validation import interval_ms
 from market_anomaly.kafka import topics
 from market_anomaly.kafka.broker import LocalBroker, free_port
 from market_anomaly.producer.service import CandleProducer
+from process_memory import tree_resident_bytes  # bench/, the script's own directory
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "binance"
 PARAMS = Path(__file__).resolve().parents[1] / "model_params.json"
@@ -110,38 +111,12 @@ class PeakMemory:
 
     def _run(self) -> None:
         while not self._stop.wait(1.0):
-            self.peak_bytes = max(self.peak_bytes, sum(map(resident_bytes, process_tree(self.pid))))
+            self.peak_bytes = max(self.peak_bytes, sum(tree_resident_bytes(self.pid).values()))
 
     def stop(self) -> int:
         self._stop.set()
         self._thread.join()
         return self.peak_bytes
-
-
-def process_tree(root: int) -> list[int]:
-    children: dict[int, list[int]] = {}
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                parent = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
-            except (OSError, IndexError, ValueError):
-                continue
-            children.setdefault(parent, []).append(int(entry.name))
-    tree, pending = [], [root]
-    while pending:
-        pid = pending.pop()
-        tree.append(pid)
-        pending += children.get(pid, [])
-    return tree
-
-
-def resident_bytes(pid: int) -> int:
-    try:
-        status = Path(f"/proc/{pid}/status").read_text()
-    except OSError:
-        return 0
-    found = re.search(r"VmRSS:\s+(\d+) kB", status)
-    return int(found[1]) * 1024 if found else 0
 
 
 def state_bytes(metrics_port: int) -> int | None:

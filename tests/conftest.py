@@ -56,15 +56,26 @@ def kafka_cluster(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def spark_cluster(tmp_path_factory):
-    """A Spark standalone cluster from PySpark's own scripts: a master and two one-core workers."""
+    """A Spark standalone cluster as a user starts one: `market-anomaly spark start` (a master and two one-core
+    workers from PySpark's own scripts), stopped with `market-anomaly spark stop`."""
+    import subprocess
+    import sys
+
     from market_anomaly.spark.standalone import StandaloneCluster
 
-    cluster = StandaloneCluster(tmp_path_factory.mktemp("spark-cluster"), workers=2, cores=1)
-    cluster.start()
+    home = tmp_path_factory.mktemp("spark-home")
+    command = [sys.executable, "-m", "market_anomaly", "spark"]
+    environment = {**os.environ, "MARKET_ANOMALY_HOME": str(home)}
+    started = subprocess.run([*command, "start", "--workers", "2", "--cores", "1"], env=environment,
+                             capture_output=True, text=True, timeout=180)
+    assert started.returncode == 0, started.stderr
+    cluster = StandaloneCluster.attach(home / "spark-cluster")
+    assert started.stdout.strip() == cluster.master_url and cluster.status()["alive_workers"] == 2
     try:
         yield cluster
     finally:
-        cluster.stop()
+        subprocess.run([*command, "stop"], env=environment, capture_output=True, timeout=120)
+        assert set(cluster.pids().values()) == {None}, "a Spark daemon outlived `spark stop`"
 
 
 @pytest.fixture

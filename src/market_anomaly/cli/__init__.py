@@ -22,6 +22,7 @@ from market_anomaly.cli import settings
 COMMAND_MODULES = (
     "market_anomaly.cli.up",         # up, setup
     "market_anomaly.cli.kafka",      # kafka start|stop|status|topics
+    "market_anomaly.cli.spark",      # spark start|stop|status
     "market_anomaly.cli.exchange",   # exchange
     "market_anomaly.cli.produce",    # produce
     "market_anomaly.cli.detect",     # detect

@@ -139,7 +139,7 @@ def terminate(pids: list[int], timeout: float) -> None:
     while any(process_alive(pid) for pid in pids) and time.monotonic() < deadline:
         time.sleep(0.2)
     for pid in filter(process_alive, pids):
-        log.warning("Kafka node (pid %s) did not stop in %.0fs; killing it", pid, timeout)
+        log.warning("pid %s did not stop in %.0fs; killing it", pid, timeout)
         os.kill(pid, signal.SIGKILL)
 
 

@@ -4,6 +4,8 @@ For trying the stream on a real cluster manager on one machine (and for the test
 job joins it with ``--master spark://127.0.0.1:PORT``. Every worker runs the project's
 interpreter for its Python workers (``PYSPARK_PYTHON``), and each executor's stdout and
 stderr stay in the worker's work directory (``executor_logs``) for when a task fails.
+The cluster outlives the process that started it (`market-anomaly spark start`): its ports
+and pids stay in its directory, where ``StandaloneCluster.attach`` finds them to stop it.
 """
 
 from __future__ import annotations
@@ -11,14 +13,13 @@ from __future__ import annotations
 import json
 import logging
 import os
-import signal
 import subprocess
 import sys
 import time
 import urllib.request
 from pathlib import Path
 
-from market_anomaly.kafka.broker import free_port
+from market_anomaly.kafka.broker import free_port, running_pid, terminate
 
 log = logging.getLogger("market_anomaly.spark")
 
@@ -38,7 +39,17 @@ class StandaloneCluster:
         self.directory = Path(directory).resolve()
         self.workers, self.cores, self.memory, self.daemon_memory = workers, cores, memory, daemon_memory
         self.port, self.web_port = free_port(), free_port()
-        self.processes: list[subprocess.Popen] = []
+
+    @classmethod
+    def attach(cls, directory: Path) -> "StandaloneCluster | None":
+        """The cluster last started in ``directory``, or None if none was."""
+        try:
+            saved = json.loads((Path(directory) / "cluster.json").read_text())
+        except (OSError, ValueError):
+            return None
+        cluster = cls(directory, saved["workers"], saved["cores"], saved["memory"])
+        cluster.port, cluster.web_port = saved["port"], saved["web_port"]
+        return cluster
 
     @property
     def master_url(self) -> str:
@@ -50,6 +61,9 @@ class StandaloneCluster:
     def start(self, timeout: float = 90.0) -> None:
         """Start the master, then the workers, and wait until every worker has registered."""
         self.directory.mkdir(parents=True, exist_ok=True)
+        (self.directory / "cluster.json").write_text(json.dumps(
+            {"port": self.port, "web_port": self.web_port, "workers": self.workers, "cores": self.cores,
+             "memory": self.memory}))
         self._launch("master", "org.apache.spark.deploy.master.Master",
                      "--host", "127.0.0.1", "--port", str(self.port), "--webui-port", str(self.web_port))
         for index in range(self.workers):
@@ -60,7 +74,7 @@ class StandaloneCluster:
                          "--work-dir", str(work), "--webui-port", str(free_port()), self.master_url)
         deadline = time.monotonic() + timeout
         while self.alive_workers() < self.workers:
-            if time.monotonic() > deadline or any(process.poll() is not None for process in self.processes):
+            if time.monotonic() > deadline or None in self.pids().values():
                 logs = "\n".join(f"--- {path.name}\n{path.read_text(errors='replace')[-2000:]}"
                                  for path in sorted(self.directory.glob("*.log")))
                 self.stop()
@@ -76,17 +90,24 @@ class StandaloneCluster:
         except (OSError, ValueError):
             return 0
 
-    def stop(self, timeout: float = 30.0) -> None:
-        """Workers first (they kill their executors), then the master."""
-        for process in reversed(self.processes):
-            if process.poll() is None:
-                process.send_signal(signal.SIGTERM)
-                try:
-                    process.wait(timeout)
-                except subprocess.TimeoutExpired:
-                    process.kill()
-                    process.wait(10)
-        self.processes.clear()
+    def pids(self) -> dict[str, int | None]:
+        """Each daemon's pid (master, worker-1, ...), None for one that is not running."""
+        names = ["master", *[f"worker-{index + 1}" for index in range(self.workers)]]
+        return {name: running_pid(self.directory / f"{name}.pid") for name in names}
+
+    def status(self) -> dict[str, object]:
+        pids = self.pids()
+        return {"master_url": self.master_url, "web_ui": f"http://127.0.0.1:{self.web_port}",
+                "alive_workers": self.alive_workers() if pids["master"] else 0,
+                "workers": self.workers, "cores_per_worker": self.cores, "pids": pids}
+
+    def stop(self, timeout: float = 30.0) -> bool:
+        """Workers first (they kill their executors), then the master; False if nothing was running."""
+        pids = self.pids()
+        workers = [pid for name, pid in pids.items() if name != "master" and pid]
+        terminate(workers, timeout)
+        terminate([pids["master"]] if pids["master"] else [], timeout)
+        return bool(workers or pids["master"])
 
     def executor_logs(self, tail: int = 3000) -> str:
         """The end of every executor's stderr (``<work dir>/<app>/<executor>/stderr``): where a failed task says why."""
@@ -105,8 +126,9 @@ class StandaloneCluster:
             "PYSPARK_PYTHON": sys.executable,
         }
         with open(self.directory / f"{name}.log", "ab") as output:
-            self.processes.append(subprocess.Popen(
+            process = subprocess.Popen(
                 [str(home / "bin" / "spark-class"), main_class, *arguments],
                 stdout=output, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=environment,
                 start_new_session=True,
-            ))
+            )
+        (self.directory / f"{name}.pid").write_text(str(process.pid))

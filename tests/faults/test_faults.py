@@ -25,6 +25,7 @@ from confluent_kafka import Producer
 
 pytestmark = pytest.mark.integration
 SQLITE_BUSY_SECONDS = 30  # the database sink's busy timeout
+LISTING = "NEWLISTUSDT"  # a new pair listed after a flood of random symbols
 
 
 def test_detect_killed_mid_backlog_restarts_from_its_checkpoint(pipeline):
@@ -150,7 +151,15 @@ def test_poison_records_into_the_topic(pipeline, kafka_broker):
     assert producer.flush(60) == 0
 
     time.sleep(20)
+    # A real listing after the flood: every state bucket is full of one-off symbols, which give way to it.
+    minute = 60_000
+    for step in range(1, 4):
+        producer.produce(running.names["candles"], key=LISTING.encode(), value=json.dumps(
+            {**template, "symbol": LISTING, "open_time": template["open_time"] + step * minute,
+             "close_time": template["close_time"] + step * minute}).encode())
+    assert producer.flush(60) == 0
     print(running.verify())  # later candles of the same symbols decided, nothing lost
+    assert wait_for(lambda: len(listing_rows(running)) == 3, 120), listing_rows(running)
     letters = [json.loads(m.value()) for m in consume_all(kafka_broker.client_config(), running.names["dead"],
                                                           len(cases) + 9_000, 120)]
     by_raw: dict[str, list[str]] = {}
@@ -178,8 +187,22 @@ def raw_symbol(letter: dict) -> str:
 
 def flood_rows(running) -> list:
     with sqlite3.connect(running.db_url.split("///", 1)[1], timeout=60) as connection:
-        return connection.execute("SELECT symbol FROM decisions WHERE symbol NOT IN (?, ?, ?)",
-                                  running.symbols).fetchall()
+        return connection.execute("SELECT symbol FROM decisions WHERE symbol NOT IN (?, ?, ?, ?)",
+                                  (*running.symbols, LISTING)).fetchall()
+
+
+def listing_rows(running) -> list:
+    with sqlite3.connect(running.db_url.split("///", 1)[1], timeout=60) as connection:
+        return connection.execute("SELECT open_time FROM decisions WHERE symbol = ?", (LISTING,)).fetchall()
+
+
+def wait_for(condition, timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(1)
+    return True
 
 
 def test_one_broker_of_three_killed(pipeline, kafka_cluster):

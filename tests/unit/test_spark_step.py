@@ -107,3 +107,10 @@ def test_the_buckets_together_never_hold_more_than_max_symbols(max_symbols, buck
                        sinks=SinkOptions(), max_symbols=max_symbols, state_buckets=buckets)
     per_bucket = StateBounds.of(job).symbols_per_bucket
     assert per_bucket * buckets <= max_symbols < (per_bucket + 1) * buckets
+
+
+@pytest.mark.parametrize("max_symbols, buckets", [(8, 16), (10, 0)])
+def test_fewer_symbols_than_state_buckets_is_refused_with_the_reason(max_symbols, buckets):
+    with pytest.raises(ValueError, match="--state-buckets must be between 1 and --max-symbols"):
+        DetectConfig(kafka={}, params=Path("model_params.json"), checkpoint_dir=Path("checkpoint"),
+                     sinks=SinkOptions(), max_symbols=max_symbols, state_buckets=buckets)

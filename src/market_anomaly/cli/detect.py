@@ -83,8 +83,9 @@ def add_input_arguments(parser: argparse.ArgumentParser) -> None:
                        help="comma-separated symbols to decide; candles of others go to the dead-letter topic "
                             "(default: any valid symbol)")
     group.add_argument("--max-symbols", type=int, default=10_000,
-                       help="detector state for at most this many symbols, spread over the state buckets; "
-                            "the candles of a symbol finding its bucket full are dead-lettered (default: %(default)s)")
+                       help="detector state for at most this many symbols, spread over the state buckets; a "
+                            "symbol finding its bucket full replaces one that never warmed up and fell silent, "
+                            "else its candles are dead-lettered (default: %(default)s)")
     group.add_argument("--symbol-expiry", type=float, default=24 * 3600.0, metavar="SECONDS",
                        help="forget a symbol's state after this long without a candle, in market time (default: "
                             "%(default)s = a day)")
@@ -149,26 +150,29 @@ def sink_options(args: argparse.Namespace) -> SinkOptions:
 
 def detect_config(args: argparse.Namespace) -> job.DetectConfig:
     """``detect``'s flags as one frozen value."""
-    return job.DetectConfig(
-        kafka=options.kafka_client_config(args),
-        params=Path(args.params),
-        checkpoint_dir=Path(args.checkpoint_dir),
-        sinks=sink_options(args),
-        topic=args.topic,
-        dead_letter_topic=args.dead_letter_topic,
-        starting_offsets=args.starting_offsets,
-        trigger=args.trigger,
-        max_offsets_per_trigger=args.max_offsets_per_trigger,
-        source_options=options.parse_pairs(args.source_option),
-        master=args.master,
-        spark_conf=options.parse_pairs(args.conf),
-        state_buckets=args.state_buckets,
-        run_for=args.run_for,
-        symbols=tuple(config.parse_symbols(args.symbols)),
-        max_symbols=args.max_symbols,
-        symbol_expiry=args.symbol_expiry,
-        accept_future_candles=args.accept_future_candles,
-    )
+    try:
+        return job.DetectConfig(
+            kafka=options.kafka_client_config(args),
+            params=Path(args.params),
+            checkpoint_dir=Path(args.checkpoint_dir),
+            sinks=sink_options(args),
+            topic=args.topic,
+            dead_letter_topic=args.dead_letter_topic,
+            starting_offsets=args.starting_offsets,
+            trigger=args.trigger,
+            max_offsets_per_trigger=args.max_offsets_per_trigger,
+            source_options=options.parse_pairs(args.source_option),
+            master=args.master,
+            spark_conf=options.parse_pairs(args.conf),
+            state_buckets=args.state_buckets,
+            run_for=args.run_for,
+            symbols=tuple(config.parse_symbols(args.symbols)),
+            max_symbols=args.max_symbols,
+            symbol_expiry=args.symbol_expiry,
+            accept_future_candles=args.accept_future_candles,
+        )
+    except ValueError as error:  # flags that contradict each other
+        raise SystemExit(f"detect: {error}")
 
 
 def run(args: argparse.Namespace) -> int:

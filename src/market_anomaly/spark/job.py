@@ -62,6 +62,12 @@ class DetectConfig:
     symbol_expiry: float = 24 * 3600.0  # seconds of market time without a candle before a symbol is forgotten
     accept_future_candles: bool = False  # a simulated market ahead of the clock: no check against the present
 
+    def __post_init__(self):
+        if not 1 <= self.state_buckets <= self.max_symbols:
+            raise ValueError(f"--max-symbols {self.max_symbols} over --state-buckets {self.state_buckets}: "
+                             "each state bucket holds at least one symbol, so --state-buckets must be between 1 "
+                             "and --max-symbols")
+
 
 @dataclass(frozen=True)
 class StateBounds:
@@ -75,7 +81,7 @@ class StateBounds:
     @classmethod
     def of(cls, job: DetectConfig) -> "StateBounds":
         # Rounded down, so the buckets together never hold more than --max-symbols (200 over 16: 12 each, 192).
-        return cls(int(job.symbol_expiry * 1000), max(job.max_symbols // job.state_buckets, 1))
+        return cls(int(job.symbol_expiry * 1000), job.max_symbols // job.state_buckets)
 
 
 # -- the per-symbol step (runs in Spark's Python workers) -----------------------------------------

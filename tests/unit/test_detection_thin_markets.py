@@ -74,30 +74,31 @@ def test_own_calibration_lowers_a_busy_symbols_readings_raises_a_quiet_ones_and_
     busy = rng.choice([0.2, 2.0, 4.0], size=3000, p=[0.7, 0.25, 0.05])  # pooled level 2 a quarter of the time
     quiet = rng.choice([0.2, 1.0], size=3000, p=[0.95, 0.05])           # never reaches pooled level 1.5
     quiet[2000] = 4.0
-    pooled = np.concatenate([busy, quiet])
-    segments, counted = Segments([3000, 3000]), np.ones(6000, dtype=bool)
-    history = np.zeros((2, 1 + len(OWN_LEVELS)))
+    pooled = np.concatenate([busy, quiet])[:, None]
+    segments, counted = Segments([3000, 3000]), np.ones((6000, 1), dtype=bool)
+    history = np.zeros((2, 1, 1 + len(OWN_LEVELS)))
     own, whole = own_surprise(pooled, counted, segments.ids, segments.starts, history, 1440.0)
+    own, whole = own[:, 0], whole[:, 0]
     assert own[0] == pytest.approx(pooled[0]) and own[3000] == pytest.approx(pooled[3000])  # new: the pooled view
     busy_late, quiet_late = own[2500:3000][busy[2500:] == 4.0], own[3000 + 2000]
     assert busy_late.max() < 3.0 < 4.0 < quiet_late  # the busy symbol's 4 is ordinary for it, the quiet one's rare
     assert whole[0, 0] == 3000 and whole[0, -1] == (busy >= OWN_LEVELS[-1]).sum()
     parts, state = [], history  # in pieces, each with the counts the previous one left
     for start, end in ((0, 1), (1, 1700), (1700, 3000)):
-        piece = np.concatenate([busy[start:end], quiet[start:end]])
+        piece = np.concatenate([busy[start:end], quiet[start:end]])[:, None]
         size = end - start
         part_segments = Segments([size, size])
-        part, state = own_surprise(piece, np.ones(2 * size, dtype=bool), part_segments.ids, part_segments.starts,
-                                   state, 1440.0)
-        parts.append((part[:size], part[size:]))
+        part, state = own_surprise(piece, np.ones((2 * size, 1), dtype=bool), part_segments.ids,
+                                   part_segments.starts, state, 1440.0)
+        parts.append((part[:size, 0], part[size:, 0]))
     np.testing.assert_array_equal(np.concatenate([p[0] for p in parts] + [p[1] for p in parts]), own)
-    np.testing.assert_array_equal(state, whole)
+    np.testing.assert_array_equal(state[:, 0], whole)
 
 
 def test_uncounted_candles_do_not_move_the_counts():
-    pooled = np.array([2.0, 2.0, 2.0])
-    own, counts = own_surprise(pooled, np.zeros(3, dtype=bool), np.zeros(3, dtype=np.int64), np.array([0]),
-                               np.zeros((1, 1 + len(OWN_LEVELS))), 100.0)
+    pooled = np.array([[2.0], [2.0], [2.0]])
+    own, counts = own_surprise(pooled, np.zeros((3, 1), dtype=bool), np.zeros(3, dtype=np.int64), np.array([0]),
+                               np.zeros((1, 1, 1 + len(OWN_LEVELS))), 100.0)
     np.testing.assert_allclose(own, pooled)
     assert counts.sum() == 0
 

@@ -187,10 +187,11 @@ class DetectionEngine:
         if prior > 0:  # each symbol's own history says how rare each detector's reading is for it
             own = memory.rows(OWN_STATE, [0.0] * (len(detectors) * (1 + len(OWN_LEVELS)))).reshape(
                 len(symbols), len(detectors), -1)
-            for index, detector in enumerate(detectors):
-                counted = (positions >= detector.warmup) & np.isfinite(scores[detector.name])
-                surprises[detector.name], own[:, index] = own_surprise(
-                    surprises[detector.name], counted, segments.ids, segments.starts, own[:, index], prior)
+            counted = np.column_stack([(positions >= detector.warmup) & np.isfinite(scores[detector.name])
+                                       for detector in detectors])
+            calibrated, own = own_surprise(np.column_stack([surprises[detector.name] for detector in detectors]),
+                                           counted, segments.ids, segments.starts, own, prior)
+            surprises = {detector.name: calibrated[:, index] for index, detector in enumerate(detectors)}
         votes, is_anomaly, confidence, reasons, fused = consensus(
             eligible, {detector.name: detector.reason for detector in detectors}, scores, surprises,
             params.consensus, params.calibration,

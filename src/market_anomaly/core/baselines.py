@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from market_anomaly.core.features import (CandleFeatures, RollingStats, Segments, Tails, median_iqr, median_only,
-                                          median_positive, root_mean_square, trailing_windows)
+                                          traded_level, root_mean_square, trailing_windows)
 
 
 @dataclass(frozen=True)
@@ -66,7 +66,7 @@ class Baselines:
         self.runs_scale = RollingStats(params.runs.scale_window, params.refresh, root_mean_square,
                                        params.runs.scale_guard)
         # the median of the minutes that traded: a thin market's zero-volume minutes are not its level
-        self.volume = RollingStats(params.volume.window, params.refresh, median_positive, params.guard)
+        self.volume = RollingStats(params.volume.window, params.refresh, traded_level, params.guard)
         self.range = RollingStats(params.range.window, params.refresh, median_only, params.guard)
         self.window = params.volatility.window
         self.window_tail = Tails.empty(1)  # each symbol's last window-1 returns in percent

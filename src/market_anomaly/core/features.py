@@ -60,20 +60,11 @@ def median_only(windows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return np.where(np.isnan(values[:, -1]), np.nan, center), np.full(len(values), np.nan)
 
 
-TRADED_MEAN_SHARE = 0.25  # a volume level is at least this share of the window's mean volume
-
-
 def traded_level(windows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Row-wise volume level: the median of the positive values (a thin market's minutes that traded), and at
-    least ``TRADED_MEAN_SHARE`` of the row's mean; NaN where a row has no positive value or a NaN.
+    """Row-wise median of the positive values (a thin market's minutes that traded); NaN where a row has none or NaN.
 
-    On a liquid market every minute trades and the median is well above half the mean: the plain median.
-    On a thin one the traded minutes mix dust trades with real ones; against the dust alone an ordinary
-    trade would look like a thousandfold burst, so the mean (what the window really traded) bounds it.
-
-    >>> traded_level(np.array([[0.0, 0.0, 0.0, 2.0, 4.0, 9.0], [0.0, 0.0, 0.0, 1.0, 1.0, 598.0],
-    ...                        [0.0, 0.0, 0.0, 0.0, 0.0, 0.0]]))[0].tolist()
-    [4.0, 25.0, nan]
+    >>> traded_level(np.array([[0.0, 0.0, 0.0, 2.0, 4.0, 9.0], [0.0, 0.0, 0.0, 0.0, 0.0, 0.0]]))[0].tolist()
+    [4.0, nan]
     """
     values = _sorted_rows(windows)
     n = values.shape[1]
@@ -82,7 +73,7 @@ def traded_level(windows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     traded = n - zeros
     low = np.minimum(zeros + (traded - 1) // 2, n - 1)
     high = np.minimum(zeros + traded // 2, n - 1)
-    center = np.maximum((values[rows, low] + values[rows, high]) / 2, TRADED_MEAN_SHARE * values.mean(axis=1))
+    center = (values[rows, low] + values[rows, high]) / 2
     return np.where(np.isnan(values[:, -1]) | (traded == 0), np.nan, center), np.full(len(values), np.nan)
 
 

@@ -106,7 +106,6 @@ def make_detect_step(params_path: str, output_columns: list[str], bounds: StateB
     def step(key, frames, state):
         import pandas as pd
 
-        from market_anomaly.core.detectors import warmups
         from market_anomaly.spark.workers import (SymbolState, admit, engine_for, expire, pack_states,
                                                   unpack_states)
 
@@ -120,8 +119,7 @@ def make_detect_step(params_path: str, output_columns: list[str], bounds: StateB
                    bounds.expiry_ms)
             newcomers = {symbol: int(open_time) for symbol, open_time in latest.items() if symbol not in states}
             engine = engine_for(params_path)
-            refused, evicted = admit(states, newcomers, bounds.symbols_per_bucket,
-                                     min(warmups(engine.params).values()), set(latest.index))
+            refused, evicted = admit(states, newcomers, bounds.symbols_per_bucket, engine.params, set(latest.index))
             if evicted:
                 log.warning("state bucket %s full: forgot %d symbols that never warmed up (%s) for new ones",
                             frame["bucket"].iloc[0], len(evicted), ", ".join(evicted[:5]))

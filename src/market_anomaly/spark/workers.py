@@ -12,6 +12,7 @@ import warnings
 from dataclasses import dataclass
 
 from market_anomaly.core import DetectionEngine, ParamsWatcher
+from market_anomaly.core.detectors import warmups
 from market_anomaly.core.state import unpack, unpack_bucket
 
 # PySpark concatenates the step's output frames; the rejects' all-null columns make pandas warn
@@ -96,19 +97,20 @@ def expire(states: dict[str, SymbolState], now: int, expiry_ms: int) -> list[str
     return expired
 
 
-def admit(states: dict[str, SymbolState], newcomers: dict[str, int], limit: int, established: int,
+def admit(states: dict[str, SymbolState], newcomers: dict[str, int], limit: int, params,
           trading: set[str]) -> tuple[set[str], list[str]]:
     """Make room for ``newcomers`` (symbol: its latest ``open_time`` in the batch, in order of arrival) in a
     bucket of at most ``limit`` symbols; returns (the refused newcomers, the evicted symbols).
 
-    A full bucket gives up a symbol only if it has seen fewer than ``established`` candles (none of its
-    detectors warmed up), has no candle in this batch (``trading``) and fell silent before the newcomer's latest candle;
+    A full bucket gives up a symbol only if it has seen fewer candles than the shortest detector warm-up of
+    ``params`` (none of its detectors warmed up), has no candle in this batch (``trading``) and fell silent before the newcomer's latest candle;
     the longest silent goes first. So a flood of one-off symbols cannot lock out a real listing (it evicts
     the flood's symbols from the next minute on), and never evicts a symbol that is really trading.
     """
     room = limit - len(states)
     if len(newcomers) <= room:
         return set(), []
+    established = min(warmups(params).values())  # only here: it builds the detectors, and most calls have room
     names = [symbol for symbol in states if symbol not in trading]
     seen = unpack_bucket([states[symbol].blob for symbol in names]).rows("engine.last", [-1, 0, 0, 0])[:, 3]
     silent = sorted((states[symbol].last_open_time, symbol) for symbol, count in zip(names, seen)

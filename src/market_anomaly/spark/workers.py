@@ -103,8 +103,8 @@ def admit(states: dict[str, SymbolState], newcomers: dict[str, int], limit: int,
     bucket of at most ``limit`` symbols; returns (the refused newcomers, the evicted symbols).
 
     A full bucket gives up a symbol only if it has seen fewer candles than the shortest detector warm-up of
-    ``params`` (none of its detectors warmed up), has no candle in this batch (``trading``) and fell silent before the newcomer's latest candle;
-    the longest silent goes first. So a flood of one-off symbols cannot lock out a real listing (it evicts
+    ``params`` (none of its detectors warmed up), has no candle in this batch (``trading``) and fell silent
+    before the newcomer's latest candle; the longest silent goes first. So a flood of one-off symbols cannot lock out a real listing (it evicts
     the flood's symbols from the next minute on), and never evicts a symbol that is really trading.
     """
     room = limit - len(states)

@@ -186,7 +186,7 @@ class Pipeline:
 
     def start(self) -> None:
         self["exchange"].start()
-        self._wait(lambda: self._get("/api/v3/ping") is not None, 60, "the exchange did not answer")
+        self.wait_until(lambda: self._get("/api/v3/ping") is not None, 60, "the exchange did not answer")
         self["produce"].start()
         self["detect"].start()
 
@@ -262,9 +262,10 @@ class Pipeline:
         return pd.DataFrame(records)
 
     def wait_for_rows(self, count: int, timeout: float) -> None:
-        self._wait(lambda: len(self.decisions()) >= count, timeout, f"fewer than {count} decisions")
+        self.wait_until(lambda: len(self.decisions()) >= count, timeout, f"fewer than {count} decisions")
 
-    def _wait(self, condition, timeout: float, problem: str) -> None:
+    def wait_until(self, condition, timeout: float, problem: str) -> None:
+        """Poll ``condition`` every second; fail with ``problem`` and the parts' logs after ``timeout``."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if condition():

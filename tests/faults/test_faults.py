@@ -159,7 +159,7 @@ def test_poison_records_into_the_topic(pipeline, kafka_broker):
              "close_time": template["close_time"] + step * minute}).encode())
     assert producer.flush(60) == 0
     print(running.verify())  # later candles of the same symbols decided, nothing lost
-    assert wait_for(lambda: len(listing_rows(running)) == 3, 120), listing_rows(running)
+    running.wait_until(lambda: len(listing_rows(running)) == 3, 120, "the listing's 3 candles were not decided")
     letters = [json.loads(m.value()) for m in consume_all(kafka_broker.client_config(), running.names["dead"],
                                                           len(cases) + 9_000, 120)]
     by_raw: dict[str, list[str]] = {}
@@ -194,15 +194,6 @@ def flood_rows(running) -> list:
 def listing_rows(running) -> list:
     with sqlite3.connect(running.db_url.split("///", 1)[1], timeout=60) as connection:
         return connection.execute("SELECT open_time FROM decisions WHERE symbol = ?", (LISTING,)).fetchall()
-
-
-def wait_for(condition, timeout: float) -> bool:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(1)
-    return True
 
 
 def test_one_broker_of_three_killed(pipeline, kafka_cluster):

@@ -125,3 +125,21 @@ def test_up_renders_its_children_through_their_own_flags():
     _, job, _ = settings.resolve(build_parser, settings.child_argv(build_parser, "detect",
                                                                    {"retention_days": up.retention_days}))
     assert job.retention_days == 2.5
+
+
+def test_up_symbols_all_lists_the_simulator_pairs_and_lets_the_job_take_every_symbol(tmp_path):
+    from market_anomaly.cli.up import pipeline_children
+
+    _, args, _ = settings.resolve(build_parser, ["up", "--symbols", "all", "--pairs", "30", "--quote", "USDT,BTC"])
+    children = {child.name: child.argv for child in pipeline_children(args, "h:1", tmp_path, None, simulator_port=9)}
+    exchange, producer, job = children["exchange simulator"], children["producer"], children["spark job"]
+    assert exchange[exchange.index("--pairs") + 1] == "30" and "--symbols" not in exchange
+    assert producer[producer.index("--symbols") + 1:producer.index("--symbols") + 4:2] == ["all", "USDT,BTC"]
+    assert "--symbols" not in job  # no allow-list: whatever the producer lists
+    _, named, _ = settings.resolve(build_parser, ["up", "--symbols", "BTCUSDT,ETHUSDT"])
+    children = {child.name: child.argv for child in pipeline_children(named, "h:1", tmp_path, None, simulator_port=9)}
+    assert all(argv[argv.index("--symbols") + 1] == "BTCUSDT,ETHUSDT" for argv in children.values() if "--symbols" in argv)
+    assert "--pairs" not in children["exchange simulator"] and "--symbols" in children["spark job"]
+    _, wrong, _ = settings.resolve(build_parser, ["up", "--quote", "BTC"])
+    with pytest.raises(SystemExit, match="--quote goes with --symbols all"):
+        pipeline_children(wrong, "h:1", tmp_path, None, simulator_port=9)

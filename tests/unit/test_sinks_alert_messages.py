@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import pandas as pd
 import pytest
 
 from market_anomaly.sinks.alerts import AlertSink, validate_webhook_url, webhook_body
@@ -57,3 +58,14 @@ def test_webhook_urls_need_a_scheme_and_a_host_and_errors_hide_the_token(url):
     assert "s3cr3t" not in str(failure.value)
     with pytest.raises(ValueError, match="not an http"):
         AlertSink([url])
+
+
+def test_write_returns_the_messages_it_made_at_the_minimum_confidence_and_above():
+    decisions = pd.DataFrame([
+        {**DECISION, "open_time": OPEN_TIME, "is_anomaly": True, "confidence": "LOW"},
+        {**DECISION, "open_time": OPEN_TIME + 60_000, "is_anomaly": True, "confidence": "HIGH"},
+        {**DECISION, "open_time": OPEN_TIME + 120_000, "is_anomaly": True, "confidence": "MEDIUM"},  # same episode
+        {**DECISION, "symbol": "ETHUSDT", "is_anomaly": False, "confidence": "NONE"},
+    ])
+    made = AlertSink([], fmt="json").write(decisions)  # no webhook: nothing is delivered, the messages are made
+    assert [(message["type"], message["id"]) for message in made] == [("anomaly", f"SOLUSDT-{OPEN_TIME + 60_000}-anomaly")]

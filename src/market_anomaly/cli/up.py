@@ -49,7 +49,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                          "simulator (needs internet)")
     produce.add_exchange_url_arguments(up)
     up.add_argument("--symbols", default=config.env("SYMBOLS", config.DEFAULT_SYMBOLS),
-                    help="symbols to watch (default: %(default)s)")
+                    help="symbols to watch, or 'all' for every TRADING pair of --quote on the exchange (the "
+                         "simulator then lists --pairs synthetic pairs) (default: %(default)s)")
+    up.add_argument("--quote", default=None, metavar="ASSETS",
+                    help="with --symbols all: comma-separated quote assets, e.g. USDT or USDT,BTC (default: USDT)")
+    up.add_argument("--pairs", type=options.positive_int, default=400, metavar="N",
+                    help="with --symbols all and the simulator: how many pairs it lists, P0000USDT, ... (every "
+                         "20th quoted in BTC) (default: %(default)s, about Binance's USDT pairs)")
     up.add_argument("--speed", type=float, default=60.0,
                     help="simulator speed: simulated seconds per wall second (default: %(default)s = one 1m "
                          "candle per symbol per second)")
@@ -133,6 +139,49 @@ def command(*args: str) -> list[str]:
     return [sys.executable, "-m", "market_anomaly", *args]
 
 
+def pipeline_children(args: argparse.Namespace, bootstrap: str, home: Path, config_file: Path | None,
+                      simulator_port: int) -> list[Child]:
+    """The processes ``up`` runs (not yet started), each with its command line rendered by its own parser."""
+    logs, database = home / "logs", f"sqlite:///{home / 'anomalies.db'}"
+
+    def child(name: str, command_name: str, log_path: Path | None, log_level: str | None = None,
+              stop_timeout: float = 20.0, settle: float = 0.0, **values) -> Child:
+        words = ["--log-level", log_level] if log_level else []
+        if config_file is not None and config_file.is_file():
+            words += ["--config", str(config_file.resolve())]
+        words += settings.child_argv(build_parser, command_name, values)
+        return Child(name, command(*words), log_path, stop_timeout=stop_timeout, settle=settle)
+
+    whole_exchange = config.parse_symbols(args.symbols) == ["ALL"]
+    if args.quote is not None and not whole_exchange:
+        raise SystemExit("up: --quote goes with --symbols all")
+    children = []
+    if args.binance:
+        ws_url, rest_url = args.ws_url, args.rest_url
+    else:
+        ws_url, rest_url = f"ws://127.0.0.1:{simulator_port}", f"http://127.0.0.1:{simulator_port}"
+        # settle: bound before the producer connects (which also retries)
+        children.append(child("exchange simulator", "exchange", logs / "exchange.log", settle=1.0,
+                              port=simulator_port,
+                              **({"pairs": args.pairs} if whole_exchange else {"symbols": args.symbols}),
+                              speed=args.speed, inject_random=args.inject_random,
+                              labels_out=home / "injected-labels.json", inject=args.inject))
+    children.append(child("producer", "produce", logs / "producer.log", bootstrap_servers=bootstrap,
+                          ws_url=ws_url, rest_url=rest_url, symbols=args.symbols, quote=args.quote,
+                          seed_history=args.seed_history, metrics_port=args.metrics_port))
+    # stop_timeout: the job finishes its micro-batch and commits its checkpoint
+    children.append(child("spark job", "detect", None, log_level="WARNING", stop_timeout=60.0,
+                          bootstrap_servers=bootstrap, params=args.params, checkpoint_dir=home / "checkpoint",
+                          db=database, retention_days=args.retention_days,
+                          symbols=None if whole_exchange else args.symbols,  # all: whatever the producer lists
+                          metrics_port=args.metrics_port + 1 if args.metrics_port else 0,
+                          accept_future_candles=not args.binance))  # the simulator runs ahead of the clock
+    if args.dashboard_port:
+        children.append(child("dashboard", "dashboard", logs / "dashboard.log", bootstrap_servers=bootstrap,
+                              port=args.dashboard_port, db=database))
+    return children
+
+
 def run_up(args: argparse.Namespace) -> int:
     from market_anomaly.kafka import topics
     from market_anomaly.kafka.broker import LocalBroker, free_port
@@ -143,9 +192,7 @@ def run_up(args: argparse.Namespace) -> int:
     home = config.home_dir() / "demo"
     if home.exists() and not args.keep_state:
         shutil.rmtree(home)
-    logs = home / "logs"
-    logs.mkdir(parents=True, exist_ok=True)
-    database = f"sqlite:///{home / 'anomalies.db'}"
+    (home / "logs").mkdir(parents=True, exist_ok=True)
     broker = None
     children: list[Child] = []
     interrupted = False
@@ -167,36 +214,7 @@ def run_up(args: argparse.Namespace) -> int:
         topics.ensure_topics(config.kafka_settings(bootstrap), topics.DEFAULT_TOPICS)  # + MARKET_ANOMALY_KAFKA_CFG_*
         # The children read up's configuration file too (named, from the environment, or found here).
         config_file = Path(args.config_file) if hasattr(args, "config_file") else settings.config_path([])[0]
-
-        def child(name: str, command_name: str, log_path: Path | None, log_level: str | None = None,
-                  stop_timeout: float = 20.0, settle: float = 0.0, **values) -> Child:
-            """A child running ``command_name`` with ``values`` by flag destination, rendered by its own parser."""
-            words = ["--log-level", log_level] if log_level else []
-            if config_file is not None and config_file.is_file():
-                words += ["--config", str(config_file.resolve())]
-            words += settings.child_argv(build_parser, command_name, values)
-            return Child(name, command(*words), log_path, stop_timeout=stop_timeout, settle=settle)
-
-        if args.binance:
-            ws_url, rest_url = args.ws_url, args.rest_url
-        else:
-            port = free_port()
-            ws_url, rest_url = f"ws://127.0.0.1:{port}", f"http://127.0.0.1:{port}"
-            # settle: bound before the producer connects (which also retries)
-            children.append(child("exchange simulator", "exchange", logs / "exchange.log", settle=1.0, port=port,
-                                  symbols=args.symbols, speed=args.speed, inject_random=args.inject_random,
-                                  labels_out=home / "injected-labels.json", inject=args.inject))
-        children.append(child("producer", "produce", logs / "producer.log", bootstrap_servers=bootstrap,
-                              ws_url=ws_url, rest_url=rest_url, symbols=args.symbols, seed_history=args.seed_history,
-                              metrics_port=args.metrics_port))
-        # stop_timeout: the job finishes its micro-batch and commits its checkpoint
-        children.append(child("spark job", "detect", None, log_level="WARNING", stop_timeout=60.0,
-                              bootstrap_servers=bootstrap, params=args.params, checkpoint_dir=home / "checkpoint",
-                              db=database, retention_days=args.retention_days, symbols=args.symbols, metrics_port=args.metrics_port + 1 if args.metrics_port else 0,
-                              accept_future_candles=not args.binance))  # the simulator runs ahead of the clock
-        if args.dashboard_port:
-            children.append(child("dashboard", "dashboard", logs / "dashboard.log", bootstrap_servers=bootstrap,
-                                  port=args.dashboard_port, db=database))
+        children += pipeline_children(args, bootstrap, home, config_file, simulator_port=free_port())
 
         for child in children:
             child.start()

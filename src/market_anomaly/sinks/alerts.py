@@ -196,7 +196,8 @@ class AlertSink:
 
     # -- episodes (the stream's thread) ----------------------------------------------------------
 
-    def write(self, decisions: pd.DataFrame) -> None:
+    def write(self, decisions: pd.DataFrame) -> list[dict[str, object]]:
+        """Take the decisions into episodes; the messages made (alerts and updates), queued for every webhook."""
         records = sorted(to_records(decisions), key=lambda record: record.get("open_time") or 0)
         latest: dict[str, int] = {}
         with self._lock:
@@ -215,6 +216,7 @@ class AlertSink:
                     self._enqueue(webhook, message)
             self._saved("the new alerts still go out; a restart may repeat or miss them")
             self._lock.notify_all()
+        return made
 
     def _enqueue(self, webhook: Webhook, message: dict[str, object]) -> None:
         if len(webhook.outbox) >= self.outbox_size:

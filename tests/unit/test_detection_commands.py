@@ -128,3 +128,15 @@ def test_evaluate_leave_one_out_trains_on_the_others_and_reports_real_events(tmp
     assert report["series"]["CCCUSDT"]["days"] == round((4000 - 241) / 1440, 2)
     assert list(report["real_events"]["events"]) == ["CCCUSDT"]
     assert 0 <= report["real_events"]["caught"] <= 1
+    # confidence: how often MEDIUM+ / HIGH fire untouched, and the share of injected events reaching each level
+    series = report["series"].values()
+    days = sum(entry["days"] for entry in series)
+    confidence = report["confidence"]
+    assert confidence["medium_episodes_per_symbol_week"] == round(
+        sum(entry["medium_episodes"] for entry in series) * 7 / days, 3)
+    assert confidence["high_episodes_per_symbol_month"] == round(
+        sum(entry["high_episodes"] for entry in series) * 30 / days, 3)
+    assert all(entry["high_episodes"] <= entry["medium_episodes"] <= entry["episodes"] for entry in series)
+    reaching = confidence["injected_reaching"]["all"]
+    assert reaching["LOW"] == report["recall"]["all"]["recall"] >= reaching["MEDIUM"] >= reaching["HIGH"]
+    assert report["real_events"]["events"]["CCCUSDT"]["confidence"] in ("NONE", "LOW", "MEDIUM", "HIGH")

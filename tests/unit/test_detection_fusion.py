@@ -92,6 +92,24 @@ def test_train_meets_its_false_alarm_budget_on_the_training_candles(trained):
     assert json.loads(json.dumps(params.to_json()))["calibration"] == params.to_json()["calibration"]
 
 
+def test_train_sets_confidence_levels_by_their_rarity_on_the_training_candles(trained):
+    history, params = trained
+    margins = params.consensus.confidence
+    assert margins["LOW"] == 0.0 <= margins["MEDIUM"] <= margins["HIGH"]
+    decisions = score_series(params, history)
+    days = sum(len(frame) for frame in history.values()) / 1440
+    for level, days_per_episode in (("MEDIUM", 7.0), ("HIGH", 30.0)):
+        start = params.consensus.threshold + margins[level]
+        episodes = sum(alarm_episodes(d["open_time"].to_numpy()[d["surprise"].to_numpy() >= start])
+                       for d in decisions.values())
+        assert episodes / days <= 1 / days_per_episode  # at most once a symbol-week / -month here
+        assert f"fused surprise {round(start, 4)}" in params.trained_on["confidence"][level]
+        # and what the level names is what an anomaly gets from that surprise up
+        levels = {confidence for d in decisions.values()
+                  for confidence in d["confidence"][d["is_anomaly"] & (d["surprise"] >= start)]}
+        assert levels <= ({"MEDIUM", "HIGH"} if level == "MEDIUM" else {"HIGH"})
+
+
 def test_sustained_volume_and_a_steady_pump_are_flagged_with_their_reasons(trained):
     _, params = trained
     engine = DetectionEngine(params)

@@ -39,6 +39,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                           help="with --leave-one-out: train's fusion tuning events per fold (default: train's)")
     evaluate.add_argument("--max-candles", type=int, default=None, metavar="N",
                           help="with --leave-one-out: only each series' first N candles (quick iteration only)")
+    evaluate.add_argument("--train-candles", type=int, default=None, metavar="N",
+                          help="with --leave-one-out: train each fold on only the first N candles of each other "
+                               "series (cheaper folds; the held-out series is evaluated in full)")
     evaluate.set_defaults(handler=run_evaluate)
 
 
@@ -52,7 +55,8 @@ def run_evaluate(args: argparse.Namespace) -> int:
         report = evaluate_leave_one_out(
             series_by_symbol(args.input), injections=args.injections, seed=args.seed, base=base_document(args.base),
             events=read_announced_events(args.events) if args.events else None,
-            tune_injections=args.tune_injections, max_candles=args.max_candles)
+            tune_injections=args.tune_injections, max_candles=args.max_candles,
+            train_candles=args.train_candles)
         print(format_leave_one_out(report))
         if args.json:
             args.json.write_text(json.dumps(report, indent=2) + "\n")

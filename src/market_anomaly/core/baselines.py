@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from market_anomaly.core.features import (CandleFeatures, RollingStats, Segments, Tails, median_iqr, median_only,
-                                          root_mean_square, trailing_windows)
+                                          traded_level, root_mean_square, trailing_windows)
 
 
 @dataclass(frozen=True)
@@ -31,9 +31,10 @@ class Context:
     positions: np.ndarray       # candles the symbol had seen before each one (0 for its first ever)
     features: CandleFeatures    # the candle's own features (log return, return %, volume, log range, ...)
     center: np.ndarray          # the return center: median of the last return_zscore.window log returns
-    zscore: np.ndarray          # (log return - center) / the return scale (robust IQR sigma, recent RMS, a floor)
+    zscore: np.ndarray          # (log return - center) / the return scale (robust IQR sigma, recent RMS, a floor
+    #                             of min_sigma_pct and tick_floor ticks)
     runs_sigma: np.ndarray      # the runs' yardstick: RMS of runs.scale_window log returns before a guard band
-    volume_ratio: np.ndarray    # volume / its rolling median (volume.window candles)
+    volume_ratio: np.ndarray    # volume / its rolling median of traded minutes (volume.window candles)
     log_volume_ratio: np.ndarray
     log_range_ratio: np.ndarray  # log range - log of its rolling median (range.window candles)
     window_mean: np.ndarray     # mean and standard deviation of the last volatility.window returns, in percent
@@ -59,11 +60,13 @@ class Baselines:
     def __init__(self, params):
         zscore = params.return_zscore
         self.min_sigma = zscore.min_sigma_pct / 100
+        self.tick_floor = zscore.tick_floor
         self.returns = RollingStats(zscore.window, params.refresh, median_iqr, params.guard)
         self.recent = RollingStats(zscore.recent_window, params.refresh, root_mean_square, params.guard)
         self.runs_scale = RollingStats(params.runs.scale_window, params.refresh, root_mean_square,
                                        params.runs.scale_guard)
-        self.volume = RollingStats(params.volume.window, params.refresh, median_only, params.guard)
+        # the median of the minutes that traded: a thin market's zero-volume minutes are not its level
+        self.volume = RollingStats(params.volume.window, params.refresh, traded_level, params.guard)
         self.range = RollingStats(params.range.window, params.refresh, median_only, params.guard)
         self.window = params.volatility.window
         self.window_tail = Tails.empty(1)  # each symbol's last window-1 returns in percent
@@ -76,8 +79,10 @@ class Baselines:
     def context(self, features: CandleFeatures, positions: np.ndarray, segments: Segments) -> Context:
         center, sigma = self.returns.baselines(features.log_return, segments)
         recent_rms = self.recent.baselines(features.log_return, segments)[1]
-        zscore = (features.log_return - center) / np.maximum(np.maximum(sigma, recent_rms), self.min_sigma)
-        runs_sigma = np.maximum(self.runs_scale.baselines(features.log_return, segments)[1], self.min_sigma)
+        # a price moves at least one tick: in ticks, a thin market's one-tick move is not hundreds of sigmas
+        floor = np.fmax(self.min_sigma, self.tick_floor * features.tick_return)
+        zscore = (features.log_return - center) / np.maximum(np.maximum(sigma, recent_rms), floor)
+        runs_sigma = np.maximum(self.runs_scale.baselines(features.log_return, segments)[1], floor)
         volume_ratio = (features.volume + 1e-12) / (self.volume.baselines(features.volume, segments)[0] + 1e-12)
         # (an idle market, median 0, is not an infinite spike)
         log_range_ratio = features.log_range - self.range.baselines(features.log_range, segments)[0]

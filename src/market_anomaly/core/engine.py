@@ -20,7 +20,7 @@ import numpy as np
 import pandas as pd
 
 from market_anomaly.core.baselines import Baselines
-from market_anomaly.core.calibration import surprise
+from market_anomaly.core.calibration import OWN_LEVELS, own_surprise, surprise
 from market_anomaly.core.consensus import consensus, group_surprise
 from market_anomaly.core.detectors import DETECTORS, build
 from market_anomaly.core.features import Segments, candle_features
@@ -157,6 +157,7 @@ class DetectionEngine:
         memory = unpack_bucket(states)
         last = memory.rows("engine.last", [-1, np.nan, np.nan, 0])  # open_time, close, volume, candles seen
         last_open_time, seen = last[:, 0].astype(np.int64), last[:, 3].astype(np.int64)
+        last_step = memory.scalars("engine.tick", np.nan)  # the smallest price step seen (features.price_steps)
         open_time = candles["open_time"].to_numpy(np.int64)
         rows = new_rows(symbol_index, open_time, last_open_time)
         segments = Segments(np.bincount(symbol_index[rows], minlength=len(symbols)))
@@ -166,7 +167,7 @@ class DetectionEngine:
         values = {name: candles[name].to_numpy(float)[rows]
                   for name in ("open", "high", "low", "close", "volume", "taker_buy_base") if name in candles}
         features = candle_features({**values, "open_time": open_time}, segments, last_open_time, last[:, 1],
-                                   last[:, 2], params.interval_ms, params.range.floor_pct)
+                                   last[:, 2], params.interval_ms, params.range.floor_pct, last_step)
         positions = seen[segments.ids] + segments.ranks
 
         baselines, detectors = Baselines(params), build(params)
@@ -182,6 +183,15 @@ class DetectionEngine:
         eligible = {detector.name: detector.votes(scores[detector.name], positions) for detector in detectors}
         surprises = {detector.name: surprise(params.calibration.get(detector.name), detector.size(scores[detector.name]))
                      for detector in detectors}
+        prior = params.consensus.own_prior_candles
+        if prior > 0:  # each symbol's own history says how rare each detector's reading is for it
+            own = memory.rows(OWN_STATE, [0.0] * (len(detectors) * (1 + len(OWN_LEVELS)))).reshape(
+                len(symbols), len(detectors), -1)
+            counted = np.column_stack([(positions >= detector.warmup) & np.isfinite(scores[detector.name])
+                                       for detector in detectors])
+            calibrated, own = own_surprise(np.column_stack([surprises[detector.name] for detector in detectors]),
+                                           counted, segments.ids, segments.starts, own, prior)
+            surprises = {detector.name: calibrated[:, index] for index, detector in enumerate(detectors)}
         votes, is_anomaly, confidence, reasons, fused = consensus(
             eligible, {detector.name: detector.reason for detector in detectors}, scores, surprises,
             params.consensus, params.calibration,
@@ -212,6 +222,8 @@ class DetectionEngine:
         arrays = {
             "engine.last": np.column_stack([open_time[ends], features.close[ends], features.volume[ends],
                                             seen + segments.counts]),
+            "engine.tick": features.min_step[ends],
+            **({OWN_STATE: own.reshape(len(symbols), -1)} if prior > 0 else {}),
             **baselines.state(),
             **{f"{detector.key}.{name}": values for detector in detectors for name, values in detector.state().items()},
         }
@@ -219,6 +231,9 @@ class DetectionEngine:
         for symbol, blob in zip(present, pack_bucket(arrays, present)):
             new_states[symbol] = blob
         return columns, rows, new_states
+
+
+OWN_STATE = "calibration.own"  # per symbol and detector: candles counted, then those at each calibration.OWN_LEVELS
 
 
 def calibration_scores(scores: dict[str, np.ndarray]) -> dict[str, np.ndarray]:

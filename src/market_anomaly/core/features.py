@@ -7,6 +7,13 @@ at stream position ``t`` is computed over the ``window`` values before position
 baselines, and therefore every decision, are the same however the stream is cut into
 chunks; and an event's first minutes never dilute their own baseline (the guard band).
 
+Thin markets: prices move in whole ticks and most minutes may have no trade (volume 0, the
+last close carried). Each symbol's tick is the smallest price step it has shown so far
+(``price_steps``, a running minimum kept in the state); as a share of the price (``CandleFeatures.tick_return``)
+it floors the return and range scales (a one-tick move is one tick, not hundreds of
+sigmas of a zero scale), and volume levels are medians of the minutes that traded
+(``traded_level``), so a single trade after silence is an ordinary trade.
+
 Gaps: windows count candles, not minutes (after a gap a window reaches further back in
 time). The log return of the first candle after a gap is its own open-to-close return,
 so a gap never looks like one huge 1-minute move.
@@ -51,6 +58,23 @@ def median_only(windows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     n = values.shape[1]
     center = (values[:, (n - 1) // 2] + values[:, n // 2]) / 2
     return np.where(np.isnan(values[:, -1]), np.nan, center), np.full(len(values), np.nan)
+
+
+def traded_level(windows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Row-wise median of the positive values (a thin market's minutes that traded); NaN where a row has none or NaN.
+
+    >>> traded_level(np.array([[0.0, 0.0, 0.0, 2.0, 4.0, 9.0], [0.0, 0.0, 0.0, 0.0, 0.0, 0.0]]))[0].tolist()
+    [4.0, nan]
+    """
+    values = _sorted_rows(windows)
+    n = values.shape[1]
+    rows = np.arange(len(values))
+    zeros = (values <= 0).sum(axis=1)  # they sort first; NaN compares False and sorts last
+    traded = n - zeros
+    low = np.minimum(zeros + (traded - 1) // 2, n - 1)
+    high = np.minimum(zeros + traded // 2, n - 1)
+    center = (values[rows, low] + values[rows, high]) / 2
+    return np.where(np.isnan(values[:, -1]) | (traded == 0), np.nan, center), np.full(len(values), np.nan)
 
 
 def _sorted_rows(windows: np.ndarray) -> np.ndarray:
@@ -249,6 +273,8 @@ class CandleFeatures:
     volume: np.ndarray
     volume_change: np.ndarray
     taker_buy_share: np.ndarray
+    tick_return: np.ndarray  # the symbol's tick as a share of the previous price (NaN: no step seen yet)
+    min_step: np.ndarray     # the smallest price step the symbol has shown up to this candle (the state's)
 
     @classmethod
     def of(cls, **arrays: np.ndarray) -> "CandleFeatures":
@@ -258,9 +284,11 @@ class CandleFeatures:
 
 
 def candle_features(candles, segments: Segments, last_open_time: np.ndarray, last_close: np.ndarray,
-                    last_volume: np.ndarray, interval_ms: int, range_floor_pct: float) -> CandleFeatures:
+                    last_volume: np.ndarray, interval_ms: int, range_floor_pct: float,
+                    last_step: np.ndarray | None = None) -> CandleFeatures:
     """Features of ``candles`` (columns by name: a DataFrame or arrays), each symbol's new candles in time order
-    (``segments``), given each symbol's last processed candle (NaN/-1 when none).
+    (``segments``), given each symbol's last processed candle (NaN/-1 when none) and its smallest price step so
+    far (``last_step``, NaN when none).
 
     >>> frame = pd.DataFrame({"open_time": [0, 60_000, 180_000], "open": [100.0, 101.0, 99.0],
     ...                       "high": [101.0, 102.0, 99.5], "low": [99.0, 100.5, 98.0],
@@ -271,14 +299,21 @@ def candle_features(candles, segments: Segments, last_open_time: np.ndarray, las
     [1.0, 0.9901, 0.0]
     >>> np.round(f.range_pct, 4).tolist(), f.volume_change.tolist()
     ([2.0, 1.4851, 1.5152], [nan, 1.0, nan])
+    >>> f.min_step.tolist(), np.round(f.tick_return, 5).tolist()  # steps of 1.0, then 0.5 (101 - 100.5)
+    ([1.0, 0.5, 0.5], [0.01, 0.00495, 0.00505])
     """
     open_time = np.asarray(candles["open_time"], dtype=np.int64)
     open_, high, low, close = (np.asarray(candles[name], dtype=float) for name in ("open", "high", "low", "close"))
     volume = np.asarray(candles["volume"], dtype=float)
+    symbols = len(segments)
+    last_step = np.full(symbols, np.nan) if last_step is None else last_step
     previous_close = _previous(close, last_close, segments)
+    min_step = running_minimum(price_steps(open_, high, low, close, previous_close), segments, last_step)
     consecutive = (open_time - _previous(open_time, last_open_time, segments) == interval_ms) & np.isfinite(
         previous_close)
-    log_return = np.log(close / np.where(consecutive, previous_close, open_))
+    reference = np.where(consecutive, previous_close, open_)
+    log_return = np.log(close / reference)
+    tick_return = min_step / reference
     range_pct = (high - low) / open_ * 100
     previous_volume = _previous(volume, last_volume, segments)
     with np.errstate(divide="ignore", invalid="ignore"):
@@ -287,9 +322,41 @@ def candle_features(candles, segments: Segments, last_open_time: np.ndarray, las
                  else np.full(len(close), np.nan))
     return CandleFeatures(
         close=close, log_return=log_return, return_pct=np.expm1(log_return) * 100, range_pct=range_pct,
-        log_range=np.log(np.maximum(range_pct, range_floor_pct)), volume=volume, volume_change=volume_change,
-        taker_buy_share=taker,
+        log_range=np.log(np.fmax(np.maximum(range_pct, range_floor_pct), tick_return * 100)), volume=volume,
+        volume_change=volume_change, taker_buy_share=taker, tick_return=tick_return, min_step=min_step,
     )
+
+
+STEP_RESOLUTION = 1e-9  # differences below this share of the price are float noise, not a price step
+
+
+def price_steps(open_, high, low, close, previous_close) -> np.ndarray:
+    """Each candle's smallest positive price difference (between its prices and the previous close); NaN if none.
+
+    >>> price_steps(*(np.array([v]) for v in (10.0, 10.3, 9.9, 10.1, 10.0))).round(6).tolist()
+    [0.1]
+    """
+    prices = np.column_stack([open_, high, low, close, previous_close])
+    prices.sort(axis=1)
+    steps = np.diff(prices, axis=1)
+    steps[~(steps > STEP_RESOLUTION * np.abs(prices[:, 1:]))] = np.inf  # NaN (no previous close) too
+    smallest = steps.min(axis=1)
+    return np.where(np.isfinite(smallest), smallest, np.nan)
+
+
+def running_minimum(values: np.ndarray, segments: Segments, start: np.ndarray) -> np.ndarray:
+    """Per symbol, the minimum of ``start`` and its values up to each one (NaN ignored; NaN until one is known).
+
+    >>> running_minimum(np.array([3.0, np.nan, 1.0, 5.0, 4.0]), Segments([3, 2]), np.array([2.0, np.nan])).tolist()
+    [2.0, 2.0, 1.0, 5.0, 4.0]
+    """
+    filled = np.where(np.isnan(values), np.inf, values)
+    out = filled.copy()
+    for symbol in np.flatnonzero(segments.counts > 1):  # exact per segment (no offset tricks that round)
+        begin, end = segments.starts[symbol], segments.ends[symbol]
+        out[begin:end] = np.minimum.accumulate(filled[begin:end])
+    out = np.fmin(out, start[segments.ids])
+    return np.where(np.isfinite(out), out, np.nan)
 
 
 def _previous(values: np.ndarray, last: np.ndarray, segments: Segments) -> np.ndarray:

@@ -56,7 +56,7 @@ DEFAULTS: dict = {
     "calibration": {},
     "consensus": {"required": [], "alone": {}, "vote_surprise": 3.0, "groups": default_groups(),
                   "pairs": True, "offsets": {}, "threshold": 5.0, "false_alarm_budget": 0.7,
-                  "confidence": {"LOW": 0.0, "MEDIUM": 0.75, "HIGH": 2.0}},
+                  "confidence": {"LOW": 0.0, "MEDIUM": 0.75, "HIGH": 2.0}, "own_prior_candles": 1440.0},
     "market": {"min_symbols": 3, "min_fraction": 0.3},
 }
 
@@ -91,6 +91,9 @@ class ConsensusParams:
     threshold: float           # anomaly when the fused surprise reaches this (set by train for the budget)
     false_alarm_budget: float  # alarm episodes per symbol-day train allows on its own (training) candles
     confidence: typing.Mapping[str, float]  # level -> fused surprise above the threshold it needs
+    # per-symbol self-calibration (calibration.own_surprise): the pooled tables' weight, in candles, against a
+    # symbol's own history (0: off, every symbol judged by the pooled tables)
+    own_prior_candles: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -179,6 +182,8 @@ def params_from_dict(raw: dict, path: Path | str = "<dict>", model: MinorCompone
     if not (1 <= params.refresh <= MAX_WINDOW and params.guard <= MAX_WINDOW and params.interval_ms >= 1):
         raise InvalidParams(path, f"refresh must be between 1 and {MAX_WINDOW}, guard at most {MAX_WINDOW} and "
                                   f"interval_ms at least 1")
+    if params.consensus.own_prior_candles < 0:
+        raise InvalidParams(path, "consensus.own_prior_candles counts candles: at least 0")
     if params.consensus.threshold < 0 or params.consensus.vote_surprise < 0:
         raise InvalidParams(path, "consensus.threshold and consensus.vote_surprise are surprises: at least 0")
     levels = params.consensus.confidence

@@ -36,6 +36,7 @@ import numpy as np
 import pandas as pd
 
 from market_anomaly.core.detectors import warmups
+from market_anomaly.core.params import CONFIDENCE_LEVELS
 from market_anomaly.training.injection import KINDS, MAGNITUDE_RANGES, inject_random, injection_slots
 from market_anomaly.training.train import (DETECTION_WINDOW, EPISODE_GAP_MS, TrainConfig, alarm_episodes,
                                                score_series, train)
@@ -44,6 +45,7 @@ MIN_GAP = 240
 BASELINE_WINDOW = 60
 BASELINE_THRESHOLD = 3.0
 MINUTE_MS = 60_000
+RANKS = ("NONE",) + CONFIDENCE_LEVELS
 CURVE_STEPS = np.round(np.arange(-0.5, 0.51, 0.1), 2)  # operating curve: offsets from the trained threshold
 
 
@@ -238,7 +240,8 @@ def read_announced_events(path) -> dict[str, int]:
 
 def evaluate_leave_one_out(series: dict[str, pd.DataFrame], injections: int = 30, seed: int = 0,
                            base: dict | None = None, events: dict[str, int] | None = None,
-                           tune_injections: int | None = None, max_candles: int | None = None) -> dict:
+                           tune_injections: int | None = None, max_candles: int | None = None,
+                           train_candles: int | None = None) -> dict:
     """Leave-one-series-out: for each series, train on all the others and evaluate on it, scored from an empty
     state (a pair the model has never seen, from its first candle).
 
@@ -248,6 +251,8 @@ def evaluate_leave_one_out(series: dict[str, pd.DataFrame], injections: int = 30
     its series counts as caught when a candle opening within ``REAL_EVENT_WINDOW`` minutes of it is flagged;
     the ``REAL_EVENT_EXCLUDED`` minutes around it count neither as false alarms nor for injected events.
     ``max_candles``: keep only each series' first candles (quick iteration only; report full runs).
+    ``train_candles``: train each fold on only the first candles of the other series (cheaper folds; the
+    held-out series is still evaluated in full).
     Everything also for the naive rolling z-score (``baseline_flags``).
     """
     events = events or {}
@@ -255,10 +260,12 @@ def evaluate_leave_one_out(series: dict[str, pd.DataFrame], injections: int = 30
         series = {key: frame.iloc[:max_candles].reset_index(drop=True) for key, frame in series.items()}
     config = TrainConfig(base=base) if tune_injections is None else TrainConfig(base=base,
                                                                                 tune_injections=tune_injections)
+    training = ({key: frame.iloc[:train_candles].reset_index(drop=True) for key, frame in series.items()}
+                if train_candles else series)
     rng = np.random.default_rng(seed)
     outcomes, per_series, real = [], {}, {}
     for key, frame in series.items():
-        params = train({other: candles for other, candles in series.items() if other != key}, config)
+        params = train({other: candles for other, candles in training.items() if other != key}, config)
         symbol = key.split("@")[0]
         times = frame["open_time"].to_numpy()
         announced = events.get(symbol)
@@ -266,16 +273,21 @@ def evaluate_leave_one_out(series: dict[str, pd.DataFrame], injections: int = 30
         if announced is not None:
             offsets = (times - announced) / MINUTE_MS
             counted = (offsets < REAL_EVENT_EXCLUDED[0]) | (offsets > REAL_EVENT_EXCLUDED[1])
-        flags = score_series(params, {key: frame})[key]["is_anomaly"].to_numpy(bool)
+        decided = score_series(params, {key: frame})[key]
+        flags = decided["is_anomaly"].to_numpy(bool)
+        rank = confidence_ranks(decided)
         baseline = baseline_flags(frame)
         days = counted.sum() / DAY_MINUTES
         per_series[key] = {"days": round(float(days), 2), "threshold": params.consensus.threshold,
                            "episodes": alarm_episodes(times[flags & counted]),
+                           **{f"{level.lower()}_episodes": alarm_episodes(times[(rank >= RANKS.index(level)) & counted])
+                              for level in CONFIDENCE_LEVELS[1:]},
                            "baseline_episodes": alarm_episodes(times[baseline & counted])}
         if announced is not None:
             near = (offsets >= REAL_EVENT_WINDOW[0]) & (offsets <= REAL_EVENT_WINDOW[1])
             real[key] = {"announced": pd.Timestamp(announced, unit="ms", tz="UTC").isoformat(),
                          "first_flag_min": _first_offset(offsets, flags & near),
+                         "confidence": RANKS[rank[near].max(initial=0)],
                          "baseline_first_flag_min": _first_offset(offsets, baseline & near)}
         earliest = max(warmups(params).values())
         found = _injected_outcomes(params, key, frame, injections, rng, earliest)
@@ -302,10 +314,30 @@ def _injected_outcomes(params, key: str, frame: pd.DataFrame, injections: int, r
         scored = score_series(params, injected)[key]
         candles = injected[key]
         baseline = baseline_flags(candles)
+        rank = confidence_ranks(scored)
         outcomes += [{**label, "delay": _first_flag_delay(label, candles, scored["is_anomaly"]),
+                      "confidence": RANKS[rank[_in_window(label, candles)].max(initial=0)],
                       "baseline_delay": _first_flag_delay(label, candles, baseline)} for label in labels]
         remaining -= count
     return outcomes
+
+
+def confidence_ranks(decisions: pd.DataFrame) -> np.ndarray:
+    """Each decision's confidence as its place in ``RANKS`` (NONE 0, LOW 1, MEDIUM 2, HIGH 3)."""
+    return pd.Categorical(decisions["confidence"], categories=RANKS).codes.astype(np.int64)
+
+
+def _confidence_summary(frame: pd.DataFrame, per_series: dict, days: float) -> dict:
+    """How often MEDIUM+ and HIGH fire on the untouched candles, and what the injected events reached."""
+    rarity = {f"{level.lower()}_episodes_per_symbol_{period}": round(
+        sum(entry[f"{level.lower()}_episodes"] for entry in per_series.values()) * length / days, 3)
+        for level, period, length in (("MEDIUM", "week", 7), ("HIGH", "month", 30))}
+    reached = {}
+    for kind in KINDS + ("all",):
+        rows = frame if kind == "all" else frame[frame["kind"] == kind]
+        reached[kind] = {level: _share(rows["confidence"].isin(RANKS[RANKS.index(level):]))
+                         for level in CONFIDENCE_LEVELS}
+    return {**rarity, "injected_reaching": reached}
 
 
 def _first_offset(offsets: np.ndarray, flags: np.ndarray) -> float | None:
@@ -330,6 +362,7 @@ def _loso_report(outcomes: list[dict], per_series: dict, real: dict, seed: int, 
         "seed": seed,
         "series": per_series,
         **_detection_summary(frame, outcomes, per_series, days),
+        "confidence": _confidence_summary(frame, per_series, days),
         "series_above_1_per_day": sorted(key for key, e in per_series.items() if (e["per_symbol_day"] or 0) > 1.0),
     }
     if real:
@@ -360,12 +393,19 @@ def format_leave_one_out(report: dict) -> str:
     lines.append(f"false-alarm episodes per symbol-day, pooled: {report['false_alarm_episodes_per_symbol_day']} "
                  f"(baseline {report['baseline_false_alarm_episodes_per_symbol_day']}); series above 1.0: "
                  f"{', '.join(report['series_above_1_per_day']) or 'none'}")
+    confidence = report["confidence"]
+    lines.append(f"untouched candles: MEDIUM+ episodes per symbol-week {confidence['medium_episodes_per_symbol_week']}, "
+                 f"HIGH per symbol-month {confidence['high_episodes_per_symbol_month']}")
+    lines += ["", f"{'injected events reaching':<26}{'LOW+':>7}{'MEDIUM+':>9}{'HIGH':>7}"]
+    for kind, shares in confidence["injected_reaching"].items():
+        lines.append(f"{kind:<26}" + "".join(f"{_fmt(shares[level]):>{width}}"
+                                              for level, width in zip(CONFIDENCE_LEVELS, (7, 9, 7))))
     if "real_events" in report:
         real = report["real_events"]
-        lines += ["", f"{'real event':<30}{'announced':>27}{'first flag':>12}{'baseline':>10}"]
+        lines += ["", f"{'real event':<30}{'announced':>27}{'first flag':>12}{'confidence':>12}{'baseline':>10}"]
         for key, entry in real["events"].items():
             lines.append(f"{key:<30}{entry['announced']:>27}{_fmt(entry['first_flag_min']):>12}"
-                         f"{_fmt(entry['baseline_first_flag_min']):>10}")
+                         f"{entry['confidence']:>12}{_fmt(entry['baseline_first_flag_min']):>10}")
         lines.append(f"caught {real['caught']} (baseline {real['baseline_caught']}); false-alarm episodes per "
                      f"symbol-day on these series away from the event: {real['false_alarm_episodes_per_symbol_day']} "
                      f"(baseline {real['baseline_false_alarm_episodes_per_symbol_day']})")

@@ -91,6 +91,8 @@ class TrainConfig:
     tune_injections: int = DEFAULT_TUNE_INJECTIONS
     tune_seed: int = 0
     sources: tuple[str, ...] = ()
+    # confidence level -> symbol-days per alarm episode at or above it (``confidence_margins``)
+    confidence_days: tuple[tuple[str, float], ...] = (("MEDIUM", 7.0), ("HIGH", 30.0))
 
 
 def train(series, config: TrainConfig = TrainConfig()) -> ModelParams:
@@ -109,7 +111,10 @@ def train(series, config: TrainConfig = TrainConfig()) -> ModelParams:
     4. fuse the calibrated surprises and set ``consensus.threshold`` to the lowest level (on a
        0.05 grid, at least ``consensus.vote_surprise``) at which the training candles raise at most
        ``consensus.false_alarm_budget`` alarm episodes per symbol-day, counting the flags of the
-       rule path (``consensus.required``/``alone``) too.
+       rule path (``consensus.required``/``alone``) too;
+    5. set ``consensus.confidence`` by rarity (``confidence_margins``): MEDIUM and HIGH at the lowest fused
+       surprises that the training series within the budget reach at most once a symbol-week and once a
+       symbol-month (``config.confidence_days``).
 
     ``base`` is the parameter document to start from (default ``DEFAULTS``); windows, floors and
     the budget come from it, the fitted values are filled in and the model is attached.
@@ -149,6 +154,11 @@ def train(series, config: TrainConfig = TrainConfig()) -> ModelParams:
         consensus.false_alarm_budget, consensus.vote_surprise, {key: result["rule"] for key, result in decided.items()},
         days=_days(lengths))
     document["consensus"]["threshold"] = threshold
+    fused = {key: result["fused"] for key, result in decided.items()}
+    open_times = {key: result["open_time"] for key, result in decided.items()}
+    margins, rarity = confidence_margins(fused, open_times, lengths, threshold, consensus.false_alarm_budget,
+                                         dict(config.confidence_days))
+    document["consensus"]["confidence"] = margins
     document["trained_on"] = {
         "sources": [str(source) for source in config.sources],
         "series": collection.spans(),
@@ -159,6 +169,7 @@ def train(series, config: TrainConfig = TrainConfig()) -> ModelParams:
         "tuning": tuning,
         "threshold": f"fused surprise {threshold} gives {rate:.3f} alarm episodes per symbol-day on these candles "
                      f"(budget {consensus.false_alarm_budget})",
+        "confidence": rarity,
         "trained_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
     return params_from_dict(document, model=learned.model)
@@ -370,6 +381,39 @@ def choose_threshold(fused: dict[str, np.ndarray], open_times: dict[str, np.ndar
         else:
             low = middle + 1
     return float(candidates[low]), rate(candidates[low])
+
+
+def confidence_margins(fused: dict[str, np.ndarray], open_times: dict[str, np.ndarray], lengths: dict[str, int],
+                       threshold: float, budget: float, days_per_episode: dict[str, float]) -> tuple[dict, dict]:
+    """``consensus.confidence`` by rarity: each level's margin above ``threshold``, and what it was measured on.
+
+    LOW is every alarm (the false-alarm budget). A higher level starts at the lowest fused surprise at which
+    the training series raise at most one alarm episode per ``days_per_episode[level]`` symbol-days, counted
+    on the series that hold the budget at ``threshold``: the pooled rate is the noisiest series' (thin pairs
+    alarm several times a day at the threshold), and levels set on it would leave a clear event on a series
+    the model calibrates well at LOW. (All series when none holds the budget.)
+
+    >>> minute = 60_000
+    >>> times = {"A": np.arange(0, 14 * 1440) * minute, "B": np.arange(0, 1440) * minute}
+    >>> quiet = np.zeros(14 * 1440); quiet[[100, 5000, 9000, 15000]] = [4.0, 4.5, 5.5, 6.0]  # 4 episodes in 14 days
+    >>> noisy = np.full(1440, 4.0)  # over the budget all day: not counted
+    >>> margins, _ = confidence_margins({"A": quiet, "B": noisy}, times, {"A": 14 * 1440, "B": 1440}, 4.0, 0.7,
+    ...                                 {"MEDIUM": 7.0, "HIGH": 14.0})
+    >>> margins  # at most 2 of A's episodes from 4.55 up (once a week), 1 from 5.55 up (once in 14 days)
+    {'LOW': 0.0, 'MEDIUM': 0.55, 'HIGH': 1.55}
+    """
+    rates = {key: alarm_episodes(open_times[key][fused[key] >= threshold]) / _days({key: lengths[key]})
+             for key in fused}
+    calibrated = [key for key, rate in rates.items() if rate <= budget] or list(fused)
+    margins, measured = {"LOW": 0.0}, {}
+    for level, days in days_per_episode.items():
+        start, rate = choose_threshold({key: fused[key] for key in calibrated},
+                                       {key: open_times[key] for key in calibrated}, 1.0 / days, threshold,
+                                       days=_days({key: lengths[key] for key in calibrated}))
+        margins[level] = round(start - threshold, 4)
+        measured[level] = (f"fused surprise {start}: {rate * days:.2f} episodes per {days:g} symbol-days on the "
+                           f"{len(calibrated)} of {len(fused)} series within the budget")
+    return margins, measured
 
 
 def write_params(params: ModelParams, path: Path | str) -> Path:

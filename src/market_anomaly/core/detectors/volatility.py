@@ -21,6 +21,9 @@ class VolatilityParams:
         check_windows(window=self.window, history=self.history)
 
 
+MIN_LOG_SIGMA = 0.05  # a history whose log std hardly varies (floored, silent) does not make a 5 % rise news
+
+
 class Volatility(Detector):
     """The 1-hour window's return standard deviation (``Context.window_std``) against the history of that quantity.
 
@@ -48,11 +51,17 @@ class Volatility(Detector):
         super().__init__(params)
         self.refresh = params.refresh
         self.floor = params.return_zscore.min_sigma_pct  # the window's std is in percent, so is its floor
+        self.window = params.volatility.window
         self.samples = RollingStats(params.volatility.history, params.refresh, median_iqr)
 
     def _sampled(self, context) -> tuple[np.ndarray, np.ndarray, Segments]:
-        """(log std of every new candle, which candles are sampled, the samples per symbol)."""
-        log_std = np.log(np.maximum(context.window_std, self.floor))
+        """(log std of every new candle, which candles are sampled, the samples per symbol).
+
+        The std is floored at one tick move in the window too: a thin market's silent hours are not its level.
+        """
+        floor = self.floor if context.features is None else np.fmax(
+            self.floor, context.features.tick_return * 100 / np.sqrt(self.window))
+        log_std = np.log(np.maximum(context.window_std, floor))
         sampled = (context.positions + 1) % self.refresh == 0
         return log_std, sampled, Segments(np.bincount(context.segments.ids[sampled],
                                                       minlength=len(context.segments)))
@@ -62,7 +71,7 @@ class Volatility(Detector):
         samples_before = context.positions // self.refresh
         center, sigma = self.samples.baselines_at(log_std[sampled], samples, samples_before - samples_before % self.refresh,
                                                   context.segments.ids)
-        return (log_std - center) / np.maximum(sigma, 1e-9)
+        return (log_std - center) / np.maximum(sigma, MIN_LOG_SIGMA)
 
     def learn(self, context) -> None:
         log_std, sampled, samples = self._sampled(context)

@@ -16,9 +16,12 @@ class ReturnZScoreParams:
     threshold: float
     min_sigma_pct: float  # floor on the return scale (quiet or tick-bound markets)
     warmup: int
+    tick_floor: float = 0.0  # ... and at least this many ticks (``features.CandleFeatures.tick_return``)
 
     def __post_init__(self):
         check_windows(window=self.window, recent_window=self.recent_window)
+        if not self.tick_floor >= 0:
+            raise ValueError(f"tick_floor must be at least 0, got {self.tick_floor}")
 
 
 class ReturnZScore(Detector):
@@ -41,7 +44,8 @@ class ReturnZScore(Detector):
 
     name, column, key, section, group = "Z-SCORE", "zscore", "z_score", "return_zscore", 0
     Params = ReturnZScoreParams
-    defaults = {"window": 240, "recent_window": 30, "threshold": 5.0, "min_sigma_pct": 0.002, "warmup": 240}
+    defaults = {"window": 240, "recent_window": 30, "threshold": 5.0, "min_sigma_pct": 0.002, "warmup": 240,
+                "tick_floor": 1.0}
     two_sided = True
 
     def score(self, context) -> np.ndarray:

@@ -70,6 +70,16 @@ def test_a_frame_gets_the_same_reason_per_row_as_one_candle():
     assert frame_reasons(frame, LIMITS).tolist() == [expected for _, expected in CASES] + [None]
 
 
+def test_a_frame_of_repeated_symbols_gets_each_rows_reason():
+    # The frame backend checks each distinct symbol once; each row must still get its own symbol's reason.
+    symbols = ["BTCUSDT", "BTC-USDT", "ETHUSDT", None, "B" * 21, "BTCUSDT", "BTC-USDT", "  ", "ETHUSDT", None]
+    frame = pd.DataFrame([{**GOOD, "symbol": symbol} for symbol in symbols])
+    limits = Limits(interval="1m", present_ms=NOW, symbols=frozenset({"BTCUSDT", "BTC-USDT"}))
+    assert frame_reasons(frame, limits).tolist() == [reason({**GOOD, "symbol": symbol}, limits) for symbol in symbols]
+    assert frame_reasons(frame, limits).tolist()[:3] == [None, "symbol is not 1-20 letters or digits",
+                                                         "symbol not in the configured list"]
+
+
 def test_the_next_interval_is_not_the_future_and_without_a_present_nothing_is():
     next_candle = {**GOOD, "open_time": NOW + 60_000, "close_time": NOW + 119_999}
     assert reason(next_candle, LIMITS) is None

@@ -51,8 +51,8 @@ SESSION_DEFAULTS = {
     # Streaming with state cannot use adaptive execution; saying so avoids a warning per start.
     "spark.sql.adaptive.enabled": "false",
     "spark.sql.debug.maxToStringFields": "200",
-    # The parser's validation is dozens of conditions over the same columns: inferring constraints over them
-    # cost each micro-batch 3 s of query planning (durationMs.queryPlanning), for no filter it could use.
+    # The parser's validation is dozens of conditions over the same columns: inferring constraints from them is
+    # query planning work in every micro-batch (durationMs.queryPlanning) for no filter that could use them.
     "spark.sql.constraintPropagation.enabled": "false",
 }
 

@@ -112,10 +112,17 @@ def _json_values(column: pd.Series) -> pa.Array:
     kind = column.dtype.kind
     if kind == "f":
         values = column.to_numpy(float)
-        text = pc.cast(pa.array(values, mask=~np.isfinite(values)), pa.string())
-        # Arrow writes integral floats as integers ("2", "-0"): JSON readers would take them for ints.
-        return pc.if_else(pc.match_substring_regex(text, r"^-?[0-9]+$"), pc.binary_join_element_wise(text, ".0", ""),
-                          text)
+        finite = np.isfinite(values)
+        text = pc.cast(pa.array(values, mask=~finite), pa.string())
+        # Arrow writes integral floats without a point ("2", "-0"; "1e+10" is fine): JSON readers would take
+        # them for ints. Only those rows are looked at (a regular expression over every value took 3x longer).
+        integral = np.flatnonzero(finite & (values == np.trunc(values)))
+        bare = integral[~pc.match_substring(text.take(integral), "e").to_numpy(zero_copy_only=False)]
+        if len(bare):
+            point = np.zeros(len(values), bool)
+            point[bare] = True
+            text = pc.if_else(pa.array(point), pc.binary_join_element_wise(text, ".0", ""), text)
+        return text
     if kind in "iub" and not isinstance(column.dtype, pd.api.extensions.ExtensionDtype):  # bool casts to true/false
         return pc.cast(pa.array(column.to_numpy()), pa.string())
     # Text and anything else: each distinct value encoded once (symbols, confidences and reasons repeat).

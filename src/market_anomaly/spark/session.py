@@ -52,7 +52,7 @@ SESSION_DEFAULTS = {
     "spark.sql.adaptive.enabled": "false",
     "spark.sql.debug.maxToStringFields": "200",
     # The parser's validation is dozens of conditions over the same columns: inferring constraints from them is
-    # query planning work in every micro-batch (durationMs.queryPlanning) for no filter that could use them.
+    # optimiser work in every micro-batch (again when foreachBatch's toPandas runs) for no filter that uses them.
     "spark.sql.constraintPropagation.enabled": "false",
 }
 

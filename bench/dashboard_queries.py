@@ -39,6 +39,7 @@ import urllib.request
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 
 from market_anomaly.kafka.broker import free_port
 from market_anomaly.sinks.database import READ_COLUMNS, STORED_COLUMNS, SQLiteDatabase, open_database
@@ -129,14 +130,14 @@ def job_side(url: str) -> dict[str, object]:
     writes = []
     for _ in range(5):
         open_time = database.health()["symbols"]["newest_open_time"] + MINUTE_MS
-        records = [{"symbol": symbol, "interval": "1m", "open_time": open_time, "close_time": open_time + MINUTE_MS - 1,
+        decisions = pd.DataFrame([{"symbol": symbol, "interval": "1m", "open_time": open_time, "close_time": open_time + MINUTE_MS - 1,
                     "open": 1.0, "high": 1.01, "low": 0.99, "close": 1.0, "return_pct": 0.0, "log_return": 0.0,
                     "range_pct": 2.0, "volume": 10.0, "volume_ratio": 1.0, "zscore": 0.1, "votes": 0,
                     "is_anomaly": False, "confidence": "NONE", "reasons": "", "market_event": False,
                     "produced_at": open_time + MINUTE_MS + 40, "decided_at": open_time + MINUTE_MS + 1_500,
-                    "window_mean": 0.0, "surprise": 0.5} for symbol in symbols]
+                    "window_mean": 0.0, "surprise": 0.5} for symbol in symbols])
         started = time.perf_counter()
-        database.upsert_decisions(records)
+        database.upsert_decisions(decisions)
         writes.append(time.perf_counter() - started)
     span = database.health()["symbols"]["newest_open_time"] - database.query(
         "SELECT MIN(open_time) AS t FROM decisions WHERE NOT is_anomaly")[0]["t"]

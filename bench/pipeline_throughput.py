@@ -19,7 +19,8 @@ from its last produce to its last decision on the job's output topic (the Kafka 
 the database, so the database has it too), p50 / p99 / max over --bursts bursts.
 
 Either mode prints one JSON object: the figures, the settings, the job's peak RSS (driver, JVM and
-Python workers together) and its state store's memory. A local broker is started in a temporary
+Python workers together), its CPU time per candle decided (all its processes, start-up included,
+until the last candle is decided) and its state store's memory. A local broker is started in a temporary
 directory unless --bootstrap-servers names one.
 """
 
@@ -48,7 +49,7 @@ from market_anomaly.candles.validation import interval_ms
 from market_anomaly.kafka import topics
 from market_anomaly.kafka.broker import LocalBroker, free_port
 from market_anomaly.producer.service import CandleProducer
-from process_memory import tree_resident_bytes  # bench/, the script's own directory
+from process_memory import tree_cpu_seconds, tree_resident_bytes  # bench/, the script's own directory
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "binance"
 PARAMS = Path(__file__).resolve().parents[1] / "model_params.json"
@@ -223,6 +224,7 @@ def main() -> int:
         else:
             results.update(burst_latencies(args, markets, producer_for(bootstrap, candle_topic, run_id), reader, job,
                                            start_time, step_ms, backlog_per_symbol, burst_every))
+        results["job_cpu_us_per_candle"] = round(tree_cpu_seconds(job.pid) * 1e6 / len(reader.rows), 1)
         results.update(
             settings={"symbols": args.symbols, "interval": args.interval, "candles_per_symbol": backlog_per_symbol,
                       "bursts": bursts, "burst_every_s": burst_every if bursts else None,

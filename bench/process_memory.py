@@ -1,13 +1,17 @@
-"""Resident memory of a process and everything it started (a service, its Spark JVM, its Python workers), from /proc."""
+"""Resident memory and CPU time of a process and everything it started (a service, its Spark JVM, its Python
+workers), from /proc."""
 
 from __future__ import annotations
 
+import os
 from collections import Counter
 from pathlib import Path
 
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
-def tree_resident_bytes(root: int) -> Counter:
-    """Resident bytes (VmRSS) of ``root`` and its descendants, summed per command name."""
+
+def tree_pids(root: int) -> list[int]:
+    """``root`` and its descendants alive now."""
     children: dict[int, list[int]] = {}
     for entry in Path("/proc").iterdir():
         if entry.name.isdigit():
@@ -16,11 +20,18 @@ def tree_resident_bytes(root: int) -> Counter:
             except (OSError, IndexError, ValueError):
                 continue  # it exited meanwhile
             children.setdefault(parent, []).append(int(entry.name))
-    by_command: Counter = Counter()
-    pending = [root]
+    found, pending = [], [root]
     while pending:
         pid = pending.pop()
+        found.append(pid)
         pending += children.get(pid, [])
+    return found
+
+
+def tree_resident_bytes(root: int) -> Counter:
+    """Resident bytes (VmRSS) of ``root`` and its descendants, summed per command name."""
+    by_command: Counter = Counter()
+    for pid in tree_pids(root):
         try:
             fields = dict(line.split(":", 1) for line in Path(f"/proc/{pid}/status").read_text().splitlines())
         except (OSError, ValueError):
@@ -28,3 +39,16 @@ def tree_resident_bytes(root: int) -> Counter:
         if "VmRSS" in fields:  # kernel threads have none
             by_command[fields["Name"].strip()] += int(fields["VmRSS"].split()[0]) * 1024
     return by_command
+
+
+def tree_cpu_seconds(root: int) -> float:
+    """CPU time (user + system) used so far by ``root`` and its descendants, those that exited and were waited
+    for included (each counts in its parent's cutime/cstime)."""
+    total = 0
+    for pid in tree_pids(root):
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        total += sum(int(value) for value in fields[11:15])  # utime, stime, cutime, cstime
+    return total / CLOCK_TICKS

@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 
 from market_anomaly.sinks import database as database_module
-from market_anomaly.sinks.database import MIGRATIONS, DatabaseError, DatabaseSink, decision_row, open_database
+from market_anomaly.sinks.database import MIGRATIONS, DatabaseError, DatabaseSink, decision_rows, open_database
 
 pytestmark = pytest.mark.integration
 
@@ -288,9 +288,8 @@ def test_migrating_an_existing_database_fills_the_symbols_and_the_count(database
     monkeypatch.setattr(database_module, "MIGRATIONS", MIGRATIONS[:2])  # a database of the previous release
     old = open_database(database_url)
     with old.transaction() as cursor:
-        cursor.executemany(old._sql(database_module.UPSERT_DECISION), [
-            decision_row(record) for record in minutes_of(make_decision, {"BTCUSDT": 30, "ETHUSDT": 20},
-                                                          anomalies={("ETHUSDT", 4)}).to_dict("records")])
+        cursor.executemany(old._sql(database_module.UPSERT_DECISION), decision_rows(
+            minutes_of(make_decision, {"BTCUSDT": 30, "ETHUSDT": 20}, anomalies={("ETHUSDT", 4)})))
     old.close()
     monkeypatch.setattr(database_module, "MIGRATIONS", MIGRATIONS)
     database = open_database(database_url)

@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 from support import consume_all
 
-from market_anomaly.sinks.kafka_topic import DeliveryFailed, KafkaTopicSink, json_lines
+from market_anomaly.sinks.kafka_topic import DeliveryFailed, KafkaTopicSink
 
 pytestmark = pytest.mark.integration
 
@@ -57,18 +57,6 @@ def test_unreachable_broker_fails_the_flush_and_keeps_the_decision(make_decision
         sink.flush()
     with pytest.raises(DeliveryFailed, match="1 not taken by the broker"):
         sink.flush()  # sent again, still no broker
-
-
-def test_json_is_what_json_dumps_writes_with_non_finite_numbers_as_null():
-    frame = pd.DataFrame({"symbol": ["BTCUSDT", "ÉTH\"X"], "open_time": np.array([1, 2], dtype="int64"),
-                          "zscore": [0.1 + 0.2, np.inf], "tiny": [6.1e-8, -np.inf], "nan": [np.nan, 1e22],
-                          "is_anomaly": [True, False], "reasons": ["Z-SCORE 7.2σ", None]})
-    got = [json.loads(line) for line in json_lines(frame)]
-    assert got == [{"symbol": "BTCUSDT", "open_time": 1, "zscore": 0.1 + 0.2, "tiny": 6.1e-8, "nan": None,
-                    "is_anomaly": True, "reasons": "Z-SCORE 7.2σ"},
-                   {"symbol": "ÉTH\"X", "open_time": 2, "zscore": None, "tiny": None, "nan": 1e22,
-                    "is_anomaly": False, "reasons": None}]
-    assert json_lines(frame.iloc[:0]) == []
 
 
 @pytest.mark.parametrize("message_timeout_ms", [3_000, 300_000])

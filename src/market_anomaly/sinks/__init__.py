@@ -15,6 +15,7 @@ database fails loudly at startup, because a bad ``--db`` is a configuration mist
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
@@ -103,6 +104,7 @@ class Sinks:
         self.failures = {sink.name: 0 for sink in sinks}
         self.outages: dict[str, dict[str, object]] = {}  # failing durable sinks: since, attempts, last error
         self.non_finite = 0  # values the core produced as +-inf, sent as null
+        self.seconds: dict[str, float] = {}  # each sink's time in the last ``write`` (the job logs it)
         self._stopping = threading.Event()
         self._last_progress: dict = {}
 
@@ -120,13 +122,24 @@ class Sinks:
         """Best-effort sinks first (an alert goes out while the database is down), then each durable sink until
         it has the batch; raises ``Stopping`` when ``stop_retrying`` is called meanwhile."""
         decisions = self._finite(decisions)
+        self.seconds = {}
         for sink in self.sinks:
             if not sink.durable:
-                self._guarded(sink, f"writing {len(decisions)} decision(s)", lambda: (sink.write(decisions),
-                                                                                     sink.flush()))
+                with self._timed(sink):
+                    self._guarded(sink, f"writing {len(decisions)} decision(s)", lambda: (sink.write(decisions),
+                                                                                         sink.flush()))
         for sink in self.sinks:
             if sink.durable:
-                self._deliver(sink, decisions)
+                with self._timed(sink):
+                    self._deliver(sink, decisions)
+
+    @contextlib.contextmanager
+    def _timed(self, sink: Sink):
+        started = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.seconds[sink.name] = time.perf_counter() - started
 
     def _deliver(self, sink: Sink, decisions: pd.DataFrame) -> None:
         delays = self.retry.delays()

@@ -33,7 +33,7 @@ import pandas as pd
 
 from market_anomaly import metrics
 from market_anomaly.config import redact
-from market_anomaly.sinks.common import DECISION_COLUMNS, levels_at_least, plain, to_records
+from market_anomaly.sinks.common import DECISION_COLUMNS, column_values, json_objects, levels_at_least, plain
 
 log = logging.getLogger(__name__)
 
@@ -166,22 +166,28 @@ def open_database(url: str) -> "Database":
     raise DatabaseError(f"unsupported database URL {redact(url)!r}: use sqlite:///PATH or postgresql://...")
 
 
-def extra_numbers(record: dict[str, object]) -> str | None:
-    """Numeric columns beyond the decision record (e.g. window_mean), kept as JSON."""
-    extra = {key: value for key, value in record.items()
-             if key not in DECISION_COLUMNS and isinstance(value, (int, float)) and not isinstance(value, bool)}
-    return json.dumps(extra, sort_keys=True) if extra else None
+def extra_numbers(decisions: pd.DataFrame) -> list[str | None]:
+    """Per row, the numeric columns beyond the decision record (e.g. window_mean) as JSON, keys sorted and
+    missing values left out; None for a row without any."""
+    extra = sorted(str(name) for name in decisions.columns
+                   if name not in DECISION_COLUMNS and decisions[name].dtype.kind in "iuf")
+    return json_objects(decisions[extra], omit_nulls=True) if extra else [None] * len(decisions)
 
 
-def decision_row(record: dict[str, object]) -> tuple:
-    values = {column: record.get(column) for column in DECISION_COLUMNS}
-    values["reasons"] = values["reasons"] or ""
-    values["confidence"] = values["confidence"] or "NONE"
-    for column in BOOLEAN_COLUMNS:
-        values[column] = None if values[column] is None else bool(values[column])
-    values["is_anomaly"] = bool(values["is_anomaly"])
-    values["extra"] = extra_numbers(record)
-    return tuple(values[column] for column in STORED_COLUMNS)
+def decision_rows(decisions: pd.DataFrame) -> list[tuple]:
+    """The stored rows (``STORED_COLUMNS``) of a batch, one per key (its last decision), built a column at a
+    time: an absent column is null, reasons default to '' and confidence to NONE."""
+    decisions = decisions.drop_duplicates(list(KEY_COLUMNS), keep="last")
+    absent = [None] * len(decisions)
+    columns = {name: column_values(decisions[name]) if name in decisions.columns else absent
+               for name in DECISION_COLUMNS}
+    columns["reasons"] = [value or "" for value in columns["reasons"]]
+    columns["confidence"] = [value or "NONE" for value in columns["confidence"]]
+    for name in BOOLEAN_COLUMNS:
+        columns[name] = [None if value is None else bool(value) for value in columns[name]]
+    columns["is_anomaly"] = [bool(value) for value in columns["is_anomaly"]]
+    columns["extra"] = extra_numbers(decisions)
+    return list(zip(*(columns[name] for name in STORED_COLUMNS)))
 
 
 def symbol_rows(rows: list[tuple]) -> list[tuple]:
@@ -314,17 +320,17 @@ class Database:
 
     # -- writes ----------------------------------------------------------------------------------
 
-    def upsert_decisions(self, records: list[dict[str, object]]) -> int:
+    def upsert_decisions(self, decisions: pd.DataFrame) -> int:
         """Insert or update each decision by its key, with the symbols' latest candles and the row count; one
         transaction. Returns the rows written."""
-        latest = {tuple(record.get(key) for key in KEY_COLUMNS): record for record in records}
-        rows = [decision_row(record) for record in latest.values()]
+        rows = decision_rows(decisions)
         if not rows:
             return 0
+        keys = [tuple(row[STORED_COLUMNS.index(key)] for key in KEY_COLUMNS) for row in rows]
 
         def run():
             with self.transaction() as cursor:
-                added = len(rows) - self._existing(cursor, list(latest))
+                added = len(rows) - self._existing(cursor, keys)
                 cursor.executemany(self._sql(UPSERT_DECISION), rows)
                 cursor.executemany(self._sql(UPSERT_SYMBOL), symbol_rows(rows))
                 self._count(cursor, added)
@@ -574,22 +580,22 @@ class DatabaseSink:
         self.retention_ms = retention_ms
         self.written = 0
         self.expired = 0
-        self._pending: list[dict[str, object]] = []
+        self._pending: list[pd.DataFrame] = []
         self._swept_at: int | None = None  # the newest open_time when the last sweep started
         self._sweep: threading.Thread | None = None
         self._stopping = threading.Event()
 
     def write(self, decisions: pd.DataFrame) -> None:
-        self._pending += to_records(decisions)
+        self._pending.append(decisions)
         self.flush()
 
     def flush(self) -> None:
         if self._pending:
-            newest = max((record["open_time"] for record in self._pending if record.get("open_time") is not None),
-                         default=None)
-            self.written += self.database.upsert_decisions(self._pending)
+            pending = pd.concat(self._pending, ignore_index=True) if len(self._pending) > 1 else self._pending[0]
+            newest = pending["open_time"].max() if "open_time" in pending.columns else None
+            self.written += self.database.upsert_decisions(pending)
             self._pending = []
-            self._start_sweep(newest)
+            self._start_sweep(None if pd.isna(newest) else int(newest))
 
     def _start_sweep(self, newest: int | None) -> None:
         if not self.retention_ms or newest is None or (self._sweep is not None and self._sweep.is_alive()):

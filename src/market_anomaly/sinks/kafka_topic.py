@@ -6,59 +6,25 @@ decision the broker did not take (away longer than the delivery timeout) is kept
 again by the next ``flush``, never re-sent while it may still be in flight. So the Spark job
 commits a batch only once its decisions are on the topic, and a retry duplicates nothing.
 
-The JSON is built a column at a time in Arrow (``json_lines``): numbers in their shortest
-exact form, NaN and infinities as null, the same values ``json.dumps`` writes at a fifth of
-its time.
+The JSON is built a column at a time in Arrow (``common.json_objects``): NaN and infinities
+as null, the same values ``json.dumps`` writes at a fifth of its time.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 
-import numpy as np
 import pandas as pd
-import pyarrow as pa
-import pyarrow.compute as pc
 from confluent_kafka import KafkaError, KafkaException
 
 from market_anomaly.kafka.producing import produce_waiting, reliable_producer
+from market_anomaly.sinks.common import json_objects
 
 log = logging.getLogger(__name__)
 
 
 class DeliveryFailed(RuntimeError):
     pass
-
-
-def json_lines(frame: pd.DataFrame) -> list[bytes]:
-    """Each row as one JSON object (UTF-8 bytes), columns in order; NaN and +-inf are null."""
-    if frame.empty:
-        return []
-    parts = []
-    for position, name in enumerate(frame.columns):
-        parts += [pa.scalar(("{" if position == 0 else ",") + json.dumps(str(name)) + ":"),
-                  _json_values(frame.iloc[:, position])]
-    parts.append(pa.scalar("}"))
-    return pc.binary_join_element_wise(*parts, "").cast(pa.binary()).to_pylist()
-
-
-def _json_values(column: pd.Series) -> pa.Array:
-    """A column's values as JSON text."""
-    kind = column.dtype.kind
-    if kind == "f":
-        values = column.to_numpy(float)
-        return pc.fill_null(pc.cast(pa.array(values, mask=~np.isfinite(values)), pa.string()), "null")
-    if kind in "iub":  # bool casts to true/false
-        return pc.cast(pa.array(column.to_numpy()), pa.string())
-    # Text and anything else: each distinct value encoded once (symbols, confidences and reasons repeat).
-    codes, uniques = pd.factorize(column)
-    texts = [json.dumps(_plain(value), ensure_ascii=False, allow_nan=False, default=str) for value in uniques.tolist()]
-    return pa.array([*texts, "null"]).take(pa.array(np.where(codes < 0, len(texts), codes)))
-
-
-def _plain(value: object) -> object:
-    return None if isinstance(value, float) and not np.isfinite(value) else value
 
 
 class KafkaTopicSink:
@@ -83,7 +49,7 @@ class KafkaTopicSink:
     def write(self, decisions: pd.DataFrame) -> None:
         if self.anomalies_only:
             decisions = decisions[decisions["is_anomaly"].to_numpy(bool)]
-        self._produce(zip(decisions["symbol"].astype(str).str.encode("utf-8").tolist(), json_lines(decisions)))
+        self._produce(zip(decisions["symbol"].astype(str).str.encode("utf-8").tolist(), json_objects(decisions, encoded=True)))
         self.produced += len(decisions)
 
     def _produce(self, messages) -> None:

@@ -262,9 +262,9 @@ class BatchHandler:
         self.totals["anomalies"] += anomalies
         self.totals["rejected"] += len(rejected)
         metrics.record_decisions(decisions)
-        log.info("batch %d: %d candles, %d anomalies, %d rejected; detection %.2fs, sinks %.2fs (totals %s)",
+        log.info("batch %d: %d candles, %d anomalies, %d rejected; detection %.2fs, sinks %.2fs (%s) (totals %s)",
                  batch_id, len(decisions), anomalies, len(rejected), detected - started, time.monotonic() - detected,
-                 self.totals)
+                 ", ".join(f"{name} {seconds:.2f}s" for name, seconds in self.sinks.seconds.items()), self.totals)
 
 
 def progress_listener(sinks):
@@ -287,7 +287,8 @@ def progress_listener(sinks):
                 for topic, offsets in end.items():
                     for partition, offset in offsets.items():
                         partitions[f"{topic}:{partition}"] = {"end_offset": int(offset)}
-            log.debug("batch %d timings (ms): %s", progress.batchId, progress.durationMs)
+            # Spark's own split of the batch: queryPlanning, getBatch, addBatch (this job's foreachBatch), ...
+            log.info("batch %d Spark timings (ms): %s", progress.batchId, progress.durationMs)
             sinks.record_health({
                 "batch_id": progress.batchId,
                 "input_rows": progress.numInputRows,

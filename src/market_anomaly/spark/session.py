@@ -51,6 +51,9 @@ SESSION_DEFAULTS = {
     # Streaming with state cannot use adaptive execution; saying so avoids a warning per start.
     "spark.sql.adaptive.enabled": "false",
     "spark.sql.debug.maxToStringFields": "200",
+    # The parser's validation is dozens of conditions over the same columns: inferring constraints from them is
+    # optimiser work in every micro-batch (again when foreachBatch's toPandas runs) for no filter that uses them.
+    "spark.sql.constraintPropagation.enabled": "false",
 }
 
 

@@ -18,8 +18,8 @@ minute are then ahead of the clock, so the job gets --accept-future-candles). A 
 from its last produce to its last decision on the job's output topic (the Kafka sink writes after
 the database, so the database has it too), p50 / p99 / max over --bursts bursts.
 
-Either mode prints one JSON object: the figures, the settings, the job's peak RSS (driver, JVM and
-Python workers together), its CPU time per candle decided (all its processes, start-up included,
+Either mode prints one JSON object: the figures, the settings, the job's peak RSS and PSS (driver, JVM
+and Python workers together; PSS counts the pages the workers share once), its CPU time per candle decided (all its processes, start-up included,
 until the last candle is decided) and its state store's memory. A local broker is started in a temporary
 directory unless --bootstrap-servers names one.
 """
@@ -49,7 +49,7 @@ from market_anomaly.candles.validation import interval_ms
 from market_anomaly.kafka import topics
 from market_anomaly.kafka.broker import LocalBroker, free_port
 from market_anomaly.producer.service import CandleProducer
-from process_memory import tree_cpu_seconds, tree_resident_bytes  # bench/, the script's own directory
+from process_memory import tree_cpu_seconds, tree_proportional_bytes, tree_resident_bytes  # bench/, the script's own directory
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "binance"
 PARAMS = Path(__file__).resolve().parents[1] / "model_params.json"
@@ -102,10 +102,11 @@ class DecisionReader:
 
 
 class PeakMemory:
-    """Peak resident memory of a process and all its descendants (the JVM, Python workers), sampled every second."""
+    """Peak memory of a process and all its descendants (the JVM, Python workers), sampled every second: summed
+    resident (RSS) and proportional (PSS, shared pages counted once) bytes."""
 
     def __init__(self, pid: int):
-        self.pid, self.peak_bytes = pid, 0
+        self.pid, self.peak_bytes, self.peak_proportional_bytes = pid, 0, 0
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
         self._thread.start()
@@ -113,6 +114,7 @@ class PeakMemory:
     def _run(self) -> None:
         while not self._stop.wait(1.0):
             self.peak_bytes = max(self.peak_bytes, sum(tree_resident_bytes(self.pid).values()))
+            self.peak_proportional_bytes = max(self.peak_proportional_bytes, tree_proportional_bytes(self.pid))
 
     def stop(self) -> int:
         self._stop.set()
@@ -231,7 +233,8 @@ def main() -> int:
                       "batch_size": args.batch_size, "partitions": args.partitions, "db": args.db,
                       "sinks": ["kafka", *(["sqlite"] if args.db == "sqlite" else [])], "job_args": args.job_arg,
                       "master": "local[2]", "cores": os.cpu_count()},
-            job_peak_rss_mb=round(memory.stop() / 2**20), state_store_bytes=state_bytes(metrics_port),
+            job_peak_rss_mb=round(memory.stop() / 2**20), job_peak_pss_mb=round(memory.peak_proportional_bytes / 2**20),
+            state_store_bytes=state_bytes(metrics_port),
         )
         if results["state_store_bytes"]:
             results["state_bytes_per_symbol"] = round(results["state_store_bytes"] / args.symbols)

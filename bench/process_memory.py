@@ -41,6 +41,20 @@ def tree_resident_bytes(root: int) -> Counter:
     return by_command
 
 
+def tree_proportional_bytes(root: int) -> int:
+    """Proportional set size (Pss) of ``root`` and its descendants, summed: each shared page counts once over the
+    processes that share it. Summed VmRSS counts the pages Python workers forked from one daemon share (NumPy,
+    pandas, Arrow) once per worker."""
+    total = 0
+    for pid in tree_pids(root):
+        try:
+            rollup = Path(f"/proc/{pid}/smaps_rollup").read_text()
+        except OSError:
+            continue  # it exited meanwhile, or a kernel thread
+        total += sum(int(line.split()[1]) * 1024 for line in rollup.splitlines() if line.startswith("Pss:"))
+    return total
+
+
 def tree_cpu_seconds(root: int) -> float:
     """CPU time (user + system) used so far by ``root`` and its descendants, those that exited and were waited
     for included (each counts in its parent's cutime/cstime)."""

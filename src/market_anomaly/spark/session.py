@@ -95,7 +95,9 @@ def build_session(app_name: str, master: str | None, conf: dict[str, str] | None
             builder.master(master or "local[2]")
             .config("spark.jars", ",".join(connector_jars()))
             .config("spark.pyspark.python", sys.executable)
-            .config("spark.driver.memory", "2g")
+            # The stream's driver heap: state, batches of 20,000 decisions and the sinks fit in 1 GB; 2 GB let
+            # the JVM grow ~0.15-0.5 GB more at the same speed (bench/pipeline_throughput.py, README).
+            .config("spark.driver.memory", "1g")
             .config("spark.ui.showConsoleProgress", "false")
             .config("spark.ui.enabled", "false")
         )

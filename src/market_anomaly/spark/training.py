@@ -40,7 +40,8 @@ log = logging.getLogger("market_anomaly.train")
 
 # A batch job: adaptive execution back on, no cap on what the passes return to the driver
 # (the session's defaults are the streaming job's). Shuffle partitions: see ``spark_series``.
-BATCH_CONF = {"spark.sql.adaptive.enabled": "true", "spark.driver.maxResultSize": "0"}
+# The driver fits the model on every pass's arrays (~80 bytes a candle): a larger heap than the stream's.
+BATCH_CONF = {"spark.sql.adaptive.enabled": "true", "spark.driver.maxResultSize": "0", "spark.driver.memory": "2g"}
 GROUP = ("source", "file", "symbol")  # input argument (by position), file, symbol: one series
 ORDER = ("order_major", "order_minor")  # of two candles with one open_time, the lower order is the first
 RESULT_SCHEMA = "series string, part int, npz binary"

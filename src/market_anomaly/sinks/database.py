@@ -125,6 +125,7 @@ KEYS_PER_LOOKUP = 500
 
 STORED_COLUMNS = DECISION_COLUMNS + ("extra",)
 READ_COLUMNS = ", ".join(f'"{column}"' for column in STORED_COLUMNS)
+KEY_POSITIONS = tuple(STORED_COLUMNS.index(key) for key in KEY_COLUMNS)  # the key's fields in a stored row
 UPSERT_DECISION = (
     f"INSERT INTO decisions ({READ_COLUMNS}) VALUES ({', '.join('?' for _ in STORED_COLUMNS)}) "
     f"ON CONFLICT (symbol, \"interval\", open_time) DO UPDATE SET "
@@ -326,7 +327,7 @@ class Database:
         rows = decision_rows(decisions)
         if not rows:
             return 0
-        keys = [tuple(row[STORED_COLUMNS.index(key)] for key in KEY_COLUMNS) for row in rows]
+        keys = [tuple(row[position] for position in KEY_POSITIONS) for row in rows]
 
         def run():
             with self.transaction() as cursor:

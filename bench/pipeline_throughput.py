@@ -49,7 +49,7 @@ from market_anomaly.candles.validation import interval_ms
 from market_anomaly.kafka import topics
 from market_anomaly.kafka.broker import LocalBroker, free_port
 from market_anomaly.producer.service import CandleProducer
-from process_memory import tree_cpu_seconds, tree_proportional_bytes, tree_resident_bytes  # bench/, the script's own directory
+from process_memory import tree_cpu_seconds_by_command, tree_proportional_bytes, tree_resident_bytes  # bench/, the script's own directory
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "binance"
 PARAMS = Path(__file__).resolve().parents[1] / "model_params.json"
@@ -215,6 +215,8 @@ def main() -> int:
                         ["--accept-future-candles"] if ahead_of_clock else [])
         memory = PeakMemory(job.pid)
         reader = DecisionReader(bootstrap, output_topic)
+        reader.read_until(1, timeout=600, job=job)  # start-up done: the CPU from here on is the work's
+        started_cpu, started_rows = tree_cpu_seconds_by_command(job.pid), len(reader.rows)
         if reader.read_until(backlog, timeout=1800, job=job) < backlog:
             print(f"only {len(reader.rows)} of {backlog} backlog decisions arrived; job log: {state / 'detect.log'}")
             return 1
@@ -226,7 +228,12 @@ def main() -> int:
         else:
             results.update(burst_latencies(args, markets, producer_for(bootstrap, candle_topic, run_id), reader, job,
                                            start_time, step_ms, backlog_per_symbol, burst_every))
-        results["job_cpu_us_per_candle"] = round(tree_cpu_seconds(job.pid) * 1e6 / len(reader.rows), 1)
+        cpu = tree_cpu_seconds_by_command(job.pid)
+        results["job_cpu_us_per_candle"] = round(sum(cpu.values()) * 1e6 / len(reader.rows), 1)
+        # After the first decision, per process name (java: the JVM; python: the driver and its Python workers).
+        results["job_cpu_us_per_candle_after_start"] = {
+            command: round((seconds - started_cpu[command]) * 1e6 / (len(reader.rows) - started_rows), 1)
+            for command, seconds in cpu.most_common()}
         results.update(
             settings={"symbols": args.symbols, "interval": args.interval, "candles_per_symbol": backlog_per_symbol,
                       "bursts": bursts, "burst_every_s": burst_every if bursts else None,

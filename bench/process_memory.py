@@ -55,14 +55,20 @@ def tree_proportional_bytes(root: int) -> int:
     return total
 
 
-def tree_cpu_seconds(root: int) -> float:
-    """CPU time (user + system) used so far by ``root`` and its descendants, those that exited and were waited
-    for included (each counts in its parent's cutime/cstime)."""
-    total = 0
+def tree_cpu_seconds_by_command(root: int) -> Counter:
+    """CPU time (user + system) used so far by ``root`` and its descendants, summed per command name; those that
+    exited and were waited for count in their parent's (cutime/cstime)."""
+    by_command: Counter = Counter()
     for pid in tree_pids(root):
         try:
-            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        except (OSError, IndexError):
+            command, fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)
+            fields = fields.split()
+        except (OSError, IndexError, ValueError):
             continue
-        total += sum(int(value) for value in fields[11:15])  # utime, stime, cutime, cstime
-    return total / CLOCK_TICKS
+        by_command[command.split("(", 1)[1]] += sum(int(value) for value in fields[11:15]) / CLOCK_TICKS
+    return by_command
+
+
+def tree_cpu_seconds(root: int) -> float:
+    """CPU time (user + system) of ``root`` and its descendants (``tree_cpu_seconds_by_command`` summed)."""
+    return sum(tree_cpu_seconds_by_command(root).values())

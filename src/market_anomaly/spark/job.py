@@ -20,8 +20,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from market_anomaly import config, metrics
-from market_anomaly.candles.validation import (MAX_SYMBOL_LENGTH, REQUIRED, Limits, interval_name,
-                                               raw_reason_spark, spark_reason)
+from market_anomaly.candles.validation import (EARLIEST_OPEN_TIME, MAX_SYMBOL_LENGTH, REQUIRED, Limits,
+                                               interval_name, raw_reason_spark, spark_reason)
 from market_anomaly.kafka.dead_letter import RAW_BYTES
 from market_anomaly.sinks import SinkOptions, Stopping
 from market_anomaly.sinks.common import CANDLE_COLUMNS, DECISION_RECORD
@@ -173,8 +173,12 @@ def parsed_candles(spark, job: DetectConfig, interval: str):
         reader = reader.option("maxOffsetsPerTrigger", str(job.max_offsets_per_trigger))
     for key, value in job.source_options.items():
         reader = reader.option(key, value)
-    # The present is the micro-batch's time (a re-run of the batch has the same); none for a simulated market.
-    present = None if job.accept_future_candles else F.unix_millis(F.current_timestamp())
+    # A candle's present is when Kafka recorded it (the record's timestamp): the same on every replay. The
+    # micro-batch's time would be a constant that Spark writes into the parser's generated code, so the stage
+    # was compiled (and JIT-compiled) anew every micro-batch. A record without a timestamp is not checked;
+    # nothing is for a simulated market (--accept-future-candles).
+    recorded = F.unix_millis(F.col("timestamp"))
+    present = None if job.accept_future_candles else F.when(recorded >= EARLIEST_OPEN_TIME, recorded)
     limits = Limits(interval=interval, present_ms=present, symbols=frozenset(job.symbols) if job.symbols else None)
     return kafka_candles(reader, job.topic, job.kafka, limits)
 

@@ -54,6 +54,9 @@ SESSION_DEFAULTS = {
     # The parser's validation is dozens of conditions over the same columns: inferring constraints from them is
     # optimiser work in every micro-batch (again when foreachBatch's toPandas runs) for no filter that uses them.
     "spark.sql.constraintPropagation.enabled": "false",
+    # HotSpot does not compile methods over 8,000 bytes of bytecode: the parser's stage (every check in one
+    # method) ran interpreted, 12 us a candle instead of 5. At this limit Spark splits such a stage instead.
+    "spark.sql.codegen.hugeMethodLimit": "8000",
 }
 
 

@@ -67,8 +67,3 @@ def tree_cpu_seconds_by_command(root: int) -> Counter:
             continue
         by_command[command.split("(", 1)[1]] += sum(int(value) for value in fields[11:15]) / CLOCK_TICKS
     return by_command
-
-
-def tree_cpu_seconds(root: int) -> float:
-    """CPU time (user + system) of ``root`` and its descendants (``tree_cpu_seconds_by_command`` summed)."""
-    return sum(tree_cpu_seconds_by_command(root).values())

@@ -37,10 +37,7 @@ def test_thresholds_come_from_the_training_part_only(report):
     assert "injected into the training part" in report["protocol"]
 
 
-@pytest.mark.xfail(strict=True, reason="issue 3 recall target not met (0.87/0.90/0.89 with 500 events, seeds "
-                                       "0/1/2, at 0.77 false alarms/day): volatility bursts (0.67-0.79) look like "
-                                       "the real 5-minute volatility of BTCUSDT 2019-10, whose 99.9th percentile is "
-                                       "9x the hourly level. The operating curve shows the price: 0.95 recall costs "
-                                       "1.5 false-alarm episodes per symbol-day on seed 0")
 def test_recall_target(report):
+    # issue 3's target, reached on this fixture (200 events, seed 0) since VOLUME SURGE at 0.91 false alarms a day;
+    # with 500 events, seeds 0/1/2, recall is 0.926/0.946/0.942: the target holds here, not on every draw
     assert report["recall"]["all"]["recall"] >= 0.95

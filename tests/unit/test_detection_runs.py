@@ -1,4 +1,5 @@
-"""Runs detectors' options: a sustained volume run (every minute heavy) and a trimmed burst (one jump is no burst)."""
+"""Runs detectors' options: a sustained volume run (every minute heavy), a trimmed burst (one jump is no burst), and
+the volume surge (a run against the symbol's own busiest minutes)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import numpy as np
 import pytest
 
 from market_anomaly.core.baselines import Context
-from market_anomaly.core.detectors import Burst, VolumeRun
+from market_anomaly.core.detectors import Burst, VolumeRun, VolumeSurge
 from market_anomaly.core.features import CandleFeatures
 from market_anomaly.core.params import DEFAULTS, InvalidParams, params_from_dict, params_with
 
@@ -54,3 +55,31 @@ def test_runs_options_are_validated_and_optional():
     del document["runs"]["volume_combine"], document["runs"]["burst_trim"]  # files written before these options
     params = params_from_dict(document)
     assert (params.runs.volume_combine, params.runs.burst_trim) == ("mean", 0)
+
+
+def test_a_volume_surge_is_measured_against_the_symbols_own_busy_minutes():
+    """The same 10x run for 3 minutes: a surge on a liquid pair (busy minutes 2-3x), ordinary on a thin one
+    (most minutes without a trade, single trades at 50-200x)."""
+    rng = np.random.default_rng(4)
+    liquid = rng.normal(0.0, 0.4, 600)
+    thin = np.where(rng.random(600) < 0.9, np.log(0.01), rng.uniform(np.log(50), np.log(200), 600))
+    run = np.log(np.full(3, 10.0))
+    surge = {}
+    for name, history in (("liquid", liquid), ("thin", thin)):
+        scores = VolumeSurge(runs(volume_window=3)).score(volume_context(np.concatenate([history, run])))
+        surge[name], ordinary = scores[-1], np.nanmax(scores[300:600])
+        if name == "liquid":
+            assert surge[name] > 2 * ordinary  # far beyond anything its own history shows
+    assert surge["liquid"] > 1.5 and surge["thin"] < 0.6
+    assert VolumeRun(runs(volume_window=3)).score(volume_context(run))[-1] == pytest.approx(10.0)  # the same run
+
+
+def test_volume_surge_options_are_validated_and_optional():
+    document = json.loads(json.dumps(DEFAULTS))
+    document["volume"]["surge_quantile"] = 1.0
+    with pytest.raises(InvalidParams, match="surge_quantile"):
+        params_from_dict(document)
+    for key in ("surge_window", "surge_quantile", "surge_floor"):  # files written before VOLUME SURGE
+        del document["volume"][key]
+    params = params_from_dict(document)
+    assert (params.volume.surge_window, params.volume.surge_quantile, params.volume.surge_floor) == (240, 0.99, 0.5)

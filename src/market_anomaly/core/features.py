@@ -46,7 +46,7 @@ def median_iqr(windows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     values = _sorted_rows(windows)
     n = values.shape[1]
     lower, upper = n // 4, (3 * n) // 4
-    center = (values[:, (n - 1) // 2] + values[:, n // 2]) / 2
+    center = _middle(values)
     sigma = (values[:, upper] - values[:, lower]) / IQR_TO_SIGMA
     nan_rows = np.isnan(values[:, -1])  # sorting puts NaN last
     return np.where(nan_rows, np.nan, center), np.where(nan_rows, np.nan, sigma)
@@ -55,9 +55,7 @@ def median_iqr(windows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 def median_only(windows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Row-wise median (the scale is not needed: NaN); NaN rows -> NaN."""
     values = _sorted_rows(windows)
-    n = values.shape[1]
-    center = (values[:, (n - 1) // 2] + values[:, n // 2]) / 2
-    return np.where(np.isnan(values[:, -1]), np.nan, center), np.full(len(values), np.nan)
+    return np.where(np.isnan(values[:, -1]), np.nan, _middle(values)), np.full(len(values), np.nan)
 
 
 def traded_level(windows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -75,6 +73,27 @@ def traded_level(windows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     high = np.minimum(zeros + traded // 2, n - 1)
     center = (values[rows, low] + values[rows, high]) / 2
     return np.where(np.isnan(values[:, -1]) | (traded == 0), np.nan, center), np.full(len(values), np.nan)
+
+
+def median_upper_spread(windows: np.ndarray, quantile: float) -> tuple[np.ndarray, np.ndarray]:
+    """Row-wise median and how far the ``quantile`` lies above it (e.g. 0.99: the busiest 1 % of the window);
+    NaN rows -> NaN.
+
+    >>> center, spread = median_upper_spread(np.array([[0.0, 1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0, 100.0]]), 0.9)
+    >>> center.tolist(), spread.tolist()
+    ([4.5], [3.5])
+    """
+    values = _sorted_rows(windows)
+    center, n = _middle(values), values.shape[1]
+    upper = values[:, min(n - 1, int(quantile * (n - 1)))]
+    nan_rows = np.isnan(values[:, -1])
+    return np.where(nan_rows, np.nan, center), np.where(nan_rows, np.nan, upper - center)
+
+
+def _middle(values: np.ndarray) -> np.ndarray:
+    """The median of each row of already sorted ``values``."""
+    n = values.shape[1]
+    return (values[:, (n - 1) // 2] + values[:, n // 2]) / 2
 
 
 def _sorted_rows(windows: np.ndarray) -> np.ndarray:

@@ -150,7 +150,7 @@ def params_with(**changes) -> ModelParams:
     examples and tests.
 
     >>> params_with(refresh=2, volume={"threshold": 4.0}).volume
-    VolumeParams(window=60, threshold=4.0, warmup=60)
+    VolumeParams(window=60, threshold=4.0, warmup=60, surge_window=240, surge_quantile=0.99, surge_floor=0.5)
     """
     document = json.loads(json.dumps(DEFAULTS))
     for name, value in changes.items():

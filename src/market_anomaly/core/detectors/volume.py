@@ -14,9 +14,18 @@ class VolumeParams:
     window: int
     threshold: float
     warmup: int
+    # VOLUME SURGE (``runs.VolumeSurge``): the symbol's own busiest minutes, the ``surge_quantile`` of its last
+    # ``surge_window`` unexplained log volumes, above their median, at least ``surge_floor``
+    surge_window: int = 240
+    surge_quantile: float = 0.99
+    surge_floor: float = 0.5
 
     def __post_init__(self):
-        check_windows(window=self.window)
+        check_windows(window=self.window, surge_window=self.surge_window)
+        if not 0.5 <= self.surge_quantile < 1:
+            raise ValueError(f"surge_quantile must be from 0.5 to below 1, got {self.surge_quantile}")
+        if not self.surge_floor > 0:
+            raise ValueError(f"surge_floor must be above 0, got {self.surge_floor}")
 
 
 class VolumeSpike(Detector):
@@ -32,7 +41,8 @@ class VolumeSpike(Detector):
 
     name, column, key, section, group = "VOLUME", "volume_ratio", "volume_spike", "volume", 2
     Params = VolumeParams
-    defaults = {"window": 60, "threshold": 8.0, "warmup": 60}
+    defaults = {"window": 60, "threshold": 8.0, "warmup": 60, "surge_window": 240, "surge_quantile": 0.99,
+                "surge_floor": 0.5}
 
     def score(self, context) -> np.ndarray:
         return context.volume_ratio

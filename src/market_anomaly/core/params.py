@@ -40,6 +40,7 @@ from market_anomaly.core.learned import MinorComponents
 log = logging.getLogger("market_anomaly.core")
 
 CONFIDENCE_LEVELS = ("LOW", "MEDIUM", "HIGH")
+CONFIDENCE_RANKS = ("NONE", *CONFIDENCE_LEVELS)  # every decision's confidence, in order (NONE: not an anomaly)
 MAX_INTEGER = 10 ** 9  # counts and milliseconds in the file (a day is 86,400,000 ms); windows are bounded tighter
 
 # The detectors' own sections (return_zscore, volatility, volume, runs, learned): declared by each detector.

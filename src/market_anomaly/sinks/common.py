@@ -13,7 +13,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from market_anomaly.core import DECISION_SCHEMA
-from market_anomaly.core.params import CONFIDENCE_LEVELS as ANOMALY_CONFIDENCE_LEVELS
+from market_anomaly.core.params import CONFIDENCE_RANKS as CONFIDENCE_LEVELS
 
 # The candle's prices the job carries next to each decision (the dashboard draws candlesticks).
 CANDLE_COLUMNS = ("open", "high", "low")
@@ -28,7 +28,6 @@ DECISION_COLUMNS = (
     "return_pct", "log_return", "range_pct", "volume", "volume_ratio", "zscore", "votes",
     "is_anomaly", "confidence", "reasons", "market_event", "produced_at", "decided_at",
 )
-CONFIDENCE_LEVELS = ("NONE", *ANOMALY_CONFIDENCE_LEVELS)
 
 
 def confidence_rank(level: object) -> int:

@@ -36,7 +36,7 @@ import numpy as np
 import pandas as pd
 
 from market_anomaly.core.detectors import warmups
-from market_anomaly.core.params import CONFIDENCE_LEVELS
+from market_anomaly.core.params import CONFIDENCE_LEVELS, CONFIDENCE_RANKS as RANKS
 from market_anomaly.training.injection import KINDS, MAGNITUDE_RANGES, inject_random, injection_slots
 from market_anomaly.training.train import (DETECTION_WINDOW, EPISODE_GAP_MS, TrainConfig, alarm_episodes,
                                                score_series, train)
@@ -45,7 +45,6 @@ MIN_GAP = 240
 BASELINE_WINDOW = 60
 BASELINE_THRESHOLD = 3.0
 MINUTE_MS = 60_000
-RANKS = ("NONE",) + CONFIDENCE_LEVELS
 CURVE_STEPS = np.round(np.arange(-0.5, 0.51, 0.1), 2)  # operating curve: offsets from the trained threshold
 
 

@@ -318,6 +318,13 @@ def test_market_event_needs_enough_symbols_in_the_same_minute(params):
 # -- parameters -----------------------------------------------------------------------------------
 
 
+def test_written_params_land_in_a_new_directory_and_load_back(tmp_path, params):
+    path = tmp_path / "models" / "today" / "model_params.json"  # train --output into a directory not made yet
+    model_path = write_params(params, path)
+    assert model_path.parent == path.parent and model_path.exists()
+    assert load_params(path).consensus.threshold == params.consensus.threshold
+
+
 def test_params_watcher_follows_live_edits_and_keeps_the_last_good_file(tmp_path, params, caplog):
     path = tmp_path / "model_params.json"
     write_params(params, path)

@@ -1,12 +1,12 @@
-"""Multi-minute run detectors: sustained volume, bursts, drifts, steady trends, reversals (section ``runs``)."""
+"""Multi-minute run detectors: sustained volume (and its surge against the symbol's own busiest minutes), bursts,
+drifts, steady trends, reversals (section ``runs``; the surge reads the ``volume`` section)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import partial
 
 import numpy as np
-
-from functools import partial
 
 from market_anomaly.core.detectors.base import Detector, check_windows
 from market_anomaly.core.detectors.volume import VolumeParams, VolumeSpike

@@ -420,8 +420,9 @@ def write_params(params: ModelParams, path: Path | str) -> Path:
     """Write the model file, then the JSON (each atomically), so a watcher never sees half a file; the directory
     is made if it does not exist yet."""
     path = Path(path)
-    path.resolve().parent.mkdir(parents=True, exist_ok=True)
-    model_path = path.resolve().parent / params.learned.file
+    directory = path.resolve().parent
+    directory.mkdir(parents=True, exist_ok=True)
+    model_path = directory / params.learned.file
     write_atomically(model_path, params.model.save)
     write_atomically(path, lambda handle: handle.write((json.dumps(params.to_json(), indent=2) + "\n").encode()))
     return model_path

@@ -341,6 +341,23 @@ def test_client_fills_a_candle_the_stream_skipped_from_rest_without_reconnecting
 
 
 @pytest.mark.integration
+def test_every_candle_carries_its_symbols_tick_size_from_exchange_info():
+    ticks = {"BTCUSDT": 0.01, "XRPUSDT": 0.0001, "DOGEUSDT": 0.00001}  # the simulator's price decimals
+
+    async def scenario():
+        async with simulator(symbols=list(ticks), speed=300.0) as sim:
+            client = BinanceKlineClient(sim.ws_url, sim.rest_url, SymbolSelection(symbols=tuple(ticks)), "1m",
+                                        seed_history=20)
+            return await collect(client, 2.0)
+    candles = by_symbol(asyncio.run(scenario()))
+    for symbol, tick in ticks.items():
+        series = candles[symbol]
+        assert {candle.source for candle in series} == {"rest", "ws"}, symbol  # backfilled and live alike
+        assert {candle.tick_size for candle in series} == {tick}, symbol
+        assert all(abs(candle.close / tick - round(candle.close / tick)) < 1e-6 for candle in series), symbol
+
+
+@pytest.mark.integration
 def test_unknown_explicit_symbols_are_refused_at_start_with_a_clear_message():
     async def scenario():
         async with simulator(speed=60.0) as sim:

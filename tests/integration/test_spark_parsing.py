@@ -48,6 +48,9 @@ def test_a_valid_candle_is_typed_and_has_no_error(spark):
     assert row["symbol"] == "BTCUSDT"  # normalised: keys and state are per upper-case symbol
     assert (row["open_time"], row["close"], row["volume"], row["trades"]) == (1_700_000_040_000, 100.5, 12.5, 40)
     assert row["produced_at"] == 1_700_000_100_010
+    assert row["tick_size"] is None  # optional: the producer adds it when exchangeInfo gives one
+    [row] = parse(spark, [variant(tick_size=0.01)])
+    assert (row["error"], row["tick_size"]) == (None, 0.01)
 
 
 INVALID = [
@@ -77,6 +80,7 @@ INVALID = [
     (variant(open_time=4_102_444_800_000, close_time=4_102_444_859_999), "open_time more than 1m after the present"),
     (variant(open_time=0, close_time=59_999), "open_time before 2009"),
     (variant(open_time=-60_000, close_time=-1), "open_time before 2009"),
+    (variant(tick_size=0), "tick_size outside [1e-12, 1e+12]"),
 ] + [(variant().replace(f'"{field}": {GOOD[field]}', f'"{field}": {number}'), f"{field} is not finite")
      for number, field in (("NaN", "close"), ("Infinity", "high"), ("-Infinity", "low"), ("1e309", "open"),
                            ("-1e309", "volume"))]

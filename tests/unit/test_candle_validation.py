@@ -50,12 +50,18 @@ CASES = [  # (changes, reason)
     ({"open_time": NOW + 120_000, "close_time": NOW + 179_999}, "open_time more than 1m after the present"),
     ({"open_time": 4_102_444_800_000, "close_time": 4_102_444_859_999}, "open_time more than 1m after the present"),
     ({"close_time": NOW - 60_000}, "close_time not after open_time"),
+    ({"tick_size": 0.0}, "tick_size outside [1e-12, 1e+12]"),
+    ({"tick_size": -0.01}, "tick_size outside [1e-12, 1e+12]"),
+    ({"tick_size": math.inf}, "tick_size is not finite"),
 ]
 
 
 def test_a_good_candle_passes_both_backends():
     assert reason(GOOD, LIMITS) is None
     assert frame_reasons(pd.DataFrame([GOOD]), LIMITS).tolist() == [None]
+    with_tick = {**GOOD, "tick_size": 0.01}  # the exchange's price step, when the producer knows it
+    assert reason(with_tick, LIMITS) is None
+    assert frame_reasons(pd.DataFrame([with_tick]), LIMITS).tolist() == [None]
 
 
 @pytest.mark.parametrize(("changes", "expected"), CASES)
@@ -65,7 +71,8 @@ def test_each_rule_gives_its_reason_on_one_candle(changes, expected):
 
 def test_a_frame_gets_the_same_reason_per_row_as_one_candle():
     frame = pd.DataFrame([{**GOOD, **changes} for changes, _ in CASES] + [GOOD])
-    for name in ("open_time", "close_time", "open", "high", "low", "close", "volume", "quote_volume", "trades"):
+    for name in ("open_time", "close_time", "open", "high", "low", "close", "volume", "quote_volume", "trades",
+                 "tick_size"):
         frame[name] = pd.to_numeric(frame[name])  # as the readers coerce; a missing number is NaN
     assert frame_reasons(frame, LIMITS).tolist() == [expected for _, expected in CASES] + [None]
 

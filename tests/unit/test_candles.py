@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import pytest
@@ -86,12 +87,13 @@ def test_to_json_is_the_documented_candle_message():
                                      h="89391.58000000", l="89391.57000000", c="89391.58000000", v="0.37558000",
                                      q="33574.10000000", n=12, V="0.20000000", Q="17878.30000000"),
                                event_time=1769285880012)
+    candle = dataclasses.replace(candle, tick_size=0.01)  # what the producer adds from exchangeInfo
     message = json.loads(candle.to_json(produced_at=1769285880020))
     assert message == {"symbol": "BTCUSDT", "interval": "1m", "open_time": 1769285820000,
                        "close_time": 1769285879999, "open": 89391.58, "high": 89391.58, "low": 89391.57,
                        "close": 89391.58, "volume": 0.37558, "quote_volume": 33574.1, "trades": 12,
                        "taker_buy_base": 0.2, "taker_buy_quote": 17878.3, "event_time": 1769285880012,
-                       "source": "ws", "produced_at": 1769285880020}
+                       "source": "ws", "tick_size": 0.01, "produced_at": 1769285880020}
     assert list(message) == list(candle.to_dict()) + ["produced_at"]
 
 

@@ -48,6 +48,38 @@ def test_the_tick_is_the_smallest_price_step_seen():
     assert features.tick_return[-1] == pytest.approx(TICK / candles["close"].iloc[-2], rel=1e-6)
 
 
+def test_the_exchanges_tick_size_is_the_tick_from_the_first_candle_and_a_smaller_step_still_wins():
+    candles = thin_market(400, seed=0)
+    inferred = candle_features(candles, Segments.one(len(candles)), np.array([-1]), np.array([np.nan]),
+                               np.array([np.nan]), 60_000, 0.0001).min_step
+    assert np.isnan(inferred[0]) or inferred[0] > TICK  # inferred, the tick is unknown or too large at first
+    known = candles.assign(tick_size=np.where(np.arange(len(candles)) < 300, TICK, np.nan))
+    known.loc[350, "tick_size"] = 2 * TICK  # a larger tick later does not undo the smaller one
+    features = candle_features(known, Segments.one(len(known)), np.array([-1]), np.array([np.nan]),
+                               np.array([np.nan]), 60_000, 0.0001)
+    np.testing.assert_allclose(features.min_step, TICK)
+    assert features.tick_return[0] == pytest.approx(TICK / candles["open"].iloc[0])
+    finer = candles.assign(tick_size=TICK, close=candles["close"] + np.where(np.arange(400) == 200, TICK / 2, 0.0))
+    finer["high"] = finer[["high", "close"]].max(axis=1)  # the exchange lowered its tick: the half step is real
+    steps = candle_features(finer, Segments.one(400), np.array([-1]), np.array([np.nan]), np.array([np.nan]),
+                            60_000, 0.0001).min_step
+    assert steps[199] == pytest.approx(TICK) and steps[-1] == pytest.approx(TICK / 2)
+
+
+def test_a_known_tick_size_reaches_the_state_and_decisions_survive_chunking(params):
+    engine = DetectionEngine(params)
+    candles = thin_market(1200, seed=5).assign(tick_size=TICK)
+    whole, whole_state = engine.process("THINBTC", candles, None)
+    _, first = engine.process("THINBTC", candles.iloc[:1], None)
+    assert unpack(first)["engine.tick"] == pytest.approx([TICK])
+    state, parts = None, []
+    for start in range(0, len(candles), 97):
+        decisions, state = engine.process("THINBTC", candles.iloc[start:start + 97], state)
+        parts.append(decisions)
+    pd.testing.assert_frame_equal(pd.concat(parts, ignore_index=True), whole)
+    assert state == whole_state
+
+
 def test_one_tick_moves_and_single_trades_after_silence_are_ordinary_in_a_thin_market(params):
     decisions, _ = DetectionEngine(params).process("THINBTC", thin_market(3000, seed=1), None)
     warm = decisions.iloc[800:]

@@ -4,7 +4,7 @@ Accepted columns: ``open, high, low, close, volume`` plus a time, either ``open_
 (epoch ms), ``open_time_ms`` or ``timestamp`` (ISO text, taken as UTC when it has no
 zone, or epoch ms); ``symbol`` is optional when the file name starts with it
 (``BTCUSDT_1m.csv``). Optional columns (``quote_volume``, ``trades``, ``taker_buy_base``,
-``taker_buy_quote``, ``close_time``, ``interval``) pass through. Rows failing the candle checks
+``taker_buy_quote``, ``close_time``, ``interval``, ``tick_size``: the symbol's price step) pass through. Rows failing the candle checks
 (``candles.validation``, the table every edge uses) are skipped and counted by reason.
 """
 
@@ -23,7 +23,7 @@ from market_anomaly.candles.validation import Limits, frame_reasons
 log = logging.getLogger("market_anomaly.candles")
 
 PRICE_COLUMNS = ("open", "high", "low", "close", "volume")
-NUMERIC_OPTIONAL = ("close_time", "quote_volume", "trades", "taker_buy_base", "taker_buy_quote")
+NUMERIC_OPTIONAL = ("close_time", "quote_volume", "trades", "taker_buy_base", "taker_buy_quote", "tick_size")
 SYMBOL_IN_NAME = re.compile(r"^([A-Za-z0-9]+?)(?:[_\-.]|$)")
 
 

@@ -58,6 +58,7 @@ class Candle:
     taker_buy_quote: float
     event_time: int | None = None
     source: str = "ws"
+    tick_size: float | None = None  # the symbol's price step (exchangeInfo's PRICE_FILTER), when the producer knows it
 
     @classmethod
     def from_kline(cls, k: dict, *, event_time: int | None = None, source: str = "ws") -> Candle:

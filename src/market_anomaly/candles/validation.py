@@ -8,7 +8,7 @@ text everywhere, and it goes to the dead-letter topic (or the reader's warning) 
 
 The checks: required fields present; the symbol, upper-cased, 1-20 letters or digits (and in
 the configured list, when there is one); the configured interval; every number finite and
-within plausible bounds (no price below 1e-12 or above 1e12, no amount above 1e18: beyond
+within plausible bounds (no price or tick size below 1e-12 or above 1e12, no amount above 1e18: beyond
 those, features overflow to infinity); OHLC consistency; ``open_time`` not before 2009, aligned
 to the interval and not more than one interval after the present (historical replays pass, a
 candle from the future does not: it would freeze its symbol, whose later candles are not after
@@ -39,6 +39,9 @@ EARLIEST_OPEN_TIME = 1_230_768_000_000  # 2009-01-01 UTC: before any crypto mark
 PRICES = ("open", "high", "low", "close")
 AMOUNTS = ("volume", "quote_volume", "taker_buy_base", "taker_buy_quote", "trades")
 REQUIRED = ("symbol", "open_time", *PRICES, "volume")
+# Optional fields every backend fills with missing when a candle lacks them; ``tick_size`` is the symbol's price
+# step from the exchange's PRICE_FILTER (the producer adds it when exchangeInfo gives one).
+OPTIONAL = ("interval", "close_time", "tick_size", *AMOUNTS)
 
 _DAY_MS = 86_400_000
 # "M" is a calendar month; its nominal length is 30 days (the exchange's close times are exact).
@@ -116,10 +119,12 @@ def rules(limits: Limits) -> list[Rule]:
         table.append((f"interval is not {limits.interval}",
                       lambda c, b, lim: b.present(c["interval"]) & (c["interval"] != lim.interval)))
     table += [(f"{name} is not finite", lambda c, b, _, name=name: b.present(c[name]) & b.negate(b.isfinite(c[name])))
-              for name in (*PRICES, *AMOUNTS)]
+              for name in (*PRICES, *AMOUNTS, "tick_size")]
     low, high = PRICE_BOUNDS
     table += [(f"{name} price outside [{low:g}, {high:g}]", lambda c, b, _, name=name: (c[name] < low) | (c[name] > high))
               for name in PRICES]
+    table.append((f"tick_size outside [{low:g}, {high:g}]",
+                  lambda c, b, _: (c["tick_size"] < low) | (c["tick_size"] > high)))
     table += [(f"{name} outside [0, {MAX_AMOUNT:g}]", lambda c, b, _, name=name: (c[name] < 0) | (c[name] > MAX_AMOUNT))
               for name in AMOUNTS]
     table += [
@@ -160,7 +165,7 @@ class Scalar:
 
 def reason(candle: Mapping[str, Any], limits: Limits) -> str | None:
     """Why ``candle`` (field -> value; the symbol already upper-cased) is invalid, or None when it is valid."""
-    values = {name: candle.get(name) for name in ("interval", "close_time", *AMOUNTS)} | dict(candle)
+    values = {name: candle.get(name) for name in OPTIONAL} | dict(candle)
     values = {name: math.nan if value is None and name not in ("symbol", "interval") else value
               for name, value in values.items()}
     for text, invalid in rules(limits):
@@ -210,7 +215,7 @@ def frame_reasons(frame, limits: Limits):
     import pandas as pd
 
     columns = {name: frame[name] if name in frame.columns else pd.Series(np.nan, index=frame.index)
-               for name in ("interval", "close_time", *AMOUNTS, *REQUIRED)}
+               for name in (*OPTIONAL, *REQUIRED)}
     reasons = pd.Series([None] * len(frame), index=frame.index, dtype=object)
     for text, invalid in reversed(rules(limits)):  # the first failing rule's reason is the last written
         with np.errstate(invalid="ignore"):

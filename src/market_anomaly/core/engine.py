@@ -165,7 +165,7 @@ class DetectionEngine:
             return {}, rows, [None] * len(symbols)
         open_time = open_time[rows]
         values = {name: candles[name].to_numpy(float)[rows]
-                  for name in ("open", "high", "low", "close", "volume", "taker_buy_base") if name in candles}
+                  for name in ("open", "high", "low", "close", "volume", "taker_buy_base", "tick_size") if name in candles}
         features = candle_features({**values, "open_time": open_time}, segments, last_open_time, last[:, 1],
                                    last[:, 2], params.interval_ms, params.range.floor_pct, last_step)
         positions = seen[segments.ids] + segments.ranks

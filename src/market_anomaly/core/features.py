@@ -9,7 +9,8 @@ chunks; and an event's first minutes never dilute their own baseline (the guard 
 
 Thin markets: prices move in whole ticks and most minutes may have no trade (volume 0, the
 last close carried). Each symbol's tick is the smallest price step it has shown so far
-(``price_steps``, a running minimum kept in the state); as a share of the price (``CandleFeatures.tick_return``)
+(``price_steps``, a running minimum kept in the state), or from its first candle the exchange's
+tick size when the candles carry one (``tick_size``, from ``exchangeInfo``); as a share of the price (``CandleFeatures.tick_return``)
 it floors the return and range scales (a one-tick move is one tick, not hundreds of
 sigmas of a zero scale), and volume levels are medians of the minutes that traded
 (``traded_level``), so a single trade after silence is an ordinary trade.
@@ -320,6 +321,10 @@ def candle_features(candles, segments: Segments, last_open_time: np.ndarray, las
     ([2.0, 1.4851, 1.5152], [nan, 1.0, nan])
     >>> f.min_step.tolist(), np.round(f.tick_return, 5).tolist()  # steps of 1.0, then 0.5 (101 - 100.5)
     ([1.0, 0.5, 0.5], [0.01, 0.00495, 0.00505])
+    >>> known = candle_features(frame.assign(tick_size=0.1), Segments.one(3), np.array([-1]), np.array([np.nan]),
+    ...                         np.array([np.nan]), 60_000, 0.001)
+    >>> known.min_step.tolist()  # the exchange's tick, when the candles carry it
+    [0.1, 0.1, 0.1]
     """
     open_time = np.asarray(candles["open_time"], dtype=np.int64)
     open_, high, low, close = (np.asarray(candles[name], dtype=float) for name in ("open", "high", "low", "close"))
@@ -327,7 +332,10 @@ def candle_features(candles, segments: Segments, last_open_time: np.ndarray, las
     symbols = len(segments)
     last_step = np.full(symbols, np.nan) if last_step is None else last_step
     previous_close = _previous(close, last_close, segments)
-    min_step = running_minimum(price_steps(open_, high, low, close, previous_close), segments, last_step)
+    steps = price_steps(open_, high, low, close, previous_close)
+    if "tick_size" in candles:  # the exchange's price step (missing: NaN) is known before any step is seen
+        steps = np.fmin(steps, np.asarray(candles["tick_size"], dtype=float))
+    min_step = running_minimum(steps, segments, last_step)
     consecutive = (open_time - _previous(open_time, last_open_time, segments) == interval_ms) & np.isfinite(
         previous_close)
     reference = np.where(consecutive, previous_close, open_)

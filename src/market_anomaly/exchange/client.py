@@ -14,7 +14,8 @@ open-time order per symbol, for as long as it runs. Built for thousands of symbo
 - ``serverShutdown`` and the 24 h limit hand over: a new connection is subscribed and
   acknowledged before the old one is closed; the per-symbol high-water mark drops the overlap;
 - with a ``SymbolSelection`` the symbols come from ``exchangeInfo``, refreshed on a schedule:
-  new listings are subscribed, halted or delisted ones unsubscribed and reported;
+  new listings are subscribed, halted or delisted ones unsubscribed and reported; each candle
+  carries its symbol's price step from there (``tick_size``, for the core's thin-market floors);
 - a watchdog resubscribes (and backfills) a symbol silent for more than ``stale_intervals``.
 
 Frames that are not valid klines come out as ``Rejected``.
@@ -28,7 +29,7 @@ import itertools
 import json
 import logging
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Sequence
 
 import aiohttp
@@ -138,6 +139,7 @@ class CandleStream:
         self._connections: set[_KlineConnection] = set()
         self._fills: asyncio.Queue[str] = asyncio.Queue()
         self._states: dict[str, _SymbolState] = {}
+        self.tick_sizes: dict[str, float] = {}  # exchangeInfo's price step per symbol, stamped on its candles
         self._server_time: tuple[float, int] | None = None
         self._closed = False
         self.budget: RestBudget | None = None
@@ -210,6 +212,7 @@ class CandleStream:
         client = self._client
         info = await self.budget.get(self._session, client.rest_url, "/api/v3/exchangeInfo", {})
         listing = resolve(client.selection, info)
+        self.tick_sizes = listing.tick_sizes
         if listing.unknown:
             raise UnknownSymbols(f"{client.rest_url} does not list {', '.join(listing.unknown)}; check the spelling "
                                  "(symbols as BTCUSDT) or use --symbols all --quote USDT")
@@ -320,6 +323,9 @@ class CandleStream:
         self._emit(state, candle)
 
     def _emit(self, state: _SymbolState, candle: Candle) -> None:
+        tick = self.tick_sizes.get(candle.symbol)
+        if tick is not None:
+            candle = replace(candle, tick_size=tick)
         state.last_open_time = candle.open_time
         if self.newest_open_time is None or candle.open_time > self.newest_open_time:
             self.newest_open_time = candle.open_time

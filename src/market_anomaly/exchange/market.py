@@ -107,6 +107,9 @@ class CandleSource(Protocol):
     def next_block(self, symbol: str, count: int) -> pd.DataFrame:
         """The next ``count`` candles (``COLUMNS``) after the previous block; fewer when the source runs out."""
 
+    def tick_size(self, symbol: str) -> float | None:
+        """The symbol's price step, as the exchange's PRICE_FILTER gives it; None when unknown."""
+
 
 @dataclass
 class _PathState:
@@ -141,6 +144,9 @@ class SyntheticSource:
                 last_close=round(profile.price, price_decimals(profile.price)),
                 variance=self._target_variance(profile), last_return=0.0,
             )
+
+    def tick_size(self, symbol: str) -> float:
+        return 10.0 ** -self._state[symbol].decimals
 
     def _target_variance(self, profile: SymbolProfile) -> float:
         return profile.volatility ** 2 * self._interval_ms / MINUTE_MS
@@ -231,6 +237,7 @@ class ReplaySource:
         self.interval = interval
         self._frames: dict[str, pd.DataFrame] = {}
         self._positions: dict[str, int] = {}
+        self._ticks: dict[str, float | None] = {}
         for path in paths:
             symbol, frame = read_candle_file(Path(path), interval)
             if not {"quote_volume", "trades", "taker_buy_base", "taker_buy_quote"} <= set(frame.columns):
@@ -239,7 +246,13 @@ class ReplaySource:
                 frame = trade_activity(frame, lean, np.random.default_rng([seed, symbol_key(symbol)]))
             self._frames[symbol] = frame[list(COLUMNS)]
             self._positions[symbol] = 0
+            ticks = frame["tick_size"].dropna() if "tick_size" in frame else ()
+            self._ticks[symbol] = float(ticks.iloc[-1]) if len(ticks) else None
         self.symbols = tuple(self._frames)
+
+    def tick_size(self, symbol: str) -> float | None:
+        """From the file's ``tick_size`` column (its last value), when it has one."""
+        return self._ticks[symbol]
 
     def live_start(self, history: int) -> int:
         """The first open time at which every symbol has ``history`` candles before it (if it has that many)."""
@@ -377,6 +390,10 @@ class Market:
         self.labels.append({"symbol": injection.symbol, **label})
         log.info("injected %s into %s at %s", injection.kind, injection.symbol,
                  pd.Timestamp(injection.open_time, unit="ms", tz="UTC"))
+
+    def tick_size(self, symbol: str) -> float | None:
+        """The source's price step for ``symbol`` (what the simulator's exchangeInfo serves)."""
+        return self.source.tick_size(symbol)
 
     def prepare(self, open_time: int) -> None:
         """Produce every symbol's candles up to ``open_time`` now, rather than on the first requests."""

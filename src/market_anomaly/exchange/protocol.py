@@ -121,9 +121,11 @@ def error_body(code: int, message: str, request_id: int | None = None) -> dict:
     return body
 
 
-def symbol_info(symbol: str, status: str, tick_size: str = "0.01000000") -> dict:
-    """One ``symbols`` entry of ``/api/v3/exchangeInfo``."""
+def symbol_info(symbol: str, status: str, tick_size: float | None = 0.01) -> dict:
+    """One ``symbols`` entry of ``/api/v3/exchangeInfo``; a ``tick_size`` of None is sent as Binance sends a
+    price filter that is switched off ("0")."""
     base, quote = split_symbol(symbol)
+    tick_size = decimal(tick_size or 0.0)
     return {
         "symbol": symbol, "status": status, "baseAsset": base, "quoteAsset": quote,
         "baseAssetPrecision": 8, "quoteAssetPrecision": 8, "isSpotTradingAllowed": True,

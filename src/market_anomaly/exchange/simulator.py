@@ -480,7 +480,8 @@ class ExchangeSimulator:
             "timezone": "UTC", "serverTime": self.clock.now(),
             "rateLimits": [{"rateLimitType": "REQUEST_WEIGHT", "interval": "MINUTE", "intervalNum": 1,
                             "limit": self.weights.limit}],
-            "symbols": [protocol.symbol_info(symbol, self.status(symbol)) for symbol in symbols],
+            "symbols": [protocol.symbol_info(symbol, self.status(symbol), self.market.tick_size(symbol))
+                        for symbol in symbols],
         })
 
     async def _klines(self, request: web.Request) -> web.Response:

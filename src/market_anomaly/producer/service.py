@@ -58,14 +58,16 @@ def candles_from_files(paths: list[Path], interval: str, selection: SymbolSelect
     frame = frame[frame["symbol"].map(selection.matches)].sort_values(["open_time", "symbol"], kind="stable")
     optional = {name: frame[name] if name in frame else np.nan
                 for name in ("quote_volume", "taker_buy_base", "taker_buy_quote")}
-    frame = frame.assign(**optional, trades=frame["trades"] if "trades" in frame else 0)
+    frame = frame.assign(**optional, trades=frame["trades"] if "trades" in frame else 0,
+                         tick_size=frame["tick_size"] if "tick_size" in frame else np.nan)
     step = interval_ms(interval)
     return [
         Candle(symbol=row.symbol, interval=interval, open_time=int(row.open_time),
                close_time=int(row.open_time) + step - 1, open=float(row.open), high=float(row.high),
                low=float(row.low), close=float(row.close), volume=float(row.volume),
                quote_volume=float(row.quote_volume), trades=int(row.trades), taker_buy_base=float(row.taker_buy_base),
-               taker_buy_quote=float(row.taker_buy_quote), source="file")
+               taker_buy_quote=float(row.taker_buy_quote), source="file",
+               tick_size=float(row.tick_size) if row.tick_size > 0 else None)
         for row in frame.itertuples(index=False)
     ]
 

@@ -32,7 +32,7 @@ CANDLE_FIELDS = (
     ("symbol", "string"), ("interval", "string"), ("open_time", "long"), ("close_time", "long"),
     ("open", "double"), ("high", "double"), ("low", "double"), ("close", "double"), ("volume", "double"),
     ("quote_volume", "double"), ("trades", "long"), ("taker_buy_base", "double"), ("taker_buy_quote", "double"),
-    ("event_time", "long"), ("source", "string"), ("produced_at", "long"),
+    ("event_time", "long"), ("source", "string"), ("tick_size", "double"), ("produced_at", "long"),
 )
 # Columns the stateful step adds to every decision so one stream carries both results and rejects.
 REJECT_FIELDS = (("error", "string"), ("raw", "string"))

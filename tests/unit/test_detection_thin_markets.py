@@ -11,7 +11,7 @@ from market_anomaly.core.calibration import OWN_LEVELS, own_surprise
 from market_anomaly.core.engine import OWN_STATE
 from market_anomaly.core.features import Segments, candle_features
 from market_anomaly.core.state import unpack
-from market_anomaly.training.train import TrainConfig, train
+from market_anomaly.training.train import TrainConfig, ordered_series, train
 from support import market, small_document
 
 TICK = 1e-8
@@ -72,6 +72,7 @@ def test_a_known_tick_size_reaches_the_state_and_decisions_survive_chunking(para
     whole, whole_state = engine.process("THINBTC", candles, None)
     _, first = engine.process("THINBTC", candles.iloc[:1], None)
     assert unpack(first)["engine.tick"] == pytest.approx([TICK])
+    assert "tick_size" in ordered_series(candles)  # training and evaluation see it too
     state, parts = None, []
     for start in range(0, len(candles), 97):
         decisions, state = engine.process("THINBTC", candles.iloc[start:start + 97], state)

@@ -33,6 +33,7 @@ from market_anomaly.core.detectors import SCORE_COLUMNS, LearnedSurprise, warmup
 DEFAULT_ALARM_QUANTILE = 0.999
 DEFAULT_TUNE_INJECTIONS = 1500  # events injected into the training candles to tune the fusion's offsets
 TRAINING_COLUMNS = ("open_time", "open", "high", "low", "close", "volume")  # all that training reads of a candle
+TRAINING_OPTIONAL = ("tick_size",)  # ... and where the candles carry it, the exchange's price step
 
 Arrays = dict[str, np.ndarray]
 SeriesPass = Callable[..., Arrays]  # (key, frame, *args) -> compact arrays
@@ -44,9 +45,11 @@ def score_series(params: ModelParams, series: dict[str, pd.DataFrame]) -> dict[s
 
 
 def ordered_series(frame: pd.DataFrame) -> pd.DataFrame:
-    """A series as every pass sees it: ``TRAINING_COLUMNS``, by ``open_time``, the first row of each ``open_time``."""
+    """A series as every pass sees it: ``TRAINING_COLUMNS`` (and ``TRAINING_OPTIONAL`` ones it has), by ``open_time``,
+    the first row of each ``open_time``."""
     ordered = frame.sort_values("open_time", kind="stable")
-    return ordered[~ordered["open_time"].duplicated()][list(TRAINING_COLUMNS)].reset_index(drop=True)
+    columns = [*TRAINING_COLUMNS, *(name for name in TRAINING_OPTIONAL if name in ordered)]
+    return ordered[~ordered["open_time"].duplicated()][columns].reset_index(drop=True)
 
 
 def series_span(candles: int, first_ms: int, last_ms: int) -> dict:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -17,6 +18,7 @@ from market_anomaly.core.baselines import Baselines, Context
 from market_anomaly.core.detectors import ReturnZScore, Volatility, VolumeSpike
 from market_anomaly.core.features import CandleFeatures, RollingStats, Segments, candle_features, median_iqr, median_only
 from market_anomaly.core.params import DEFAULTS, params_from_dict, params_with
+from market_anomaly.core.engine import OWN_STATE
 from market_anomaly.core.state import unpack
 from market_anomaly.exchange.market import MINUTE_MS as MINUTE, SYNTHETIC_START as START, synthetic_candles
 from market_anomaly.training.train import TrainConfig, train, write_params
@@ -174,6 +176,22 @@ def test_chunk_invariance_for_random_chunkings(engine):
             parts.append(decisions)
         pd.testing.assert_frame_equal(pd.concat(parts, ignore_index=True), whole)
         assert state == whole_state
+
+
+def test_a_short_memory_forgets_in_the_engine_and_still_survives_chunking(params):
+    forgetful = DetectionEngine(dataclasses.replace(params, consensus=dataclasses.replace(
+        params.consensus, own_memory_candles=200)))
+    candles = market(1800, seed=4)
+    whole, whole_state = forgetful.process("TESTUSDT", candles, None)
+    remembering, _ = DetectionEngine(params).process("TESTUSDT", candles, None)
+    assert not np.allclose(whole["surprise"], remembering["surprise"])  # it forgot something
+    assert (unpack(whole_state)[OWN_STATE].reshape(-1, 5)[:, 0] < 400).all()  # each detector's counts < 2 memories
+    state, parts = None, []
+    for start, end in ((0, 1), (1, 399), (399, 1100), (1100, 1800)):
+        decisions, state = forgetful.process("TESTUSDT", candles.iloc[start:end], state)
+        parts.append(decisions)
+    pd.testing.assert_frame_equal(pd.concat(parts, ignore_index=True), whole)
+    assert state == whole_state
 
 
 def test_one_candle_per_call_matches_one_call(engine):

@@ -73,6 +73,8 @@ def claimed_model(shape: tuple[int, ...]) -> bytes:
     (lambda d: d["range"].update(floor_pct=0.0), "range: floor_pct must be above 0"),
     (lambda d: d.update(refresh=0), "refresh must be between 1"),
     (lambda d: d["volume"].update(warmup=10 ** 12), "volume.warmup must be an integer from 0 to"),
+    (lambda d: d["consensus"].update(own_memory_candles=50), "consensus.own_memory_candles counts candles"),
+    (lambda d: d["consensus"].update(own_memory_candles=1.5), "consensus.own_memory_candles must be an integer"),
 ])
 def test_a_bad_edit_is_rejected_with_one_error_and_the_previous_parameters_stay(watched, caplog, change, reason):
     path, watcher = watched

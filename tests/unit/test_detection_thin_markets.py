@@ -128,6 +128,58 @@ def test_own_calibration_lowers_a_busy_symbols_readings_raises_a_quiet_ones_and_
     np.testing.assert_array_equal(state[:, 0], whole)
 
 
+def reference_counts(pooled, counted, history, memory):
+    """One symbol's counts candle by candle, halved when the total reaches twice ``memory``: the plain rule."""
+    state, before = history.copy(), []
+    while (over := state[:, :1] >= 2 * memory).any():  # a state kept without forgetting: halved to below
+        state = np.where(over, np.floor(state / 2), state)
+    for surprise_row, counted_row in zip(pooled, counted):
+        before.append(state.copy())
+        increments = np.column_stack([counted_row, (surprise_row[:, None] >= OWN_LEVELS[None, :]) & counted_row[:, None]])
+        state = state + increments
+        halve = state[:, 0] >= 2 * memory
+        state[halve] = np.floor(state[halve] / 2)
+    return np.array(before), state
+
+
+def test_forgetting_halves_the_counts_at_fixed_totals_whatever_the_cut():
+    rng = np.random.default_rng(5)
+    lengths, memory = [700, 1, 0, 450], 60
+    pooled = rng.choice([0.2, 0.7, 1.2, 1.7, 2.5], size=(sum(lengths), 2))
+    counted = rng.random((sum(lengths), 2)) < 0.8
+    history = np.zeros((4, 2, 1 + len(OWN_LEVELS)))
+    history[0, :, 0], history[0, :, 1] = 100, 40  # a symbol that has counted before: 20 from its first halving
+    history[3, :, 0], history[3, :, 4] = 50_000, 999  # one counted without forgetting, far beyond the memory
+    segments = Segments(lengths)
+    own, whole = own_surprise(pooled, counted, segments.ids, segments.starts, history, 50.0, memory)
+    for symbol, (begin, end) in enumerate(zip(segments.starts, segments.ends)):
+        _, expected = reference_counts(pooled[begin:end], counted[begin:end], history[symbol], memory)
+        np.testing.assert_array_equal(whole[symbol], expected)
+    assert (whole[:, :, 0] < 2 * memory).all() and whole[0, 0, 0] >= memory  # between one and two memories
+    rows = np.arange(sum(lengths))
+    for cuts in ([1, 5, 333, 334, 900], [61, 62, 63, 700, 1000], list(range(7, 1151, 97))):
+        state, parts = history, []
+        for begin, end in zip([0] + cuts, cuts + [len(rows)]):  # the same candles, cut into calls
+            piece = rows[begin:end]
+            symbols = segments.ids[piece]
+            part_segments = Segments(np.bincount(symbols, minlength=4))
+            part, state = own_surprise(pooled[piece], counted[piece], part_segments.ids, part_segments.starts,
+                                       state, 50.0, memory)
+            parts.append(part)
+        np.testing.assert_array_equal(np.concatenate(parts), own)
+        np.testing.assert_array_equal(state, whole)
+
+
+def test_a_symbol_that_forgets_follows_a_change_of_regime():
+    busy_then_quiet = np.concatenate([np.full(6000, 2.5), np.full(3000, 0.2)])
+    busy_then_quiet[-1] = 2.5  # a busy minute again, after two days of quiet
+    pooled, counted = busy_then_quiet[:, None], np.ones((9000, 1), dtype=bool)
+    segments, history = Segments.one(9000), np.zeros((1, 1, 1 + len(OWN_LEVELS)))
+    keeping, _ = own_surprise(pooled, counted, segments.ids, segments.starts, history, 1440.0)
+    forgetting, _ = own_surprise(pooled, counted, segments.ids, segments.starts, history, 1440.0, 1000)
+    assert keeping[-1, 0] < 1.0 < 1.5 < forgetting[-1, 0]  # still ordinary for one; rarer again for the other
+
+
 def test_uncounted_candles_do_not_move_the_counts():
     pooled = np.array([[2.0], [2.0], [2.0]])
     own, counts = own_surprise(pooled, np.zeros((3, 1), dtype=bool), np.zeros(3, dtype=np.int64), np.array([0]),

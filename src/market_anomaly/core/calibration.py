@@ -100,7 +100,7 @@ OWN_LEVELS = np.round(np.arange(0.5, 2.01, 0.5), 2)
 
 
 def own_surprise(pooled: np.ndarray, counted: np.ndarray, symbols: np.ndarray, starts: np.ndarray,
-                 history: np.ndarray, prior: float) -> tuple[np.ndarray, np.ndarray]:
+                 history: np.ndarray, prior: float, memory: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """Each candle's surprises re-measured on its own symbol's history, and the symbols' updated counts.
 
     The pooled tables say how rare a score is on the training candles, where thin pairs (whose one-tick
@@ -112,6 +112,10 @@ def own_surprise(pooled: np.ndarray, counted: np.ndarray, symbols: np.ndarray, s
     own anomalies must not make themselves ordinary). A new symbol is judged by the pooled table; a thin
     pair soon finds its one-tick moves ordinary, a liquid pair its spikes rarer. Counts cover the candles
     *before* each one (in order), so the result does not depend on how the stream is cut into calls.
+    With ``memory`` (counted candles, 0: all), a symbol forgets: each time its candles counted reach twice
+    ``memory``, every count is halved (rounded down), so they span one to two ``memory`` of its recent
+    candles and follow a change of regime. Whole numbers halved at fixed counts: any cut of the stream
+    gives the same counts, exactly.
 
     ``pooled``: surprise per candle and detector (columns); ``counted``: which of them count (warmed up, a
     score); ``symbols``: each candle's symbol (a row of ``history``), ``starts``: each symbol's first candle
@@ -123,6 +127,9 @@ def own_surprise(pooled: np.ndarray, counted: np.ndarray, symbols: np.ndarray, s
     >>> own, counts = own_surprise(pooled, np.ones((5, 1), bool), np.zeros(5, int), np.array([0]), history, 10.0)
     >>> own[:, 0].round(2).tolist(), counts[0, 0, :2].tolist()  # always at 3: 3 (beyond the levels) turns ordinary
     ([3.0, 2.0, 1.76, 1.62, 0.45], [5.0, 5.0])
+    >>> _, counts = own_surprise(pooled, np.ones((5, 1), bool), np.zeros(5, int), np.array([0]), history, 10.0, 2)
+    >>> counts[0, 0].tolist()  # 4 counted, all at every level: halved to 2 each; then a candle at 1.0
+    [3.0, 3.0, 3.0, 2.0, 2.0]
     """
     length, detectors = pooled.shape
     top = len(OWN_LEVELS)
@@ -131,13 +138,12 @@ def own_surprise(pooled: np.ndarray, counted: np.ndarray, symbols: np.ndarray, s
     counts = np.empty((detectors, 1 + top, length))
     counts[:, 0] = included
     counts[:, 1:] = (surprises[:, None, :] >= OWN_LEVELS[None, :, None]) & included[:, None, :]
-    increments = counts.reshape(-1, length)
-    before = np.cumsum(increments, axis=1)
-    before -= increments  # exclusive: the candles before this one in the call
-    if len(starts) > 1:
-        before -= before[:, starts[symbols]]  # ... of its own symbol
-    before += history.reshape(len(history), -1).T[:, symbols]
-    before = before.reshape(counts.shape)
+    running = np.cumsum(counts, axis=2)
+    running -= counts  # exclusive: the call's candles before this one (of every symbol)
+    ends = np.concatenate([starts[1:], [length]]) - 1
+    present = ends >= starts
+    before, final = _counts_before(running, counts, history[present], starts[present], ends[present],
+                                   (np.cumsum(present) - 1)[symbols], memory)
     # the bracketing levels of each pooled surprise (level 0: every candle counted is at or above it)
     step = OWN_LEVELS[0]
     below = np.minimum((np.maximum(surprises, 0) / step).astype(np.int64), top)
@@ -151,8 +157,54 @@ def own_surprise(pooled: np.ndarray, counted: np.ndarray, symbols: np.ndarray, s
     low, high = own_at(below), own_at(np.minimum(below + 1, top))
     fraction = (surprises - levels[below]) / step
     result = np.where(below < top, low + fraction * (high - low), low + surprises - levels[below])
-    ends = np.concatenate([starts[1:], [length]]) - 1
-    present = ends >= starts
     updated = history.copy()
-    updated[present] = (before[:, :, ends[present]] + counts[:, :, ends[present]]).transpose(2, 0, 1)
+    updated[present] = final.transpose(2, 0, 1)
     return np.maximum(result, 0.0).T, updated
+
+
+def _counts_before(running: np.ndarray, counts: np.ndarray, known: np.ndarray, firsts: np.ndarray,
+                   lasts: np.ndarray, owner: np.ndarray, memory: int) -> tuple[np.ndarray, np.ndarray]:
+    """``own_surprise``'s counts before each candle (detector, level, candle), and each symbol's after its last.
+
+    ``running``: the call's counts before each candle, all symbols in a row; ``counts``: each candle's own;
+    ``known``: each symbol with candles, its counts at the call's start; ``firsts``/``lasts``: its first and
+    last candle; ``owner``: each candle's symbol (a row of ``known``). A symbol's counts are ``running`` plus
+    an offset that changes only where its candles start and, with ``memory``, where a halving starts an
+    *epoch* (the first when its total reaches ``2 * memory``, its state always below, each later one
+    ``memory`` counted candles on): the offsets are laid down there and summed along the candles. All whole
+    numbers, so the sums are exact.
+    """
+    known = known.transpose(1, 2, 0)  # (detector, level, symbol)
+    while memory and (over := known[:, :1] >= 2 * memory).any():  # a state kept without forgetting, or longer
+        known = np.where(over, np.floor(known / 2), known)
+    starting = known - running[:, :, firsts]  # (detector, level, symbol)
+    detectors = np.arange(len(known))
+    marks = [(np.repeat(detectors, len(firsts)), np.tile(firsts, len(known)),
+              starting.transpose(0, 2, 1).reshape(-1, starting.shape[1]))]  # (detector, candle, offset from there)
+    if memory:
+        offset = starting.copy()  # each symbol's current epoch's (the marks above may be views of ``starting``)
+        counted_before = running[:, 0] - running[:, 0, firsts][:, owner]
+        to_first = 2 * memory - known[:, 0, owner]  # counted candles until the first halving
+        epoch = np.where(counted_before >= to_first, 1 + (counted_before - to_first) // memory, 0)
+        opens = np.zeros(epoch.shape, dtype=bool)
+        opens[:, 1:] = (epoch[:, 1:] != epoch[:, :-1]) & (epoch[:, 1:] > 0)  # (a symbol's first candle: epoch 0)
+        for number in range(1, int(epoch.max(initial=0)) + 1):  # in order: each halves the counts the last left
+            detector, candle = np.nonzero(opens & (epoch == number))
+            symbol = owner[candle]
+            halved = np.floor((offset[detector, :, symbol] + running[detector, :, candle]) / 2)
+            offset[detector, :, symbol] = halved - running[detector, :, candle]
+            marks.append((detector, candle, offset[detector, :, symbol]))
+    detector, candle, values = (np.concatenate(parts) for parts in zip(*marks))
+    order = np.lexsort((candle, detector))
+    detector, candle, values = detector[order], candle[order], values[order]
+    steps = values.copy()
+    same = detector[1:] == detector[:-1]
+    steps[1:][same] -= values[:-1][same]  # each offset as a change from the one before it on the detector's row
+    before = np.zeros_like(running)
+    before[detector, :, candle] = steps
+    np.cumsum(before, axis=2, out=before)
+    before += running
+    final = before[:, :, lasts] + counts[:, :, lasts]
+    if memory:  # the last candle closed an epoch: the state starts the next one
+        final = np.where(final[:, :1] >= 2 * memory, np.floor(final / 2), final)
+    return before, final

@@ -190,7 +190,8 @@ class DetectionEngine:
             counted = np.column_stack([(positions >= detector.warmup) & np.isfinite(scores[detector.name])
                                        for detector in detectors])
             calibrated, own = own_surprise(np.column_stack([surprises[detector.name] for detector in detectors]),
-                                           counted, segments.ids, segments.starts, own, prior)
+                                           counted, segments.ids, segments.starts, own, prior,
+                                           params.consensus.own_memory_candles)
             surprises = {detector.name: calibrated[:, index] for index, detector in enumerate(detectors)}
         votes, is_anomaly, confidence, reasons, fused = consensus(
             eligible, {detector.name: detector.reason for detector in detectors}, scores, surprises,

@@ -41,6 +41,7 @@ log = logging.getLogger("market_anomaly.core")
 
 CONFIDENCE_LEVELS = ("LOW", "MEDIUM", "HIGH")
 CONFIDENCE_RANKS = ("NONE", *CONFIDENCE_LEVELS)  # every decision's confidence, in order (NONE: not an anomaly)
+MIN_OWN_MEMORY = 100  # a symbol's counts must hold more than a few candles at each level to mean anything
 MAX_INTEGER = 10 ** 9  # counts and milliseconds in the file (a day is 86,400,000 ms); windows are bounded tighter
 
 # The detectors' own sections (return_zscore, volatility, volume, runs, learned): declared by each detector.
@@ -57,7 +58,8 @@ DEFAULTS: dict = {
     "calibration": {},
     "consensus": {"required": [], "alone": {}, "vote_surprise": 3.0, "groups": default_groups(),
                   "pairs": True, "offsets": {}, "threshold": 5.0, "false_alarm_budget": 0.7,
-                  "confidence": {"LOW": 0.0, "MEDIUM": 0.75, "HIGH": 2.0}, "own_prior_candles": 1440.0},
+                  "confidence": {"LOW": 0.0, "MEDIUM": 0.75, "HIGH": 2.0}, "own_prior_candles": 1440.0,
+                  "own_memory_candles": 10080},
     "market": {"min_symbols": 3, "min_fraction": 0.3},
 }
 
@@ -95,6 +97,9 @@ class ConsensusParams:
     # per-symbol self-calibration (calibration.own_surprise): the pooled tables' weight, in candles, against a
     # symbol's own history (0: off, every symbol judged by the pooled tables)
     own_prior_candles: float = 0.0
+    # ... and how much of its history a symbol remembers: its counts are halved each time they reach twice this
+    # many candles (0: it never forgets)
+    own_memory_candles: int = 0
 
 
 @dataclass(frozen=True)
@@ -185,6 +190,10 @@ def params_from_dict(raw: dict, path: Path | str = "<dict>", model: MinorCompone
                                   f"interval_ms at least 1")
     if params.consensus.own_prior_candles < 0:
         raise InvalidParams(path, "consensus.own_prior_candles counts candles: at least 0")
+    if not (params.consensus.own_memory_candles == 0 or MIN_OWN_MEMORY <= params.consensus.own_memory_candles
+            <= MAX_INTEGER):
+        raise InvalidParams(path, f"consensus.own_memory_candles counts candles: 0 (never forget) or "
+                                  f"{MIN_OWN_MEMORY} to {MAX_INTEGER}")
     if params.consensus.threshold < 0 or params.consensus.vote_surprise < 0:
         raise InvalidParams(path, "consensus.threshold and consensus.vote_surprise are surprises: at least 0")
     levels = params.consensus.confidence

@@ -358,6 +358,33 @@ def test_every_candle_carries_its_symbols_tick_size_from_exchange_info():
 
 
 @pytest.mark.integration
+def test_a_halted_pairs_last_candle_comes_from_rest_once_it_has_closed():
+    async def scenario():
+        async with simulator(speed=20.0, history=30) as sim:  # an interval is 3 s
+            client = BinanceKlineClient(sim.ws_url, sim.rest_url, SymbolSelection(quotes=("USDT",)), "1m",
+                                        discovery_interval=0.2)
+            stream, items = client.candles(), []
+
+            async def read():
+                async for item in stream:
+                    items.append(item)
+            reader = asyncio.create_task(read())
+            await asyncio.sleep(2.0)
+            while sim.clock.now() % MINUTE > MINUTE // 10:  # just after a close: the last candle stays open ~3 s
+                await asyncio.sleep(0.02)
+            sim.halt("ETHUSDT")  # seen within 0.2 s, long before its last candle closes
+            await asyncio.sleep(7.0)
+            reader.cancel()
+            await stream.aclose()
+            return items, sim.halted_from["ETHUSDT"]
+    items, halted_from = asyncio.run(scenario())
+    halted = by_symbol(items)["ETHUSDT"]
+    assert halted[-1].open_time == halted_from - MINUTE, "the last candle before the halt"
+    assert_contiguous(halted)
+    assert by_symbol(items)["BTCUSDT"][-1].open_time >= halted_from  # the others go on
+
+
+@pytest.mark.integration
 def test_unknown_explicit_symbols_are_refused_at_start_with_a_clear_message():
     async def scenario():
         async with simulator(speed=60.0) as sim:

@@ -53,6 +53,7 @@ ACK_TIMEOUT = 10.0
 SUBSCRIBE_ATTEMPTS = 4
 HANDOVER_TIMEOUT = 30.0
 DEFAULT_STREAMS_PER_CONNECTION = 200
+LEAVING_RETRY_SECONDS = 1.0  # how often a halted symbol's REST fill is tried again until its last candle has closed
 
 
 @dataclass(frozen=True)
@@ -119,6 +120,7 @@ class _SymbolState:
     from_listing: bool = False           # newly listed: backfill from its first candle
     connection: _KlineConnection | None = None
     leaving: int = 0                     # halted or delisted: final REST fills still to run before it is forgotten
+    leaving_after: int = 0               # ... once the exchange's clock has passed this (its last candle closed)
 
 
 class CandleStream:
@@ -268,7 +270,9 @@ class CandleStream:
     def _remove_symbol(self, symbol: str, reason: str) -> None:
         """Unsubscribe a symbol the exchange no longer lists as trading. Its state stays until REST has
         filled what closed before the halt (a last candle may still be in flight or never streamed):
-        two fills, since one already running may stop at a waiting live candle."""
+        two fills, since one already running may stop at a waiting live candle, and none counted before the
+        exchange's clock has passed the close of the candle open when the halt was seen (unsubscribed, that last
+        candle comes only from REST, once it has closed)."""
         state = self._states[symbol]
         self.dropped[symbol] = reason
         metrics.SYMBOLS_DROPPED.inc()
@@ -278,6 +282,8 @@ class CandleStream:
             state.connection.remove([symbol])
             state.connection = None
         state.leaving = 2
+        if self.newest_open_time is not None:
+            state.leaving_after = self.newest_open_time + 2 * self._client.interval_ms
         self._request_fill(symbol)
 
     def _forget(self, symbol: str) -> None:
@@ -355,11 +361,19 @@ class CandleStream:
                 continue
             await self._fill(symbol)
             if state.leaving and not state.filling and self._states.get(symbol) is state:
+                if self._server_time is not None and self._server_time[1] < state.leaving_after:
+                    self._spawn(self._fill_later(symbol))  # its last candle may still be open: not a final fill
+                    continue
                 state.leaving -= 1
                 if state.leaving:
                     self._request_fill(symbol)
                 else:
                     self._forget(symbol)
+
+    async def _fill_later(self, symbol: str) -> None:
+        await asyncio.sleep(LEAVING_RETRY_SECONDS)
+        if symbol in self._states:
+            self._request_fill(symbol)
 
     async def _fill(self, symbol: str) -> None:
         """REST candles from the symbol's high-water mark up to its first waiting live candle (or up to now);

@@ -175,8 +175,8 @@ def _counts_before(running: np.ndarray, counts: np.ndarray, known: np.ndarray, f
     numbers, so the sums are exact.
     """
     known = known.transpose(1, 2, 0)  # (detector, level, symbol)
-    while memory and (over := known[:, :1] >= 2 * memory).any():  # a state kept without forgetting, or longer
-        known = np.where(over, np.floor(known / 2), known)
+    if memory:  # a state kept without forgetting, or with a longer memory, starts below two memories too
+        known = _halved_below(known, memory)
     starting = known - running[:, :, firsts]  # (detector, level, symbol)
     detectors = np.arange(len(known))
     marks = [(np.repeat(detectors, len(firsts)), np.tile(firsts, len(known)),
@@ -206,5 +206,13 @@ def _counts_before(running: np.ndarray, counts: np.ndarray, known: np.ndarray, f
     before += running
     final = before[:, :, lasts] + counts[:, :, lasts]
     if memory:  # the last candle closed an epoch: the state starts the next one
-        final = np.where(final[:, :1] >= 2 * memory, np.floor(final / 2), final)
+        final = _halved_below(final, memory)
     return before, final
+
+
+def _halved_below(counts: np.ndarray, memory: int) -> np.ndarray:
+    """(detector, level, symbol) counts, each detector's and symbol's halved (rounded down) until its total (level
+    0) is below ``2 * memory``."""
+    while (over := counts[:, :1] >= 2 * memory).any():
+        counts = np.where(over, np.floor(counts / 2), counts)
+    return counts

@@ -57,9 +57,8 @@ def candles_from_files(paths: list[Path], interval: str, selection: SymbolSelect
     frame = pd.concat([read_candles(path) for path in paths], ignore_index=True)
     frame = frame[frame["symbol"].map(selection.matches)].sort_values(["open_time", "symbol"], kind="stable")
     optional = {name: frame[name] if name in frame else np.nan
-                for name in ("quote_volume", "taker_buy_base", "taker_buy_quote")}
-    frame = frame.assign(**optional, trades=frame["trades"] if "trades" in frame else 0,
-                         tick_size=frame["tick_size"] if "tick_size" in frame else np.nan)
+                for name in ("quote_volume", "taker_buy_base", "taker_buy_quote", "tick_size")}
+    frame = frame.assign(**optional, trades=frame["trades"] if "trades" in frame else 0)
     step = interval_ms(interval)
     return [
         Candle(symbol=row.symbol, interval=interval, open_time=int(row.open_time),

@@ -385,6 +385,33 @@ def test_a_halted_pairs_last_candle_comes_from_rest_once_it_has_closed():
 
 
 @pytest.mark.integration
+def test_a_listing_subscribed_late_gets_its_first_candles_from_rest():
+    async def scenario():
+        async with simulator(symbols=[*SYMBOLS, "NEWUSDT"], speed=60.0, history=30, unlisted=("NEWUSDT",)) as sim:
+            client = BinanceKlineClient(sim.ws_url, sim.rest_url, SymbolSelection(quotes=("USDT",)), "1m",
+                                        discovery_interval=0.2, backoff_initial=1.0)
+            stream, items = client.candles(), []
+
+            async def read():
+                async for item in stream:
+                    items.append(item)
+            reader = asyncio.create_task(read())
+            await asyncio.sleep(2.0)
+            sim.refuse_subscribes = 2  # its stream starts 2 + 4 s (candles) late; its backfill ran before any closed
+            sim.list_symbol("NEWUSDT")
+            await asyncio.sleep(10.0)
+            reader.cancel()
+            await stream.aclose()
+            return items, sim.listed_from["NEWUSDT"]
+    items, listed_from = asyncio.run(scenario())
+    listing = by_symbol(items)["NEWUSDT"]
+    assert listing[0].open_time == listed_from, "from its first candle"
+    assert_contiguous(listing)
+    sources = [candle.source for candle in listing]
+    assert sources[:3] == ["rest"] * 3 and sources[-1] == "ws", sources
+
+
+@pytest.mark.integration
 def test_unknown_explicit_symbols_are_refused_at_start_with_a_clear_message():
     async def scenario():
         async with simulator(speed=60.0) as sim:

@@ -66,8 +66,12 @@ def test_seeded_and_live_candles_arrive_keyed_in_order_and_garbage_is_dead_lette
     assert set(by_symbol) == set(SYMBOLS)
     assert sum(len(candles) for candles in by_symbol.values()) == 160
     for candles in by_symbol.values():
-        assert [c["source"] for c in candles[:50]] == ["rest"] * 50  # the seed, then live candles
-        assert {c["source"] for c in candles[50:]} == {"ws"}
+        # The seed, then live candles. Candles that closed between the seed's request and the stream's first
+        # candle come from REST too (at 10 market minutes a second there are often a few), never after it.
+        sources = [c["source"] for c in candles]
+        seeded = sources.index("ws") if "ws" in sources else len(sources)
+        assert seeded >= 50 and sources == ["rest"] * seeded + ["ws"] * (len(sources) - seeded), sources
+        assert seeded < len(sources), sources  # the stream took over
         first = candles[0]
         assert first["interval"] == "1m" and first["close_time"] == first["open_time"] + MINUTE_MS - 1
         assert first["low"] <= min(first["open"], first["close"]) <= max(first["open"], first["close"]) <= first["high"]

@@ -322,7 +322,10 @@ class CandleStream:
         last = state.last_open_time
         if last is not None and candle.open_time <= last:
             return           # the overlap of a handover, or a repeat
-        if last is not None and candle.open_time > last + self._client.interval_ms:
+        if (last is None and state.from_listing) or (last is not None and
+                                                     candle.open_time > last + self._client.interval_ms):
+            # A gap, or a new listing's stream starting after its first candles (its backfill ran before they
+            # had closed, or before the subscription took): REST brings what comes before this one.
             state.pending.append(candle)
             self._request_fill(candle.symbol)
             return

@@ -57,6 +57,22 @@ async def collect(client: BinanceKlineClient, seconds: float) -> list[Candle | R
     return items
 
 
+@contextlib.asynccontextmanager
+async def reading(client: BinanceKlineClient):
+    """The client's items, read in the background while the block acts on the exchange."""
+    stream, items = client.candles(), []
+
+    async def read():
+        async for item in stream:
+            items.append(item)
+    reader = asyncio.create_task(read())
+    try:
+        yield stream, items
+    finally:
+        reader.cancel()
+        await stream.aclose()
+
+
 def by_symbol(items) -> dict[str, list[Candle]]:
     candles = defaultdict(list)
     for item in items:
@@ -363,19 +379,12 @@ def test_a_halted_pairs_last_candle_comes_from_rest_once_it_has_closed():
         async with simulator(speed=20.0, history=30) as sim:  # an interval is 3 s
             client = BinanceKlineClient(sim.ws_url, sim.rest_url, SymbolSelection(quotes=("USDT",)), "1m",
                                         discovery_interval=0.2)
-            stream, items = client.candles(), []
-
-            async def read():
-                async for item in stream:
-                    items.append(item)
-            reader = asyncio.create_task(read())
-            await asyncio.sleep(2.0)
-            while sim.clock.now() % MINUTE > MINUTE // 10:  # just after a close: the last candle stays open ~3 s
-                await asyncio.sleep(0.02)
-            sim.halt("ETHUSDT")  # seen within 0.2 s, long before its last candle closes
-            await asyncio.sleep(7.0)
-            reader.cancel()
-            await stream.aclose()
+            async with reading(client) as (_, items):
+                await asyncio.sleep(2.0)
+                while sim.clock.now() % MINUTE > MINUTE // 10:  # just after a close: the last candle stays open ~3 s
+                    await asyncio.sleep(0.02)
+                sim.halt("ETHUSDT")  # seen within 0.2 s, long before its last candle closes
+                await asyncio.sleep(7.0)
             return items, sim.halted_from["ETHUSDT"]
     items, halted_from = asyncio.run(scenario())
     halted = by_symbol(items)["ETHUSDT"]
@@ -390,18 +399,11 @@ def test_a_listing_subscribed_late_gets_its_first_candles_from_rest():
         async with simulator(symbols=[*SYMBOLS, "NEWUSDT"], speed=60.0, history=30, unlisted=("NEWUSDT",)) as sim:
             client = BinanceKlineClient(sim.ws_url, sim.rest_url, SymbolSelection(quotes=("USDT",)), "1m",
                                         discovery_interval=0.2, backoff_initial=1.0)
-            stream, items = client.candles(), []
-
-            async def read():
-                async for item in stream:
-                    items.append(item)
-            reader = asyncio.create_task(read())
-            await asyncio.sleep(2.0)
-            sim.refuse_subscribes = 2  # its stream starts 2 + 4 s (candles) late; its backfill ran before any closed
-            sim.list_symbol("NEWUSDT")
-            await asyncio.sleep(10.0)
-            reader.cancel()
-            await stream.aclose()
+            async with reading(client) as (_, items):
+                await asyncio.sleep(2.0)
+                sim.refuse_subscribes = 2  # its stream starts 2 + 4 s late; its backfill ran before any candle closed
+                sim.list_symbol("NEWUSDT")
+                await asyncio.sleep(10.0)
             return items, sim.listed_from["NEWUSDT"]
     items, listed_from = asyncio.run(scenario())
     listing = by_symbol(items)["NEWUSDT"]
@@ -441,18 +443,10 @@ def test_server_shutdown_hands_over_without_gap_or_duplicate():
     async def scenario():
         async with simulator(speed=600.0) as sim:
             client = BinanceKlineClient(sim.ws_url, sim.rest_url, SYMBOLS, "1m")
-            stream = client.candles()
-            items = []
-
-            async def read():
-                async for item in stream:
-                    items.append(item)
-            reader = asyncio.create_task(read())
-            await asyncio.sleep(1.5)
-            await sim.server_shutdown(grace=1.0)
-            await asyncio.sleep(1.5)
-            reader.cancel()
-            await stream.aclose()
+            async with reading(client) as (stream, items):
+                await asyncio.sleep(1.5)
+                await sim.server_shutdown(grace=1.0)
+                await asyncio.sleep(1.5)
             return sim, stream, items
     sim, stream, items = asyncio.run(scenario())
     assert stream.handovers == 1 and stream.reconnects == 0 and sim.connections_served == 2

@@ -10,9 +10,12 @@ CHART  := src/market_anomaly/dashboard/static/vendor/lightweight-charts.standalo
 demo: setup
 	$(BIN)/market-anomaly up
 
-# Everything: the unit and integration tests, then the fault suite (below).
+# Everything: the unit and integration tests, then the fault suite (below). Many integration tests wait (outages,
+# markets in real time) while others compute, so TEST_WORKERS processes run them side by side, a test file each
+# (its module fixtures stay in one process); each process starts its own broker and Spark session.
+TEST_WORKERS ?= 2
 test: setup
-	$(BIN)/python -m pytest --ignore=tests/faults $(PYTEST_ARGS)
+	$(BIN)/python -m pytest --ignore=tests/faults -n $(TEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
 	$(MAKE) --no-print-directory test-faults
 
 # The unit tests alone (pure logic, no broker or Spark): under a minute.

@@ -7,12 +7,8 @@ set -euo pipefail
 CHROMIUM=/usr/bin/chromium
 
 if [ ! -x "$CHROMIUM" ]; then
-    if [ "$(id -u)" -eq 0 ]; then SUDO=(); else SUDO=(sudo -n); fi
     echo "installing Debian's chromium (one-time, takes about a minute)..." >&2
-    export DEBIAN_FRONTEND=noninteractive
-    # A stale package index makes apt fetch removed versions; refresh it when install fails.
-    "${SUDO[@]}" apt-get install -y -q --no-install-recommends chromium fonts-liberation >&2 \
-        || { "${SUDO[@]}" apt-get update -q >&2 && "${SUDO[@]}" apt-get install -y -q --no-install-recommends chromium fonts-liberation >&2; }
+    "$(dirname "$0")/apt-install.sh" chromium fonts-liberation
 fi
 [ -x "$CHROMIUM" ] || { echo "chromium is still missing after the install" >&2; exit 1; }
 echo "$CHROMIUM"

@@ -4,12 +4,8 @@
 set -euo pipefail
 
 if ! command -v docker-compose >/dev/null; then
-    if [ "$(id -u)" -eq 0 ]; then SUDO=(); else SUDO=(sudo -n); fi
     echo "installing Debian's docker-compose (one-time)..." >&2
-    export DEBIAN_FRONTEND=noninteractive
-    # A stale package index makes apt fetch removed versions; refresh it when install fails.
-    "${SUDO[@]}" apt-get install -y -q --no-install-recommends docker-compose >&2 \
-        || { "${SUDO[@]}" apt-get update -q >&2 && "${SUDO[@]}" apt-get install -y -q --no-install-recommends docker-compose >&2; }
+    "$(dirname "$0")/apt-install.sh" docker-compose
 fi
 command -v docker-compose >/dev/null || { echo "docker-compose is still missing after the install" >&2; exit 1; }
 command -v docker-compose

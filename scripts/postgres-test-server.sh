@@ -23,13 +23,8 @@ pg_bin() {
 }
 
 install_postgresql() {
-    local sudo=()
-    [ "$(id -u)" -eq 0 ] || sudo=(sudo -n)
     echo "installing Debian's postgresql (one-time)..." >&2
-    export DEBIAN_FRONTEND=noninteractive
-    # A stale package index makes apt fetch removed versions; refresh it when the install fails.
-    "${sudo[@]}" apt-get install -y -q --no-install-recommends postgresql >&2 \
-        || { "${sudo[@]}" apt-get update -q >&2 && "${sudo[@]}" apt-get install -y -q --no-install-recommends postgresql >&2; }
+    "$(dirname "$0")/apt-install.sh" postgresql
 }
 
 # Run a PostgreSQL program as a user it accepts: ourselves, or "postgres" when we are root.

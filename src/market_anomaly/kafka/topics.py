@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import time
 
-from confluent_kafka import Consumer, KafkaException, TopicPartition
+from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 
 from market_anomaly import config
@@ -19,6 +19,12 @@ DEFAULT_TOPICS = {
     config.DEAD_LETTER_TOPIC: 1,
     config.ANOMALIES_TOPIC: 4,
 }
+
+
+# Topic creation is tried again on errors that pass (see ``_transient``), this many times in all.
+CREATE_ATTEMPTS = 4
+_TRANSIENT_CODES = {KafkaError._DESTROY_BROKER, KafkaError._TRANSPORT, KafkaError._TIMED_OUT,
+                    KafkaError._ALL_BROKERS_DOWN, KafkaError.NOT_CONTROLLER}
 
 
 class KafkaUnavailable(RuntimeError):
@@ -68,26 +74,44 @@ def ensure_topics(
     ``acks=all`` write before it counts; unset, the broker's default applies.
     """
     admin = wait_until_ready(admin_config)
-    existing = set(admin.list_topics(timeout=10).topics)
     topic_config = {} if min_insync_replicas is None else {"min.insync.replicas": str(min_insync_replicas)}
-    missing = [
-        NewTopic(name, num_partitions=partitions, replication_factor=replication_factor, config=topic_config)
-        for name, partitions in topics.items() if name not in existing
-    ]
-    if not missing:
-        return []
-    for name, future in admin.create_topics(missing, operation_timeout=30).items():
-        try:
-            future.result()
-        except KafkaException as error:
-            # Another process may have created it in between: that is fine.
-            if "TOPIC_ALREADY_EXISTS" not in str(error):
-                raise
-        log.info("created topic %s", name)
-    for topic in missing:
+    created: list[str] = []
+    for attempt in range(1, CREATE_ATTEMPTS + 1):
+        existing = set(admin.list_topics(timeout=10).topics)
+        missing = [
+            NewTopic(name, num_partitions=partitions, replication_factor=replication_factor, config=topic_config)
+            for name, partitions in topics.items() if name not in existing
+        ]
+        transient = None
+        for name, future in admin.create_topics(missing, operation_timeout=30).items() if missing else ():
+            try:
+                future.result()
+            except KafkaException as error:
+                # Another process may have created it in between: that is fine.
+                if "TOPIC_ALREADY_EXISTS" in str(error):
+                    continue
+                # A cluster still electing its controller, or librdkafka retiring its bootstrap connection under
+                # the request ("broker handle destroyed"), answers again a moment later.
+                if attempt == CREATE_ATTEMPTS or not _transient(error):
+                    raise
+                transient = error
+                continue
+            created.append(name)
+            log.info("created topic %s", name)
+        if transient is None:
+            break
+        log.warning("creating topics failed (attempt %d of %d), retrying: %s", attempt, CREATE_ATTEMPTS, transient)
+        time.sleep(attempt)
+    for name in created:
         # Metadata names a leader before it serves the partition; a watermark query proves it does.
-        topic_offsets(admin_config, topic.topic, timeout=30)
-    return [topic.topic for topic in missing]
+        topic_offsets(admin_config, name, timeout=30)
+    return created
+
+
+def _transient(error: KafkaException) -> bool:
+    kafka_error = error.args[0] if error.args else None
+    return bool(kafka_error is not None and hasattr(kafka_error, "code") and (
+        kafka_error.retriable() or kafka_error.code() in _TRANSIENT_CODES))
 
 
 def topic_offsets(client_config: dict[str, str], topic: str, timeout: float = 5.0) -> dict[int, tuple[int, int]]:

@@ -75,19 +75,19 @@ def ensure_topics(
     """
     admin = wait_until_ready(admin_config)
     topic_config = {} if min_insync_replicas is None else {"min.insync.replicas": str(min_insync_replicas)}
-    created: list[str] = []
+    existing = set(admin.list_topics(timeout=10).topics)
+    wanted = [name for name in topics if name not in existing]
+    remaining = wanted
     for attempt in range(1, CREATE_ATTEMPTS + 1):
-        existing = set(admin.list_topics(timeout=10).topics)
-        missing = [
-            NewTopic(name, num_partitions=partitions, replication_factor=replication_factor, config=topic_config)
-            for name, partitions in topics.items() if name not in existing
-        ]
+        new_topics = [NewTopic(name, num_partitions=topics[name], replication_factor=replication_factor,
+                               config=topic_config) for name in remaining]
         transient = None
-        for name, future in admin.create_topics(missing, operation_timeout=30).items() if missing else ():
+        for name, future in (admin.create_topics(new_topics, operation_timeout=30) if new_topics else {}).items():
             try:
                 future.result()
+                log.info("created topic %s", name)
             except KafkaException as error:
-                # Another process may have created it in between: that is fine.
+                # Another process (or a try of ours that looked failed) may have created it: that is fine.
                 if "TOPIC_ALREADY_EXISTS" in str(error):
                     continue
                 # A cluster still electing its controller, or librdkafka retiring its bootstrap connection under
@@ -95,23 +95,21 @@ def ensure_topics(
                 if attempt == CREATE_ATTEMPTS or not _transient(error):
                     raise
                 transient = error
-                continue
-            created.append(name)
-            log.info("created topic %s", name)
         if transient is None:
             break
         log.warning("creating topics failed (attempt %d of %d), retrying: %s", attempt, CREATE_ATTEMPTS, transient)
         time.sleep(attempt)
-    for name in created:
+        existing = set(admin.list_topics(timeout=10).topics)
+        remaining = [name for name in wanted if name not in existing]
+    for name in wanted:
         # Metadata names a leader before it serves the partition; a watermark query proves it does.
         topic_offsets(admin_config, name, timeout=30)
-    return created
+    return wanted
 
 
 def _transient(error: KafkaException) -> bool:
     kafka_error = error.args[0] if error.args else None
-    return bool(kafka_error is not None and hasattr(kafka_error, "code") and (
-        kafka_error.retriable() or kafka_error.code() in _TRANSIENT_CODES))
+    return isinstance(kafka_error, KafkaError) and (kafka_error.retriable() or kafka_error.code() in _TRANSIENT_CODES)
 
 
 def topic_offsets(client_config: dict[str, str], topic: str, timeout: float = 5.0) -> dict[int, tuple[int, int]]:

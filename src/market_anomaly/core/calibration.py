@@ -138,8 +138,9 @@ def own_surprise(pooled: np.ndarray, counted: np.ndarray, symbols: np.ndarray, s
     counts = np.empty((detectors, 1 + top, length))
     counts[:, 0] = included
     counts[:, 1:] = (surprises[:, None, :] >= OWN_LEVELS[None, :, None]) & included[:, None, :]
-    running = np.cumsum(counts, axis=2)
-    running -= counts  # exclusive: the call's candles before this one (of every symbol)
+    running = np.empty_like(counts)  # exclusive: the call's candles before this one (of every symbol)
+    running[:, :, 0] = 0
+    np.cumsum(counts[:, :, :-1], axis=2, out=running[:, :, 1:])
     ends = np.concatenate([starts[1:], [length]]) - 1
     present = ends >= starts
     before, final = _counts_before(running, counts, history[present], starts[present], ends[present],
@@ -149,14 +150,18 @@ def own_surprise(pooled: np.ndarray, counted: np.ndarray, symbols: np.ndarray, s
     below = np.minimum((np.maximum(surprises, 0) / step).astype(np.int64), top)
     levels = np.concatenate([[0.0], OWN_LEVELS])
     total = np.log10(before[:, 0] + prior)
+    shares = prior * 10.0 ** -levels  # the pooled table's weight at each level
+    # each candle's place in ``before`` (flat) at level 0: a level is ``length`` further on
+    at_level_0 = np.arange(detectors)[:, None] * (1 + top) * length + np.arange(length)[None, :]
+    flat = before.reshape(-1)
 
     def own_at(index: np.ndarray) -> np.ndarray:
-        count = np.take_along_axis(before, index[:, None, :], axis=1)[:, 0]
-        return total - np.log10(count + prior * 10.0 ** -levels[index])
+        return total - np.log10(np.take(flat, at_level_0 + index * length) + shares[index])
 
     low, high = own_at(below), own_at(np.minimum(below + 1, top))
-    fraction = (surprises - levels[below]) / step
-    result = np.where(below < top, low + fraction * (high - low), low + surprises - levels[below])
+    result = low + (surprises - levels[below]) / step * (high - low)
+    beyond = below == top  # few: past the last level, one for one
+    result[beyond] = low[beyond] + surprises[beyond] - levels[top]
     updated = history.copy()
     updated[present] = final.transpose(2, 0, 1)
     return np.maximum(result, 0.0).T, updated
@@ -166,13 +171,13 @@ def _counts_before(running: np.ndarray, counts: np.ndarray, known: np.ndarray, f
                    lasts: np.ndarray, owner: np.ndarray, memory: int) -> tuple[np.ndarray, np.ndarray]:
     """``own_surprise``'s counts before each candle (detector, level, candle), and each symbol's after its last.
 
-    ``running``: the call's counts before each candle, all symbols in a row; ``counts``: each candle's own;
-    ``known``: each symbol with candles, its counts at the call's start; ``firsts``/``lasts``: its first and
-    last candle; ``owner``: each candle's symbol (a row of ``known``). A symbol's counts are ``running`` plus
-    an offset that changes only where its candles start and, with ``memory``, where a halving starts an
-    *epoch* (the first when its total reaches ``2 * memory``, its state always below, each later one
-    ``memory`` counted candles on): the offsets are laid down there and summed along the candles. All whole
-    numbers, so the sums are exact.
+    ``running``: the call's counts before each candle, all symbols in a row (its memory becomes the result);
+    ``counts``: each candle's own; ``known``: each symbol with candles, its counts at the call's start;
+    ``firsts``/``lasts``: its first and last candle; ``owner``: each candle's symbol (a row of ``known``). A
+    symbol's counts are ``running`` plus an offset that changes only where its candles start and, with
+    ``memory``, where a halving starts an *epoch* (the first when its total reaches ``2 * memory``, its state
+    always below, each later one ``memory`` counted candles on): each offset is marked there and holds until
+    the next mark. All whole numbers, so the sums are exact.
     """
     known = known.transpose(1, 2, 0)  # (detector, level, symbol)
     if memory:  # a state kept without forgetting, or with a longer memory, starts below two memories too
@@ -183,13 +188,21 @@ def _counts_before(running: np.ndarray, counts: np.ndarray, known: np.ndarray, f
               starting.transpose(0, 2, 1).reshape(-1, starting.shape[1]))]  # (detector, candle, offset from there)
     if memory:
         offset = starting.copy()  # each symbol's current epoch's (the marks above may be views of ``starting``)
-        counted_before = running[:, 0] - running[:, 0, firsts][:, owner]
-        to_first = 2 * memory - known[:, 0, owner]  # counted candles until the first halving
-        epoch = np.where(counted_before >= to_first, 1 + (counted_before - to_first) // memory, 0)
+        # each candle's epoch: 0 until its symbol's first halving, one more each ``memory`` counted candles on
+        # (whole numbers, so the division's floor is exact; in place, one array for the passes over all candles)
+        epoch = np.take(running[:, 0, firsts] + 2 * memory - known[:, 0], owner, axis=1)
+        np.subtract(running[:, 0], epoch, out=epoch)  # counted candles past the first halving (negative before)
+        epoch /= memory
+        np.floor(epoch, out=epoch)
+        epoch += 1
+        np.maximum(epoch, 0, out=epoch)
         opens = np.zeros(epoch.shape, dtype=bool)
         opens[:, 1:] = (epoch[:, 1:] != epoch[:, :-1]) & (epoch[:, 1:] > 0)  # (a symbol's first candle: epoch 0)
+        opening_detector, opening_candle = np.nonzero(opens)
+        opening_epoch = epoch[opening_detector, opening_candle]
         for number in range(1, int(epoch.max(initial=0)) + 1):  # in order: each halves the counts the last left
-            detector, candle = np.nonzero(opens & (epoch == number))
+            this = opening_epoch == number
+            detector, candle = opening_detector[this], opening_candle[this]
             symbol = owner[candle]
             halved = np.floor((offset[detector, :, symbol] + running[detector, :, candle]) / 2)
             offset[detector, :, symbol] = halved - running[detector, :, candle]
@@ -197,13 +210,14 @@ def _counts_before(running: np.ndarray, counts: np.ndarray, known: np.ndarray, f
     detector, candle, values = (np.concatenate(parts) for parts in zip(*marks))
     order = np.lexsort((candle, detector))
     detector, candle, values = detector[order], candle[order], values[order]
-    steps = values.copy()
-    same = detector[1:] == detector[:-1]
-    steps[1:][same] -= values[:-1][same]  # each offset as a change from the one before it on the detector's row
-    before = np.zeros_like(running)
-    before[detector, :, candle] = steps
-    np.cumsum(before, axis=2, out=before)
-    before += running
+    # each offset holds from its candle to the next mark on the detector's row (the first is at candle 0)
+    length = running.shape[2]
+    until = np.append(candle[1:], length)
+    until[np.append(detector[1:] != detector[:-1], True)] = length
+    spans = until - candle
+    before = running
+    for level in range(before.shape[1]):
+        before[:, level] += np.repeat(values[:, level], spans).reshape(len(known), length)
     final = before[:, :, lasts] + counts[:, :, lasts]
     if memory:  # the last candle closed an epoch: the state starts the next one
         final = _halved_below(final, memory)

@@ -95,9 +95,15 @@ class VolumeRun(_Run):
         super().__init__(params, params.runs.volume_window)
         self.elasticity = params.runs.volume_elasticity
         self.sustained = params.runs.volume_combine == "min"
+        self._values_of, self._values = None, None
 
     def values(self, context) -> np.ndarray:
-        return np.maximum(context.log_volume_ratio - self.elasticity * np.maximum(context.log_range_ratio, 0), -2.3)
+        # scoring, learning and the surge's spread all read these: computed once per call's context
+        if self._values_of is not context:
+            self._values_of = context
+            self._values = np.maximum(context.log_volume_ratio - self.elasticity * np.maximum(context.log_range_ratio, 0),
+                                      -2.3)
+        return self._values
 
     def sustained_log(self, context) -> np.ndarray:
         """The log of the run's volume multiple (its smallest or mean unexplained log volume)."""

@@ -414,6 +414,30 @@ def test_a_listing_subscribed_late_gets_its_first_candles_from_rest():
 
 
 @pytest.mark.integration
+def test_a_pair_trading_again_after_a_break_it_was_never_watched_in_gets_its_recent_candles_not_its_past():
+    """Binance answers a start before a pair's first candle from that candle: a backfill "from the listing" of an
+    old pair that returns from a break would bring its whole history (years of minutes, thousands of requests)."""
+    pages = 3  # the simulator's market: three pages of candles before the break
+
+    async def scenario():
+        async with simulator(speed=60.0, history=pages * 1000) as sim:
+            sim.halt("ETHUSDT")  # in its break before the client starts: never watched
+            client = BinanceKlineClient(sim.ws_url, sim.rest_url, SymbolSelection(quotes=("USDT",)), "1m",
+                                        discovery_interval=0.2)
+            async with reading(client) as (_, items):
+                await asyncio.sleep(2.0)
+                sim.resume("ETHUSDT")
+                await asyncio.sleep(6.0)
+            return items, sim.halted_from["ETHUSDT"], sim.resumed_from["ETHUSDT"]
+    items, halted_from, resumed_from = asyncio.run(scenario())
+    candles = by_symbol(items)["ETHUSDT"]
+    assert_contiguous([candle for candle in candles if candle.open_time >= resumed_from])
+    assert any(candle.open_time < halted_from for candle in candles), "the page reaches back before its break"
+    assert resumed_from - candles[0].open_time <= 1010 * MINUTE, "one page back from its return, not its first candle"
+    assert candles[-1].open_time > resumed_from and candles[-1].source == "ws", "then live"
+
+
+@pytest.mark.integration
 def test_unknown_explicit_symbols_are_refused_at_start_with_a_clear_message():
     async def scenario():
         async with simulator(speed=60.0) as sim:

@@ -117,7 +117,7 @@ class _SymbolState:
     filling: bool = False
     pending: list[Candle] = field(default_factory=list)
     watched_since: int | None = None     # newest market time when it was (re)subscribed, for the watchdog
-    from_listing: bool = False           # newly listed: backfill from its first candle
+    from_listing: bool = False           # newly listed (or trading again unwatched): backfill its recent candles
     connection: _KlineConnection | None = None
     leaving: int = 0                     # halted or delisted: final REST fills still to run before it is forgotten
     leaving_after: int = 0               # ... once the exchange's clock has passed this (its last candle closed)
@@ -391,7 +391,10 @@ class CandleStream:
             if state.last_open_time is not None:
                 start = state.last_open_time + step
             elif state.from_listing:
-                start = 0              # Binance answers from the symbol's first candle
+                # A listing's first candles (found within a discovery interval of its start), or a pair trading
+                # again after a break we never watched: a page, or what a seeded symbol gets, not its whole past
+                # (Binance answers a start before the first candle from that candle: years back for an old pair).
+                start = max(0, server_time // step * step - max(client.seed_history, protocol.KLINES_MAX_LIMIT) * step)
             elif client.seed_history:
                 start = server_time // step * step - client.seed_history * step
             else:

@@ -16,8 +16,8 @@ REST: ``/api/v3/klines`` (the still-open candle is the last row), ``/api/v3/exch
 past ``weight_limit``, 429 with ``Retry-After``; a request before that Retry-After has passed
 is an IP ban (418), counted in ``bans``.
 
-Market events: ``halt(symbol)`` (status BREAK, the stream goes silent), ``list_symbol(symbol)``
-for a symbol created ``unlisted``, ``quiet`` symbols whose candles have no trades.
+Market events: ``halt(symbol)`` (status BREAK, the stream goes silent), ``resume(symbol)`` (trading
+again after its break, which has no candles), ``list_symbol(symbol)`` for a symbol created ``unlisted``, ``quiet`` symbols whose candles have no trades.
 Fault switches: close every connection after N messages (``drop_every``), send a garbage frame
 after every N messages (``malformed_every``), ``cut_connection()``, ``rate_limit_storm(seconds)``,
 ``refuse_subscribes`` (the next N SUBSCRIBEs are refused).
@@ -147,6 +147,7 @@ class ExchangeSimulator:
         self.unlisted = set(unlisted)
         # symbol -> open time of its first candle after a halt (BREAK from then on)
         self.halted_from: dict[str, int] = dict.fromkeys(halted, -1)
+        self.resumed_from: dict[str, int] = {}  # symbol -> open time of its first candle after its break
         self.listed_from: dict[str, int] = {}
         self.closes_published: dict[str, list[int]] = collections.defaultdict(list)
         self.refuse_subscribes = 0
@@ -208,12 +209,17 @@ class ExchangeSimulator:
         """TRADING, BREAK, or None for a symbol this exchange does not list."""
         if symbol not in self.market.symbols or symbol in self.unlisted:
             return None
-        return "BREAK" if symbol in self.halted_from else "TRADING"
+        return "BREAK" if symbol in self.halted_from and symbol not in self.resumed_from else "TRADING"
 
     def halt(self, symbol: str) -> None:
         """Trading stops now: status BREAK, no more candles after the one open now."""
         self.halted_from[symbol] = self.current_open_time() + self.market.interval_ms
         log.info("%s halted", symbol)
+
+    def resume(self, symbol: str) -> None:
+        """A halted symbol trades again from the next candle (one break per symbol); its break has no candles."""
+        self.resumed_from[symbol] = self.current_open_time() + self.market.interval_ms
+        log.info("%s trading again", symbol)
 
     def list_symbol(self, symbol: str) -> None:
         """An ``unlisted`` symbol starts trading: its first candle is the next one."""
@@ -229,7 +235,8 @@ class ExchangeSimulator:
         if self.status(symbol) is None or open_time < self.listed_from.get(symbol, open_time):
             return None
         halted_from = self.halted_from.get(symbol)
-        if halted_from is not None and (halted_from < 0 or open_time >= halted_from):
+        if (halted_from is not None and (halted_from < 0 or open_time >= halted_from)
+                and open_time < self.resumed_from.get(symbol, open_time + 1)):
             return None
         candle = self.market.candle(symbol, open_time)
         if candle is not None and symbol in self.quiet:
@@ -512,7 +519,7 @@ class ExchangeSimulator:
         start = numbers["startTime"]
         if symbol in self.listed_from and start is not None:   # a listing's first candle is its first row
             start = max(start, self.listed_from[symbol])
-        if self.halted_from.get(symbol, -1) >= 0:              # nothing after a halt
+        if self.halted_from.get(symbol, -1) >= 0 and symbol not in self.resumed_from:  # nothing after a halt
             end = min(end, self.halted_from[symbol] - self.market.interval_ms)
         candles = self.market.candles(symbol, start, end, limit)
         rows = []

@@ -173,7 +173,7 @@ def main() -> int:
     parser.add_argument("--burst-every", type=float, default=None, metavar="SECONDS",
                         help="burst: seconds between bursts (default: the interval, at most 10)")
     parser.add_argument("--interval", default="1m", choices=("1s", "1m"))
-    parser.add_argument("--batch-size", type=int, default=20_000, help="maxOffsetsPerTrigger")
+    parser.add_argument("--batch-size", type=int, default=50_000, help="maxOffsetsPerTrigger (default: the job's)")
     parser.add_argument("--db", choices=("sqlite", "none"), default="sqlite", help="the job's database sink")
     parser.add_argument("--partitions", type=int, default=4)
     parser.add_argument("--bootstrap-servers", default=None)

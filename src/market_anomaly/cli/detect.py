@@ -58,8 +58,10 @@ def add_detect_arguments(parser: argparse.ArgumentParser) -> None:
                         help="where a job without a checkpoint starts reading (default: %(default)s)")
     parser.add_argument("--trigger", default="0 seconds",
                         help="micro-batch interval, Spark syntax; '0 seconds' = as soon as data arrives")
-    parser.add_argument("--max-offsets-per-trigger", type=int, default=None,
-                        help="cap on records per micro-batch (back-pressure after a long stop)")
+    parser.add_argument("--max-offsets-per-trigger", type=options.non_negative_int, default=50_000, metavar="N",
+                        help="most records a micro-batch takes, so a backlog (after a long stop, a replay) is worked "
+                             "off in batches of bounded memory; 0: no cap, the whole backlog in one batch "
+                             "(default: %(default)s)")
     parser.add_argument("--source-option", action="append", default=[], metavar="KEY=VALUE", type=options.key_value,
                         help="option for Spark's Kafka source as its docs name it, e.g. minPartitions=8 or "
                              "kafka.fetch.max.wait.ms=50 (the Java consumer's own settings; -X settings go to "

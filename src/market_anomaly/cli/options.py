@@ -31,15 +31,24 @@ def kline_interval(text: str) -> str:
     return text
 
 
-def positive_int(text: str) -> int:
-    """argparse type of counts that must be at least 1."""
+def _whole_number(text: str, least: int) -> int:
     try:
         value = int(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{value} is not positive")
+    if value < least:
+        raise argparse.ArgumentTypeError(f"{value} is not positive" if least == 1 else f"{value} is below {least}")
     return value
+
+
+def positive_int(text: str) -> int:
+    """argparse type of counts that must be at least 1."""
+    return _whole_number(text, 1)
+
+
+def non_negative_int(text: str) -> int:
+    """argparse type of counts where 0 means "none" or "no limit"."""
+    return _whole_number(text, 0)
 
 
 def parse_pairs(pairs: list[str] | None) -> dict[str, str]:

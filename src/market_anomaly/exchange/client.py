@@ -390,13 +390,12 @@ class CandleStream:
             server_time = await self._current_server_time() if bound is None or state.last_open_time is None else None
             if state.last_open_time is not None:
                 start = state.last_open_time + step
-            elif state.from_listing:
+            elif state.from_listing or client.seed_history:
                 # A listing's first candles (found within a discovery interval of its start), or a pair trading
                 # again after a break we never watched: a page, or what a seeded symbol gets, not its whole past
                 # (Binance answers a start before the first candle from that candle: years back for an old pair).
-                start = max(0, server_time // step * step - max(client.seed_history, protocol.KLINES_MAX_LIMIT) * step)
-            elif client.seed_history:
-                start = server_time // step * step - client.seed_history * step
+                back = max(client.seed_history, protocol.KLINES_MAX_LIMIT) if state.from_listing else client.seed_history
+                start = max(0, server_time // step * step - back * step)
             else:
                 start = None
             while start is not None:

@@ -17,7 +17,8 @@ past ``weight_limit``, 429 with ``Retry-After``; a request before that Retry-Aft
 is an IP ban (418), counted in ``bans``.
 
 Market events: ``halt(symbol)`` (status BREAK, the stream goes silent), ``resume(symbol)`` (trading
-again after its break, which has no candles), ``list_symbol(symbol)`` for a symbol created ``unlisted``, ``quiet`` symbols whose candles have no trades.
+again after its break, which has no candles), ``list_symbol(symbol)`` for a symbol created
+``unlisted``, ``quiet`` symbols whose candles have no trades.
 Fault switches: close every connection after N messages (``drop_every``), send a garbage frame
 after every N messages (``malformed_every``), ``cut_connection()``, ``rate_limit_storm(seconds)``,
 ``refuse_subscribes`` (the next N SUBSCRIBEs are refused).

@@ -1,12 +1,16 @@
-"""Pipeline benchmark: candles through Kafka and the Spark job into its sinks (Kafka topic and SQLite).
+"""Pipeline benchmark: candles through Kafka and a runner into its sinks (Kafka topic and SQLite).
 
     .venv/bin/python bench/pipeline_throughput.py --mode catch-up --symbols 200 --candles-per-symbol 1000
     .venv/bin/python bench/pipeline_throughput.py --mode burst --symbols 400 --bursts 30
     .venv/bin/python bench/pipeline_throughput.py --mode burst --symbols 400 --interval 1s --bursts 60
+    .venv/bin/python bench/pipeline_throughput.py --runner decide --mode burst --symbols 400 --bursts 30
+
+--runner detect (default) is the Spark stream, --runner decide the low-latency consumer; the same sinks,
+candles and measurements for both ("micro-batch" below is a decider's poll).
 
 catch-up (after an outage, a replay, a backfill): a backlog of SYMBOLS x CANDLES real Binance
 1m candles (each symbol a different slice of ../shared/data/binance, so the detectors see real
-markets) is produced to a fresh topic, then `market-anomaly detect` starts and works it off in
+markets) is produced to a fresh topic, then the runner starts and works it off in
 micro-batches of at most --batch-size records. Throughput = candles decided after the first
 micro-batch / time between the first and the last micro-batch (the first one pays Spark's
 start-up).
@@ -133,12 +137,13 @@ def state_bytes(metrics_port: int) -> int | None:
 
 def start_job(args, bootstrap: str, candle_topic: str, output_topic: str, state: Path, metrics_port: int,
               extra: list[str]) -> subprocess.Popen:
+    batch_flag = "--max-offsets-per-trigger" if args.runner == "detect" else "--max-poll-records"
     command = [
-        sys.executable, "-m", "market_anomaly", "--log-level", args.job_log_level, "detect",
+        sys.executable, "-m", "market_anomaly", "--log-level", args.job_log_level, args.runner,
         "--bootstrap-servers", bootstrap, "--topic", candle_topic, "--anomalies-topic", output_topic,
         "--params", str(params_for_interval(args.interval, state)), "--checkpoint-dir", str(state / "checkpoint"),
         "--db", "none" if args.db == "none" else f"sqlite:///{state / 'decisions.db'}", "--console", "off",
-        "--max-offsets-per-trigger", str(args.batch_size), "--metrics-port", str(metrics_port), *extra, *args.job_arg,
+        batch_flag, str(args.batch_size), "--metrics-port", str(metrics_port), *extra, *args.job_arg,
     ]
     return subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=open(state / "detect.log", "wb"))
 
@@ -166,6 +171,8 @@ def throughput(decided: pd.DataFrame) -> tuple[float, int]:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--mode", choices=("catch-up", "burst"), default="catch-up")
+    parser.add_argument("--runner", choices=("detect", "decide"), default="detect",
+                        help="the Spark stream (detect) or the low-latency consumer (decide) (default: %(default)s)")
     parser.add_argument("--symbols", type=int, default=200)
     parser.add_argument("--candles-per-symbol", type=int, default=1000, help="catch-up: the backlog per symbol")
     parser.add_argument("--warmup-candles", type=int, default=100, help="burst: decided before the first burst")
@@ -173,7 +180,8 @@ def main() -> int:
     parser.add_argument("--burst-every", type=float, default=None, metavar="SECONDS",
                         help="burst: seconds between bursts (default: the interval, at most 10)")
     parser.add_argument("--interval", default="1m", choices=("1s", "1m"))
-    parser.add_argument("--batch-size", type=int, default=50_000, help="maxOffsetsPerTrigger (default: the job's)")
+    parser.add_argument("--batch-size", type=int, default=50_000,
+                        help="detect's --max-offsets-per-trigger or decide's --max-poll-records (default: theirs)")
     parser.add_argument("--db", choices=("sqlite", "none"), default="sqlite", help="the job's database sink")
     parser.add_argument("--partitions", type=int, default=4)
     parser.add_argument("--bootstrap-servers", default=None)
@@ -235,11 +243,11 @@ def main() -> int:
             command: round((seconds - started_cpu[command]) * 1e6 / (len(reader.rows) - started_rows), 1)
             for command, seconds in cpu.most_common()}
         results.update(
-            settings={"symbols": args.symbols, "interval": args.interval, "candles_per_symbol": backlog_per_symbol,
+            settings={"runner": args.runner, "symbols": args.symbols, "interval": args.interval, "candles_per_symbol": backlog_per_symbol,
                       "bursts": bursts, "burst_every_s": burst_every if bursts else None,
                       "batch_size": args.batch_size, "partitions": args.partitions, "db": args.db,
                       "sinks": ["kafka", *(["sqlite"] if args.db == "sqlite" else [])], "job_args": args.job_arg,
-                      "master": "local[2]", "cores": os.cpu_count()},
+                      "master": "local[2]" if args.runner == "detect" else None, "cores": os.cpu_count()},
             job_peak_rss_mb=round(memory.stop() / 2**20), job_peak_pss_mb=round(memory.peak_proportional_bytes / 2**20),
             state_store_bytes=state_bytes(metrics_port),
         )

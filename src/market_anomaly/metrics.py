@@ -223,10 +223,7 @@ def record_decisions(decisions) -> None:
 def record_progress(progress) -> None:
     """Spark's progress of one micro-batch (``StreamingQueryProgress``): duration, records read, and per partition
     the records between the batch's end offset and the log end Spark saw (``latestOffset``)."""
-    BATCH_DURATION.observe(progress.batchDuration / 1000)
-    INPUT_RECORDS.inc(progress.numInputRows)
-    LAST_BATCH.set_to_current_time()
-    STATE_BYTES.set(sum(operator.memoryUsedBytes for operator in progress.stateOperators))
+    lag = {}
     for source in progress.sources:
         try:
             end, latest = json.loads(source.endOffset or "{}"), json.loads(source.latestOffset or "{}")
@@ -234,5 +231,20 @@ def record_progress(progress) -> None:
             continue  # not a Kafka source's offsets
         for topic, offsets in (latest if isinstance(latest, dict) else {}).items():
             for partition, offset in offsets.items():
-                done = end.get(topic, {}).get(partition, offset)
-                CONSUMER_LAG.labels(topic=topic, partition=partition).set(max(0, int(offset) - int(done)))
+                lag[topic, partition] = int(offset) - int(end.get(topic, {}).get(partition, offset))
+    record_batch(progress.batchDuration / 1000, progress.numInputRows)
+    record_position(sum(operator.memoryUsedBytes for operator in progress.stateOperators), lag)
+
+
+def record_batch(seconds: float, records: int) -> None:
+    """One batch of a runner (a Spark micro-batch, a decider's poll): its duration and the records it read."""
+    BATCH_DURATION.observe(seconds)
+    INPUT_RECORDS.inc(records)
+    LAST_BATCH.set_to_current_time()
+
+
+def record_position(state_bytes: int, lag: dict[tuple[str, object], int]) -> None:
+    """A runner's detection state size, and per (topic, partition) the records it is behind the log end."""
+    STATE_BYTES.set(state_bytes)
+    for (topic, partition), behind in lag.items():
+        CONSUMER_LAG.labels(topic=topic, partition=partition).set(max(0, behind))

@@ -7,13 +7,9 @@ from pathlib import Path
 import json
 
 import pytest
+from support import GOOD, INVALID, NOW_MS, variant
 
 pytestmark = pytest.mark.integration
-
-GOOD = {"symbol": "btcusdt", "interval": "1m", "open_time": 1_700_000_040_000, "close_time": 1_700_000_099_999,
-        "open": 100.0, "high": 101.0, "low": 99.5, "close": 100.5, "volume": 12.5, "quote_volume": 1256.0,
-        "trades": 40, "taker_buy_base": 6.0, "taker_buy_quote": 603.0, "event_time": 1_700_000_100_005,
-        "source": "ws", "produced_at": 1_700_000_100_010}
 
 
 @pytest.fixture(scope="module")
@@ -25,7 +21,6 @@ def spark():
     session.stop()
 
 
-NOW_MS = 1_700_000_100_000  # the present these checks are against (a stream uses its micro-batch's time)
 def parse(spark, raws: list[str | bytes], **limits) -> list[dict]:
     from pyspark.sql import functions as F
 
@@ -38,10 +33,6 @@ def parse(spark, raws: list[str | bytes], **limits) -> list[dict]:
     return [row.asDict() for row in parse_candles(records, checks).collect()]
 
 
-def variant(**changes) -> str:
-    return json.dumps({**GOOD, **changes})
-
-
 def test_a_valid_candle_is_typed_and_has_no_error(spark):
     [row] = parse(spark, [json.dumps(GOOD)])
     assert row["error"] is None and row["raw"] is None
@@ -51,39 +42,6 @@ def test_a_valid_candle_is_typed_and_has_no_error(spark):
     assert row["tick_size"] is None  # optional: the producer adds it when exchangeInfo gives one
     [row] = parse(spark, [variant(tick_size=0.01)])
     assert (row["error"], row["tick_size"]) == (None, 0.01)
-
-
-INVALID = [
-    ("not json at all", "not a JSON object"),
-    ("[1, 2, 3]", "not a JSON object"),
-    ('[{"symbol": "BTCUSDT"}]', "not a JSON object"),
-    ('"BTCUSDT"', "not a JSON object"),
-    ("123", "not a JSON object"),
-    ("{broken", "not a candle JSON object"),
-    (variant(close="100.5x"), "missing close"),
-    (json.dumps({k: v for k, v in GOOD.items() if k not in ("volume", "open_time")}), "missing open_time"),
-    (variant(symbol=" "), "missing symbol"),
-    (variant(symbol="BTC-USDT"), "symbol is not 1-20 letters or digits"),
-    (variant(symbol="B" * 21), "symbol longer than 20 characters"),
-    (variant(interval="5m"), "interval is not 1m"),
-    (variant(low=0.0), "low price outside [1e-12, 1e+12]"),
-    (variant(open=-100.0), "open price outside [1e-12, 1e+12]"),
-    (variant(high=1e308), "high price outside [1e-12, 1e+12]"),
-    (variant(low=1e-300), "low price outside [1e-12, 1e+12]"),
-    (variant(volume=1e300), "volume outside [0, 1e+18]"),
-    (variant(high=100.0), "high below open, close or low"),
-    (variant(low=100.2), "low above open or close"),
-    (variant(volume=-1.0), "volume outside [0, 1e+18]"),
-    (variant(trades=-1), "trades outside [0, 1e+18]"),
-    (variant(close_time=GOOD["open_time"]), "close_time not after open_time"),
-    (variant(open_time=GOOD["open_time"] + 1), "open_time not aligned to 1m"),
-    (variant(open_time=4_102_444_800_000, close_time=4_102_444_859_999), "open_time more than 1m after the present"),
-    (variant(open_time=0, close_time=59_999), "open_time before 2009"),
-    (variant(open_time=-60_000, close_time=-1), "open_time before 2009"),
-    (variant(tick_size=0), "tick_size outside [1e-12, 1e+12]"),
-] + [(variant().replace(f'"{field}": {GOOD[field]}', f'"{field}": {number}'), f"{field} is not finite")
-     for number, field in (("NaN", "close"), ("Infinity", "high"), ("-Infinity", "low"), ("1e309", "open"),
-                           ("-1e309", "volume"))]
 
 
 @pytest.fixture(scope="module")

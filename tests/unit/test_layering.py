@@ -16,13 +16,14 @@ PACKAGE = Path(market_anomaly.__file__).parent
 # Bottom first. A new part gets a line here: that is where its place in the architecture is decided.
 LAYERS = (
     ("market_anomaly", "market_anomaly.config", "market_anomaly.files", "market_anomaly.maven",
-     "market_anomaly.metrics"),
+     "market_anomaly.metrics", "market_anomaly.lifecycle"),
     ("market_anomaly.candles",),
     ("market_anomaly.core",),
     ("market_anomaly.training",),
     ("market_anomaly.kafka", "market_anomaly.exchange"),
     ("market_anomaly.producer", "market_anomaly.sinks"),
     ("market_anomaly.spark", "market_anomaly.dashboard"),
+    ("market_anomaly.decider",),  # the Spark stream's batch handler and bucket step (no pyspark), without Spark
     ("market_anomaly.cli", "market_anomaly.__main__"),
 )
 

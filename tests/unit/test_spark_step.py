@@ -10,7 +10,8 @@ import pytest
 from market_anomaly.core import DetectionEngine, load_params
 from market_anomaly.exchange.market import synthetic_candles
 from market_anomaly.sinks import SinkOptions
-from market_anomaly.spark.job import CANDLE_PASSTHROUGH, DetectConfig, StateBounds, decision_fields, make_detect_step
+from market_anomaly.sinks.common import CANDLE_COLUMNS
+from market_anomaly.spark.job import DetectConfig, StateBounds, decision_fields, make_detect_step
 from market_anomaly.spark.workers import unpack_states
 
 PARAMS = "model_params.json"
@@ -47,7 +48,7 @@ def test_a_bucket_decides_each_symbol_as_offline_and_carries_the_first_duplicate
         assert got["open_time"].tolist() == candles["open_time"].iloc[300:320].tolist()  # no replay, no duplicate
         pd.testing.assert_frame_equal(got[expected.columns.drop("produced_at")],
                                       expected.drop(columns="produced_at"), check_dtype=False)
-        for name in CANDLE_PASSTHROUGH:
+        for name in CANDLE_COLUMNS:
             np.testing.assert_array_equal(got[name].to_numpy(), candles[name].iloc[300:320].to_numpy())
     assert output["error"].isna().all()
 
@@ -105,7 +106,7 @@ def test_a_flood_of_one_off_symbols_cannot_lock_out_a_real_listing_nor_evict_a_t
 def test_the_buckets_together_never_hold_more_than_max_symbols(max_symbols, buckets):
     job = DetectConfig(kafka={}, params=Path("model_params.json"), checkpoint_dir=Path("checkpoint"),
                        sinks=SinkOptions(), max_symbols=max_symbols, state_buckets=buckets)
-    per_bucket = StateBounds.of(job).symbols_per_bucket
+    per_bucket = job.state_bounds().symbols_per_bucket
     assert per_bucket * buckets <= max_symbols < (per_bucket + 1) * buckets
 
 

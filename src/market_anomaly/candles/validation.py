@@ -32,6 +32,9 @@ from typing import Any, Callable, Mapping
 MAX_SYMBOL_LENGTH = 20
 SYMBOL_PATTERN = f"^[A-Z0-9]{{1,{MAX_SYMBOL_LENGTH}}}$"
 MAX_RAW_BYTES = 4096  # a candle message is ~400 bytes; a larger value is not one (and is not parsed)
+# How much of a rejected value is kept with its reason; JSON escaping at most sextuples it: ~100 KB, far below
+# any broker's limit.
+RAW_BYTES = 16_384
 PRICE_BOUNDS = (1e-12, 1e12)
 MAX_AMOUNT = 1e18
 EARLIEST_OPEN_TIME = 1_230_768_000_000  # 2009-01-01 UTC: before any crypto market

@@ -26,6 +26,7 @@ COMMAND_MODULES = (
     "market_anomaly.cli.exchange",   # exchange
     "market_anomaly.cli.produce",    # produce
     "market_anomaly.cli.detect",     # detect
+    "market_anomaly.cli.decide",     # decide
     "market_anomaly.cli.train",      # train
     "market_anomaly.cli.score",      # score
     "market_anomaly.cli.evaluate",   # evaluate

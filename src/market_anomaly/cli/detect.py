@@ -45,17 +45,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def add_detect_arguments(parser: argparse.ArgumentParser) -> None:
-    options.add_kafka_arguments(parser)
-    parser.add_argument("--topic", default=config.env("CANDLES_TOPIC", config.CANDLES_TOPIC),
-                        help="candle topic to read (default: %(default)s)")
-    parser.add_argument("--dead-letter-topic", default=config.DEAD_LETTER_TOPIC,
-                        help="where invalid records go (default: %(default)s)")
-    parser.add_argument("--params", type=Path, default=config.model_params_path(),
-                        help="model parameters; edits take effect within one micro-batch (default: %(default)s)")
-    parser.add_argument("--checkpoint-dir", type=Path, default=config.home_dir() / "checkpoints" / "detect",
-                        help="Spark checkpoint: a restarted job continues where it stopped (default: %(default)s)")
-    parser.add_argument("--starting-offsets", default="earliest", choices=["earliest", "latest"],
-                        help="where a job without a checkpoint starts reading (default: %(default)s)")
+    add_reading_arguments(parser, "detect", "Spark checkpoint: a restarted job continues where it stopped",
+                          "within one micro-batch")
     parser.add_argument("--trigger", default="0 seconds",
                         help="micro-batch interval, Spark syntax; '0 seconds' = as soon as data arrives")
     parser.add_argument("--max-offsets-per-trigger", type=options.non_negative_int, default=50_000, metavar="N",
@@ -71,6 +62,27 @@ def add_detect_arguments(parser: argparse.ArgumentParser) -> None:
                         help="symbols share this many state groups (one Python call each per micro-batch); fixed "
                              "for a checkpoint's life, like spark.sql.shuffle.partitions; raise it for thousands "
                              "of symbols on a cluster (default: %(default)s)")
+    add_running_arguments(parser)
+
+
+def add_reading_arguments(parser: argparse.ArgumentParser, command: str, checkpoint_help: str,
+                          params_take_effect: str) -> None:
+    """What ``detect`` and ``decide`` read, and where they keep their progress."""
+    options.add_kafka_arguments(parser)
+    parser.add_argument("--topic", default=config.env("CANDLES_TOPIC", config.CANDLES_TOPIC),
+                        help="candle topic to read (default: %(default)s)")
+    parser.add_argument("--dead-letter-topic", default=config.DEAD_LETTER_TOPIC,
+                        help="where invalid records go (default: %(default)s)")
+    parser.add_argument("--params", type=Path, default=config.model_params_path(),
+                        help=f"model parameters; edits take effect {params_take_effect} (default: %(default)s)")
+    parser.add_argument("--checkpoint-dir", type=Path, default=config.home_dir() / "checkpoints" / command,
+                        help=f"{checkpoint_help} (default: %(default)s)")
+    parser.add_argument("--starting-offsets", default="earliest", choices=["earliest", "latest"],
+                        help="where a job without a checkpoint starts reading (default: %(default)s)")
+
+
+def add_running_arguments(parser: argparse.ArgumentParser) -> None:
+    """How long ``detect`` and ``decide`` run, their metrics, what they accept and where decisions go."""
     parser.add_argument("--run-for", type=float, default=None, metavar="SECONDS",
                         help="stop after this long (tests, benchmarks); default: until Ctrl-C")
     options.add_metrics_arguments(parser)

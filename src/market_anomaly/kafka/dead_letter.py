@@ -16,12 +16,11 @@ import time
 from confluent_kafka import KafkaError, KafkaException
 
 from market_anomaly import config, metrics
-from market_anomaly.candles.validation import utf8_prefix
+from market_anomaly.candles.validation import RAW_BYTES, utf8_prefix
 from market_anomaly.kafka.producing import produce_waiting, reliable_producer
 
 log = logging.getLogger(__name__)
 
-RAW_BYTES = 16_384  # JSON escaping at most sextuples it: ~100 KB, far below any broker's limit
 REASON_CHARS = 500
 
 

@@ -20,23 +20,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from market_anomaly import config, metrics
-from market_anomaly.candles.validation import (EARLIEST_OPEN_TIME, MAX_SYMBOL_LENGTH, REQUIRED, Limits,
+from market_anomaly.lifecycle import Started
+from market_anomaly.candles.topic import CANDLE_FIELDS
+from market_anomaly.candles.validation import (EARLIEST_OPEN_TIME, MAX_SYMBOL_LENGTH, RAW_BYTES, REQUIRED, Limits,
                                                interval_name, raw_reason_spark, spark_reason)
-from market_anomaly.kafka.dead_letter import RAW_BYTES
 from market_anomaly.sinks import SinkOptions, Stopping
-from market_anomaly.sinks.common import CANDLE_COLUMNS, DECISION_RECORD
+from market_anomaly.sinks.common import DECISION_RECORD
+from market_anomaly.spark.workers import StateBounds
 
 log = logging.getLogger("market_anomaly.detect")
 
-CANDLE_FIELDS = (
-    ("symbol", "string"), ("interval", "string"), ("open_time", "long"), ("close_time", "long"),
-    ("open", "double"), ("high", "double"), ("low", "double"), ("close", "double"), ("volume", "double"),
-    ("quote_volume", "double"), ("trades", "long"), ("taker_buy_base", "double"), ("taker_buy_quote", "double"),
-    ("event_time", "long"), ("source", "string"), ("tick_size", "double"), ("produced_at", "long"),
-)
 # Columns the stateful step adds to every decision so one stream carries both results and rejects.
 REJECT_FIELDS = (("error", "string"), ("raw", "string"))
-CANDLE_PASSTHROUGH = CANDLE_COLUMNS  # carried next to each decision (the dashboard's candlesticks)
 
 
 @dataclass(frozen=True)
@@ -68,20 +63,8 @@ class DetectConfig:
                              "each state bucket holds at least one symbol, so --state-buckets must be between 1 "
                              "and --max-symbols")
 
-
-@dataclass(frozen=True)
-class StateBounds:
-    """How much detector state the job keeps: symbols expire after ``expiry_ms`` of market time without a
-    candle (replays and restarts expire the same symbols), and each state bucket holds at most
-    ``symbols_per_bucket`` (``--max-symbols`` spread over the buckets)."""
-
-    expiry_ms: int = 24 * 3_600_000
-    symbols_per_bucket: int = 625  # 10,000 symbols over 16 buckets
-
-    @classmethod
-    def of(cls, job: DetectConfig) -> "StateBounds":
-        # Rounded down, so the buckets together never hold more than --max-symbols (200 over 16: 12 each, 192).
-        return cls(int(job.symbol_expiry * 1000), job.max_symbols // job.state_buckets)
+    def state_bounds(self) -> StateBounds:
+        return StateBounds.spread(self.symbol_expiry, self.max_symbols, self.state_buckets)
 
 
 # -- the per-symbol step (runs in Spark's Python workers) -----------------------------------------
@@ -93,10 +76,7 @@ def make_detect_step(params_path: str, output_columns: list[str], bounds: StateB
     A bucket holds many symbols (see ``--state-buckets``): one Python call per bucket
     instead of per symbol keeps PySpark's fixed per-group cost from dominating a batch
     of one candle per symbol. Its state is the symbols' detection states side by side,
-    bounded (``StateBounds``): a symbol without a candle for ``expiry_ms`` of market time
-    is forgotten, and a bucket takes at most ``symbols_per_bucket``: a newcomer to a full bucket
-    replaces a symbol that never warmed up and fell silent before it (``workers.admit``), or else
-    its candles are rejected with the reason.
+    bounded and decided by ``workers.decide_bucket``.
     Engines are cached per worker process and rebuilt only when the parameter file
     changes, so a live edit takes effect in the next micro-batch without a restart.
     Rejected records pass through (with ``error``/``raw``) so the driver can dead-letter them.
@@ -106,39 +86,17 @@ def make_detect_step(params_path: str, output_columns: list[str], bounds: StateB
     def step(key, frames, state):
         import pandas as pd
 
-        from market_anomaly.spark.workers import (SymbolState, admit, engine_for, expire, pack_states,
-                                                  unpack_states)
+        from market_anomaly.spark.workers import decide_bucket, pack_states, unpack_states
 
         frame = pd.concat(list(frames), ignore_index=True)
         rejected = frame[frame["error"].notna()]
         candles = frame[frame["error"].isna()].drop(columns=["error", "raw", "bucket"])
         if len(candles):
             states = unpack_states(state.get[0]) if state.exists else {}
-            latest = candles.groupby("symbol", sort=False)["open_time"].max()
-            expire(states, max(int(latest.max()), max((s.last_open_time for s in states.values()), default=0)),
-                   bounds.expiry_ms)
-            newcomers = {symbol: int(open_time) for symbol, open_time in latest.items() if symbol not in states}
-            engine = engine_for(params_path)
-            refused, evicted = admit(states, newcomers, bounds.symbols_per_bucket, engine.params, set(latest.index))
-            if evicted:
-                log.warning("state bucket %s full: forgot %d symbols that never warmed up (%s) for new ones",
-                            frame["bucket"].iloc[0], len(evicted), ", ".join(evicted[:5]))
-            accepted = candles[~candles["symbol"].isin(refused)].reset_index(drop=True) if refused else candles
-            blobs = {symbol: state.blob for symbol, state in states.items()}
-            decided = engine.decide_bucket(accepted, blobs)  # all the bucket's symbols at once
-            for symbol, blob in decided.states.items():
-                previous = states.get(symbol)
-                states[symbol] = SymbolState(max(int(latest[symbol]), previous.last_open_time if previous else 0), blob)
+            outputs = decide_bucket(candles, states, params_path, bounds, ("state bucket", frame["bucket"].iloc[0]))
             state.update((pack_states(states),))
-            for name in CANDLE_PASSTHROUGH:  # the dashboard draws candlesticks
-                decided.columns[name] = accepted[name].to_numpy(float)[decided.rows]
-            decisions = decided.frame(CANDLE_PASSTHROUGH)
-            yield decisions.assign(error=None, raw=None).reindex(columns=output_columns)
-            if refused:
-                over = candles[candles["symbol"].isin(refused)]
-                yield over.assign(error=f"symbol limit reached ({bounds.symbols_per_bucket} per state bucket)",
-                                  raw=over.to_json(orient="records", lines=True).splitlines()
-                                  ).reindex(columns=output_columns)
+            for output in outputs:
+                yield output.reindex(columns=output_columns)
         if len(rejected):
             yield rejected.reindex(columns=output_columns)
 
@@ -245,13 +203,17 @@ class BatchHandler:
         self.totals = {"candles": 0, "anomalies": 0, "rejected": 0}
 
     def __call__(self, batch_df, batch_id: int) -> None:
+        started = time.monotonic()
+        frame = batch_df.toPandas()  # runs the micro-batch: Kafka read, parsing, the per-symbol detection
+        if not frame.empty:
+            self.hand_over(frame, batch_id, time.monotonic() - started)
+
+    def hand_over(self, frame, batch_id: int, detection_seconds: float) -> None:
+        """A batch's decisions and rejects (the stateful step's columns) to the dead letters and the sinks;
+        returns once the durable sinks have them."""
         from market_anomaly.core import mark_market_events
         from market_anomaly.spark.workers import params_for
 
-        started = time.monotonic()
-        frame = batch_df.toPandas()  # runs the micro-batch: Kafka read, parsing, the per-symbol detection
-        if frame.empty:
-            return
         detected = time.monotonic()
         rejected = frame[frame["error"].notna()]
         for row in rejected.itertuples():
@@ -267,7 +229,7 @@ class BatchHandler:
         self.totals["rejected"] += len(rejected)
         metrics.record_decisions(decisions)
         log.info("batch %d: %d candles, %d anomalies, %d rejected; detection %.2fs, sinks %.2fs (%s) (totals %s)",
-                 batch_id, len(decisions), anomalies, len(rejected), detected - started, time.monotonic() - detected,
+                 batch_id, len(decisions), anomalies, len(rejected), detection_seconds, time.monotonic() - detected,
                  ", ".join(f"{name} {seconds:.2f}s" for name, seconds in self.sinks.seconds.items()), self.totals)
 
 
@@ -325,7 +287,7 @@ def run(config: DetectConfig) -> int:
         return 0 if job.wait() else 1
 
 
-class DetectJob:
+class DetectJob(Started):
     """The running stream and everything it owns: the Spark session, the sinks, the dead-letter publisher,
     the progress listener and the query.
 
@@ -346,16 +308,6 @@ class DetectJob:
         self.sinks = None
         self.dead_letters = None
         self.query = None
-
-    def __enter__(self) -> "DetectJob":
-        try:
-            return self.start()
-        except BaseException:
-            self.close()
-            raise
-
-    def __exit__(self, *exc_info) -> None:
-        self.close()
 
     def start(self) -> "DetectJob":
         from market_anomaly.kafka.dead_letter import DeadLetterPublisher
@@ -388,7 +340,8 @@ class DetectJob:
         bucketed = parsed_candles(self.spark, config, self.interval).withColumn(
             "bucket", F.pmod(F.xxhash64("symbol"), F.lit(config.state_buckets)))
         return bucketed.groupBy("bucket").applyInPandasWithState(
-            make_detect_step(self.params_path, [name for name, _ in output_fields], StateBounds.of(config)),
+            make_detect_step(self.params_path, [name for name, _ in output_fields],
+                             config.state_bounds()),
             outputStructType=spark_schema(output_fields),
             stateStructType=spark_schema([("blob", "binary")]),
             outputMode="append",

@@ -7,6 +7,7 @@ and makes a live edit of the file take effect in the next micro-batch.
 
 from __future__ import annotations
 
+import logging
 import struct
 import warnings
 from dataclasses import dataclass
@@ -14,6 +15,9 @@ from dataclasses import dataclass
 from market_anomaly.core import DetectionEngine, ParamsWatcher
 from market_anomaly.core.detectors import warmups
 from market_anomaly.core.state import unpack, unpack_bucket
+from market_anomaly.sinks.common import CANDLE_COLUMNS
+
+log = logging.getLogger("market_anomaly.detect")
 
 # PySpark concatenates the step's output frames; the rejects' all-null columns make pandas warn
 # about a future dtype rule on every micro-batch, which would drown the live table.
@@ -126,3 +130,54 @@ def admit(states: dict[str, SymbolState], newcomers: dict[str, int], limit: int,
     for symbol in evicted:
         del states[symbol]
     return refused, evicted
+
+
+@dataclass(frozen=True)
+class StateBounds:
+    """How much detector state a runner keeps: symbols expire after ``expiry_ms`` of market time without a
+    candle (replays and restarts expire the same symbols), and each state bucket (a Spark state group, a
+    decider's Kafka partition) holds at most ``symbols_per_bucket``."""
+
+    expiry_ms: int = 24 * 3_600_000
+    symbols_per_bucket: int = 625  # 10,000 symbols over 16 buckets
+
+    @classmethod
+    def spread(cls, expiry_seconds: float, max_symbols: int, buckets: int) -> "StateBounds":
+        """``--max-symbols`` spread over ``buckets``, rounded down, so the buckets together never hold more
+        (200 over 16: 12 each, 192)."""
+        return cls(int(expiry_seconds * 1000), max_symbols // buckets)
+
+
+def decide_bucket(candles, states: dict[str, SymbolState], params_path: str, bounds: StateBounds,
+                  bucket: tuple[str, object]) -> list:
+    """One bucket's valid ``candles`` (a frame of the parser's candle columns) decided against its ``states``,
+    which are updated in place; returns the frames to pass on: the decisions (with ``error``/``raw`` None and the
+    candle columns the dashboard draws), then the candles of refused newcomers as rejects with the reason.
+
+    Bounded (``StateBounds``): a symbol without a candle for ``expiry_ms`` of market time is forgotten, and a
+    bucket takes at most ``symbols_per_bucket``: a newcomer to a full bucket replaces a symbol that never warmed
+    up and fell silent before it (``admit``), or else its candles are rejected. ``bucket`` is (what a bucket is,
+    which one), e.g. ("state bucket", 3), for the log and the reason.
+    """
+    latest = candles.groupby("symbol", sort=False)["open_time"].max()
+    expire(states, max(int(latest.max()), max((s.last_open_time for s in states.values()), default=0)),
+           bounds.expiry_ms)
+    newcomers = {symbol: int(open_time) for symbol, open_time in latest.items() if symbol not in states}
+    engine = engine_for(params_path)
+    refused, evicted = admit(states, newcomers, bounds.symbols_per_bucket, engine.params, set(latest.index))
+    if evicted:
+        log.warning("%s %s full: forgot %d symbols that never warmed up (%s) for new ones",
+                    *bucket, len(evicted), ", ".join(evicted[:5]))
+    accepted = candles[~candles["symbol"].isin(refused)].reset_index(drop=True) if refused else candles
+    decided = engine.decide_bucket(accepted, {symbol: state.blob for symbol, state in states.items()})
+    for symbol, blob in decided.states.items():
+        previous = states.get(symbol)
+        states[symbol] = SymbolState(max(int(latest[symbol]), previous.last_open_time if previous else 0), blob)
+    for name in CANDLE_COLUMNS:  # the dashboard draws candlesticks
+        decided.columns[name] = accepted[name].to_numpy(float)[decided.rows]
+    outputs = [decided.frame(CANDLE_COLUMNS).assign(error=None, raw=None)]
+    if refused:
+        over = candles[candles["symbol"].isin(refused)]
+        outputs.append(over.assign(error=f"symbol limit reached ({bounds.symbols_per_bucket} per {bucket[0]})",
+                                   raw=over.to_json(orient="records", lines=True).splitlines()))
+    return outputs

@@ -1,0 +1,135 @@
+"""A candle topic's records: the fields a value carries, and its parser in Python.
+
+The Spark stream parses values in the JVM (``spark.job.parse_candles``, from ``CANDLE_FIELDS`` in Spark
+types); the decider, which runs without Spark, parses them here, with the same table of checks
+(``validation``) and the same reasons, so a record is rejected for the same reason by either runner.
+Types follow Spark's JSON reader: a field of the wrong type is missing (a quoted number is not a
+number, a float is not a whole number), and ``NaN``/``Infinity`` are numbers that fail the finiteness check.
+
+>>> from market_anomaly.candles.validation import Limits
+>>> good = b'{"symbol": "btcusdt", "open_time": 1700000040000, "open": 1, "high": 2, "low": 1, "close": 2, "volume": 3}'
+>>> parsed = parse_values([good, b"[1]", b'{"symbol": "BTCUSDT"}'], [None] * 3, Limits(interval="1m"))
+>>> parsed["symbol"].tolist(), parsed["error"].tolist()
+(['BTCUSDT', None, 'BTCUSDT'], [None, 'not a JSON object', 'missing open_time'])
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import replace
+from typing import Sequence
+
+import numpy as np
+import pandas as pd
+
+from market_anomaly.candles.validation import (EARLIEST_OPEN_TIME, MAX_RAW_BYTES, MAX_SYMBOL_LENGTH, RAW_BYTES, REQUIRED,
+                                               Limits, frame_reasons)
+
+CANDLE_FIELDS = (
+    ("symbol", "string"), ("interval", "string"), ("open_time", "long"), ("close_time", "long"),
+    ("open", "double"), ("high", "double"), ("low", "double"), ("close", "double"), ("volume", "double"),
+    ("quote_volume", "double"), ("trades", "long"), ("taker_buy_base", "double"), ("taker_buy_quote", "double"),
+    ("event_time", "long"), ("source", "string"), ("tick_size", "double"), ("produced_at", "long"),
+)
+# A quoted non-finite number Spark's JSON reader takes as a double.
+_NON_FINITE = {"NaN": math.nan, "+NaN": math.nan, "-NaN": math.nan, "Infinity": math.inf, "+Infinity": math.inf,
+               "+INF": math.inf, "-Infinity": -math.inf, "-INF": -math.inf}
+_LONG_RANGE = (-(2**63), 2**63)
+
+
+def raw_reason(value: bytes | None) -> str | None:
+    """Checks on a record's raw bytes, before parsing (``validation.raw_reason_spark`` in the JVM)."""
+    if value is None:
+        return "empty value"
+    if len(value) > MAX_RAW_BYTES:
+        return f"value larger than {MAX_RAW_BYTES} bytes"
+    try:
+        value.decode("utf-8")
+    except UnicodeDecodeError:
+        return "value is not valid UTF-8"
+    return None
+
+
+def _string(value):
+    if value is None or isinstance(value, str):
+        return value
+    return json.dumps(value)  # Spark keeps a number's or an object's JSON text
+
+
+def _long(value):
+    return value if type(value) is int and _LONG_RANGE[0] <= value < _LONG_RANGE[1] else None
+
+
+def _double(value):
+    if type(value) in (int, float):
+        return float(value)
+    return _NON_FINITE.get(value) if isinstance(value, str) else None
+
+
+_CONVERT = {"string": _string, "long": _long, "double": _double}
+
+
+def parse_values(values: Sequence[bytes | None], recorded_ms: Sequence[int | None], limits: Limits,
+                 check_present: bool = True) -> pd.DataFrame:
+    """Kafka record values (and when Kafka recorded each, epoch ms or None) -> one row each: the
+    ``CANDLE_FIELDS`` (numbers as float64, NaN when missing; strings as objects), ``error`` (None when
+    valid) and ``raw`` (the value as text, invalid UTF-8 replaced, cut to ``RAW_BYTES`` characters; rejects only).
+
+    As in the stream: the symbol is upper-cased, and kept on a reject only when it is a short one (never a
+    huge key); a missing interval is the model's; a missing ``produced_at`` is the record's time. The present
+    each candle is checked against is its record's time (``limits.present_ms`` is not used); ``check_present``
+    False accepts candles from the future (``--accept-future-candles``).
+    """
+    objects, errors = [], []
+    for value in values:
+        problem = raw_reason(value)
+        document = None
+        if problem is None:
+            text = value.decode("utf-8")
+            if not text.lstrip().startswith("{"):
+                problem = "not a JSON object"
+            else:
+                try:
+                    document = json.loads(text)
+                except ValueError:
+                    document = None
+                if not isinstance(document, dict):
+                    document, problem = None, "not a candle JSON object"
+        objects.append(document or {})
+        errors.append(problem)
+    columns, checked_columns = {}, {}
+    for name, kind in CANDLE_FIELDS:
+        convert = _CONVERT[kind]
+        column = [convert(document.get(name)) for document in objects]
+        if kind == "string":
+            columns[name] = np.array(column, dtype=object)
+            continue
+        columns[name] = np.array([math.nan if item is None else item for item in column], dtype=float)
+        # The checks read NaN as missing; a NaN the record carries is a number that is not finite.
+        carried_nan = np.array([item is not None and item != item for item in column], dtype=bool)
+        if carried_nan.any():
+            checked_columns[name] = np.where(carried_nan, math.inf, columns[name])
+    frame = pd.DataFrame(columns)
+    frame["symbol"] = frame["symbol"].str.upper()
+    recorded = pd.Series([math.nan if at is None else at for at in recorded_ms], dtype=float)
+    nothing = np.logical_and.reduce([frame[name].isna().to_numpy() for name in REQUIRED])
+    error = pd.Series(errors, dtype=object)
+    error[error.isna() & nothing] = "not a candle JSON object"
+    present = recorded.where(recorded >= EARLIEST_OPEN_TIME) if check_present else None
+    checked = error.isna()
+    if checked.any():
+        checks = frame.assign(**checked_columns)[checked]
+        reasons = frame_reasons(checks, replace(limits, present_ms=None if present is None else present[checked]))
+        error[checked] = reasons
+    frame["interval"] = frame["interval"].fillna(limits.interval or "1m")
+    frame["produced_at"] = frame["produced_at"].fillna(recorded)
+    long_symbol = frame["symbol"].map(lambda symbol: isinstance(symbol, str) and len(symbol) > MAX_SYMBOL_LENGTH)
+    frame.loc[error.notna() & long_symbol, "symbol"] = None
+    frame["error"] = error
+    frame["raw"] = [None if problem is None else _raw_text(value) for value, problem in zip(values, error)]
+    return frame
+
+
+def _raw_text(value: bytes | None) -> str | None:
+    return None if value is None else value[:RAW_BYTES * 4].decode("utf-8", errors="replace")[:RAW_BYTES]

@@ -1,0 +1,292 @@
+"""The decider: a long-lived Kafka consumer-group member that decides candles as soon as they arrive.
+
+A Spark micro-batch through a stateful Python operator costs 0.65-0.9 s before any work is done, and
+Spark's real-time mode cannot run Python operators (docs/ARCHITECTURE.md), so the Spark stream cannot
+decide a minute's burst within a second. The decider runs the same parts without micro-batches:
+
+    poll (whatever has arrived, up to ``max_poll_records``) -> per partition: ``candles.topic.parse_values``
+    (the stream's checks and reasons) -> ``spark.workers.decide_bucket`` with the partition's states in
+    memory (the stream's bounded per-bucket step) -> ``spark.job.BatchHandler.hand_over`` (dead letters,
+    the market-wide mark, the same ``Sinks``, which return once the durable ones have the decisions)
+
+``crypto-candles`` is keyed by symbol, so a partition holds a fixed set of symbols in their order, and
+a partition is what the group assigns: its states are one bucket. Every ``checkpoint_every`` seconds,
+and when a partition is revoked or the decider stops, each partition's states are written with the
+offset they cover (``checkpoint``) and only then is that offset committed. A restarted member, or one
+that takes a partition over, loads the file and reads on from its offset; a partition without a file
+starts at ``--starting-offsets``.
+
+The market-wide mark counts the symbols of a minute within one poll, as the stream does within one
+micro-batch. With several members each sees only its partitions' symbols (docs/ARCHITECTURE.md).
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from market_anomaly import metrics
+from market_anomaly.lifecycle import Started
+from market_anomaly.candles.topic import parse_values
+from market_anomaly.candles.validation import Limits, interval_name
+from market_anomaly.decider import checkpoint
+from market_anomaly.sinks import Stopping
+from market_anomaly.spark.job import BatchHandler, DetectConfig, decision_fields
+from market_anomaly.spark.workers import StateBounds, SymbolState, decide_bucket, params_for
+
+log = logging.getLogger("market_anomaly.decide")
+
+OUTPUT_COLUMNS = [name for name, _ in decision_fields()]
+REJECT_COLUMNS = ("error", "raw")
+
+
+@dataclass(frozen=True)
+class DecideConfig:
+    """The decider's settings: the stream's (``DetectConfig``; its Spark-only fields are not used) and its own."""
+
+    stream: DetectConfig
+    group_id: str = "market-anomaly-decide"
+    max_poll_records: int = 50_000  # most records one poll decides, so a backlog is read in bounded pieces
+    checkpoint_every: float = 5.0  # seconds between state checkpoints (and offset commits)
+
+
+class Decider(Started):
+    """The running decider and what it owns: the consumer, the sinks, the dead-letter publisher, the states.
+
+    ``Decider(config)`` checks the parameter file; ``start()`` builds the rest and subscribes; ``run()``
+    decides until a signal, ``run_for`` or a failure; ``close()`` checkpoints and releases everything. As a
+    context manager, ``with Decider(config) as decider:`` starts it and always closes it.
+    """
+
+    def __init__(self, config: DecideConfig):
+        self.config = config
+        stream = config.stream
+        self.params_path = str(Path(stream.params).resolve())
+        self.interval = interval_name(params_for(self.params_path).interval_ms)  # fails fast on a bad file
+        self.directory = Path(stream.checkpoint_dir) / "partitions"
+        self.limits = Limits(interval=self.interval, symbols=frozenset(stream.symbols) if stream.symbols else None)
+        self.states: dict[int, dict[str, SymbolState]] = {}  # per assigned partition
+        self.positions: dict[int, int] = {}  # per assigned partition: the next offset, all before it in the sinks
+        self.saved: dict[int, int] = {}  # per assigned partition: the offset its checkpoint file covers
+        self.bounds = StateBounds.spread(stream.symbol_expiry, stream.max_symbols, 1)
+        self.consumer = self.sinks = self.dead_letters = self.handler = None
+        self.batches = 0
+        self.read_since_report, self.reported_at, self.last_batch_seconds = 0, time.monotonic(), 0.0
+        self.stopping = threading.Event()
+        self.consistent = True  # False once a batch failed half-way: its states are ahead of the sinks
+
+    def start(self) -> "Decider":
+        from confluent_kafka import Consumer
+
+        from market_anomaly.kafka.dead_letter import DeadLetterPublisher
+        from market_anomaly.sinks import build_sinks
+
+        stream = self.config.stream
+        self.sinks = build_sinks(stream.sinks)
+        self.dead_letters = DeadLetterPublisher(stream.kafka, stream.dead_letter_topic, stage="consumer")
+        self.handler = BatchHandler(self.sinks, self.dead_letters, self.params_path)
+        self.consumer = Consumer({
+            "group.id": self.config.group_id, "auto.offset.reset": stream.starting_offsets,
+            # A crashed member's partitions wait this long for a new owner (Kafka's default: 45 s).
+            "session.timeout.ms": 10_000,
+            **stream.kafka,
+            "enable.auto.commit": False,  # offsets move only with a checkpoint
+            "enable.auto.offset.store": False,
+        })
+        partitions = self.consumer.list_topics(stream.topic, timeout=30).topics[stream.topic].partitions
+        # --max-symbols spread over the topic's partitions, as the stream spreads it over its state buckets.
+        self.bounds = StateBounds.spread(stream.symbol_expiry, stream.max_symbols, max(1, len(partitions)))
+        self.consumer.subscribe([stream.topic], on_assign=self._assigned, on_revoke=self._revoked,
+                                on_lost=self._lost)
+        log.info("decide: reading %s from %s as group %s; checkpoint %s; params %s", stream.topic,
+                 stream.kafka.get("bootstrap.servers"), self.config.group_id, self.directory, self.params_path)
+        return self
+
+    # -- the partitions the group gives and takes ------------------------------------------------
+
+    def _assigned(self, consumer, partitions) -> None:
+        from confluent_kafka import OFFSET_BEGINNING, OFFSET_END
+
+        for assigned in partitions:
+            saved = checkpoint.load(self.directory, assigned.topic, assigned.partition)
+            if saved is None:
+                assigned.offset = OFFSET_BEGINNING if self.config.stream.starting_offsets == "earliest" else OFFSET_END
+                self.states[assigned.partition] = {}
+            else:
+                assigned.offset, self.states[assigned.partition] = saved
+                self.positions[assigned.partition] = self.saved[assigned.partition] = assigned.offset
+        consumer.assign(partitions)
+        log.info("decide: assigned partitions %s (%d symbols' states restored)",
+                 sorted(p.partition for p in partitions), sum(len(self.states[p.partition]) for p in partitions))
+
+    def _revoked(self, consumer, partitions) -> None:
+        self.checkpoint([p.partition for p in partitions])
+        self._forget(partitions)
+
+    def _lost(self, consumer, partitions) -> None:
+        # Another member may own them already: its checkpoint is the one that counts, so none is written.
+        log.warning("decide: lost partitions %s; the next owner resumes from their last checkpoint",
+                    sorted(p.partition for p in partitions))
+        self._forget(partitions)
+
+    def _forget(self, partitions) -> None:
+        for lost in partitions:
+            for table in (self.states, self.positions, self.saved):
+                table.pop(lost.partition, None)
+
+    # -- deciding ---------------------------------------------------------------------------------
+
+    def poll(self, timeout: float) -> int:
+        """Decide what has arrived (waiting at most ``timeout`` seconds for the first record); the number of
+        records read."""
+        first = self.consumer.poll(timeout)
+        if first is None:
+            return 0
+        messages = [first, *self.consumer.consume(self.config.max_poll_records - 1, 0)]
+        started = time.monotonic()
+        by_partition: dict[int, list] = {}
+        for message in messages:
+            if message.error() is not None:
+                log.warning("decide: consumer error: %s", message.error())
+                continue
+            by_partition.setdefault(message.partition(), []).append(message)
+        outputs, read_up_to = [], {}
+        for partition, records in by_partition.items():
+            if partition not in self.states:  # revoked by a rebalance inside this poll
+                continue
+            outputs += self._decide(partition, records)
+            read_up_to[partition] = records[-1].offset() + 1
+        if not outputs:
+            return len(messages)
+        frame = pd.concat(outputs, ignore_index=True).reindex(columns=OUTPUT_COLUMNS)
+        self.consistent = False
+        self.handler.hand_over(frame, self.batches, time.monotonic() - started)
+        self.consistent = True
+        self.positions.update(read_up_to)
+        self.batches += 1
+        self.last_batch_seconds = time.monotonic() - started
+        self.read_since_report += len(messages)
+        metrics.record_batch(self.last_batch_seconds, len(messages))
+        return len(messages)
+
+    def _decide(self, partition: int, records) -> list[pd.DataFrame]:
+        recorded = [_recorded_ms(record) for record in records]
+        parsed = parse_values([record.value() for record in records], recorded, self.limits,
+                              check_present=not self.config.stream.accept_future_candles)
+        valid = parsed["error"].isna().to_numpy()
+        outputs = []
+        if valid.any():
+            candles = parsed[valid].drop(columns=list(REJECT_COLUMNS)).reset_index(drop=True)
+            candles["open_time"] = candles["open_time"].astype(np.int64)
+            outputs += decide_bucket(candles, self.states[partition], self.params_path, self.bounds,
+                                     ("partition", partition))
+        if not valid.all():
+            outputs.append(parsed[~valid])
+        return outputs
+
+    # -- checkpoints ------------------------------------------------------------------------------
+
+    def checkpoint(self, partitions=None) -> None:
+        """Write the states of ``partitions`` (default: every assigned one) that moved since their last file,
+        then commit their offsets; nothing when a batch failed half-way (the last files stand)."""
+        from confluent_kafka import KafkaException, TopicPartition
+
+        if not self.consistent:
+            return
+        topic = self.config.stream.topic
+        moved = [p for p in (self.states if partitions is None else partitions)
+                 if p in self.positions and self.positions[p] != self.saved.get(p)]
+        for partition in moved:
+            checkpoint.save(self.directory, topic, partition, self.positions[partition], self.states[partition])
+            self.saved[partition] = self.positions[partition]
+        if moved:
+            try:
+                self.consumer.commit(offsets=[TopicPartition(topic, p, self.positions[p]) for p in moved],
+                                     asynchronous=False)
+            except KafkaException as error:  # the files are what a restart reads; the group's offsets are for lag
+                log.warning("decide: committing offsets failed (%s); the checkpoint files stand", error)
+        self._report(topic)
+
+    def _report(self, topic: str) -> None:
+        from confluent_kafka import TopicPartition
+
+        lag, partitions = {}, {}
+        for partition, position in self.positions.items():
+            _, high = self.consumer.get_watermark_offsets(TopicPartition(topic, partition), cached=True)
+            if high is not None and high >= 0:
+                lag[topic, partition] = high - position
+            partitions[f"{topic}:{partition}"] = {"end_offset": position}
+        state_bytes = sum(len(symbol) + len(state.blob) + 16 for states in self.states.values()
+                          for symbol, state in states.items())
+        metrics.record_position(state_bytes, lag)
+        now = time.monotonic()
+        read, self.read_since_report = self.read_since_report, 0
+        self.sinks.record_health({
+            "batch_id": self.batches, "input_rows": read, "partitions": partitions, "at": int(time.time() * 1000),
+            "processed_rows_per_second": read / max(now - self.reported_at, 1e-3),
+            "batch_duration_ms": round(self.last_batch_seconds * 1000)})
+        self.reported_at = now
+
+    # -- running ----------------------------------------------------------------------------------
+
+    def run(self) -> bool:
+        """Decide until a signal (SIGINT, SIGTERM), ``run_for`` seconds or a failure; False on a failure."""
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(signum, lambda *_: self.stop())
+        run_for = self.config.stream.run_for
+        deadline = time.monotonic() + run_for if run_for else None
+        next_checkpoint = time.monotonic() + self.config.checkpoint_every
+        try:
+            while not self.stopping.is_set() and (deadline is None or time.monotonic() < deadline):
+                self.poll(timeout=0.2)
+                if time.monotonic() >= next_checkpoint:
+                    self.checkpoint()
+                    next_checkpoint = time.monotonic() + self.config.checkpoint_every
+        except Stopping:
+            log.warning("decide: stopped while a durable sink was failing; its batch is read again at the next start")
+        except Exception:
+            log.exception("decide: failed")
+            return False
+        log.info("decide: stopping (totals %s)", self.handler.totals)
+        return True
+
+    def stop(self) -> None:
+        """From a signal handler or another thread: finish the running batch, then stop."""
+        self.stopping.set()
+        if self.sinks is not None:
+            self.sinks.stop_retrying()
+
+    def close(self) -> None:
+        if self.consumer is not None:
+            self.checkpoint()
+            self.consumer.close()  # leaves the group: its partitions go to the other members at once
+        if self.sinks is not None:
+            self.sinks.close()
+        if self.dead_letters is not None:
+            self.dead_letters.flush()
+        self.consumer = self.sinks = self.dead_letters = None
+
+
+def _recorded_ms(record) -> int | None:
+    kind, at = record.timestamp()
+    return None if kind == 0 else at  # 0: TIMESTAMP_NOT_AVAILABLE
+
+
+def run(config: DecideConfig) -> int:
+    """Run the decider; 0 when it stopped cleanly, 1 on a failure, 2 when the parameter file is unusable."""
+    from market_anomaly.core import InvalidParams
+
+    try:
+        decider = Decider(config)
+    except (InvalidParams, ValueError) as error:
+        log.error("%s", error)
+        return 2
+    with decider:
+        return 0 if decider.run() else 1

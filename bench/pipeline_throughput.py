@@ -34,6 +34,7 @@ import argparse
 import json
 import os
 import re
+import shlex
 import shutil
 import subprocess
 import sys
@@ -145,6 +146,11 @@ def start_job(args, bootstrap: str, candle_topic: str, output_topic: str, state:
         "--db", "none" if args.db == "none" else f"sqlite:///{state / 'decisions.db'}", "--console", "off",
         batch_flag, str(args.batch_size), "--metrics-port", str(metrics_port), *extra, *args.job_arg,
     ]
+    if args.members > 1:  # members of one consumer group, under one shell so the tree's CPU and memory are theirs
+        others = [[*command[:-len(extra) - len(args.job_arg) - 2], "--metrics-port", "0", *extra, *args.job_arg]
+                  for _ in range(args.members - 1)]
+        script = 'trap "kill 0" TERM; ' + " & ".join(shlex.join(words) for words in [command, *others]) + " & wait"
+        command = ["bash", "-c", script]
     return subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=open(state / "detect.log", "wb"))
 
 
@@ -173,6 +179,9 @@ def main() -> int:
     parser.add_argument("--mode", choices=("catch-up", "burst"), default="catch-up")
     parser.add_argument("--runner", choices=("detect", "decide"), default="detect",
                         help="the Spark stream (detect) or the low-latency consumer (decide) (default: %(default)s)")
+    parser.add_argument("--members", type=int, default=1,
+                        help="decide: this many members of one consumer group sharing the partitions (the first "
+                             "one's state is reported) (default: %(default)s)")
     parser.add_argument("--symbols", type=int, default=200)
     parser.add_argument("--candles-per-symbol", type=int, default=1000, help="catch-up: the backlog per symbol")
     parser.add_argument("--warmup-candles", type=int, default=100, help="burst: decided before the first burst")
@@ -243,7 +252,7 @@ def main() -> int:
             command: round((seconds - started_cpu[command]) * 1e6 / (len(reader.rows) - started_rows), 1)
             for command, seconds in cpu.most_common()}
         results.update(
-            settings={"runner": args.runner, "symbols": args.symbols, "interval": args.interval, "candles_per_symbol": backlog_per_symbol,
+            settings={"runner": args.runner, "members": args.members, "symbols": args.symbols, "interval": args.interval, "candles_per_symbol": backlog_per_symbol,
                       "bursts": bursts, "burst_every_s": burst_every if bursts else None,
                       "batch_size": args.batch_size, "partitions": args.partitions, "db": args.db,
                       "sinks": ["kafka", *(["sqlite"] if args.db == "sqlite" else [])], "job_args": args.job_arg,

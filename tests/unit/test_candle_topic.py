@@ -9,7 +9,7 @@ import math
 import pytest
 from support import GOOD, INVALID, NOW_MS, variant
 
-from market_anomaly.candles.topic import parse_values
+from market_anomaly.candles.topic import _parse_together, parse_values
 from market_anomaly.candles.validation import RAW_BYTES, Limits
 
 
@@ -76,3 +76,16 @@ def test_types_follow_sparks_json_reader():
     assert rows[1]["error"] == "missing open_time"  # a quoted number is not a number
     assert rows[2]["error"] == "close is not finite"
     assert (rows[3]["symbol"], rows[3]["error"]) == ("7", None)
+
+
+def test_a_poll_parsed_together_gives_each_record_what_it_gets_alone():
+    """A poll of clean records is parsed by Arrow in one call, a poll with a bad one record by record: the
+    candles and reasons are the same either way."""
+    raws = [json.dumps(GOOD), *[raw for raw, _ in INVALID if isinstance(raw, str) and raw.startswith("{")]]
+    raws = [raw for raw in raws if _parse_together([raw.encode()]) is not None]
+    assert len(raws) > 20 and _parse_together([raw.encode() for raw in raws]) is not None
+    together, alone = parse(raws), [parse([raw])[0] for raw in raws]
+    mixed = parse([*raws, "not json at all"])[:-1]  # one value Arrow refuses: every record parsed on its own
+    for rows in (together, mixed):
+        assert [row["error"] for row in rows] == [row["error"] for row in alone]
+        assert json.dumps(rows, default=str) == json.dumps(alone, default=str)

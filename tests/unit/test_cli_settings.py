@@ -143,3 +143,15 @@ def test_up_symbols_all_lists_the_simulator_pairs_and_lets_the_job_take_every_sy
     _, wrong, _ = settings.resolve(build_parser, ["up", "--quote", "BTC"])
     with pytest.raises(SystemExit, match="--quote goes with --symbols all"):
         pipeline_children(wrong, "h:1", tmp_path, None, simulator_port=9)
+
+
+def test_up_runs_the_decider_instead_of_the_spark_job_when_asked(tmp_path):
+    from market_anomaly.cli.up import pipeline_children
+
+    _, args, _ = settings.resolve(build_parser, ["up", "--runner", "decide", "--retention-days", "2"])
+    children = {child.name: child.argv for child in pipeline_children(args, "h:1", tmp_path, None, simulator_port=9)}
+    assert "spark job" not in children
+    decider = children["decider"]
+    assert decider[decider.index("market_anomaly") + 1:].count("decide") == 1
+    assert decider[decider.index("--checkpoint-dir") + 1] == str(tmp_path / "checkpoint-decide")
+    assert decider[decider.index("--retention-days") + 1] == "2.0" and "--accept-future-candles" in decider

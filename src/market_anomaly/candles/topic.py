@@ -22,6 +22,9 @@ from typing import Sequence
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.json as pj
 
 from market_anomaly.candles.validation import (EARLIEST_OPEN_TIME, MAX_RAW_BYTES, MAX_SYMBOL_LENGTH, RAW_BYTES, REQUIRED,
                                                Limits, frame_reasons)
@@ -36,6 +39,11 @@ CANDLE_FIELDS = (
 _NON_FINITE = {"NaN": math.nan, "+NaN": math.nan, "-NaN": math.nan, "Infinity": math.inf, "+Infinity": math.inf,
                "+INF": math.inf, "-Infinity": -math.inf, "-INF": -math.inf}
 _LONG_RANGE = (-(2**63), 2**63)
+
+_ARROW_OPTIONS = pj.ParseOptions(
+    explicit_schema=pa.schema([(name, {"string": pa.string(), "long": pa.int64(), "double": pa.float64()}[kind])
+                               for name, kind in CANDLE_FIELDS]),
+    unexpected_field_behavior="ignore")
 
 
 def raw_reason(value: bytes | None) -> str | None:
@@ -81,35 +89,10 @@ def parse_values(values: Sequence[bytes | None], recorded_ms: Sequence[int | Non
     each candle is checked against is its record's time (``limits.present_ms`` is not used); ``check_present``
     False accepts candles from the future (``--accept-future-candles``).
     """
-    objects, errors = [], []
-    for value in values:
-        problem = raw_reason(value)
-        document = None
-        if problem is None:
-            text = value.decode("utf-8")
-            if not text.lstrip().startswith("{"):
-                problem = "not a JSON object"
-            else:
-                try:
-                    document = json.loads(text)
-                except ValueError:
-                    document = None
-                if not isinstance(document, dict):
-                    document, problem = None, "not a candle JSON object"
-        objects.append(document or {})
-        errors.append(problem)
-    columns, checked_columns = {}, {}
-    for name, kind in CANDLE_FIELDS:
-        convert = _CONVERT[kind]
-        column = [convert(document.get(name)) for document in objects]
-        if kind == "string":
-            columns[name] = np.array(column, dtype=object)
-            continue
-        columns[name] = np.array([math.nan if item is None else item for item in column], dtype=float)
-        # The checks read NaN as missing; a NaN the record carries is a number that is not finite.
-        carried_nan = np.array([item is not None and item != item for item in column], dtype=bool)
-        if carried_nan.any():
-            checked_columns[name] = np.where(carried_nan, math.inf, columns[name])
+    parsed = _parse_together(values) or _parse_each(values)
+    columns, carried_nan, errors = parsed
+    # The checks read NaN as missing; a NaN the record carries is a number that is not finite.
+    checked_columns = {name: np.where(mask, math.inf, columns[name]) for name, mask in carried_nan.items()}
     frame = pd.DataFrame(columns)
     frame["symbol"] = frame["symbol"].str.upper()
     recorded = pd.Series([math.nan if at is None else at for at in recorded_ms], dtype=float)
@@ -129,6 +112,67 @@ def parse_values(values: Sequence[bytes | None], recorded_ms: Sequence[int | Non
     frame["error"] = error
     frame["raw"] = [None if problem is None else _raw_text(value) for value, problem in zip(values, error)]
     return frame
+
+
+def _parse_together(values: Sequence[bytes | None]):
+    """The usual poll, every value a flat JSON object of the right types on one line: parsed by Arrow's JSON
+    reader in one call, about a quarter of ``_parse_each``'s time. None when any value is not like that (Arrow
+    refuses the whole block on one bad value): then each value is parsed on its own, with its own reason."""
+    if not values or any(value is None or len(value) > MAX_RAW_BYTES or b"\n" in value or b"\r" in value
+                         for value in values):
+        return None
+    try:
+        table = pj.read_json(pa.py_buffer(b"\n".join(values)), parse_options=_ARROW_OPTIONS,
+                             read_options=pj.ReadOptions(block_size=max(1 << 20, sum(map(len, values)) + 1)))
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError):
+        return None
+    if table.num_rows != len(values):
+        return None
+    columns, carried_nan = {}, {}
+    for name, kind in CANDLE_FIELDS:
+        column = table.column(name)
+        if kind == "string":
+            columns[name] = column.to_numpy(zero_copy_only=False).astype(object)
+            continue
+        columns[name] = pc.cast(column, pa.float64()).to_numpy(zero_copy_only=False)
+        if kind == "double":
+            nan = pc.fill_null(pc.is_nan(column), False).to_numpy(zero_copy_only=False)
+            if nan.any():
+                carried_nan[name] = nan
+    return columns, carried_nan, [None] * len(values)
+
+
+def _parse_each(values: Sequence[bytes | None]):
+    """Each value on its own (any poll): its raw checks, JSON, then each field converted as Spark's reader does."""
+    objects, errors = [], []
+    for value in values:
+        problem = raw_reason(value)
+        document = None
+        if problem is None:
+            text = value.decode("utf-8")
+            if not text.lstrip().startswith("{"):
+                problem = "not a JSON object"
+            else:
+                try:
+                    document = json.loads(text)
+                except ValueError:
+                    document = None
+                if not isinstance(document, dict):
+                    document, problem = None, "not a candle JSON object"
+        objects.append(document or {})
+        errors.append(problem)
+    columns, carried_nan = {}, {}
+    for name, kind in CANDLE_FIELDS:
+        convert = _CONVERT[kind]
+        column = [convert(document.get(name)) for document in objects]
+        if kind == "string":
+            columns[name] = np.array(column, dtype=object)
+            continue
+        columns[name] = np.array([math.nan if item is None else item for item in column], dtype=float)
+        nan = np.array([item is not None and item != item for item in column], dtype=bool)
+        if nan.any():
+            carried_nan[name] = nan
+    return columns, carried_nan, errors
 
 
 def _raw_text(value: bytes | None) -> str | None:

@@ -1,9 +1,9 @@
 """`market-anomaly setup` and `market-anomaly up`: install what the pipeline needs, then run all of it.
 
 ``up`` is a small supervisor: a local Kafka broker (unless ``--bootstrap-servers`` names a
-cluster), the exchange simulator, the producer, the Spark job and the dashboard, each a
-child process with its log under ``$MARKET_ANOMALY_HOME/logs``. The Spark job's live
-table goes to this terminal. Ctrl-C stops everything in order (producer first, broker
+cluster), the exchange simulator, the producer, the Spark job (or, with ``--runner decide``, the
+low-latency decider) and the dashboard, each a child process with its log under
+``$MARKET_ANOMALY_HOME/logs``. The job's live table goes to this terminal. Ctrl-C stops everything in order (producer first, broker
 last) and leaves no process behind; children also die if the supervisor is killed.
 """
 
@@ -26,7 +26,7 @@ from market_anomaly.cli import build_parser, options, produce, settings
 log = logging.getLogger("market_anomaly.up")
 
 PR_SET_PDEATHSIG = 1
-STOP_ORDER = ("producer", "exchange simulator", "spark job", "dashboard")
+STOP_ORDER = ("producer", "exchange simulator", "spark job", "decider", "dashboard")
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -76,6 +76,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     up.add_argument("--keep-state", action="store_true",
                     help="continue the previous run's broker data, checkpoint and database instead of starting "
                          "clean (the simulator's market restarts at its start time, so use with --binance)")
+    up.add_argument("--runner", default="detect", choices=RUNNERS,
+                    help="what decides: the Spark stream (detect) or the low-latency consumer (decide), which "
+                         "decides a minute's candles within a second (default: %(default)s)")
     up.add_argument("--run-for", type=float, default=None, metavar="SECONDS",
                     help="stop after this long (default: until Ctrl-C)")
     up.set_defaults(handler=run_up)
@@ -135,6 +138,10 @@ class Child:
             self.process.wait()
 
 
+# The runner's command, its name among up's processes and its checkpoint's directory under the home
+RUNNERS = {"detect": ("spark job", "checkpoint"), "decide": ("decider", "checkpoint-decide")}
+
+
 def command(*args: str) -> list[str]:
     return [sys.executable, "-m", "market_anomaly", *args]
 
@@ -170,8 +177,9 @@ def pipeline_children(args: argparse.Namespace, bootstrap: str, home: Path, conf
                           ws_url=ws_url, rest_url=rest_url, symbols=args.symbols, quote=args.quote,
                           seed_history=args.seed_history, metrics_port=args.metrics_port))
     # stop_timeout: the job finishes its micro-batch and commits its checkpoint
-    children.append(child("spark job", "detect", None, log_level="WARNING", stop_timeout=60.0,
-                          bootstrap_servers=bootstrap, params=args.params, checkpoint_dir=home / "checkpoint",
+    runner_name, checkpoint = RUNNERS[args.runner]
+    children.append(child(runner_name, args.runner, None, log_level="WARNING", stop_timeout=60.0,
+                          bootstrap_servers=bootstrap, params=args.params, checkpoint_dir=home / checkpoint,
                           db=database, retention_days=args.retention_days,
                           symbols=None if whole_exchange else args.symbols,  # all: whatever the producer lists
                           metrics_port=args.metrics_port + 1 if args.metrics_port else 0,

@@ -38,13 +38,15 @@ from market_anomaly.candles.topic import parse_values
 from market_anomaly.candles.validation import Limits, interval_name
 from market_anomaly.decider import checkpoint
 from market_anomaly.sinks import Stopping
-from market_anomaly.spark.job import BatchHandler, DetectConfig, decision_fields
+from market_anomaly.core.engine import empty_decisions
+from market_anomaly.sinks.common import CANDLE_COLUMNS
+from market_anomaly.spark.job import BatchHandler, DetectConfig
 from market_anomaly.spark.workers import StateBounds, SymbolState, decide_bucket, params_for
 
 log = logging.getLogger("market_anomaly.decide")
 
-OUTPUT_COLUMNS = [name for name, _ in decision_fields()]
 REJECT_COLUMNS = ("error", "raw")
+NO_REJECTS = pd.DataFrame({"symbol": [], "error": [], "raw": []}, dtype=object)
 
 
 @dataclass(frozen=True)
@@ -157,17 +159,20 @@ class Decider(Started):
                 log.warning("decide: consumer error: %s", message.error())
                 continue
             by_partition.setdefault(message.partition(), []).append(message)
-        outputs, read_up_to = [], {}
+        decided, rejected, read_up_to = [], [], {}
         for partition, records in by_partition.items():
             if partition not in self.states:  # revoked by a rebalance inside this poll
                 continue
-            outputs += self._decide(partition, records)
+            decisions, refused = self._decide(partition, records)
+            decided += [decisions] if decisions is not None else []
+            rejected += [refused] if refused is not None else []
             read_up_to[partition] = records[-1].offset() + 1
-        if not outputs:
+        if not read_up_to:
             return len(messages)
-        frame = pd.concat(outputs, ignore_index=True).reindex(columns=OUTPUT_COLUMNS)
         self.consistent = False
-        self.handler.hand_over(frame, self.batches, time.monotonic() - started)
+        self.handler.hand_over(pd.concat(decided, ignore_index=True) if decided else empty_decisions(CANDLE_COLUMNS),
+                               pd.concat(rejected, ignore_index=True) if rejected else NO_REJECTS,
+                               self.batches, time.monotonic() - started)
         self.consistent = True
         self.positions.update(read_up_to)
         self.batches += 1
@@ -176,20 +181,20 @@ class Decider(Started):
         metrics.record_batch(self.last_batch_seconds, len(messages))
         return len(messages)
 
-    def _decide(self, partition: int, records) -> list[pd.DataFrame]:
+    def _decide(self, partition: int, records):
+        """One partition's records: (its decisions or None, its rejects or None)."""
         recorded = [_recorded_ms(record) for record in records]
         parsed = parse_values([record.value() for record in records], recorded, self.limits,
                               check_present=not self.config.stream.accept_future_candles)
         valid = parsed["error"].isna().to_numpy()
-        outputs = []
+        decisions, refused = None, None
         if valid.any():
             candles = parsed[valid].drop(columns=list(REJECT_COLUMNS)).reset_index(drop=True)
             candles["open_time"] = candles["open_time"].astype(np.int64)
-            outputs += decide_bucket(candles, self.states[partition], self.params_path, self.bounds,
-                                     ("partition", partition))
-        if not valid.all():
-            outputs.append(parsed[~valid])
-        return outputs
+            decisions, refused = decide_bucket(candles, self.states[partition], self.params_path, self.bounds,
+                                               ("partition", partition))
+        rejects = [frame for frame in (parsed[~valid], refused) if frame is not None and len(frame)]
+        return decisions, pd.concat(rejects, ignore_index=True) if rejects else None
 
     # -- checkpoints ------------------------------------------------------------------------------
 

@@ -93,10 +93,12 @@ def make_detect_step(params_path: str, output_columns: list[str], bounds: StateB
         candles = frame[frame["error"].isna()].drop(columns=["error", "raw", "bucket"])
         if len(candles):
             states = unpack_states(state.get[0]) if state.exists else {}
-            outputs = decide_bucket(candles, states, params_path, bounds, ("state bucket", frame["bucket"].iloc[0]))
+            decisions, refused = decide_bucket(candles, states, params_path, bounds,
+                                               ("state bucket", frame["bucket"].iloc[0]))
             state.update((pack_states(states),))
-            for output in outputs:
-                yield output.reindex(columns=output_columns)
+            yield decisions.assign(error=None, raw=None).reindex(columns=output_columns)
+            if refused is not None:
+                yield refused.reindex(columns=output_columns)
         if len(rejected):
             yield rejected.reindex(columns=output_columns)
 
@@ -206,20 +208,20 @@ class BatchHandler:
         started = time.monotonic()
         frame = batch_df.toPandas()  # runs the micro-batch: Kafka read, parsing, the per-symbol detection
         if not frame.empty:
-            self.hand_over(frame, batch_id, time.monotonic() - started)
+            failed = frame["error"].notna()
+            self.hand_over(frame[~failed].drop(columns=[name for name, _ in REJECT_FIELDS]), frame[failed],
+                           batch_id, time.monotonic() - started)
 
-    def hand_over(self, frame, batch_id: int, detection_seconds: float) -> None:
-        """A batch's decisions and rejects (the stateful step's columns) to the dead letters and the sinks;
-        returns once the durable sinks have them."""
+    def hand_over(self, decisions, rejected, batch_id: int, detection_seconds: float) -> None:
+        """A batch's decisions and its rejects (``symbol``, ``error``, ``raw``) to the sinks and the dead letters;
+        returns once the durable sinks and the dead-letter topic have them."""
         from market_anomaly.core import mark_market_events
         from market_anomaly.spark.workers import params_for
 
         detected = time.monotonic()
-        rejected = frame[frame["error"].notna()]
         for row in rejected.itertuples():
             self.dead_letters.publish(row.raw, row.error, key=row.symbol if isinstance(row.symbol, str) else None)
         self.dead_letters.flush()
-        decisions = frame[frame["error"].isna()].drop(columns=[name for name, _ in REJECT_FIELDS])
         decisions = mark_market_events(decisions, params_for(self.params_path))
         decisions["decided_at"] = int(time.time() * 1000)
         self.sinks.write(decisions.reset_index(drop=True))

@@ -149,10 +149,10 @@ class StateBounds:
 
 
 def decide_bucket(candles, states: dict[str, SymbolState], params_path: str, bounds: StateBounds,
-                  bucket: tuple[str, object]) -> list:
+                  bucket: tuple[str, object]):
     """One bucket's valid ``candles`` (a frame of the parser's candle columns) decided against its ``states``,
-    which are updated in place; returns the frames to pass on: the decisions (with ``error``/``raw`` None and the
-    candle columns the dashboard draws), then the candles of refused newcomers as rejects with the reason.
+    which are updated in place; returns (the decisions, with the candle columns the dashboard draws; the
+    candles of refused newcomers with their ``error`` and ``raw``, or None).
 
     Bounded (``StateBounds``): a symbol without a candle for ``expiry_ms`` of market time is forgotten, and a
     bucket takes at most ``symbols_per_bucket``: a newcomer to a full bucket replaces a symbol that never warmed
@@ -175,9 +175,9 @@ def decide_bucket(candles, states: dict[str, SymbolState], params_path: str, bou
         states[symbol] = SymbolState(max(int(latest[symbol]), previous.last_open_time if previous else 0), blob)
     for name in CANDLE_COLUMNS:  # the dashboard draws candlesticks
         decided.columns[name] = accepted[name].to_numpy(float)[decided.rows]
-    outputs = [decided.frame(CANDLE_COLUMNS).assign(error=None, raw=None)]
-    if refused:
-        over = candles[candles["symbol"].isin(refused)]
-        outputs.append(over.assign(error=f"symbol limit reached ({bounds.symbols_per_bucket} per {bucket[0]})",
-                                   raw=over.to_json(orient="records", lines=True).splitlines()))
-    return outputs
+    if not refused:
+        return decided.frame(CANDLE_COLUMNS), None
+    over = candles[candles["symbol"].isin(refused)]
+    return decided.frame(CANDLE_COLUMNS), over.assign(
+        error=f"symbol limit reached ({bounds.symbols_per_bucket} per {bucket[0]})",
+        raw=over.to_json(orient="records", lines=True).splitlines())

@@ -151,7 +151,9 @@ def start_job(args, bootstrap: str, candle_topic: str, output_topic: str, state:
                   for _ in range(args.members - 1)]
         script = 'trap "kill 0" TERM; ' + " & ".join(shlex.join(words) for words in [command, *others]) + " & wait"
         command = ["bash", "-c", script]
-    return subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=open(state / "detect.log", "wb"))
+    # A process group of its own: the members' shell stops its group (kill 0), which must not include this one.
+    return subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=open(state / "detect.log", "wb"),
+                            start_new_session=args.members > 1)
 
 
 def params_for_interval(interval: str, state: Path) -> Path:
@@ -228,6 +230,8 @@ def main() -> int:
         producer.close()
         backlog = args.symbols * backlog_per_symbol
 
+        # Connected while the backlog is decided, so the first burst does not pay the producer's start-up.
+        burst_producer = producer_for(bootstrap, candle_topic, run_id) if args.mode == "burst" else None
         job = start_job(args, bootstrap, candle_topic, output_topic, state, metrics_port,
                         ["--accept-future-candles"] if ahead_of_clock else [])
         memory = PeakMemory(job.pid)
@@ -243,8 +247,8 @@ def main() -> int:
             results.update(throughput_candles_per_s=round(rate, 1), latency_ms_p50=None, latency_ms_p99=None,
                            micro_batches=batches, backlog_candles=backlog)
         else:
-            results.update(burst_latencies(args, markets, producer_for(bootstrap, candle_topic, run_id), reader, job,
-                                           start_time, step_ms, backlog_per_symbol, burst_every))
+            results.update(burst_latencies(args, markets, burst_producer, reader, job, start_time, step_ms,
+                                           backlog_per_symbol, burst_every))
         cpu = tree_cpu_seconds_by_command(job.pid)
         results["job_cpu_us_per_candle"] = round(sum(cpu.values()) * 1e6 / len(reader.rows), 1)
         # After the first decision, per process name (java: the JVM; python: the driver and its Python workers).
@@ -304,6 +308,7 @@ def burst_latencies(args, markets, producer: CandleProducer, reader: DecisionRea
         return {"bursts_complete": 0}
     return {"bursts_complete": int(len(latency)), "latency_ms_p50": float(np.percentile(latency, 50)),
             "latency_ms_p99": float(np.percentile(latency, 99)), "latency_ms_max": float(latency.max()),
+            "latencies_ms": latency.astype(int).tolist(),  # per burst, in order
             "throughput_candles_per_s": round(len(live) / ((live["written"].max() - began_ms) / 1000), 1)}
 
 

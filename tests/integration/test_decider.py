@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -17,19 +19,29 @@ from support import (INVALID, PARAMS, assert_decisions_equal_offline, consume_al
 
 pytestmark = pytest.mark.integration
 
-SYMBOLS = [f"D{index:02d}USDT" for index in range(8)]
+SYMBOLS = [f"D{index:02d}USDT" for index in range(8)]  # all in one partition of four (CRC32 of the key)
 MINUTES = 400
 
 
-def start_decider(kafka_broker, tmp_path: Path, names: dict[str, str], log_name: str) -> subprocess.Popen:
+def start_decider(kafka_broker, tmp_path: Path, names: dict[str, str], log_name: str, *flags: str) -> subprocess.Popen:
     command = [sys.executable, "-m", "market_anomaly", "--log-level", "INFO", "decide",
                "--bootstrap-servers", kafka_broker.bootstrap_servers, "--topic", names["candles"],
                "--anomalies-topic", names["decisions"], "--dead-letter-topic", names["dead"],
                "--group-id", names["group"], "--db", f"sqlite:///{tmp_path / 'anomalies.db'}",
                "--checkpoint-dir", str(tmp_path / "checkpoint"), "--console", "off", "--params", str(PARAMS),
-               "--checkpoint-every", "1", "--max-poll-records", "500"]
+               "--checkpoint-every", "1", "--max-poll-records", "500", *flags]
     return subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=open(tmp_path / log_name, "wb"), cwd=tmp_path,
                             env={**os.environ, "MARKET_ANOMALY_HOME": str(tmp_path)})
+
+
+def assignments(log: Path) -> list[list[int]]:
+    """The partitions a member was given, each time (from its log)."""
+    return [json.loads(found) for found in re.findall(r"assigned partitions (\[[0-9, ]*\])", log.read_text())]
+
+
+def current_shares(directory: Path) -> list[list[int]]:
+    """Each member's partitions now (members a and b)."""
+    return [(assignments(directory / f"member-{name}.log") or [[]])[-1] for name in ("a", "b")]
 
 
 def committed_offsets(kafka_broker, group: str, topic: str) -> list[int]:
@@ -95,3 +107,39 @@ def test_the_decider_equals_offline_score_through_a_crash_and_a_restart(kafka_br
     dead = [json.loads(m.value()) for m in consume_all(kafka_broker.client_config(), names["dead"], len(poison))]
     assert sorted(record["reason"] for record in dead) == sorted(reason for _, reason in INVALID)
     assert {record["stage"] for record in dead} == {"consumer"}
+
+
+def test_two_members_share_the_partitions_and_one_takes_over_when_the_other_dies(kafka_broker, tmp_path):
+    from market_anomaly.kafka import topics
+
+    names = {"candles": "members-candles", "decisions": "members-decisions", "dead": "members-dead-letters",
+             "group": "members-test"}
+    topics.ensure_topics(kafka_broker.client_config(), {names["candles"]: 4, names["decisions"]: 4, names["dead"]: 1})
+    # Names that the producer's partitioner (CRC32 of the key) spreads over all four partitions.
+    candles = minute_market(["BTCUSDT", "ETHUSDT", "BNBUSDT", "XRPUSDT", "ADAUSDT", "SOLUSDT", "DOGEUSDT", "DOTUSDT",
+                             "LTCUSDT", "LINKUSDT", "AVAXUSDT", "ATOMUSDT", "NEARUSDT", "FILUSDT", "ALGOUSDT",
+                             "TRXUSDT"], 360)
+    first = candles[candles["open_time"] < candles["open_time"].min() + 200 * 60_000]
+
+    database = tmp_path / "anomalies.db"
+    survivor = start_decider(kafka_broker, tmp_path, names, "member-a.log", "--member", "a")
+    doomed = start_decider(kafka_broker, tmp_path, names, "member-b.log", "--member", "b")
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and not all(shares := current_shares(tmp_path)):
+            time.sleep(0.5)
+        assert sorted(shares[0] + shares[1]) == [0, 1, 2, 3] and all(shares), shares  # each took a share
+        produce_candles(kafka_broker.client_config(), names["candles"], first)
+        decided = database_decisions(database, len(first), survivor, timeout=120)
+        assert len(decided) == len(first)
+        doomed.send_signal(signal.SIGKILL)
+        doomed.wait(30)
+        produce_candles(kafka_broker.client_config(), names["candles"], candles.drop(first.index))
+        decided = database_decisions(database, len(candles), survivor, timeout=120)
+    finally:
+        stop_process(doomed)
+        stop_process(survivor)
+    log = (tmp_path / "member-a.log").read_text(errors="replace")
+    assert len(decided) == len(candles), log[-4000:]
+    assert assignments(tmp_path / "member-a.log")[-1] == [0, 1, 2, 3]  # it took the dead member's share over
+    assert_decisions_equal_offline(decided, candles)

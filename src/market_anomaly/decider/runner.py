@@ -55,6 +55,7 @@ class DecideConfig:
 
     stream: DetectConfig
     group_id: str = "market-anomaly-decide"
+    member: str | None = None  # static group membership (group.instance.id)
     max_poll_records: int = 50_000  # most records one poll decides, so a backlog is read in bounded pieces
     checkpoint_every: float = 5.0  # seconds between state checkpoints (and offset commits)
 
@@ -98,6 +99,7 @@ class Decider(Started):
             "group.id": self.config.group_id, "auto.offset.reset": stream.starting_offsets,
             # A crashed member's partitions wait this long for a new owner (Kafka's default: 45 s).
             "session.timeout.ms": 10_000,
+            **({"group.instance.id": self.config.member} if self.config.member else {}),
             **stream.kafka,
             "enable.auto.commit": False,  # offsets move only with a checkpoint
             "enable.auto.offset.store": False,
@@ -247,13 +249,16 @@ class Decider(Started):
             signal.signal(signum, lambda *_: self.stop())
         run_for = self.config.stream.run_for
         deadline = time.monotonic() + run_for if run_for else None
-        next_checkpoint = time.monotonic() + self.config.checkpoint_every
+        every = self.config.checkpoint_every
+        due = time.monotonic() + every
         try:
             while not self.stopping.is_set() and (deadline is None or time.monotonic() < deadline):
-                self.poll(timeout=0.2)
-                if time.monotonic() >= next_checkpoint:
+                read = self.poll(timeout=0.2)
+                # When due and nothing waits (a burst is decided first), or at twice the interval under a backlog.
+                now = time.monotonic()
+                if now >= due + every or (now >= due and not read):
                     self.checkpoint()
-                    next_checkpoint = time.monotonic() + self.config.checkpoint_every
+                    due = time.monotonic() + every
         except Stopping:
             log.warning("decide: stopped while a durable sink was failing; its batch is read again at the next start")
         except Exception:
@@ -271,7 +276,9 @@ class Decider(Started):
     def close(self) -> None:
         if self.consumer is not None:
             self.checkpoint()
-            self.consumer.close()  # leaves the group: its partitions go to the other members at once
+            # Leaves the group, its partitions going to the others at once; a named (static) member's wait for the
+            # session timeout instead, so that it takes them back when it restarts.
+            self.consumer.close()
         if self.sinks is not None:
             self.sinks.close()
         if self.dead_letters is not None:

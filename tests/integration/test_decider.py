@@ -143,3 +143,36 @@ def test_two_members_share_the_partitions_and_one_takes_over_when_the_other_dies
     assert len(decided) == len(candles), log[-4000:]
     assert assignments(tmp_path / "member-a.log")[-1] == [0, 1, 2, 3]  # it took the dead member's share over
     assert_decisions_equal_offline(decided, candles)
+
+
+def test_a_database_locked_past_the_poll_interval_loses_nothing_and_the_member_rejoins(kafka_broker, tmp_path):
+    """The database sink retries inside the poll loop; a member that stops polling past max.poll.interval.ms
+    falls out of the group, and when the database is back it rejoins and reads on from its checkpoint."""
+    import sqlite3
+
+    from market_anomaly.kafka import topics
+
+    names = {"candles": "locked-candles", "decisions": "locked-decisions", "dead": "locked-dead-letters",
+             "group": "locked-test"}
+    topics.ensure_topics(kafka_broker.client_config(), {names["candles"]: 4, names["decisions"]: 4, names["dead"]: 1})
+    candles = minute_market(["BTCUSDT", "ETHUSDT", "BNBUSDT", "XRPUSDT", "ADAUSDT", "SOLUSDT", "DOGEUSDT", "DOTUSDT"], 400)
+    first = candles[candles["open_time"] < candles["open_time"].min() + 200 * 60_000]
+    produce_candles(kafka_broker.client_config(), names["candles"], first)
+    database = tmp_path / "anomalies.db"
+    job = start_decider(kafka_broker, tmp_path, names, "decide.log", "-X", "max.poll.interval.ms=15000")
+    try:
+        assert len(database_decisions(database, len(first), job, timeout=120)) == len(first)
+        lock = sqlite3.connect(database, isolation_level=None)
+        lock.execute("BEGIN EXCLUSIVE")  # every writer waits; the sink's 30 s busy timeout runs out, then it retries
+        produce_candles(kafka_broker.client_config(), names["candles"], candles.drop(first.index))
+        time.sleep(45)
+        assert job.poll() is None
+        lock.execute("COMMIT")
+        lock.close()
+        decided = database_decisions(database, len(candles), job, timeout=120)
+    finally:
+        stop_process(job)
+    log = (tmp_path / "decide.log").read_text(errors="replace")
+    assert "database is locked" in log and "sink database: delivered after" in log, log[-4000:]
+    assert len(decided) == len(candles), log[-4000:]
+    assert_decisions_equal_offline(decided, candles)

@@ -23,6 +23,7 @@ micro-batch. With several members each sees only its partitions' symbols (docs/A
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import threading
 import time
@@ -274,16 +275,34 @@ class Decider(Started):
             self.sinks.stop_retrying()
 
     def close(self) -> None:
-        if self.consumer is not None:
-            self.checkpoint()
-            # Leaves the group, its partitions going to the others at once; a named (static) member's wait for the
-            # session timeout instead, so that it takes them back when it restarts.
-            self.consumer.close()
-        if self.sinks is not None:
-            self.sinks.close()
-        if self.dead_letters is not None:
-            self.dead_letters.flush()
+        # Kafka's client can wait without end to leave a group or commit when the brokers are gone; by now every
+        # decided batch is in the sinks and every checkpoint file is whole, so past the grace it exits.
+        watchdog = threading.Timer(CLOSE_GRACE_SECONDS, _exit_stuck)
+        watchdog.daemon = True
+        watchdog.start()
+        try:
+            if self.consumer is not None:
+                self.checkpoint()
+                # Leaves the group, its partitions going to the others at once; a named (static) member's wait for
+                # the session timeout instead, so that it takes them back when it restarts.
+                self.consumer.close()
+            if self.sinks is not None:
+                self.sinks.close()
+            if self.dead_letters is not None:
+                self.dead_letters.flush()
+        finally:
+            watchdog.cancel()
         self.consumer = self.sinks = self.dead_letters = None
+
+
+CLOSE_GRACE_SECONDS = 30.0  # `up` gives its runner 60 s after SIGTERM
+
+
+def _exit_stuck() -> None:
+    log.error("decide: closing took longer than %.0f s (the Kafka cluster unreachable?); exiting anyway: the next "
+              "start reads on from the checkpoint files", CLOSE_GRACE_SECONDS)
+    logging.shutdown()
+    os._exit(1)
 
 
 def _recorded_ms(record) -> int | None:

@@ -34,6 +34,14 @@ def start_decider(kafka_broker, tmp_path: Path, names: dict[str, str], log_name:
                             env={**os.environ, "MARKET_ANOMALY_HOME": str(tmp_path)})
 
 
+def at_the_end(kafka_broker, names: dict[str, str]) -> bool:
+    """The group's committed offsets are at the log's end of every partition with records (an empty one has
+    nothing to commit)."""
+    ends = end_offsets(kafka_broker, names["candles"])
+    committed = committed_offsets(kafka_broker, names["group"], names["candles"])
+    return sum(ends) > 0 and [offset for offset, end in zip(committed, ends) if end] == [end for end in ends if end]
+
+
 def assignments(log: Path) -> list[list[int]]:
     """The partitions a member was given, each time (from its log)."""
     return [json.loads(found) for found in re.findall(r"assigned partitions (\[[0-9, ]*\])", log.read_text())]
@@ -77,8 +85,12 @@ def test_the_decider_equals_offline_score_through_a_crash_and_a_restart(kafka_br
     job = start_decider(kafka_broker, tmp_path, names, "decide-1.log")
     try:
         decided = database_decisions(database, len(first), job, timeout=120)
+        # Once a checkpoint covers what it read (the group's offsets are committed only after one), a crash.
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and not at_the_end(kafka_broker, names):
+            time.sleep(0.5)
     finally:
-        job.send_signal(signal.SIGKILL)  # a crash: whatever it decided after its last checkpoint is read again
+        job.send_signal(signal.SIGKILL)
         job.wait(30)
     assert len(decided) == len(first), (tmp_path / "decide-1.log").read_text(errors="replace")[-4000:]
 
@@ -94,11 +106,8 @@ def test_the_decider_equals_offline_score_through_a_crash_and_a_restart(kafka_br
     assert len(decided) == len(candles), log[-4000:]
     assert_decisions_equal_offline(decided, candles)
 
-    # A clean stop checkpoints and commits everything it read: the group is at the log's end of every partition
-    # with records (an empty one has nothing to commit).
-    ends = end_offsets(kafka_broker, names["candles"])
-    committed = committed_offsets(kafka_broker, names["group"], names["candles"])
-    assert [offset for offset, end in zip(committed, ends) if end] == [end for end in ends if end] and sum(ends)
+    # A clean stop checkpoints and commits everything it read.
+    assert at_the_end(kafka_broker, names)
     # Every decision reached the topic too (the crash's replay may have produced some twice, never fewer).
     produced = consume_all(kafka_broker.client_config(), names["decisions"], len(candles))
     assert {(json.loads(m.value())["symbol"], json.loads(m.value())["open_time"]) for m in produced} == set(

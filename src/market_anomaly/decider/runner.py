@@ -84,7 +84,7 @@ class Decider(Started):
         self.batches = 0
         self.read_since_report, self.reported_at, self.last_batch_seconds = 0, time.monotonic(), 0.0
         self.stopping = threading.Event()
-        self.consistent = True  # False once a batch failed half-way: its states are ahead of the sinks
+        self.consistent = True  # False while (or once, when it failed) a batch's states are ahead of the sinks
 
     def start(self) -> "Decider":
         from confluent_kafka import Consumer
@@ -154,7 +154,8 @@ class Decider(Started):
         first = self.consumer.poll(timeout)
         if first is None:
             return 0
-        messages = [first, *self.consumer.consume(self.config.max_poll_records - 1, 0)]
+        more = self.config.max_poll_records - 1
+        messages = [first, *(self.consumer.consume(more, 0) if more else [])]
         started = time.monotonic()
         by_partition: dict[int, list] = {}
         for message in messages:
@@ -163,6 +164,7 @@ class Decider(Started):
                 continue
             by_partition.setdefault(message.partition(), []).append(message)
         decided, rejected, read_up_to = [], [], {}
+        self.consistent = False  # the states move ahead of the sinks until they have this batch
         for partition, records in by_partition.items():
             if partition not in self.states:  # revoked by a rebalance inside this poll
                 continue
@@ -171,8 +173,8 @@ class Decider(Started):
             rejected += [refused] if refused is not None else []
             read_up_to[partition] = records[-1].offset() + 1
         if not read_up_to:
+            self.consistent = True
             return len(messages)
-        self.consistent = False
         self.handler.hand_over(pd.concat(decided, ignore_index=True) if decided else empty_decisions(CANDLE_COLUMNS),
                                pd.concat(rejected, ignore_index=True) if rejected else NO_REJECTS,
                                self.batches, time.monotonic() - started)

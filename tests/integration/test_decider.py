@@ -56,7 +56,8 @@ def committed_offsets(kafka_broker, group: str, topic: str) -> list[int]:
     consumer = Consumer({**kafka_broker.client_config(), "group.id": group, "enable.auto.commit": False})
     try:
         partitions = consumer.list_topics(topic, timeout=10).topics[topic].partitions
-        return [p.offset for p in consumer.committed([TopicPartition(topic, n) for n in sorted(partitions)], timeout=10)]
+        wanted = [TopicPartition(topic, n) for n in sorted(partitions)]
+        return [p.offset for p in consumer.committed(wanted, timeout=10)]
     finally:
         consumer.close()
 
@@ -164,7 +165,8 @@ def test_a_database_locked_past_the_poll_interval_loses_nothing_and_the_member_r
     names = {"candles": "locked-candles", "decisions": "locked-decisions", "dead": "locked-dead-letters",
              "group": "locked-test"}
     topics.ensure_topics(kafka_broker.client_config(), {names["candles"]: 4, names["decisions"]: 4, names["dead"]: 1})
-    candles = minute_market(["BTCUSDT", "ETHUSDT", "BNBUSDT", "XRPUSDT", "ADAUSDT", "SOLUSDT", "DOGEUSDT", "DOTUSDT"], 400)
+    candles = minute_market(["BTCUSDT", "ETHUSDT", "BNBUSDT", "XRPUSDT", "ADAUSDT", "SOLUSDT", "DOGEUSDT",
+                             "DOTUSDT"], 400)
     first = candles[candles["open_time"] < candles["open_time"].min() + 200 * 60_000]
     produce_candles(kafka_broker.client_config(), names["candles"], first)
     database = tmp_path / "anomalies.db"

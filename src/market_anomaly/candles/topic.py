@@ -26,8 +26,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.json as pj
 
-from market_anomaly.candles.validation import (EARLIEST_OPEN_TIME, MAX_RAW_BYTES, MAX_SYMBOL_LENGTH, RAW_BYTES, REQUIRED,
-                                               Limits, frame_reasons)
+from market_anomaly.candles.validation import (EARLIEST_OPEN_TIME, MAX_RAW_BYTES, MAX_SYMBOL_LENGTH, NOT_A_CANDLE,
+                                               NOT_AN_OBJECT, RAW_BYTES, REQUIRED, Limits, frame_reasons, raw_reason)
 
 CANDLE_FIELDS = (
     ("symbol", "string"), ("interval", "string"), ("open_time", "long"), ("close_time", "long"),
@@ -44,19 +44,6 @@ _ARROW_OPTIONS = pj.ParseOptions(
     explicit_schema=pa.schema([(name, {"string": pa.string(), "long": pa.int64(), "double": pa.float64()}[kind])
                                for name, kind in CANDLE_FIELDS]),
     unexpected_field_behavior="ignore")
-
-
-def raw_reason(value: bytes | None) -> str | None:
-    """Checks on a record's raw bytes, before parsing (``validation.raw_reason_spark`` in the JVM)."""
-    if value is None:
-        return "empty value"
-    if len(value) > MAX_RAW_BYTES:
-        return f"value larger than {MAX_RAW_BYTES} bytes"
-    try:
-        value.decode("utf-8")
-    except UnicodeDecodeError:
-        return "value is not valid UTF-8"
-    return None
 
 
 def _string(value):
@@ -89,8 +76,7 @@ def parse_values(values: Sequence[bytes | None], recorded_ms: Sequence[int | Non
     each candle is checked against is its record's time (``limits.present_ms`` is not used); ``check_present``
     False accepts candles from the future (``--accept-future-candles``).
     """
-    parsed = _parse_together(values) or _parse_each(values)
-    columns, carried_nan, errors = parsed
+    columns, carried_nan, errors = _parse_together(values) or _parse_each(values)
     # The checks read NaN as missing; a NaN the record carries is a number that is not finite.
     checked_columns = {name: np.where(mask, math.inf, columns[name]) for name, mask in carried_nan.items()}
     frame = pd.DataFrame(columns)
@@ -98,7 +84,7 @@ def parse_values(values: Sequence[bytes | None], recorded_ms: Sequence[int | Non
     recorded = pd.Series([math.nan if at is None else at for at in recorded_ms], dtype=float)
     nothing = np.logical_and.reduce([frame[name].isna().to_numpy() for name in REQUIRED])
     error = pd.Series(errors, dtype=object)
-    error[error.isna() & nothing] = "not a candle JSON object"
+    error[error.isna() & nothing] = NOT_A_CANDLE
     present = recorded.where(recorded >= EARLIEST_OPEN_TIME) if check_present else None
     checked = error.isna()
     if checked.any():
@@ -151,14 +137,14 @@ def _parse_each(values: Sequence[bytes | None]):
         if problem is None:
             text = value.decode("utf-8")
             if not text.lstrip().startswith("{"):
-                problem = "not a JSON object"
+                problem = NOT_AN_OBJECT
             else:
                 try:
                     document = json.loads(text)
                 except ValueError:
-                    document = None
+                    pass
                 if not isinstance(document, dict):
-                    document, problem = None, "not a candle JSON object"
+                    document, problem = None, NOT_A_CANDLE
         objects.append(document or {})
         errors.append(problem)
     columns, carried_nan = {}, {}

@@ -282,13 +282,35 @@ def spark_reason(columns: Mapping[str, Any], limits: Limits):
     return reason_column
 
 
+# Checks on a Kafka record's raw bytes before it is parsed, in this order, in Python and in the JVM; then
+# what a value that is no candle object gets.
+EMPTY_VALUE = "empty value"
+OVERSIZED_VALUE = f"value larger than {MAX_RAW_BYTES} bytes"
+NOT_UTF8 = "value is not valid UTF-8"
+NOT_AN_OBJECT = "not a JSON object"  # not even starting with "{"
+NOT_A_CANDLE = "not a candle JSON object"  # no JSON object, or none of the required fields
+
+
+def raw_reason(value: bytes | None) -> str | None:
+    """A record's raw bytes checked before parsing: its presence, its size and its encoding (None: fine)."""
+    if value is None:
+        return EMPTY_VALUE
+    if len(value) > MAX_RAW_BYTES:
+        return OVERSIZED_VALUE
+    try:
+        value.decode("utf-8")
+    except UnicodeDecodeError:
+        return NOT_UTF8
+    return None
+
+
 def raw_reason_spark(value):
-    """Checks on a Kafka record's raw bytes, before parsing: its size and its encoding."""
+    """``raw_reason`` as a Spark column, so the checks run in the JVM."""
     from pyspark.sql import functions as F
 
-    return (F.when(value.isNull(), F.lit("empty value"))
-            .when(F.length(value) > MAX_RAW_BYTES, F.lit(f"value larger than {MAX_RAW_BYTES} bytes"))
-            .when(~F.is_valid_utf8(value), F.lit("value is not valid UTF-8")))
+    return (F.when(value.isNull(), F.lit(EMPTY_VALUE))
+            .when(F.length(value) > MAX_RAW_BYTES, F.lit(OVERSIZED_VALUE))
+            .when(~F.is_valid_utf8(value), F.lit(NOT_UTF8)))
 
 
 def utf8_prefix(text: str | bytes | None, max_bytes: int) -> str:

@@ -7,7 +7,8 @@ with the offset they cover every few seconds (and when it stops or a partition m
 offset to the group, so consumer-lag tools see its progress.
 
 Run one for the live edge; run more with the same --group-id, a shared --checkpoint-dir and a --member name
-each, and the topic's partitions are spread over them. `detect` stays the runner for Spark clusters and large replays.
+each, and the topic's partitions are spread over them. `detect` stays the runner for Spark clusters and
+large replays.
 """
 
 from __future__ import annotations

@@ -34,12 +34,12 @@ import numpy as np
 import pandas as pd
 
 from market_anomaly import metrics
-from market_anomaly.lifecycle import Started
 from market_anomaly.candles.topic import parse_values
 from market_anomaly.candles.validation import Limits, interval_name
-from market_anomaly.decider import checkpoint
-from market_anomaly.sinks import Stopping
 from market_anomaly.core.engine import empty_decisions
+from market_anomaly.decider import checkpoint
+from market_anomaly.lifecycle import Started
+from market_anomaly.sinks import Stopping
 from market_anomaly.sinks.common import CANDLE_COLUMNS
 from market_anomaly.spark.job import BatchHandler, DetectConfig
 from market_anomaly.spark.workers import StateBounds, SymbolState, decide_bucket, params_for
@@ -79,7 +79,7 @@ class Decider(Started):
         self.states: dict[int, dict[str, SymbolState]] = {}  # per assigned partition
         self.positions: dict[int, int] = {}  # per assigned partition: the next offset, all before it in the sinks
         self.saved: dict[int, int] = {}  # per assigned partition: the offset its checkpoint file covers
-        self.bounds = StateBounds.spread(stream.symbol_expiry, stream.max_symbols, 1)
+        self.bounds: StateBounds | None = None  # --max-symbols over the topic's partitions, known at start
         self.consumer = self.sinks = self.dead_letters = self.handler = None
         self.batches = 0
         self.read_since_report, self.reported_at, self.last_batch_seconds = 0, time.monotonic(), 0.0

@@ -20,10 +20,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from market_anomaly import config, metrics
-from market_anomaly.lifecycle import Started
 from market_anomaly.candles.topic import CANDLE_FIELDS
-from market_anomaly.candles.validation import (EARLIEST_OPEN_TIME, MAX_SYMBOL_LENGTH, RAW_BYTES, REQUIRED, Limits,
-                                               interval_name, raw_reason_spark, spark_reason)
+from market_anomaly.candles.validation import (EARLIEST_OPEN_TIME, MAX_SYMBOL_LENGTH, NOT_A_CANDLE, NOT_AN_OBJECT,
+                                               RAW_BYTES, REQUIRED, Limits, interval_name, raw_reason_spark,
+                                               spark_reason)
+from market_anomaly.lifecycle import Started
 from market_anomaly.sinks import SinkOptions, Stopping
 from market_anomaly.sinks.common import DECISION_RECORD
 from market_anomaly.spark.workers import StateBounds
@@ -173,8 +174,8 @@ def parse_candles(records, limits: Limits):
         lambda left, right: left & right, [columns[name].isNull() for name in REQUIRED])
     error = F.coalesce(
         raw_problem,
-        F.when(~F.ltrim(F.col("text")).startswith("{"), F.lit("not a JSON object"))
-        .when(nothing_parsed, F.lit("not a candle JSON object")),
+        F.when(~F.ltrim(F.col("text")).startswith("{"), F.lit(NOT_AN_OBJECT))
+        .when(nothing_parsed, F.lit(NOT_A_CANDLE)),
         spark_reason(columns, limits),
     )
     symbol_ok = F.coalesce(F.length(columns["symbol"]) <= MAX_SYMBOL_LENGTH, F.lit(False))
@@ -342,8 +343,7 @@ class DetectJob(Started):
         bucketed = parsed_candles(self.spark, config, self.interval).withColumn(
             "bucket", F.pmod(F.xxhash64("symbol"), F.lit(config.state_buckets)))
         return bucketed.groupBy("bucket").applyInPandasWithState(
-            make_detect_step(self.params_path, [name for name, _ in output_fields],
-                             config.state_bounds()),
+            make_detect_step(self.params_path, [name for name, _ in output_fields], config.state_bounds()),
             outputStructType=spark_schema(output_fields),
             stateStructType=spark_schema([("blob", "binary")]),
             outputMode="append",

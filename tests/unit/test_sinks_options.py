@@ -156,6 +156,44 @@ def test_stopping_ends_a_durable_sinks_retries_and_the_batch_stays_uncommitted()
         sinks.write(pd.DataFrame([{"symbol": "BTCUSDT", "open_time": 0, "close": 1.0, "is_anomaly": False}]))
 
 
+class MeetingSink(FlakyDurableSink):
+    """A durable sink whose flush waits until every sink of ``met`` is flushing too (at most 5 s)."""
+
+    def __init__(self, name: str, met: threading.Barrier, failures: int = 0):
+        super().__init__(failures)
+        self.name, self.met, self.met_all = name, met, False
+
+    def flush(self):
+        if not self.met_all:
+            self.met.wait(timeout=5)  # raises BrokenBarrierError when the others never came
+            self.met_all = True
+        super().flush()
+
+
+def test_durable_sinks_deliver_a_batch_side_by_side():
+    met = threading.Barrier(2)
+    database, topic = MeetingSink("database", met), MeetingSink("kafka", met)
+    sinks = Sinks([database, topic], retry=RetryPolicy(first=0.05, longest=0.05))
+    frame = pd.DataFrame([{"symbol": "BTCUSDT", "open_time": 0, "close": 1.0, "is_anomaly": False}])
+    writing = threading.Thread(target=sinks.write, args=(frame,), daemon=True)
+    writing.start()
+    writing.join(timeout=10)
+    sinks.stop_retrying()  # one after the other, the first would wait for the second for ever
+    assert not writing.is_alive(), "the second durable sink was not flushing while the first waited"
+    assert len(database.delivered) == len(topic.delivered) == 1 and set(sinks.seconds) == {"database", "kafka"}
+    sinks.close()
+
+
+def test_a_durable_sink_giving_up_at_stop_waits_for_the_others_delivery():
+    met = threading.Barrier(2)
+    failing, healthy = MeetingSink("database", met, failures=10**9), MeetingSink("kafka", met)
+    sinks = Sinks([failing, healthy], retry=RetryPolicy(first=0.05, longest=0.05))
+    threading.Timer(0.3, sinks.stop_retrying).start()
+    with pytest.raises(Stopping, match="sink database still failing"):
+        sinks.write(pd.DataFrame([{"symbol": "BTCUSDT", "open_time": 0, "close": 1.0, "is_anomaly": False}]))
+    assert len(healthy.delivered) == 1 and failing.delivered == []
+
+
 def test_infinite_values_reach_no_sink(caplog):
     flaky = FlakyDurableSink(failures=0)
     frame = pd.DataFrame({"symbol": ["A", "B"], "zscore": [np.inf, 1.0], "burst": [-np.inf, np.nan],

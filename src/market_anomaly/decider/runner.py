@@ -9,6 +9,10 @@ decide a minute's burst within a second. The decider runs the same parts without
     memory (the stream's bounded per-bucket step) -> ``spark.job.BatchHandler.hand_over`` (dead letters,
     the market-wide mark, the same ``Sinks``, which return once the durable ones have the decisions)
 
+The hand-over runs in a thread of its own while the next poll is read and decided (the sinks' waits
+and their work outside the GIL overlap it); one batch at most is in the sinks, and its offsets count
+only once they have it.
+
 ``crypto-candles`` is keyed by symbol, so a partition holds a fixed set of symbols in their order, and
 a partition is what the group assigns: its states are one bucket. Every ``checkpoint_every`` seconds,
 and when a partition is revoked or the decider stops, each partition's states are written with the
@@ -27,6 +31,7 @@ import os
 import signal
 import threading
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -82,6 +87,10 @@ class Decider(Started):
         self.bounds: StateBounds | None = None  # --max-symbols over the topic's partitions, known at start
         self.consumer = self.sinks = self.dead_letters = self.handler = None
         self.batches = 0
+        # The sinks write a batch in a thread of their own while the next one is read and decided (their waits,
+        # SQLite's and librdkafka's work run without the GIL); (the hand-over, offsets it covers, records read).
+        self.sinks_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="decide-sinks")
+        self.in_sinks: tuple[Future, dict[int, int], int] | None = None
         self.read_since_report, self.reported_at, self.last_batch_seconds = 0, time.monotonic(), 0.0
         self.stopping = threading.Event()
         self.consistent = True  # False while (or once, when it failed) a batch's states are ahead of the sinks
@@ -119,6 +128,7 @@ class Decider(Started):
     def _assigned(self, consumer, partitions) -> None:
         from confluent_kafka import OFFSET_BEGINNING, OFFSET_END
 
+        self._settle()  # the batch in the sinks counts for the partitions it read
         for assigned in partitions:
             saved = checkpoint.load(self.directory, assigned.topic, assigned.partition)
             if saved is None:
@@ -136,6 +146,7 @@ class Decider(Started):
         self._forget(partitions)
 
     def _lost(self, consumer, partitions) -> None:
+        self._settle()
         # Another member may own them already: its checkpoint is the one that counts, so none is written.
         log.warning("decide: lost partitions %s; the next owner resumes from their last checkpoint",
                     sorted(p.partition for p in partitions))
@@ -149,10 +160,11 @@ class Decider(Started):
     # -- deciding ---------------------------------------------------------------------------------
 
     def poll(self, timeout: float) -> int:
-        """Decide what has arrived (waiting at most ``timeout`` seconds for the first record); the number of
-        records read."""
+        """Decide what has arrived (waiting at most ``timeout`` seconds for the first record) and hand it to the
+        sinks once they have the batch before; the number of records read."""
         first = self.consumer.poll(timeout)
         if first is None:
+            self._settle()
             return 0
         more = self.config.max_poll_records - 1
         messages = [first, *(self.consumer.consume(more, 0) if more else [])]
@@ -164,7 +176,7 @@ class Decider(Started):
                 continue
             by_partition.setdefault(message.partition(), []).append(message)
         decided, rejected, read_up_to = [], [], {}
-        self.consistent = False  # the states move ahead of the sinks until they have this batch
+        self.consistent = False  # the states move ahead of the sinks until this batch is handed over
         for partition, records in by_partition.items():
             if partition not in self.states:  # revoked by a rebalance inside this poll
                 continue
@@ -172,19 +184,38 @@ class Decider(Started):
             decided += [decisions] if decisions is not None else []
             rejected += [refused] if refused is not None else []
             read_up_to[partition] = records[-1].offset() + 1
-        if not read_up_to:
-            self.consistent = True
-            return len(messages)
-        self.handler.hand_over(pd.concat(decided, ignore_index=True) if decided else empty_decisions(CANDLE_COLUMNS),
-                               pd.concat(rejected, ignore_index=True) if rejected else NO_REJECTS,
-                               self.batches, time.monotonic() - started)
-        self.consistent = True
-        self.positions.update(read_up_to)
-        self.batches += 1
-        self.last_batch_seconds = time.monotonic() - started
-        self.read_since_report += len(messages)
-        metrics.record_batch(self.last_batch_seconds, len(messages))
+        detection_seconds = time.monotonic() - started
+        self._settle()
+        if read_up_to:
+            decisions = pd.concat(decided, ignore_index=True) if decided else empty_decisions(CANDLE_COLUMNS)
+            rejects = pd.concat(rejected, ignore_index=True) if rejected else NO_REJECTS
+            handing = self.sinks_thread.submit(self._hand_over, decisions, rejects, self.batches,
+                                               detection_seconds, started)
+            self.in_sinks = (handing, read_up_to, len(messages))
+        self.consistent = True  # a failed hand-over, found by ``_settle``, clears it for good
         return len(messages)
+
+    def _hand_over(self, decisions, rejected, batch_id: int, detection_seconds: float, started: float) -> float:
+        """In the sinks' thread: the batch to the sinks; returns, once they have it, the seconds since its
+        deciding started."""
+        self.handler.hand_over(decisions, rejected, batch_id, detection_seconds)
+        return time.monotonic() - started
+
+    def _settle(self) -> None:
+        """Wait until the sinks have the batch handed to them (if any); only then do its offsets count as decided
+        (and may be checkpointed). Raises what the hand-over raised."""
+        if self.in_sinks is None:
+            return
+        (handing, read_up_to, read), self.in_sinks = self.in_sinks, None
+        try:
+            self.last_batch_seconds = handing.result()
+        except BaseException:
+            self.consistent = False
+            raise
+        self.positions.update({p: offset for p, offset in read_up_to.items() if p in self.states})
+        self.batches += 1
+        self.read_since_report += read
+        metrics.record_batch(self.last_batch_seconds, read)
 
     def _decide(self, partition: int, records):
         """One partition's records: (its decisions or None, its rejects or None)."""
@@ -205,9 +236,11 @@ class Decider(Started):
 
     def checkpoint(self, partitions=None) -> None:
         """Write the states of ``partitions`` (default: every assigned one) that moved since their last file,
-        then commit their offsets; nothing when a batch failed half-way (the last files stand)."""
+        then commit their offsets, once the sinks have the batch handed to them; nothing when a batch failed
+        half-way (the last files stand)."""
         from confluent_kafka import KafkaException, TopicPartition
 
+        self._settle()
         if not self.consistent:
             return
         topic = self.config.stream.topic
@@ -266,6 +299,7 @@ class Decider(Started):
             log.warning("decide: stopped while a durable sink was failing; its batch is read again at the next start")
         except Exception:
             log.exception("decide: failed")
+            self.stop()  # a sink failing meanwhile gives up its batch, so that closing does not wait for it
             return False
         log.info("decide: stopping (totals %s)", self.handler.totals)
         return True
@@ -284,10 +318,15 @@ class Decider(Started):
         watchdog.start()
         try:
             if self.consumer is not None:
-                self.checkpoint()
+                try:
+                    self.checkpoint()
+                except Exception as error:  # noqa: BLE001 - the batch in the sinks failed: it is read again
+                    log.warning("decide: the last batch did not reach the sinks (%s); the next start reads it again",
+                                error)
                 # Leaves the group, its partitions going to the others at once; a named (static) member's wait for
                 # the session timeout instead, so that it takes them back when it restarts.
                 self.consumer.close()
+            self.sinks_thread.shutdown()
             if self.sinks is not None:
                 self.sinks.close()
             if self.dead_letters is not None:

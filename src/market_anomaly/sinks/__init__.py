@@ -8,7 +8,10 @@ The delivery contract: a *durable* sink (database, Kafka topic) has every decisi
 given or the micro-batch does not end: ``Sinks.write`` retries its ``flush`` with back-off
 (``RetryPolicy``) for as long as it fails, while the health record (``pipeline_health``) shows
 the outage, and Spark commits the batch only after. Their writes are idempotent, so a retry (or
-a replay after a crash) duplicates nothing. A *best-effort* sink (console, webhooks) never
+a replay after a crash) duplicates nothing. The durable sinks deliver a batch side by side, each in
+a thread of its own, so that one's waits and its work outside the GIL (SQLite's statements,
+librdkafka's deliveries) overlap the other's: a decision may be on the topic a moment before the
+database has it, and the batch ends once both have it. A *best-effort* sink (console, webhooks) never
 blocks the stream: its failure is logged with a running count and the batch goes on. Only the
 database fails loudly at startup, because a bad ``--db`` is a configuration mistake.
 """
@@ -19,6 +22,7 @@ import contextlib
 import logging
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
@@ -107,6 +111,8 @@ class Sinks:
         self.seconds: dict[str, float] = {}  # each sink's time in the last ``write`` (the job logs it)
         self._stopping = threading.Event()
         self._last_progress: dict = {}
+        durable = sum(sink.durable for sink in sinks)  # the calling thread delivers to one of them itself
+        self._beside = ThreadPoolExecutor(max(1, durable - 1), thread_name_prefix="sink") if durable > 1 else None
 
     def _guarded(self, sink, action: str, call) -> None:
         try:
@@ -119,8 +125,8 @@ class Sinks:
                       sink.name, action, error, self.failures[sink.name], exc_info=self.failures[sink.name] == 1)
 
     def write(self, decisions: pd.DataFrame) -> None:
-        """Best-effort sinks first (an alert goes out while the database is down), then each durable sink until
-        it has the batch; raises ``Stopping`` when ``stop_retrying`` is called meanwhile."""
+        """Best-effort sinks first (an alert goes out while the database is down), then the durable sinks side by
+        side, each until it has the batch; raises ``Stopping`` when ``stop_retrying`` is called meanwhile."""
         decisions = self._finite(decisions)
         self.seconds = {}
         for sink in self.sinks:
@@ -128,10 +134,23 @@ class Sinks:
                 with self._timed(sink):
                     self._guarded(sink, f"writing {len(decisions)} decision(s)", lambda: (sink.write(decisions),
                                                                                          sink.flush()))
-        for sink in self.sinks:
-            if sink.durable:
-                with self._timed(sink):
-                    self._deliver(sink, decisions)
+        durable = [sink for sink in self.sinks if sink.durable]
+        if not durable:
+            return
+        beside = [self._beside.submit(self._timed_delivery, sink, decisions) for sink in durable[1:]]
+        failure = None
+        try:
+            self._timed_delivery(durable[0], decisions)
+        except Stopping as error:
+            failure = error
+        for delivery in beside:  # waited for even when one gave up: the batch's delivery ends as a whole
+            failure = failure or delivery.exception()
+        if failure is not None:
+            raise failure
+
+    def _timed_delivery(self, sink: Sink, decisions: pd.DataFrame) -> None:
+        with self._timed(sink):
+            self._deliver(sink, decisions)
 
     @contextlib.contextmanager
     def _timed(self, sink: Sink):
@@ -204,6 +223,8 @@ class Sinks:
                 log.error("recording health failed: %s", error)
 
     def close(self) -> None:
+        if self._beside is not None:
+            self._beside.shutdown()
         for sink in self.sinks:
             self._guarded(sink, "closing", sink.close)
 

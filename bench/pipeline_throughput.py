@@ -199,7 +199,9 @@ def start_job(args, bootstrap: str, candle_topic: str, output_topic: str, state:
     if args.members > 1:  # members of one consumer group, under one shell so the tree's CPU and memory are theirs
         others = [[*command[:-len(extra) - len(args.job_arg) - 2], "--metrics-port", "0", *extra, *args.job_arg]
                   for _ in range(args.members - 1)]
-        script = 'trap "kill 0" TERM; ' + " & ".join(shlex.join(words) for words in [command, *others]) + " & wait"
+        # On TERM the shell passes it to the members once (ignoring its own) and waits for them to close.
+        script = ("trap 'trap \"\" TERM; kill 0; wait' TERM; "
+                  + " & ".join(shlex.join(words) for words in [command, *others]) + " & wait")
         command = ["bash", "-c", script]
     # A process group of its own: the members' shell stops its group (kill 0), which must not include this one.
     return subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=open(state / "detect.log", "wb"),

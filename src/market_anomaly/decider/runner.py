@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import logging
 import os
-import signal
 import threading
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -43,7 +42,7 @@ from market_anomaly.candles.topic import parse_values
 from market_anomaly.candles.validation import Limits, interval_name
 from market_anomaly.core.engine import empty_decisions
 from market_anomaly.decider import checkpoint
-from market_anomaly.lifecycle import Started
+from market_anomaly.lifecycle import Started, on_stop_signals
 from market_anomaly.sinks import Stopping
 from market_anomaly.sinks.common import CANDLE_COLUMNS
 from market_anomaly.spark.job import BatchHandler, DetectConfig
@@ -281,8 +280,7 @@ class Decider(Started):
 
     def run(self) -> bool:
         """Decide until a signal (SIGINT, SIGTERM), ``run_for`` seconds or a failure; False on a failure."""
-        for signum in (signal.SIGINT, signal.SIGTERM):
-            signal.signal(signum, lambda *_: self.stop())
+        on_stop_signals(self.stop)
         run_for = self.config.stream.run_for
         deadline = time.monotonic() + run_for if run_for else None
         every = self.config.checkpoint_every

@@ -13,7 +13,6 @@ from __future__ import annotations
 import functools
 import json
 import logging
-import signal
 import threading
 import time
 from dataclasses import dataclass, field
@@ -24,7 +23,7 @@ from market_anomaly.candles.topic import CANDLE_FIELDS
 from market_anomaly.candles.validation import (EARLIEST_OPEN_TIME, MAX_SYMBOL_LENGTH, NOT_A_CANDLE, NOT_AN_OBJECT,
                                                RAW_BYTES, REQUIRED, Limits, interval_name, raw_reason_spark,
                                                spark_reason)
-from market_anomaly.lifecycle import Started
+from market_anomaly.lifecycle import Started, on_stop_signals
 from market_anomaly.sinks import SinkOptions, Stopping
 from market_anomaly.sinks.common import DECISION_RECORD
 from market_anomaly.spark.workers import StateBounds
@@ -375,8 +374,7 @@ def wait_until_stopped(query, run_for: float | None, on_stop=lambda: None) -> bo
     connection and print a traceback instead of stopping cleanly.
     """
     stop = threading.Event()
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(signum, lambda *_: stop.set())
+    on_stop_signals(stop.set)
     deadline = time.monotonic() + run_for if run_for else None
     while not stop.is_set() and query.isActive and (deadline is None or time.monotonic() < deadline):
         query.awaitTermination(0.5)

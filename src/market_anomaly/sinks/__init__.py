@@ -112,7 +112,7 @@ class Sinks:
         self._stopping = threading.Event()
         self._last_progress: dict = {}
         durable = sum(sink.durable for sink in sinks)  # the calling thread delivers to one of them itself
-        self._beside = ThreadPoolExecutor(max(1, durable - 1), thread_name_prefix="sink") if durable > 1 else None
+        self._beside = ThreadPoolExecutor(durable - 1, thread_name_prefix="sink") if durable > 1 else None
 
     def _guarded(self, sink, action: str, call) -> None:
         try:

@@ -211,7 +211,8 @@ class Decider(Started):
         except BaseException:
             self.consistent = False
             raise
-        self.positions.update({p: offset for p, offset in read_up_to.items() if p in self.states})
+        # Every partition it read is still assigned: the rebalance callbacks settle before they forget one.
+        self.positions.update(read_up_to)
         self.batches += 1
         self.read_since_report += read
         metrics.record_batch(self.last_batch_seconds, read)

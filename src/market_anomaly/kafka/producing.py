@@ -22,15 +22,12 @@ def producer_config(client_config: dict[str, str], **defaults) -> dict:
 
 
 def produce_waiting(producer: Producer, topic: str, value: bytes, key: str | bytes | None = None,
-                    on_delivery=None, serve_callbacks: bool = True) -> None:
-    """``producer.produce``, but a full local queue (broker slow or down) waits for deliveries instead of raising.
-    ``serve_callbacks`` False leaves the delivery callbacks to the next ``flush`` (a producer that is told only of
-    failures has few, and a ``poll`` per message costs as much as producing it)."""
+                    on_delivery=None) -> None:
+    """``producer.produce``, but a full local queue (broker slow or down) waits for deliveries instead of raising."""
     while True:
         try:
             producer.produce(topic, value, key=key, on_delivery=on_delivery)
             break
         except BufferError:
             producer.poll(0.5)
-    if serve_callbacks:
-        producer.poll(0)
+    producer.poll(0)  # serve delivery callbacks

@@ -8,8 +8,8 @@ commits a batch only once its decisions are on the topic, and a retry duplicates
 
 The JSON is built a column at a time in Arrow (``common.json_objects``): NaN and infinities
 as null, the same values ``json.dumps`` writes at a fifth of its time. Only failed deliveries
-come back (``delivery.report.only.error``), to one callback served by ``flush``: a report and a
-``poll`` per decision cost as much as producing it.
+come back (``delivery.report.only.error``), to one callback: a report and a ``poll`` per decision
+cost as much as producing it.
 """
 
 from __future__ import annotations
@@ -59,9 +59,13 @@ class KafkaTopicSink:
         self.produced += len(decisions)
 
     def _produce(self, messages) -> None:
+        produce = self._producer.produce
         for key, value in messages:
             try:
-                produce_waiting(self._producer, self.topic, value, key=key, serve_callbacks=False)
+                try:  # positional and without produce_waiting's poll: 1 us a decision less (2,000 candles/s)
+                    produce(self.topic, value, key)
+                except BufferError:  # the local queue is full: wait for deliveries
+                    produce_waiting(self._producer, self.topic, value, key=key)
             except KafkaException as error:  # refused before it left (e.g. too large): kept, and reported by flush
                 self._undelivered.append((key, value))
                 self._errors.append(str(error))

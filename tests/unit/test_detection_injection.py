@@ -66,6 +66,26 @@ def test_volume_burst_reaches_the_multiple_of_recent_median_without_moving_price
         candles["quote_volume"][300] / candles["volume"][300])
 
 
+def test_on_a_thin_market_events_are_sized_by_the_minutes_that_traded_and_fill_the_silent_ones():
+    # Two minutes in three without a trade: the plain median volume is 0, so 20x of it would be nothing.
+    candles = random_walk()
+    silent = np.arange(len(candles)) % 3 != 0
+    for column in ("volume", "quote_volume", "trades", "taker_buy_base", "taker_buy_quote"):
+        candles.loc[silent, column] = 0
+    traded = candles["volume"][241:301][~silent[241:301]]  # the 60 minutes before the event
+    injected, label = inject(candles, "volume_burst", 301, np.random.default_rng(2), magnitude=20.0)
+    burst = slice(301, 301 + (label["end_time"] - label["open_time"]) // 60_000 + 1)
+    np.testing.assert_allclose(injected["volume"][burst], np.maximum(20.0 * np.median(traded), candles["volume"][burst]))
+    assert_valid_candles(injected)
+    # A silent minute that now trades takes the proportions of the last minute that did (row 300).
+    assert silent[301] and injected["trades"][301] >= 1
+    assert injected["taker_buy_base"][301] / injected["volume"][301] == pytest.approx(0.5)
+    assert injected["quote_volume"][301] / injected["volume"][301] == pytest.approx(candles["close"][300], rel=1e-3)
+    # A price spike on such a market trades too, instead of moving the price on no volume.
+    spiked, _ = inject(candles, "price_spike", 301, np.random.default_rng(3), magnitude=8.0)
+    assert spiked["volume"][301] >= 2 * np.median(traded)
+
+
 def test_flash_crash_drops_then_recovers_partly_and_pump_and_dump_returns():
     candles = random_walk()
     crashed, crash = inject(candles, "flash_crash", 300, np.random.default_rng(4), magnitude=0.06)

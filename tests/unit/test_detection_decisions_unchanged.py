@@ -22,7 +22,10 @@ Re-recorded for the self-calibration's memory (``consensus.own_memory_candles`` 
 threshold 4.65, HIGH margin 0.95 -> 1.05): the synthetic market 119 flags (59/45/15), BTC/ETH/FIL/APPCBTC
 13/18/54/14. The every-column digests below were recorded on AVX-512 with that change; the changes after it were
 checked on AVX2 (decisions only), and by 2026-12-06 the AVX-512 columns differed in the last bits on all five datasets
-(the decisions the same), so they were re-recorded then from the code of commit e9a352b.
+(the decisions the same), so they were re-recorded then from the code of commit e9a352b. Re-recorded for ABSORBED
+VOLUME (a new detector, its ``absorbed_volume`` column, model_params.json retrained: threshold 4.65, HIGH margin
+1.05 -> 0.95): the synthetic market, BTC and ETH decide as before (119/13/18 flags), FIL's 54 flags change
+confidence (LOW/MEDIUM/HIGH 21/20/13), APPCBTC 17 flags (14 before).
 """
 
 from __future__ import annotations
@@ -43,11 +46,11 @@ DECISION_COLUMNS = ("symbol", "open_time", "votes", "is_anomaly", "confidence", 
 DATASETS = ("synthetic", "binance/BTCUSDT_1m.csv", "binance/ETHUSDT_1m.csv", "binance-futures/FILUSDT_1m_2023-06.csv",
             "pumps-2020/APPCBTC_pump_2020-11-18_1800_1m.csv")
 RECORDED = dict(zip(DATASETS, (  # dataset -> digest of the decision columns
-    "2ae165982abdc696", "c3627c17b557ca0b", "145523fa08edec5d", "57e4b9cbb9ad5139", "8ec3e77fbe0efbba")))
+    "2ae165982abdc696", "c3627c17b557ca0b", "145523fa08edec5d", "ed34250033b95420", "bcc8441f86693104")))
 RECORDED_EVERY_COLUMN = {  # (NumPy version, SIMD level) -> dataset -> digest of every column
     ("2.4.6", "AVX512_SKX"): dict(zip(DATASETS, (
-        "a9c32d6b4467b4b4", "7bb8a37a4bde3872", "11b262cc649e8991",
-        "3014a1f81e5ed3ca", "2a21e21eaefae992"))),
+        "9e86ceed05e18464", "8224c55ebca9e70b", "04366c3c8d51d40b",
+        "23a165f682d62507", "c66aa77bb2ead3a3"))),
 }
 
 

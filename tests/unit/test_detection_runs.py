@@ -1,5 +1,5 @@
-"""Runs detectors' options: a sustained volume run (every minute heavy), a trimmed burst (one jump is no burst), and
-the volume surge (a run against the symbol's own busiest minutes)."""
+"""Runs detectors' options: a sustained volume run (every minute heavy), a trimmed burst (one jump is no burst), the
+volume surge (a run against the symbol's own busiest minutes) and absorbed volume (a run at a price that did not move)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from market_anomaly.core.baselines import Context
-from market_anomaly.core.detectors import Burst, VolumeRun, VolumeSurge
+from market_anomaly.core.detectors import AbsorbedVolume, Burst, VolumeRun, VolumeSurge
 from market_anomaly.core.features import CandleFeatures
 from market_anomaly.core.params import DEFAULTS, InvalidParams, params_from_dict, params_with
 
@@ -83,3 +83,23 @@ def test_volume_surge_options_are_validated_and_optional():
         del document["volume"][key]
     params = params_from_dict(document)
     assert (params.volume.surge_window, params.volume.surge_quantile, params.volume.surge_floor) == (240, 0.99, 0.5)
+
+
+def test_absorbed_volume_is_a_heavy_run_at_a_price_that_did_not_move():
+    """A thin pair (tick 0.5 % of the price): 3 minutes at 20x its traded level with the close where it was score
+    20x; the same minutes with a one-tick move in the middle, a liquid pair whose close moves every minute, a
+    minute without a trade and quiet minutes (half the traded level) all score the floor (0.1x)."""
+    tick = np.full(3, 0.005)
+    heavy, floor = np.log(np.full(3, 20.0)), np.exp(-2.3)
+
+    def absorbed(log_return, log_volume_ratio=heavy, tick_return=tick):
+        context = Context.of(log_volume_ratio=log_volume_ratio, log_range_ratio=np.zeros(3),
+                             features=CandleFeatures.of(log_return=log_return, tick_return=tick_return))
+        return AbsorbedVolume(runs(volume_window=3)).score(context)[-1]
+
+    assert absorbed(np.zeros(3)) == pytest.approx(20.0)
+    assert absorbed(np.array([0.0, 0.005, 0.0])) == pytest.approx(floor)
+    assert absorbed(np.array([0.0004, -0.0003, 0.0005]), tick_return=np.full(3, 1e-6)) == pytest.approx(floor)
+    assert absorbed(np.zeros(3), log_volume_ratio=np.log(np.array([20.0, 1e-12, 20.0]))) == pytest.approx(floor)
+    assert absorbed(np.zeros(3), log_volume_ratio=np.log(np.full(3, 0.5))) == pytest.approx(floor)
+    assert VolumeRun(runs(volume_window=3)).score(volume_context(heavy))[-1] == pytest.approx(20.0)  # moved or not

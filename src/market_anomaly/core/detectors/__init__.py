@@ -8,21 +8,23 @@ reasons and of the score columns. Adding a detector: its module here, and a line
 
 >>> DETECTORS[0].name, DETECTORS[0].column, DETECTORS[0].two_sided
 ('Z-SCORE', 'zscore', True)
->>> default_groups()[:3]  # by group number: Z-SCORE 0, BURST and DRIFT 1, VOLUME, VOLUME RUN and VOLUME SURGE 2, ...
-[['Z-SCORE'], ['BURST', 'DRIFT'], ['VOLUME', 'VOLUME RUN', 'VOLUME SURGE']]
+>>> default_groups()[:3]  # by group number: Z-SCORE 0, BURST and DRIFT 1, the four volume detectors 2, ...
+[['Z-SCORE'], ['BURST', 'DRIFT'], ['VOLUME', 'VOLUME RUN', 'VOLUME SURGE', 'ABSORBED VOLUME']]
 """
 
 from __future__ import annotations
 
 from market_anomaly.core.detectors.base import Detector
 from market_anomaly.core.detectors.model import LearnedSurprise
-from market_anomaly.core.detectors.runs import Burst, Drift, Reversal, Trend, VolumeRun, VolumeSurge
+from market_anomaly.core.detectors.runs import (AbsorbedVolume, Burst, Drift, Reversal, Trend, VolumeRun,
+                                                VolumeSurge)
 from market_anomaly.core.detectors.volatility import Volatility
 from market_anomaly.core.detectors.volume import VolumeSpike
 from market_anomaly.core.detectors.zscore import ReturnZScore
 
 DETECTORS: tuple[type[Detector], ...] = (
-    ReturnZScore, Volatility, VolumeSpike, VolumeRun, VolumeSurge, Burst, Drift, Trend, Reversal, LearnedSurprise,
+    ReturnZScore, Volatility, VolumeSpike, VolumeRun, VolumeSurge, AbsorbedVolume, Burst, Drift, Trend, Reversal,
+    LearnedSurprise,
 )
 
 DETECTOR_NAMES = tuple(detector.name for detector in DETECTORS)
@@ -53,6 +55,6 @@ def warmups(params) -> dict[str, int]:
     return {detector.name: detector.warmup for detector in build(params)}
 
 
-__all__ = ["DETECTORS", "DETECTOR_NAMES", "SCORE_COLUMNS", "Burst", "Detector", "Drift", "LearnedSurprise",
+__all__ = ["DETECTORS", "DETECTOR_NAMES", "SCORE_COLUMNS", "AbsorbedVolume", "Burst", "Detector", "Drift", "LearnedSurprise",
            "ReturnZScore", "Reversal", "Trend", "Volatility", "VolumeRun", "VolumeSpike", "VolumeSurge", "build",
            "default_groups", "sections", "warmups"]

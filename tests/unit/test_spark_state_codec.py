@@ -4,7 +4,7 @@ import struct
 
 import numpy as np
 
-from market_anomaly.core.state import pack
+from market_anomaly.core.state import pack, unpack_bucket
 from market_anomaly.spark.workers import MAGIC, SymbolState, expire, pack_states, unpack_states
 
 
@@ -35,3 +35,11 @@ def test_symbols_unseen_for_the_expiry_are_dropped():
     states = {"OLD": SymbolState(1_000, b"a"), "EDGE": SymbolState(5_000, b"b"), "NEW": SymbolState(9_000, b"c")}
     assert expire(states, now=10_000, expiry_ms=5_000) == ["OLD"]
     assert list(states) == ["EDGE", "NEW"]
+
+
+def test_a_bucket_mixing_states_from_before_and_after_a_detector_was_added_reads_each_symbol_its_own_row():
+    # After an upgrade, a bucket holds states written with 2 detectors' counts (symbols without candles since) beside
+    # states rewritten with 3: the new layout is read, the old one starts over from the default.
+    old, new = pack({"own": np.array([1.0, 2.0])}), pack({"own": np.array([7.0, 8.0, 9.0])})
+    rows = unpack_bucket([old, new, None, new]).rows("own", [0.0, 0.0, 0.0])
+    assert rows.tolist() == [[0.0, 0.0, 0.0], [7.0, 8.0, 9.0], [0.0, 0.0, 0.0], [7.0, 8.0, 9.0]]

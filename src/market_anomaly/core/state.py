@@ -86,8 +86,8 @@ class BucketState:
         """A fixed-size array per symbol, stacked: (symbols, len(default)); ``default`` where a symbol has none."""
         found = self.tails(name)
         rows = np.tile(np.asarray(default, dtype=float), (self.symbols, 1))
-        has = found.segments.counts == len(default)
-        rows[has] = found.values.reshape(-1, len(default))
+        has = found.segments.counts == len(default)  # another size: a state from before the layout changed
+        rows[has] = found.values[np.repeat(has, found.segments.counts)].reshape(-1, len(default))
         return rows
 
 

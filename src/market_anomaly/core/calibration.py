@@ -26,6 +26,7 @@ import math
 import numpy as np
 
 SURPRISE_GRID = np.round(np.arange(0.25, 6.01, 0.25), 2)
+MIN_CALIBRATION_SCORES = 100  # fewer finite training scores than this calibrate nothing
 MIN_TAIL_COUNT = 2  # a level needs at least this many training scores above it
 MAX_SURPRISE = 10.0  # extrapolation beyond the training sample is capped: one in 10**10 candles
 DEFAULT_TAIL_SLOPE = 2.0  # where the tail is too short to fit: a tenfold score is 4.6 levels rarer
@@ -35,7 +36,7 @@ TAIL_FROM = 2.0     # the Pareto tail slope is fitted on levels from this surpri
 def fit_table(scores: np.ndarray) -> dict:
     """The calibration table of ``scores`` (finite ones; NaN means "not defined yet" and is ignored)."""
     scores = np.sort(scores[np.isfinite(scores)])
-    if len(scores) < 100:
+    if len(scores) < MIN_CALIBRATION_SCORES:
         raise ValueError(f"{len(scores)} scores are too few to calibrate a detector")
     levels = SURPRISE_GRID[len(scores) * 10.0 ** -SURPRISE_GRID >= MIN_TAIL_COUNT]
     quantiles = np.quantile(scores, 1 - 10.0 ** -levels)

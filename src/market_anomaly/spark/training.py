@@ -34,7 +34,7 @@ import numpy as np
 import pandas as pd
 
 from market_anomaly.candles.files import PRICE_COLUMNS, SYMBOL_IN_NAME, CandleFileError
-from market_anomaly.training.train import Arrays, SeriesPass, ordered_series, series_span
+from market_anomaly.training.train import TRAINING_OPTIONAL, Arrays, SeriesPass, ordered_series, series_span
 
 log = logging.getLogger("market_anomaly.train")
 
@@ -130,11 +130,11 @@ def _one_input(spark, path: str, source: int):
         symbol = F.upper(F.regexp_extract(F.col("_metadata.file_name"), SYMBOL_IN_NAME.pattern, 1))
     prices = {name: F.col(name).try_cast("double") for name in PRICE_COLUMNS}
     open_time = _open_time(raw, path)
-    tick_size = F.col("tick_size").try_cast("double") if "tick_size" in raw.columns else F.lit(None).cast("double")
+    optional = [(F.col(name).try_cast("double") if name in raw.columns else F.lit(None).cast("double")).alias(name)
+                for name in TRAINING_OPTIONAL]  # null where the file has no such column, as NaN offline
     return raw.select(
         F.lit(source).alias("source"), F.col("_metadata.file_path").alias("file"), symbol.alias("symbol"),
-        open_time.alias("open_time"), *[value.alias(name) for name, value in prices.items()],
-        tick_size.alias("tick_size"),
+        open_time.alias("open_time"), *[value.alias(name) for name, value in prices.items()], *optional,
         # File order: a split of a file is one task, read in order.
         F.col("_metadata.file_block_start").alias("order_major"), F.monotonically_increasing_id().alias("order_minor"),
         F.when(open_time.isNull(), F.lit(BAD_TIME)).when(~_usable_prices(prices), F.lit(BAD_PRICES))
@@ -180,7 +180,8 @@ def topic_candles(spark, topic: str, kafka_options: dict[str, str]):
     limits = Limits(interval=None, present_ms=F.unix_millis(F.current_timestamp()))  # history of any interval
     return kafka_candles(reader, topic, kafka_options, limits).select(
         F.lit(0).alias("source"), F.lit(f"topic {topic}").alias("file"), "symbol", "open_time", *PRICE_COLUMNS,
-        "tick_size", F.col("produced_at").alias("order_major"), F.lit(0).cast("long").alias("order_minor"), "error")
+        *[F.col(name).cast("double").alias(name) for name in TRAINING_OPTIONAL],
+        F.col("produced_at").alias("order_major"), F.lit(0).cast("long").alias("order_minor"), "error")
 
 
 def spark_series(spark, candles, partitions: int) -> SparkSeries:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import logging
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,7 +22,7 @@ from typing import Callable, NamedTuple
 import numpy as np
 import pandas as pd
 
-from market_anomaly.core.calibration import fit_table
+from market_anomaly.core.calibration import MIN_CALIBRATION_SCORES, fit_table
 from market_anomaly.core.consensus import candidates
 from market_anomaly.core.engine import DetectionEngine, calibration_scores
 from market_anomaly.training.injection import KINDS, inject, injection_slots
@@ -30,10 +31,12 @@ from market_anomaly.core.params import DEFAULTS, ModelParams, pair_keys, params_
 from market_anomaly.files import write_atomically
 from market_anomaly.core.detectors import SCORE_COLUMNS, LearnedSurprise, warmups
 
+log = logging.getLogger("market_anomaly.train")
+
 DEFAULT_ALARM_QUANTILE = 0.999
 DEFAULT_TUNE_INJECTIONS = 1500  # events injected into the training candles to tune the fusion's offsets
 TRAINING_COLUMNS = ("open_time", "open", "high", "low", "close", "volume")  # all that training reads of a candle
-TRAINING_OPTIONAL = ("tick_size",)  # ... and where the candles carry it, the exchange's price step
+TRAINING_OPTIONAL = ("tick_size", "trades")  # ... and where the candles carry them, the price step and trade count
 
 Arrays = dict[str, np.ndarray]
 SeriesPass = Callable[..., Arrays]  # (key, frame, *args) -> compact arrays
@@ -134,8 +137,14 @@ def train(series, config: TrainConfig = TrainConfig()) -> ModelParams:
 
     uncalibrated = params_from_dict(document, model=learned.model)
     scored = list(collection.map(detector_scores, uncalibrated).values())
-    document["calibration"] = {name: fit_table(np.concatenate([scores[name] for scores in scored]))
-                               for name in warmups(uncalibrated)}
+    document["calibration"] = {}
+    for name in warmups(uncalibrated):
+        scores = np.concatenate([scores[name] for scores in scored])
+        if np.isfinite(scores).sum() >= MIN_CALIBRATION_SCORES:
+            document["calibration"][name] = fit_table(scores)
+        else:  # e.g. TRADES RUN on candles without trade counts: not calibrated, it adds no surprise
+            log.warning("%s scored %d training candles, too few to calibrate; it stays silent",
+                        name, int(np.isfinite(scores).sum()))
     consensus = uncalibrated.consensus
     if consensus.pairs:
         groups = np.concatenate([result["groups"] for result in collection.map(

@@ -48,7 +48,8 @@ def repeated_file(path: Path, symbol: str, n: int) -> pd.DataFrame:
     frame = pd.concat([candles] * copies, ignore_index=True).iloc[:n].copy()
     frame["symbol"] = symbol
     frame["open_time"] = START + np.arange(n) * 60_000
-    return frame[["symbol", "open_time", "open", "high", "low", "close", "volume"]]
+    optional = [name for name in ("trades", "taker_buy_base", "tick_size") if name in frame]  # what the core reads
+    return frame[["symbol", "open_time", "open", "high", "low", "close", "volume", *optional]]
 
 
 def best_rate(run, candles: int, repeat: int) -> float:

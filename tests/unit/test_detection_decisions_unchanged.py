@@ -25,7 +25,9 @@ checked on AVX2 (decisions only), and by 2026-12-06 the AVX-512 columns differed
 (the decisions the same), so they were re-recorded then from the code of commit e9a352b. Re-recorded for ABSORBED
 VOLUME (a new detector, its ``absorbed_volume`` column, model_params.json retrained: threshold 4.65, HIGH margin
 1.05 -> 0.95): the synthetic market, BTC and ETH decide as before (119/13/18 flags), FIL's 54 flags change
-confidence (LOW/MEDIUM/HIGH 21/20/13), APPCBTC 17 flags (14 before).
+confidence (LOW/MEDIUM/HIGH 21/20/13), APPCBTC 17 flags (14 before). Re-recorded for TRADES RUN (a new detector in
+a consensus group of its own, its ``trades_run`` column, model_params.json retrained: threshold 4.65): the synthetic
+market 119 flags (68/40/11, 11 market-wide), BTC/ETH/FIL/APPCBTC 12/15/69/20 (the spot files carry no trade count).
 """
 
 from __future__ import annotations
@@ -46,11 +48,11 @@ DECISION_COLUMNS = ("symbol", "open_time", "votes", "is_anomaly", "confidence", 
 DATASETS = ("synthetic", "binance/BTCUSDT_1m.csv", "binance/ETHUSDT_1m.csv", "binance-futures/FILUSDT_1m_2023-06.csv",
             "pumps-2020/APPCBTC_pump_2020-11-18_1800_1m.csv")
 RECORDED = dict(zip(DATASETS, (  # dataset -> digest of the decision columns
-    "2ae165982abdc696", "c3627c17b557ca0b", "145523fa08edec5d", "ed34250033b95420", "bcc8441f86693104")))
+    "1048b19718e2eec7", "84d7c678f696a69f", "8d25ac5bdc8c3a3e", "237aa2f44b37ffaa", "e30884acfbf54f10")))
 RECORDED_EVERY_COLUMN = {  # (NumPy version, SIMD level) -> dataset -> digest of every column
     ("2.4.6", "AVX512_SKX"): dict(zip(DATASETS, (
-        "9e86ceed05e18464", "8224c55ebca9e70b", "04366c3c8d51d40b",
-        "23a165f682d62507", "c66aa77bb2ead3a3"))),
+        "cea5b7a23b613e8c", "466239db72ca8be7", "bb488fd4f246a90e",
+        "17fcffff34234eb1", "630c53429d4c00f5"))),
 }
 
 

@@ -1,5 +1,6 @@
 """Runs detectors' options: a sustained volume run (every minute heavy), a trimmed burst (one jump is no burst), the
-volume surge (a run against the symbol's own busiest minutes) and absorbed volume (a run at a price that did not move)."""
+volume surge (a run against the symbol's own busiest minutes), absorbed volume (a run at a price that did not move) and
+the trades run (a crowd, sustained)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import numpy as np
 import pytest
 
 from market_anomaly.core.baselines import Context
-from market_anomaly.core.detectors import AbsorbedVolume, Burst, VolumeRun, VolumeSurge
+from market_anomaly.core.detectors import AbsorbedVolume, Burst, TradesRun, VolumeRun, VolumeSurge
 from market_anomaly.core.features import CandleFeatures
 from market_anomaly.core.params import DEFAULTS, InvalidParams, params_from_dict, params_with
 
@@ -103,3 +104,20 @@ def test_absorbed_volume_is_a_heavy_run_at_a_price_that_did_not_move():
     assert absorbed(np.zeros(3), log_volume_ratio=np.log(np.array([20.0, 1e-12, 20.0]))) == pytest.approx(floor)
     assert absorbed(np.zeros(3), log_volume_ratio=np.log(np.full(3, 0.5))) == pytest.approx(floor)
     assert VolumeRun(runs(volume_window=3)).score(volume_context(heavy))[-1] == pytest.approx(20.0)  # moved or not
+
+
+def test_trades_run_is_a_crowd_sustained_where_one_large_print_is_not():
+    """A thin pair trading 2 trades a minute when it trades (most minutes silent): 3 minutes of 60-90 trades score
+    30x; one large print after silence (1 trade, whatever its volume), a single busy minute between ordinary ones,
+    and candles without a trade count (NaN: ineligible, not 0) do not."""
+    usual = np.tile([0.0, 2.0, 0.0, 2.0, 0.0, 2.0], 20)  # 120 minutes: the level is 2
+
+    def last_score(tail):
+        trades = np.concatenate([usual, tail])
+        context = Context.of(center=np.zeros(len(trades)), features=CandleFeatures.of(trades=trades))
+        return TradesRun(params_with(refresh=1, guard=0, runs={"volume_window": 3, "warmup": 0})).score(context)[-1]
+
+    assert last_score(np.array([60.0, 90.0, 75.0])) == pytest.approx(30.0)
+    assert last_score(np.array([0.0, 0.0, 1.0])) == pytest.approx(np.exp(-2.3))  # silence, then one print
+    assert last_score(np.array([2.0, 200.0, 2.0])) == pytest.approx(1.0)
+    assert np.isnan(last_score(np.array([60.0, np.nan, 75.0])))

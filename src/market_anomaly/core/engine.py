@@ -132,7 +132,7 @@ class DetectionEngine:
         """Decide a state bucket in one vectorised pass: many symbols, each with a few new candles.
 
         ``candles``: the candle columns (``open_time``, ``open``, ``high``, ``low``, ``close``,
-        ``volume``; optionally ``interval``, ``close_time``, ``taker_buy_base``, ``produced_at``) and
+        ``volume``; optionally ``interval``, ``close_time``, ``taker_buy_base``, ``trades``, ``produced_at``) and
         ``symbol``, rows in any order (duplicates, replays and disorder handled per symbol as in
         ``process``). ``states``: the symbols' states from earlier calls (a symbol without one
         starts fresh; entries for symbols without candles are not read). The decisions equal
@@ -164,8 +164,9 @@ class DetectionEngine:
         if not len(rows):
             return {}, rows, [None] * len(symbols)
         open_time = open_time[rows]
-        values = {name: candles[name].to_numpy(float)[rows]
-                  for name in ("open", "high", "low", "close", "volume", "taker_buy_base", "tick_size") if name in candles}
+        values = {name: candles[name].to_numpy(float)[rows] for name in ("open", "high", "low", "close", "volume",
+                                                                         "taker_buy_base", "trades", "tick_size")
+                  if name in candles}
         features = candle_features({**values, "open_time": open_time}, segments, last_open_time, last[:, 1],
                                    last[:, 2], params.interval_ms, params.range.floor_pct, last_step)
         positions = seen[segments.ids] + segments.ranks

@@ -293,6 +293,7 @@ class CandleFeatures:
     volume: np.ndarray
     volume_change: np.ndarray
     taker_buy_share: np.ndarray
+    trades: np.ndarray       # the candle's number of trades (NaN: the candles carry no count)
     tick_return: np.ndarray  # the symbol's tick as a share of the previous price (NaN: no step seen yet)
     min_step: np.ndarray     # the smallest price step the symbol has shown up to this candle (the state's)
 
@@ -347,10 +348,11 @@ def candle_features(candles, segments: Segments, last_open_time: np.ndarray, las
         volume_change = np.where(consecutive & (previous_volume > 0), volume / previous_volume - 1, np.nan)
         taker = (np.asarray(candles["taker_buy_base"], dtype=float) / volume if "taker_buy_base" in candles
                  else np.full(len(close), np.nan))
+    trades = np.asarray(candles["trades"], dtype=float) if "trades" in candles else np.full(len(close), np.nan)
     return CandleFeatures(
         close=close, log_return=log_return, return_pct=np.expm1(log_return) * 100, range_pct=range_pct,
         log_range=np.log(np.fmax(np.maximum(range_pct, range_floor_pct), tick_return * 100)), volume=volume,
-        volume_change=volume_change, taker_buy_share=taker, tick_return=tick_return, min_step=min_step,
+        volume_change=volume_change, taker_buy_share=taker, trades=trades, tick_return=tick_return, min_step=min_step,
     )
 
 

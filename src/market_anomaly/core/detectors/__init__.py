@@ -10,20 +10,22 @@ reasons and of the score columns. Adding a detector: its module here, and a line
 ('Z-SCORE', 'zscore', True)
 >>> default_groups()[:3]  # by group number: Z-SCORE 0, BURST and DRIFT 1, the four volume detectors 2, ...
 [['Z-SCORE'], ['BURST', 'DRIFT'], ['VOLUME', 'VOLUME RUN', 'VOLUME SURGE', 'ABSORBED VOLUME']]
+>>> default_groups()[-1]  # the number of trades is news of its own, not one more reading of volume
+['TRADES RUN']
 """
 
 from __future__ import annotations
 
 from market_anomaly.core.detectors.base import Detector
 from market_anomaly.core.detectors.model import LearnedSurprise
-from market_anomaly.core.detectors.runs import (AbsorbedVolume, Burst, Drift, Reversal, Trend, VolumeRun,
-                                                VolumeSurge)
+from market_anomaly.core.detectors.runs import (AbsorbedVolume, Burst, Drift, Reversal, TradesRun, Trend,
+                                                VolumeRun, VolumeSurge)
 from market_anomaly.core.detectors.volatility import Volatility
 from market_anomaly.core.detectors.volume import VolumeSpike
 from market_anomaly.core.detectors.zscore import ReturnZScore
 
 DETECTORS: tuple[type[Detector], ...] = (
-    ReturnZScore, Volatility, VolumeSpike, VolumeRun, VolumeSurge, AbsorbedVolume, Burst, Drift, Trend, Reversal,
+    ReturnZScore, Volatility, VolumeSpike, VolumeRun, VolumeSurge, AbsorbedVolume, TradesRun, Burst, Drift, Trend, Reversal,
     LearnedSurprise,
 )
 
@@ -56,5 +58,5 @@ def warmups(params) -> dict[str, int]:
 
 
 __all__ = ["DETECTORS", "DETECTOR_NAMES", "SCORE_COLUMNS", "AbsorbedVolume", "Burst", "Detector", "Drift", "LearnedSurprise",
-           "ReturnZScore", "Reversal", "Trend", "Volatility", "VolumeRun", "VolumeSpike", "VolumeSurge", "build",
+           "ReturnZScore", "Reversal", "TradesRun", "Trend", "Volatility", "VolumeRun", "VolumeSpike", "VolumeSurge", "build",
            "default_groups", "sections", "warmups"]

@@ -1,5 +1,5 @@
 """Multi-minute run detectors: sustained volume (its surge against the symbol's own busiest minutes, and volume that
-did not move the price), bursts, drifts, steady trends, reversals (section ``runs``; the surge reads the ``volume``
+did not move the price), sustained trade counts, bursts, drifts, steady trends, reversals (section ``runs``; the surge reads the ``volume``
 section)."""
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import numpy as np
 
 from market_anomaly.core.detectors.base import Detector, check_windows
 from market_anomaly.core.detectors.volume import VolumeParams, VolumeSpike
-from market_anomaly.core.features import RollingStats, Tails, median_upper_spread, trailing_windows
+from market_anomaly.core.features import RollingStats, Tails, median_upper_spread, traded_level, trailing_windows
 
 
 @dataclass(frozen=True)
@@ -53,6 +53,7 @@ class _Run(Detector):
     def __init__(self, params, window: int):
         self.warmup, self.window = params.runs.warmup, window
         self.recent = Tails.empty(1)
+        self.rolling: dict[str, RollingStats] = {}  # a run's own baselines, by state prefix (kept in its state)
 
     def values(self, context) -> np.ndarray:
         """The per-candle values the run is a statistic of."""
@@ -65,10 +66,13 @@ class _Run(Detector):
         self.recent = self.recent.merged(self.values(context), context.segments).last(self.window - 1)
 
     def state(self) -> dict[str, object]:
-        return {"recent": self.recent}
+        return {"recent": self.recent, **{f"{prefix}.{name}": values for prefix, stats in self.rolling.items()
+                                          for name, values in stats.state().items()}}
 
     def restore(self, state) -> None:
         self.recent = state.tails("recent")
+        for prefix, stats in self.rolling.items():
+            stats.restore(state.within(prefix))
 
 
 class VolumeRun(_Run):
@@ -150,6 +154,7 @@ class VolumeSurge(VolumeRun):
         self.floor = volume.surge_floor
         self.spread = RollingStats(volume.surge_window, params.refresh,
                                    partial(median_upper_spread, quantile=volume.surge_quantile), params.guard)
+        self.rolling = {"spread": self.spread}
 
     def score(self, context) -> np.ndarray:
         spread = self.spread.baselines(self.values(context), context.segments)[1]
@@ -158,13 +163,6 @@ class VolumeSurge(VolumeRun):
     def learn(self, context) -> None:
         super().learn(context)
         self.spread.learn(self.values(context), context.segments)
-
-    def state(self) -> dict[str, object]:
-        return {**super().state(), **{f"spread.{name}": values for name, values in self.spread.state().items()}}
-
-    def restore(self, state) -> None:
-        super().restore(state)
-        self.spread.restore(state.within("spread"))
 
     def reason(self, score: float) -> str:
         return f"{self.name} {score:.1f}"
@@ -202,6 +200,55 @@ class AbsorbedVolume(VolumeRun):
                                                                       features.tick_return)
                 self._values = np.where(still & (context.log_volume_ratio > 0), context.log_volume_ratio, -2.3)
         return self._values
+
+
+class TradesRun(_Run):
+    """A crowd, sustained: the smallest, over the last ``volume_window`` candles, of the trade count as a multiple of
+    the symbol's usual count in a minute that traded (the median over its last ``volume.window`` minutes that did,
+    refreshed and guarded like every baseline); a minute without trades is 0.1x. NaN where candles carry no count.
+
+    Volume cannot tell one large order from many takers; the number of trades can. At the 17 real pumps that show on
+    the candles of the development data's thin BTC pairs this scores 15-503x (13 of them above 27x), while away
+    from the pumps its 99.9th percentile is 8x there (7x on the 8 liquid futures months; the largest 41x and 47x),
+    and a single trade after silence, the thin pairs' commonest false alarm, is 1x however large it is. Its own
+    consensus group: a crowd is news of its own, and paired with a drift it is what a pump looks like.
+
+    >>> from market_anomaly.core.baselines import CandleFeatures, Context
+    >>> from market_anomaly.core.params import params_with
+    >>> run = TradesRun(params_with(refresh=1, guard=0, volume={"window": 4}, runs={"volume_window": 2, "warmup": 0}))
+    >>> trades = np.array([2.0, 0.0, 2.0, 2.0, 0.0, 2.0, 80.0, 120.0])  # two trades a traded minute, then a crowd
+    >>> run.score(Context.of(center=np.zeros(8), features=CandleFeatures.of(trades=trades))).round(1).tolist()
+    [nan, nan, nan, nan, nan, 0.1, 1.0, 40.0]
+    >>> run.reason(40.0)
+    'TRADES RUN 40x'
+    """
+
+    name, column, key, group = "TRADES RUN", "trades_run", "trades_run", 6
+
+    def __init__(self, params):
+        super().__init__(params, params.runs.volume_window)
+        self.level = RollingStats(params.volume.window, params.refresh, traded_level, params.guard)
+        self.rolling = {"level": self.level}
+        self._values_of, self._values = None, None
+
+    def values(self, context) -> np.ndarray:
+        if self._values_of is not context:  # scoring and learning read them: computed once per call's context
+            self._values_of = context
+            trades = context.features.trades
+            level = self.level.baselines(trades, context.segments)[0]
+            with np.errstate(divide="ignore", invalid="ignore"):
+                self._values = np.maximum(np.log(trades / level), -2.3)  # NaN stays NaN: no count, or no level yet
+        return self._values
+
+    def score(self, context) -> np.ndarray:
+        return np.exp(self.windows(context).min(axis=1))
+
+    def learn(self, context) -> None:
+        super().learn(context)
+        self.level.learn(context.features.trades, context.segments)
+
+    def reason(self, score: float) -> str:
+        return f"{self.name} {score:.0f}x"
 
 
 class Burst(_Run):

@@ -110,7 +110,7 @@ def test_trades_run_is_a_crowd_sustained_where_one_large_print_is_not():
     """A thin pair trading 2 trades a minute when it trades (most minutes silent): 3 minutes of 60-90 trades score
     30x; one large print after silence (1 trade, whatever its volume), a single busy minute between ordinary ones,
     and candles without a trade count (NaN: ineligible, not 0) do not."""
-    usual = np.tile([0.0, 2.0, 0.0, 2.0, 0.0, 2.0], 20)  # 120 minutes: the level is 2
+    usual = np.tile([0.0, 2.0, 0.0, 2.0, 0.0, 2.0], 50)  # 300 minutes: the level is 2
 
     def last_score(tail):
         trades = np.concatenate([usual, tail])

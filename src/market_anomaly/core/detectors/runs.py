@@ -1,6 +1,6 @@
 """Multi-minute run detectors: sustained volume (its surge against the symbol's own busiest minutes, and volume that
-did not move the price), sustained trade counts, bursts, drifts, steady trends, reversals (section ``runs``; the surge reads the ``volume``
-section)."""
+did not move the price), sustained trade counts, bursts, drifts, steady trends, reversals (section ``runs``; the
+surge reads the ``volume`` section)."""
 
 from __future__ import annotations
 
@@ -12,6 +12,9 @@ import numpy as np
 from market_anomaly.core.detectors.base import Detector, check_windows
 from market_anomaly.core.detectors.volume import VolumeParams, VolumeSpike
 from market_anomaly.core.features import RollingStats, Tails, median_upper_spread, traded_level, trailing_windows
+
+
+TRADES_WINDOW = 240  # 4 hours: a pump's crowd gathers in the hour before it, which a 1-hour level would absorb
 
 
 @dataclass(frozen=True)
@@ -26,6 +29,7 @@ class RunsParams:
     burst_trim: int = 0          # BURST: the largest squared moves of its window it leaves out (0: plain RMS)
     volume_combine: str = "mean"  # VOLUME RUN: "mean" (geometric mean of the run) or "min" (every candle heavy)
     reversal_netting: float = 1.0  # REVERSAL: share of the pair's net move |z_t-1 + z_t| taken off (see Reversal)
+    trades_window: int = TRADES_WINDOW  # TRADES RUN: candles whose traded minutes give the usual trade count
 
     def __post_init__(self):
         if self.volume_combine not in ("mean", "min"):
@@ -33,14 +37,14 @@ class RunsParams:
         if not 0 <= self.reversal_netting <= 1:
             raise ValueError(f"reversal_netting must be between 0 and 1, got {self.reversal_netting}")
         check_windows(1, volume_window=self.volume_window, trend_window=self.trend_window,
-                      scale_window=self.scale_window)
+                      scale_window=self.scale_window, trades_window=self.trades_window)
         check_windows(0, scale_guard=self.scale_guard)
         check_windows(return_window=self.return_window)
 
 
 RUNS_DEFAULTS = {"volume_window": 3, "volume_elasticity": 1.0, "return_window": 5, "trend_window": 4,
                  "scale_window": 60, "scale_guard": 5, "warmup": 240, "burst_trim": 1, "volume_combine": "min",
-                 "reversal_netting": 0.5}
+                 "reversal_netting": 0.5, "trades_window": TRADES_WINDOW}
 
 
 class _Run(Detector):
@@ -204,18 +208,19 @@ class AbsorbedVolume(VolumeRun):
 
 class TradesRun(_Run):
     """A crowd, sustained: the smallest, over the last ``volume_window`` candles, of the trade count as a multiple of
-    the symbol's usual count in a minute that traded (the median over its last ``volume.window`` minutes that did,
+    the symbol's usual count in a minute that traded (the median over its last ``trades_window`` minutes that did,
     refreshed and guarded like every baseline); a minute without trades is 0.1x. NaN where candles carry no count.
 
     Volume cannot tell one large order from many takers; the number of trades can. At the 17 real pumps that show on
-    the candles of the development data's thin BTC pairs this scores 15-503x (13 of them above 27x), while away
-    from the pumps its 99.9th percentile is 8x there (7x on the 8 liquid futures months; the largest 41x and 47x),
-    and a single trade after silence, the thin pairs' commonest false alarm, is 1x however large it is. Its own
-    consensus group: a crowd is news of its own, and paired with a drift it is what a pump looks like.
+    the candles of the development data's thin BTC pairs this scores 32-503x, while away from the pumps its 99.9th
+    percentile is 9x there (9x on the 8 liquid futures months; the largest 76x and 48x), and a single trade after
+    silence, the thin pairs' commonest false alarm, is 1x however large it is. The usual count is 4 hours' (a pump's
+    crowd gathers in the hour before it: with a 1-hour level two pumps scored 15x and 21x). Its own consensus group:
+    a crowd is news of its own, and paired with a drift it is what a pump looks like.
 
     >>> from market_anomaly.core.baselines import CandleFeatures, Context
     >>> from market_anomaly.core.params import params_with
-    >>> run = TradesRun(params_with(refresh=1, guard=0, volume={"window": 4}, runs={"volume_window": 2, "warmup": 0}))
+    >>> run = TradesRun(params_with(refresh=1, guard=0, runs={"trades_window": 4, "volume_window": 2, "warmup": 0}))
     >>> trades = np.array([2.0, 0.0, 2.0, 2.0, 0.0, 2.0, 80.0, 120.0])  # two trades a traded minute, then a crowd
     >>> run.score(Context.of(center=np.zeros(8), features=CandleFeatures.of(trades=trades))).round(1).tolist()
     [nan, nan, nan, nan, nan, 0.1, 1.0, 40.0]
@@ -227,8 +232,9 @@ class TradesRun(_Run):
 
     def __init__(self, params):
         super().__init__(params, params.runs.volume_window)
-        self.level = RollingStats(params.volume.window, params.refresh, traded_level, params.guard)
+        self.level = RollingStats(params.runs.trades_window, params.refresh, traded_level, params.guard)
         self.rolling = {"level": self.level}
+        self.warmup = max(self.warmup, params.runs.trades_window + params.guard)  # a level of its own to wait for
         self._values_of, self._values = None, None
 
     def values(self, context) -> np.ndarray:

@@ -14,6 +14,7 @@ import socket
 import subprocess
 import time
 import uuid
+from collections.abc import Collection
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,10 +28,33 @@ POM = maven.PACKAGE_DIR / "kafka" / "pom.xml"
 LOG_CONFIG = maven.PACKAGE_DIR / "kafka" / "log4j2.properties"
 
 
+def free_ports(count: int, exclude: Collection[int] = ()) -> list[int]:
+    """``count`` distinct free local ports, none of them in ``exclude`` (ports picked earlier and not yet listened on).
+
+    Every socket stays bound until all are picked: released one by one, the kernel may hand the same port out
+    twice (a 3-broker cluster once got two brokers on one port).
+
+    >>> ports = free_ports(3)
+    >>> len(set(ports)), all(1024 <= port < 65536 for port in ports)
+    (3, True)
+    """
+    sockets, ports = [], []
+    try:
+        while len(ports) < count:
+            sock = socket.socket()
+            sockets.append(sock)
+            sock.bind(("127.0.0.1", 0))
+            port = sock.getsockname()[1]
+            if port not in exclude:
+                ports.append(port)
+    finally:
+        for sock in sockets:
+            sock.close()
+    return ports
+
+
 def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+    return free_ports(1)[0]
 
 
 def kafka_libs() -> Path:
@@ -222,7 +246,7 @@ class LocalBroker:
         if (data_dir / "meta.properties").exists():
             return
         self.state_dir.mkdir(parents=True, exist_ok=True)
-        controller_port = free_port()
+        (controller_port,) = free_ports(1, exclude={self.port})
         self.properties_file.write_text(node_properties(
             1, self.port, controller_port, f"1@127.0.0.1:{controller_port}", data_dir,
             replication_factor=1, min_isr=1))
@@ -311,7 +335,7 @@ class LocalCluster:
             brokers = len(existing)
             ports = [int(read_properties(path)["advertised.listeners"].rsplit(":", 1)[1]) for path in existing]
         elif port == 0:
-            ports = [free_port() for _ in range(brokers)]
+            ports = free_ports(brokers)
         else:
             ports = [port + index for index in range(brokers)]
         if brokers < 1:
@@ -374,7 +398,7 @@ class LocalCluster:
         if any(formatted):
             raise topics.KafkaUnavailable(
                 f"{self.directory} holds a partly formatted cluster (interrupted first start?); delete it and start again")
-        controller_ports = [free_port() for _ in self.brokers]
+        controller_ports = free_ports(len(self.brokers), exclude={node.port for node in self.brokers})
         voters = ",".join(f"{node.node_id}@127.0.0.1:{controller_port}"
                           for node, controller_port in zip(self.brokers, controller_ports))
         cluster_id = uuid.uuid4().hex[:22]

@@ -19,7 +19,7 @@ import time
 import urllib.request
 from pathlib import Path
 
-from market_anomaly.kafka.broker import free_port, running_pid, terminate
+from market_anomaly.kafka.broker import free_ports, running_pid, terminate
 
 log = logging.getLogger("market_anomaly.spark")
 
@@ -38,7 +38,7 @@ class StandaloneCluster:
                  daemon_memory: str = "256m") -> None:
         self.directory = Path(directory).resolve()
         self.workers, self.cores, self.memory, self.daemon_memory = workers, cores, memory, daemon_memory
-        self.port, self.web_port = free_port(), free_port()
+        self.port, self.web_port = free_ports(2)
 
     @classmethod
     def attach(cls, directory: Path) -> "StandaloneCluster | None":
@@ -66,12 +66,13 @@ class StandaloneCluster:
              "memory": self.memory}))
         self._launch("master", "org.apache.spark.deploy.master.Master",
                      "--host", "127.0.0.1", "--port", str(self.port), "--webui-port", str(self.web_port))
-        for index in range(self.workers):
+        worker_web_ports = free_ports(self.workers, exclude={self.port, self.web_port})  # the master may not listen yet
+        for index, web_port in enumerate(worker_web_ports):
             work = self.worker_dir(index)
             work.mkdir(parents=True, exist_ok=True)
             self._launch(f"worker-{index + 1}", "org.apache.spark.deploy.worker.Worker",
                          "--host", "127.0.0.1", "--cores", str(self.cores), "--memory", self.memory,
-                         "--work-dir", str(work), "--webui-port", str(free_port()), self.master_url)
+                         "--work-dir", str(work), "--webui-port", str(web_port), self.master_url)
         deadline = time.monotonic() + timeout
         while self.alive_workers() < self.workers:
             if time.monotonic() > deadline or None in self.pids().values():

@@ -214,7 +214,7 @@ class TradesRun(_Run):
     Volume cannot tell one large order from many takers; the number of trades can. At the 17 real pumps that show on
     the candles of the development data's thin BTC pairs this scores 32-503x, while away from the pumps its 99.9th
     percentile is 9x there (9x on the 8 liquid futures months; the largest 76x and 48x), and a single trade after
-    silence, the thin pairs' commonest false alarm, is 1x however large it is. The usual count is 4 hours' (a pump's
+    silence, a frequent false alarm on the thin pairs, is 1x however large it is. The usual count is 4 hours' (a pump's
     crowd gathers in the hour before it: with a 1-hour level two pumps scored 15x and 21x). Its own consensus group:
     a crowd is news of its own, and paired with a drift it is what a pump looks like.
 

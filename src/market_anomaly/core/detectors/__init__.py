@@ -25,8 +25,8 @@ from market_anomaly.core.detectors.volume import VolumeSpike
 from market_anomaly.core.detectors.zscore import ReturnZScore
 
 DETECTORS: tuple[type[Detector], ...] = (
-    ReturnZScore, Volatility, VolumeSpike, VolumeRun, VolumeSurge, AbsorbedVolume, TradesRun, Burst, Drift, Trend, Reversal,
-    LearnedSurprise,
+    ReturnZScore, Volatility, VolumeSpike, VolumeRun, VolumeSurge, AbsorbedVolume, TradesRun, Burst, Drift, Trend,
+    Reversal, LearnedSurprise,
 )
 
 DETECTOR_NAMES = tuple(detector.name for detector in DETECTORS)
@@ -57,6 +57,6 @@ def warmups(params) -> dict[str, int]:
     return {detector.name: detector.warmup for detector in build(params)}
 
 
-__all__ = ["DETECTORS", "DETECTOR_NAMES", "SCORE_COLUMNS", "AbsorbedVolume", "Burst", "Detector", "Drift", "LearnedSurprise",
-           "ReturnZScore", "Reversal", "TradesRun", "Trend", "Volatility", "VolumeRun", "VolumeSpike", "VolumeSurge", "build",
-           "default_groups", "sections", "warmups"]
+__all__ = ["DETECTORS", "DETECTOR_NAMES", "SCORE_COLUMNS", "AbsorbedVolume", "Burst", "Detector", "Drift",
+           "LearnedSurprise", "ReturnZScore", "Reversal", "TradesRun", "Trend", "Volatility", "VolumeRun", "VolumeSpike",
+           "VolumeSurge", "build", "default_groups", "sections", "warmups"]

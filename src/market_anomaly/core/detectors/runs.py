@@ -14,6 +14,7 @@ from market_anomaly.core.detectors.volume import VolumeParams, VolumeSpike
 from market_anomaly.core.features import RollingStats, Tails, median_upper_spread, traded_level, trailing_windows
 
 
+RUN_FLOOR = -2.3  # log(0.1): a run's per-minute log multiples stop here (a minute without volume or trades: -inf)
 TRADES_WINDOW = 240  # 4 hours: a pump's crowd gathers in the hour before it, which a 1-hour level would absorb
 
 
@@ -58,9 +59,16 @@ class _Run(Detector):
         self.warmup, self.window = params.runs.warmup, window
         self.recent = Tails.empty(1)
         self.rolling: dict[str, RollingStats] = {}  # a run's own baselines, by state prefix (kept in its state)
+        self._values_of, self._values = None, None
 
     def values(self, context) -> np.ndarray:
-        """The per-candle values the run is a statistic of."""
+        """The per-candle values the run is a statistic of (``run_values``), computed once per call's context:
+        scoring and learning both read them, and a run's own baselines must be read before they learn."""
+        if self._values_of is not context:
+            self._values_of, self._values = context, self.run_values(context)
+        return self._values
+
+    def run_values(self, context) -> np.ndarray:
         raise NotImplementedError
 
     def windows(self, context) -> np.ndarray:
@@ -104,15 +112,10 @@ class VolumeRun(_Run):
         super().__init__(params, params.runs.volume_window)
         self.elasticity = params.runs.volume_elasticity
         self.sustained = params.runs.volume_combine == "min"
-        self._values_of, self._values = None, None
 
-    def values(self, context) -> np.ndarray:
-        # scoring, learning and the surge's spread all read these: computed once per call's context
-        if self._values_of is not context:
-            self._values_of = context
-            self._values = np.maximum(context.log_volume_ratio - self.elasticity * np.maximum(context.log_range_ratio, 0),
-                                      -2.3)
-        return self._values
+    def run_values(self, context) -> np.ndarray:
+        return np.maximum(context.log_volume_ratio - self.elasticity * np.maximum(context.log_range_ratio, 0),
+                          RUN_FLOOR)
 
     def sustained_log(self, context) -> np.ndarray:
         """The log of the run's volume multiple (its smallest or mean unexplained log volume)."""
@@ -195,15 +198,12 @@ class AbsorbedVolume(VolumeRun):
 
     name, column, key, group = "ABSORBED VOLUME", "absorbed_volume", "absorbed_volume", 2
 
-    def values(self, context) -> np.ndarray:
-        if self._values_of is not context:
-            self._values_of = context
-            features = context.features
-            with np.errstate(invalid="ignore"):  # NaN: a symbol's first candle, or no price step seen yet
-                still = np.abs(features.log_return) < 0.5 * np.where(np.isnan(features.tick_return), 1e-12,
-                                                                      features.tick_return)
-                self._values = np.where(still & (context.log_volume_ratio > 0), context.log_volume_ratio, -2.3)
-        return self._values
+    def run_values(self, context) -> np.ndarray:
+        features = context.features
+        with np.errstate(invalid="ignore"):  # NaN: a symbol's first candle, or no price step seen yet
+            still = np.abs(features.log_return) < 0.5 * np.where(np.isnan(features.tick_return), 1e-12,
+                                                                  features.tick_return)
+            return np.where(still & (context.log_volume_ratio > 0), context.log_volume_ratio, RUN_FLOOR)
 
 
 class TradesRun(_Run):
@@ -235,16 +235,12 @@ class TradesRun(_Run):
         self.level = RollingStats(params.runs.trades_window, params.refresh, traded_level, params.guard)
         self.rolling = {"level": self.level}
         self.warmup = max(self.warmup, params.runs.trades_window + params.guard)  # a level of its own to wait for
-        self._values_of, self._values = None, None
 
-    def values(self, context) -> np.ndarray:
-        if self._values_of is not context:  # scoring and learning read them: computed once per call's context
-            self._values_of = context
-            trades = context.features.trades
-            level = self.level.baselines(trades, context.segments)[0]
-            with np.errstate(divide="ignore", invalid="ignore"):
-                self._values = np.maximum(np.log(trades / level), -2.3)  # NaN stays NaN: no count, or no level yet
-        return self._values
+    def run_values(self, context) -> np.ndarray:
+        trades = context.features.trades
+        level = self.level.baselines(trades, context.segments)[0]
+        with np.errstate(divide="ignore", invalid="ignore"):
+            return np.maximum(np.log(trades / level), RUN_FLOOR)  # NaN stays NaN: no count, or no level yet
 
     def score(self, context) -> np.ndarray:
         return np.exp(self.windows(context).min(axis=1))
@@ -280,7 +276,7 @@ class Burst(_Run):
         super().__init__(params, params.runs.return_window)
         self.trim = min(params.runs.burst_trim, self.window - 1)
 
-    def values(self, context) -> np.ndarray:
+    def run_values(self, context) -> np.ndarray:
         return context.features.log_return
 
     def score(self, context) -> np.ndarray:
@@ -321,7 +317,7 @@ class Drift(_Run):
     def __init__(self, params):
         super().__init__(params, params.runs.return_window)
 
-    def values(self, context) -> np.ndarray:
+    def run_values(self, context) -> np.ndarray:
         return context.features.log_return
 
     def score(self, context) -> np.ndarray:
@@ -350,7 +346,7 @@ class Trend(_Run):
     def __init__(self, params):
         super().__init__(params, params.runs.trend_window)
 
-    def values(self, context) -> np.ndarray:
+    def run_values(self, context) -> np.ndarray:
         return context.features.log_return
 
     def score(self, context) -> np.ndarray:
@@ -383,7 +379,7 @@ class Reversal(_Run):
         super().__init__(params, 2)
         self.netting = params.runs.reversal_netting
 
-    def values(self, context) -> np.ndarray:
+    def run_values(self, context) -> np.ndarray:
         return context.zscore
 
     def score(self, context) -> np.ndarray:

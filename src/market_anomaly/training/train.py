@@ -137,14 +137,15 @@ def train(series, config: TrainConfig = TrainConfig()) -> ModelParams:
 
     uncalibrated = params_from_dict(document, model=learned.model)
     scored = list(collection.map(detector_scores, uncalibrated).values())
-    document["calibration"] = {}
+    calibration = {}
     for name in warmups(uncalibrated):
-        scores = np.concatenate([scores[name] for scores in scored])
-        if np.isfinite(scores).sum() >= MIN_CALIBRATION_SCORES:
-            document["calibration"][name] = fit_table(scores)
+        training_scores = np.concatenate([series_scores[name] for series_scores in scored])
+        finite = int(np.isfinite(training_scores).sum())
+        if finite >= MIN_CALIBRATION_SCORES:
+            calibration[name] = fit_table(training_scores)
         else:  # e.g. TRADES RUN on candles without trade counts: not calibrated, it adds no surprise
-            log.warning("%s scored %d training candles, too few to calibrate; it stays silent",
-                        name, int(np.isfinite(scores).sum()))
+            log.warning("%s scored %d training candles, too few to calibrate; it stays silent", name, finite)
+    document["calibration"] = calibration
     consensus = uncalibrated.consensus
     if consensus.pairs:
         groups = np.concatenate([result["groups"] for result in collection.map(

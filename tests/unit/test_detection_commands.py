@@ -140,3 +140,20 @@ def test_evaluate_leave_one_out_trains_on_the_others_and_reports_real_events(tmp
     reaching = confidence["injected_reaching"]["all"]
     assert reaching["LOW"] == report["recall"]["all"]["recall"] >= reaching["MEDIUM"] >= reaching["HIGH"]
     assert report["real_events"]["events"]["CCCUSDT"]["confidence"] in ("NONE", "LOW", "MEDIUM", "HIGH")
+    # every series of this market trades each minute at a moving close: all liquid, the figures are the pooled ones
+    assert {entry["market"] for entry in series} == {"liquid"} and list(report["by_market"]) == ["liquid"]
+    liquid = report["by_market"]["liquid"]
+    assert liquid["recall"]["all"] == report["recall"]["all"]["recall"]
+    assert liquid["false_alarm_episodes_per_symbol_day"] == report["false_alarm_episodes_per_symbol_day"]
+    # the operating curve: lower thresholds only add events and alarms; offset 0 is the headline figure
+    curve = report["operating_curve"]
+    assert [point["offset"] for point in curve] == sorted(point["offset"] for point in curve)
+    for lower, higher in zip(curve, curve[1:]):
+        assert lower["all"]["recall"] >= higher["all"]["recall"]
+        assert (lower["all"]["false_alarm_episodes_per_symbol_day"]
+                >= higher["all"]["false_alarm_episodes_per_symbol_day"])
+    trained = next(point for point in curve if point["offset"] == 0)
+    assert trained["all"] == trained["liquid"] == {
+        "recall": report["recall"]["all"]["recall"],
+        "false_alarm_episodes_per_symbol_day": report["false_alarm_episodes_per_symbol_day"]}
+    assert curve[0]["all"]["false_alarm_episodes_per_symbol_day"] > trained["all"]["false_alarm_episodes_per_symbol_day"]

@@ -24,7 +24,9 @@ untouched until the final report.
 
 The report also gives the *operating curve*: recall and held-out false alarms at fused-surprise
 thresholds around the trained one (``CURVE_STEPS``), so an analyst sees what a different
-``consensus.false_alarm_budget`` would buy or cost before retraining with it.
+``consensus.false_alarm_budget`` would buy or cost before retraining with it. The
+leave-one-series-out report has it too (offsets from each fold's own threshold), for all series
+and per market kind (``market_kind``: liquid, or thin with most minutes at an unchanged close).
 
 The baseline is the naive detector users start with: z-scores of the return and of the
 volume against the previous 60 candles' mean and standard deviation, flag at 3.
@@ -45,7 +47,11 @@ MIN_GAP = 240
 BASELINE_WINDOW = 60
 BASELINE_THRESHOLD = 3.0
 MINUTE_MS = 60_000
-CURVE_STEPS = np.round(np.arange(-0.5, 0.51, 0.1), 2)  # operating curve: offsets from the trained threshold
+CURVE_STEPS = np.round(np.arange(-1.5, 0.51, 0.1), 2)  # operating curve: offsets from the trained threshold
+# A series is thin when this share of its minutes close where the previous one did: 0.58-0.91 on the thin BTC pairs
+# of ../shared/data/pumps-2020, 0.00-0.18 on the liquid spot and futures series.
+THIN_STILL_SHARE = 0.4
+MARKETS = ("liquid", "thin")
 
 
 def baseline_flags(candles: pd.DataFrame) -> np.ndarray:
@@ -85,9 +91,7 @@ def evaluate(series: dict[str, pd.DataFrame], injections: int = 200, seed: int =
     for key, frame in series.items():
         held_out = slice(splits[key], None)
         times = frame["open_time"].to_numpy()[held_out]
-        fused = untouched[key]["surprise"].to_numpy()[held_out]
-        rule = _rule_flags(untouched[key], params)[held_out]
-        curve_episodes += [alarm_episodes(times[(fused >= threshold) | rule]) for threshold in thresholds]
+        curve_episodes += _curve_episodes(times, _alarm_surprise(untouched[key], params)[held_out], thresholds)
         false_alarms[key] = {
             "held_out_days": round(held_out_days[key], 2),
             "episodes": alarm_episodes(times[untouched[key]["is_anomaly"].to_numpy()[held_out]]),
@@ -109,8 +113,7 @@ def evaluate(series: dict[str, pd.DataFrame], injections: int = 200, seed: int =
             outcomes.append({**label,
                              "delay": _first_flag_delay(label, frame, scored["is_anomaly"]),
                              "baseline_delay": _first_flag_delay(label, frame, baseline_flags(frame))})
-            fused = np.where(_rule_flags(scored, params), np.inf, scored["surprise"].to_numpy())
-            peaks.append(fused[_in_window(label, frame)].max(initial=-np.inf))
+            peaks.append(_alarm_surprise(scored, params)[_in_window(label, frame)].max(initial=-np.inf))
         remaining -= count
     days = sum(held_out_days.values())
     curve = [{"threshold": round(float(threshold), 2), "recall": _share(pd.Series(np.array(peaks) >= threshold)),
@@ -123,6 +126,29 @@ def evaluate(series: dict[str, pd.DataFrame], injections: int = 200, seed: int =
 def _rule_flags(decisions: pd.DataFrame, params) -> np.ndarray:
     """Flags the fused surprise does not explain (the optional rule path: ``consensus.required``/``alone``)."""
     return decisions["is_anomaly"].to_numpy(bool) & (decisions["surprise"].to_numpy() < params.consensus.threshold)
+
+
+def _alarm_surprise(decisions: pd.DataFrame, params) -> np.ndarray:
+    """The fused surprise a threshold is held against, infinite where the rule path flagged (any threshold does)."""
+    surprise = np.nan_to_num(decisions["surprise"].to_numpy(float), nan=-np.inf)  # not scored yet: never alarms
+    return np.where(_rule_flags(decisions, params), np.inf, surprise)
+
+
+def _curve_episodes(times: np.ndarray, surprise: np.ndarray, thresholds: np.ndarray) -> np.ndarray:
+    """Alarm episodes among ``times`` at each threshold of the operating curve."""
+    return np.array([alarm_episodes(times[surprise >= threshold]) for threshold in thresholds])
+
+
+def market_kind(candles: pd.DataFrame) -> str:
+    """``thin`` when at least ``THIN_STILL_SHARE`` of a series' minutes close where the previous one did (a price
+    in whole ticks, most minutes without a trade), else ``liquid``.
+
+    >>> [market_kind(pd.DataFrame({"close": closes})) for closes in ([1.0, 1.0, 1.0, 1.01, 1.01], [1.0, 1.1, 1.2])]
+    ['thin', 'liquid']
+    """
+    closes = candles["close"].to_numpy(float)
+    still = float(np.mean(closes[1:] == closes[:-1])) if len(closes) > 1 else 0.0
+    return "thin" if still >= THIN_STILL_SHARE else "liquid"
 
 
 def _first_flag_delay(label: dict, candles: pd.DataFrame, flags) -> float:
@@ -262,7 +288,7 @@ def evaluate_leave_one_out(series: dict[str, pd.DataFrame], injections: int = 30
     training = ({key: frame.iloc[:train_candles].reset_index(drop=True) for key, frame in series.items()}
                 if train_candles else series)
     rng = np.random.default_rng(seed)
-    outcomes, per_series, real = [], {}, {}
+    outcomes, per_series, real, curve_episodes = [], {}, {}, {}
     for key, frame in series.items():
         params = train({other: candles for other, candles in training.items() if other != key}, config)
         symbol = key.split("@")[0]
@@ -277,7 +303,10 @@ def evaluate_leave_one_out(series: dict[str, pd.DataFrame], injections: int = 30
         rank = confidence_ranks(decided)
         baseline = baseline_flags(frame)
         days = counted.sum() / DAY_MINUTES
-        per_series[key] = {"days": round(float(days), 2), "threshold": params.consensus.threshold,
+        curve_episodes[key] = _curve_episodes(times[counted], _alarm_surprise(decided, params)[counted],
+                                              params.consensus.threshold + CURVE_STEPS)
+        per_series[key] = {"days": round(float(days), 2), "market": market_kind(frame),
+                           "threshold": params.consensus.threshold,
                            "episodes": alarm_episodes(times[flags & counted]),
                            **{f"{level.lower()}_episodes": alarm_episodes(times[(rank >= RANKS.index(level)) & counted])
                               for level in CONFIDENCE_LEVELS[1:]},
@@ -294,10 +323,10 @@ def evaluate_leave_one_out(series: dict[str, pd.DataFrame], injections: int = 30
             found = [outcome for outcome in found
                      if not (announced + REAL_EVENT_EXCLUDED[0] * MINUTE_MS <= outcome["open_time"]
                              <= announced + REAL_EVENT_EXCLUDED[1] * MINUTE_MS)]
-        outcomes += found
+        outcomes += found  # each labelled with its series' key as ``symbol``
         per_series[key].update(injected=len(found), recall=_share(pd.Series([not np.isnan(o["delay"])
                                                                             for o in found], dtype=bool)))
-    return _loso_report(outcomes, per_series, real, seed, injections)
+    return _loso_report(outcomes, per_series, real, curve_episodes, seed, injections)
 
 
 def _injected_outcomes(params, key: str, frame: pd.DataFrame, injections: int, rng: np.random.Generator,
@@ -314,8 +343,10 @@ def _injected_outcomes(params, key: str, frame: pd.DataFrame, injections: int, r
         candles = injected[key]
         baseline = baseline_flags(candles)
         rank = confidence_ranks(scored)
+        surprise = _alarm_surprise(scored, params)
         outcomes += [{**label, "delay": _first_flag_delay(label, candles, scored["is_anomaly"]),
                       "confidence": RANKS[rank[_in_window(label, candles)].max(initial=0)],
+                      "margin": surprise[_in_window(label, candles)].max(initial=-np.inf) - params.consensus.threshold,
                       "baseline_delay": _first_flag_delay(label, candles, baseline)} for label in labels]
         remaining -= count
     return outcomes
@@ -343,7 +374,45 @@ def _first_offset(offsets: np.ndarray, flags: np.ndarray) -> float | None:
     return float(offsets[flags].min()) if flags.any() else None
 
 
-def _loso_report(outcomes: list[dict], per_series: dict, real: dict, seed: int, injections: int) -> dict:
+def _loso_curve(frame: pd.DataFrame, per_series: dict, curve_episodes: dict[str, np.ndarray]) -> list[dict]:
+    """Recall and false alarms at each offset from the folds' trained thresholds, for all series and per market
+    kind: what a different budget would buy on a pair new to the model."""
+    points = [{"offset": float(step)} for step in CURVE_STEPS]
+    for market in ("all",) + MARKETS:
+        keys = [key for key, entry in per_series.items() if market in ("all", entry["market"])]
+        if not keys:
+            continue
+        margins = frame.loc[frame["symbol"].isin(keys), "margin"].to_numpy(float) if len(frame) else np.array([])
+        days = sum(per_series[key]["days"] for key in keys)
+        episodes = np.sum([curve_episodes[key] for key in keys], axis=0)
+        for point, step, count in zip(points, CURVE_STEPS, episodes):
+            point[market] = {"recall": _share(pd.Series(margins >= step - 1e-9)),
+                             "false_alarm_episodes_per_symbol_day": round(float(count) / days, 3) if days else None}
+    return points
+
+
+def _by_market(frame: pd.DataFrame, per_series: dict) -> dict:
+    """The headline figures per market kind (liquid series, thin pairs): where the misses and the alarms are."""
+    table = {}
+    for market in MARKETS:
+        keys = [key for key, entry in per_series.items() if entry["market"] == market]
+        if not keys:
+            continue
+        rows = frame[frame["symbol"].isin(keys)] if len(frame) else frame
+        days = sum(per_series[key]["days"] for key in keys)
+        table[market] = {
+            "series": len(keys),
+            "recall": {kind: _share((rows if kind == "all" else rows[rows["kind"] == kind])["delay"].notna())
+                       for kind in KINDS + ("all",)} if len(rows) else {},
+            "false_alarm_episodes_per_symbol_day": round(sum(per_series[key]["episodes"] for key in keys) / days, 3)
+            if days else None,
+            "series_above_1_per_day": sum(1 for key in keys if (per_series[key]["per_symbol_day"] or 0) > 1.0),
+        }
+    return table
+
+
+def _loso_report(outcomes: list[dict], per_series: dict, real: dict, curve_episodes: dict[str, np.ndarray],
+                 seed: int, injections: int) -> dict:
     frame = pd.DataFrame(outcomes)
     days = sum(entry["days"] for entry in per_series.values())
     for entry in per_series.values():
@@ -363,6 +432,8 @@ def _loso_report(outcomes: list[dict], per_series: dict, real: dict, seed: int, 
         **_detection_summary(frame, outcomes, per_series, days),
         "confidence": _confidence_summary(frame, per_series, days),
         "series_above_1_per_day": sorted(key for key, e in per_series.items() if (e["per_symbol_day"] or 0) > 1.0),
+        "by_market": _by_market(frame, per_series),
+        "operating_curve": _loso_curve(frame, per_series, curve_episodes),
     }
     if real:
         report["real_events"] = {
@@ -385,13 +456,19 @@ def format_leave_one_out(report: dict) -> str:
         theirs = report["baseline_recall"][kind]
         lines.append(f"{kind:<18}{ours['events']:>7}  {_fmt(ours['recall']):>7}  {_fmt(ours['median_delay_min']):>10}"
                      f"   {_fmt(theirs['recall']):>8}  {_fmt(theirs['median_delay_min']):>10}")
-    lines += ["", f"{'series':<30}{'days':>6}{'thr':>6}{'recall':>8}{'FA/day':>8}{'baseline':>9}"]
+    lines += ["", f"{'series':<30}{'market':>7}{'days':>6}{'thr':>6}{'recall':>8}{'FA/day':>8}{'baseline':>9}"]
     for key, entry in report["series"].items():
-        lines.append(f"{key:<30}{entry['days']:>6}{entry['threshold']:>6}{_fmt(entry['recall']):>8}"
+        lines.append(f"{key:<30}{entry['market']:>7}{entry['days']:>6}{entry['threshold']:>6}{_fmt(entry['recall']):>8}"
                      f"{_fmt(entry['per_symbol_day']):>8}{_fmt(entry['baseline_per_symbol_day']):>9}")
     lines.append(f"false-alarm episodes per symbol-day, pooled: {report['false_alarm_episodes_per_symbol_day']} "
                  f"(baseline {report['baseline_false_alarm_episodes_per_symbol_day']}); series above 1.0: "
                  f"{', '.join(report['series_above_1_per_day']) or 'none'}")
+    for market, entry in report["by_market"].items():
+        recall = entry["recall"]
+        lines.append(f"{market} series ({entry['series']}): recall {_fmt(recall.get('all'))} ("
+                     + ", ".join(f"{kind} {_fmt(recall[kind])}" for kind in KINDS if kind in recall)
+                     + f"), false-alarm episodes per symbol-day {_fmt(entry['false_alarm_episodes_per_symbol_day'])}, "
+                     f"{entry['series_above_1_per_day']} series above 1.0")
     confidence = report["confidence"]
     lines.append(f"untouched candles: MEDIUM+ episodes per symbol-week {confidence['medium_episodes_per_symbol_week']}, "
                  f"HIGH per symbol-month {confidence['high_episodes_per_symbol_month']}")
@@ -408,4 +485,11 @@ def format_leave_one_out(report: dict) -> str:
         lines.append(f"caught {real['caught']} (baseline {real['baseline_caught']}); false-alarm episodes per "
                      f"symbol-day on these series away from the event: {real['false_alarm_episodes_per_symbol_day']} "
                      f"(baseline {real['baseline_false_alarm_episodes_per_symbol_day']})")
+    markets = [market for market in ("all",) + MARKETS if market in report["operating_curve"][0]]
+    lines += ["", "operating curve (held out): offset from each fold's trained threshold -> recall / false-alarm "
+                  "episodes per symbol-day (" + ", ".join(markets) + "; trained threshold marked *)"]
+    for point in report["operating_curve"]:
+        lines.append(f"  {'*' if point['offset'] == 0 else ' '}{point['offset']:>+5.1f}  " + "   ".join(
+            f"{_fmt(point[market]['recall']):>5} / {_fmt(point[market]['false_alarm_episodes_per_symbol_day']):>6}"
+            for market in markets))
     return "\n".join(lines)

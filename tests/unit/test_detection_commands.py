@@ -155,5 +155,8 @@ def test_evaluate_leave_one_out_trains_on_the_others_and_reports_real_events(tmp
     trained = next(point for point in curve if point["offset"] == 0)
     assert trained["all"] == trained["liquid"] == {
         "recall": report["recall"]["all"]["recall"],
-        "false_alarm_episodes_per_symbol_day": report["false_alarm_episodes_per_symbol_day"]}
+        "false_alarm_episodes_per_symbol_day": report["false_alarm_episodes_per_symbol_day"],
+        "series_above_1_per_day": len(report["series_above_1_per_day"])}
     assert curve[0]["all"]["false_alarm_episodes_per_symbol_day"] > trained["all"]["false_alarm_episodes_per_symbol_day"]
+    assert trained["real_events_caught"] == report["real_events"]["caught"]
+    assert all(a["real_events_caught"] >= b["real_events_caught"] for a, b in zip(curve, curve[1:]))

@@ -303,8 +303,8 @@ def evaluate_leave_one_out(series: dict[str, pd.DataFrame], injections: int = 30
         rank = confidence_ranks(decided)
         baseline = baseline_flags(frame)
         days = counted.sum() / DAY_MINUTES
-        curve_episodes[key] = _curve_episodes(times[counted], _alarm_surprise(decided, params)[counted],
-                                              params.consensus.threshold + CURVE_STEPS)
+        surprise = _alarm_surprise(decided, params)
+        curve_episodes[key] = _curve_episodes(times[counted], surprise[counted], params.consensus.threshold + CURVE_STEPS)
         per_series[key] = {"days": round(float(days), 2), "market": market_kind(frame),
                            "threshold": params.consensus.threshold,
                            "episodes": alarm_episodes(times[flags & counted]),
@@ -316,6 +316,7 @@ def evaluate_leave_one_out(series: dict[str, pd.DataFrame], injections: int = 30
             real[key] = {"announced": pd.Timestamp(announced, unit="ms", tz="UTC").isoformat(),
                          "first_flag_min": _first_offset(offsets, flags & near),
                          "confidence": RANKS[rank[near].max(initial=0)],
+                         "margin": float(surprise[near].max(initial=-np.inf) - params.consensus.threshold),
                          "baseline_first_flag_min": _first_offset(offsets, baseline & near)}
         earliest = max(warmups(params).values())
         found = _injected_outcomes(params, key, frame, injections, rng, earliest)
@@ -374,20 +375,28 @@ def _first_offset(offsets: np.ndarray, flags: np.ndarray) -> float | None:
     return float(offsets[flags].min()) if flags.any() else None
 
 
-def _loso_curve(frame: pd.DataFrame, per_series: dict, curve_episodes: dict[str, np.ndarray]) -> list[dict]:
+def _loso_curve(frame: pd.DataFrame, per_series: dict, curve_episodes: dict[str, np.ndarray],
+                real: dict) -> list[dict]:
     """Recall and false alarms at each offset from the folds' trained thresholds, for all series and per market
-    kind: what a different budget would buy on a pair new to the model."""
+    kind, and the share of the real events caught: what a different budget would buy on a pair new to the model."""
     points = [{"offset": float(step)} for step in CURVE_STEPS]
+    if real:
+        margins = np.array([entry["margin"] for entry in real.values()])
+        for point, step in zip(points, CURVE_STEPS):
+            point["real_events_caught"] = _share(pd.Series(margins >= step - 1e-9))
     for market in ("all",) + MARKETS:
         keys = [key for key, entry in per_series.items() if market in ("all", entry["market"])]
         if not keys:
             continue
         margins = frame.loc[frame["symbol"].isin(keys), "margin"].to_numpy(float) if len(frame) else np.array([])
         days = sum(per_series[key]["days"] for key in keys)
-        episodes = np.sum([curve_episodes[key] for key in keys], axis=0)
-        for point, step, count in zip(points, CURVE_STEPS, episodes):
+        episodes = np.array([curve_episodes[key] for key in keys])  # series x offsets
+        series_days = np.array([[per_series[key]["days"] or np.inf] for key in keys])
+        above = np.sum(np.round(episodes / series_days, 3) > 1.0, axis=0)  # as ``series_above_1_per_day``
+        for point, step, count, noisy in zip(points, CURVE_STEPS, episodes.sum(axis=0), above):
             point[market] = {"recall": _share(pd.Series(margins >= step - 1e-9)),
-                             "false_alarm_episodes_per_symbol_day": round(float(count) / days, 3) if days else None}
+                             "false_alarm_episodes_per_symbol_day": round(float(count) / days, 3) if days else None,
+                             "series_above_1_per_day": int(noisy)}
     return points
 
 
@@ -433,7 +442,7 @@ def _loso_report(outcomes: list[dict], per_series: dict, real: dict, curve_episo
         "confidence": _confidence_summary(frame, per_series, days),
         "series_above_1_per_day": sorted(key for key, e in per_series.items() if (e["per_symbol_day"] or 0) > 1.0),
         "by_market": _by_market(frame, per_series),
-        "operating_curve": _loso_curve(frame, per_series, curve_episodes),
+        "operating_curve": _loso_curve(frame, per_series, curve_episodes, real),
     }
     if real:
         report["real_events"] = {
@@ -486,10 +495,12 @@ def format_leave_one_out(report: dict) -> str:
                      f"symbol-day on these series away from the event: {real['false_alarm_episodes_per_symbol_day']} "
                      f"(baseline {real['baseline_false_alarm_episodes_per_symbol_day']})")
     markets = [market for market in ("all",) + MARKETS if market in report["operating_curve"][0]]
+    real_events = "real_events_caught" in report["operating_curve"][0]
     lines += ["", "operating curve (held out): offset from each fold's trained threshold -> recall / false-alarm "
-                  "episodes per symbol-day (" + ", ".join(markets) + "; trained threshold marked *)"]
+                  "episodes per symbol-day (series above 1.0 a day) for " + ", ".join(markets) + ("; real events caught" if real_events
+                                                                             else "") + "; trained threshold *"]
     for point in report["operating_curve"]:
         lines.append(f"  {'*' if point['offset'] == 0 else ' '}{point['offset']:>+5.1f}  " + "   ".join(
             f"{_fmt(point[market]['recall']):>5} / {_fmt(point[market]['false_alarm_episodes_per_symbol_day']):>6}"
-            for market in markets))
+            f" ({point[market]['series_above_1_per_day']:>2} > 1)" for market in markets) + (f"   {_fmt(point['real_events_caught']):>5}" if real_events else ""))
     return "\n".join(lines)

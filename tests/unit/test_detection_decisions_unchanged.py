@@ -30,7 +30,10 @@ a consensus group of its own, its ``trades_run`` column, model_params.json retra
 market 119 flags (68/40/11, 11 market-wide), BTC/ETH/FIL/APPCBTC 12/15/69/20 (the spot files carry no trade count).
 Re-recorded for its usual count over 4 hours (``runs.trades_window`` 240, it was 60; retrained: threshold 4.65,
 MEDIUM/HIGH margins 0.4/1.05): the synthetic market 117 flags (70/37/10, 10 market-wide), BTC/ETH/FIL/APPCBTC
-11/13/64/28.
+11/13/64/28. Re-recorded for confidence per kind of market (a ``still_share`` column; thin symbols take
+``consensus.thin_confidence``; model_params.json retrained with the 2020 pumps as known events: threshold 4.65,
+liquid margins 0.4/0.95, thin 1.15/1.65): the same flags everywhere, the synthetic market 70/36/11, FIL 35/16/13,
+APPCBTC 24/3/1 (LOW/MEDIUM/HIGH).
 """
 
 from __future__ import annotations
@@ -51,11 +54,11 @@ DECISION_COLUMNS = ("symbol", "open_time", "votes", "is_anomaly", "confidence", 
 DATASETS = ("synthetic", "binance/BTCUSDT_1m.csv", "binance/ETHUSDT_1m.csv", "binance-futures/FILUSDT_1m_2023-06.csv",
             "pumps-2020/APPCBTC_pump_2020-11-18_1800_1m.csv")
 RECORDED = dict(zip(DATASETS, (  # dataset -> digest of the decision columns
-    "33c8430e76f0fdd9", "fe8f8e3568e091e2", "bcba04ecc978a759", "88288ec67fec6036", "414dc08394d48492")))
+    "a9c30af5ec3fb792", "fe8f8e3568e091e2", "bcba04ecc978a759", "a8b96de207f3e02c", "dd8de838ff38b472")))
 RECORDED_EVERY_COLUMN = {  # (NumPy version, SIMD level) -> dataset -> digest of every column
     ("2.4.6", "AVX512_SKX"): dict(zip(DATASETS, (
-        "28cebdefc8507f0e", "78f49e93ee3bebd5", "ee5f95d215a594ed",
-        "a0d19ad37d3ed934", "c212e8c5b128738a"))),
+        "947ad1a29dc0a787", "414885e584bfa604", "1ff0334b4cef4341",
+        "b4745f28bf2600d5", "e5c5543ccbeac1dc"))),
 }
 
 

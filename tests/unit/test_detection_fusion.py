@@ -97,17 +97,13 @@ def test_train_sets_confidence_levels_by_their_rarity_on_the_training_candles(tr
     margins = params.consensus.confidence
     assert margins["LOW"] == 0.0 <= margins["MEDIUM"] <= margins["HIGH"]
     decisions = score_series(params, history)
-    # the levels are counted on the series that hold the budget (a noisier one alarms more often at every level)
-    within = {key: d for key, d in decisions.items() if alarm_episodes(d["open_time"].to_numpy()[
-        d["is_anomaly"].to_numpy()]) / (len(d) / 1440) <= params.consensus.false_alarm_budget}
-    assert within
-    days = sum(len(d) for d in within.values()) / 1440
+    days = sum(len(d) for d in decisions.values()) / 1440  # both series are liquid: the levels count both
     for level, days_per_episode in (("MEDIUM", 7.0), ("HIGH", 30.0)):
         start = params.consensus.threshold + margins[level]
         episodes = sum(alarm_episodes(d["open_time"].to_numpy()[d["surprise"].to_numpy() >= start])
-                       for d in within.values())
+                       for d in decisions.values())
         assert episodes / days <= 1 / days_per_episode  # at most once a symbol-week / -month here
-        assert f"fused surprise {round(start, 4)}" in params.trained_on["confidence"][level]
+        assert f"fused surprise {round(start, 4)}" in params.trained_on["confidence"]["liquid"][level]
         # and what the level names is what an anomaly gets from that surprise up
         levels = {confidence for d in decisions.values()
                   for confidence in d["confidence"][d["is_anomaly"] & (d["surprise"] >= start)]}
@@ -154,3 +150,65 @@ def test_offsets_shift_a_candidate_and_unknown_ones_are_rejected():
     document["consensus"]["offsets"] = {"NOT A GROUP": 1.0}
     with pytest.raises(InvalidParams, match="consensus.offsets"):
         params_from_dict(document)
+
+
+def thin_market(n: int, seed: int) -> "pd.DataFrame":
+    """The synthetic market in whole steps of 1 %, so most minutes close where the previous one did, with a pump."""
+    candles = market(n, seed=seed, symbol="THINBTC")
+    step = candles["close"].iloc[0] * 0.01
+    for name in ("open", "high", "low", "close"):
+        candles[name] = (candles[name] / step).round() * step
+    candles.loc[n - 300:n - 290, ["close", "high"]] *= 1.3  # ten minutes 30 % up
+    candles.loc[n - 300:n - 290, "volume"] *= 40
+    return candles
+
+
+def test_a_thin_symbol_takes_the_thin_confidence_levels_and_its_share_of_still_closes_carries_over(trained):
+    import dataclasses
+
+    _, params = trained
+    candles = thin_market(3000, seed=21)
+    closes = candles["close"].to_numpy()
+    still = np.r_[closes[0] == candles["open"].iloc[0], closes[1:] == closes[:-1]]  # the first against its open
+    decisions, state = DetectionEngine(params).process("THINBTC", candles, None)
+    assert np.allclose(decisions["still_share"], np.cumsum(still) / np.arange(1, len(closes) + 1))
+    assert decisions["still_share"].iloc[-1] >= params.consensus.thin_still_share > 0
+    # one call or two with the state in between: the same shares
+    first, saved = DetectionEngine(params).process("THINBTC", candles.iloc[:1700], None)
+    second, _ = DetectionEngine(params).process("THINBTC", candles.iloc[1700:], saved)
+    assert np.array_equal(np.r_[first["still_share"], second["still_share"]], decisions["still_share"])
+
+    def judged(thin_confidence, share):
+        consensus = dataclasses.replace(params.consensus, confidence={"LOW": 0.0, "MEDIUM": 0.1, "HIGH": 0.2},
+                                        thin_confidence=thin_confidence, thin_still_share=share)
+        scored, _ = DetectionEngine(dataclasses.replace(params, consensus=consensus)).process("THINBTC", candles, None)
+        return scored.loc[scored["is_anomaly"], "confidence"].tolist()
+
+    liquid_levels = judged({"LOW": 0.0, "MEDIUM": 50.0, "HIGH": 60.0}, 0.0)  # no symbol is thin
+    thin_levels = judged({"LOW": 0.0, "MEDIUM": 50.0, "HIGH": 60.0}, params.consensus.thin_still_share)
+    assert len(liquid_levels) == len(thin_levels) > 0  # the same anomalies, judged on the other kind's levels
+    assert set(liquid_levels) & {"MEDIUM", "HIGH"} and set(thin_levels) == {"LOW"}
+
+
+def test_train_sets_the_thin_confidence_levels_on_the_thin_series():
+    history = {"AAAUSDT": market(6000, seed=11, symbol="AAAUSDT"), "THINBTC": thin_market(6000, seed=22)}
+    params = train(history, TrainConfig(base=small_document()))
+    assert set(params.trained_on["confidence"]) == {"liquid", "thin"}
+    thin = score_series(params, {"THINBTC": history["THINBTC"]})["THINBTC"]
+    days = len(thin) / 1440
+    for level, days_per_episode in (("MEDIUM", 7.0), ("HIGH", 30.0)):
+        start = params.consensus.threshold + params.consensus.thin_confidence[level]
+        assert f"fused surprise {round(start, 4)}" in params.trained_on["confidence"]["thin"][level]
+        episodes = alarm_episodes(thin["open_time"].to_numpy()[thin["surprise"].to_numpy() >= start])
+        assert episodes / days <= 1 / days_per_episode  # at most once a symbol-week / -month on it
+
+
+def test_train_does_not_count_a_known_real_event_as_a_false_alarm():
+    history = {"AAAUSDT": market(6000, seed=11, symbol="AAAUSDT"), "THINBTC": thin_market(6000, seed=22)}
+    pump = int(history["THINBTC"]["open_time"].iloc[6000 - 300])
+    counted = train(history, TrainConfig(base=small_document()))
+    known = train(history, TrainConfig(base=small_document(), known_events=(("THINBTC", pump),)))
+    assert "known events of THINBTC" in known.trained_on["threshold"]
+    # the pump is the thin series' rarest minute: known, it no longer sets how rare HIGH is there
+    assert known.consensus.thin_confidence["HIGH"] < counted.consensus.thin_confidence["HIGH"]
+    assert known.consensus.threshold <= counted.consensus.threshold

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from market_anomaly.cli import options
 from market_anomaly.cli.history import add_history_arguments, base_document
+from market_anomaly.training.evaluation import read_announced_events
 from market_anomaly.training.train import (DEFAULT_ALARM_QUANTILE, DEFAULT_TUNE_INJECTIONS, TrainConfig, train,
                                            write_params)
 
@@ -45,6 +46,10 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--tune-injections", type=int, default=None, metavar="N",
                         help="events injected into the training candles to tune the fusion's offsets for the most "
                              "events caught within the false-alarm budget (default: 1500; 0: no tuning)")
+    parser.add_argument("--events", type=Path, default=None, metavar="CSV",
+                        help="known real events (symbol, pump_time_utc_announced as YYYY-MM-DD HH.MM UTC, like "
+                             "../shared/data/pumps-2020/pump_events.csv): the minutes from 60 before to 180 after "
+                             "each count neither as false alarms for the budget nor for the confidence levels")
     parser.add_argument("--spark", action="store_true",
                         help="train as a Spark batch job (session from --master and --conf, or from spark-submit), "
                              "for history too large for one process: the candles stay on the executors (one "
@@ -64,6 +69,7 @@ def train_config(args: argparse.Namespace) -> TrainConfig:
         alarm_quantile=args.alarm_quantile or DEFAULT_ALARM_QUANTILE,
         tune_injections=DEFAULT_TUNE_INJECTIONS if args.tune_injections is None else args.tune_injections,
         sources=tuple(sources),
+        known_events=tuple(read_announced_events(args.events).items()) if args.events else (),
     )
 
 

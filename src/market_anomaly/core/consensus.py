@@ -45,8 +45,8 @@ def fuse(groups_surprise: np.ndarray, groups, calibration, pairs: bool, offsets=
 
 def consensus(eligible_by_detector: dict[str, np.ndarray], reasons_by_detector: dict[str, callable],
               scores_by_detector: dict[str, np.ndarray], surprise_by_detector: dict[str, np.ndarray],
-              params: ConsensusParams, calibration=None, own_votes: dict[str, np.ndarray] | None = None
-              ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+              params: ConsensusParams, calibration=None, own_votes: dict[str, np.ndarray] | None = None,
+              thin: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """(votes, is_anomaly, confidence, reasons, fused surprise) per candle.
 
     Every detector's score is on one scale, its calibrated *surprise* (``calibration``:
@@ -66,7 +66,7 @@ def consensus(eligible_by_detector: dict[str, np.ndarray], reasons_by_detector: 
     detectors, and the reasons name each voter (an anomaly always names at least its most
     surprising detector) with the size of its deviation. Confidence of an anomaly grows
     with the fused surprise above the threshold (``params.confidence``: the margin each level
-    needs); NONE for the rest.
+    needs; ``params.thin_confidence`` on the candles ``thin`` marks); NONE for the rest.
 
     >>> from market_anomaly.core.params import ConsensusParams
     >>> params = ConsensusParams(required=(), alone={}, vote_surprise=3.0, groups=(("Z-SCORE",), ("VOLUME",)),
@@ -106,9 +106,11 @@ def consensus(eligible_by_detector: dict[str, np.ndarray], reasons_by_detector: 
         if own_votes and name in own_votes:
             matrix[:, column] |= own_votes[name] & is_anomaly
     count = matrix.sum(axis=1).astype(np.int64)
-    margins = [params.confidence[level] for level in CONFIDENCE_LEVELS]
-    level_index = np.where(is_anomaly, np.searchsorted(margins, np.maximum(fused - params.threshold, 0),
-                                                       side="right"), 0)
+    margins = np.array(params.margins(thin=False))
+    if thin is not None:
+        margins = np.where(np.asarray(thin, bool)[:, None], np.array(params.margins(thin=True)), margins)
+    reached = np.sum(np.maximum(fused - params.threshold, 0)[:, None] >= margins, axis=-1)  # levels reached
+    level_index = np.where(is_anomaly, np.maximum(reached, 1), 0)  # an anomaly is at least LOW (rule path too)
     levels = np.array(("NONE",) + CONFIDENCE_LEVELS, dtype=object)
     reasons = np.full(len(count), "", dtype=object)
     voted = np.flatnonzero(count)  # only the few rows with a vote pay for string formatting

@@ -37,7 +37,7 @@ _FEATURE_COLUMNS: list[tuple[str, str]] = [
 DECISION_SCHEMA: list[tuple[str, str]] = [
     *_FEATURE_COLUMNS,
     *[(detector.column, "float64") for detector in DETECTORS if detector.column not in dict(_FEATURE_COLUMNS)],
-    ("surprise", "float64"),
+    ("surprise", "float64"), ("still_share", "float64"),
     ("votes", "int64"), ("is_anomaly", "bool"), ("confidence", "object"), ("reasons", "object"),
     ("market_event", "bool"), ("produced_at", "int64"),
 ]
@@ -45,8 +45,9 @@ DECISION_SCHEMA: list[tuple[str, str]] = [
 # Columns beyond the decision record: volume_change (vs the previous minute), volume_ratio and range_ratio
 # (vs their rolling medians), taker_buy_share (NaN when absent), window_mean/window_std (return %, last 60
 # candles), each detector's score (its ``column``: see its class), surprise (the fused calibrated surprise,
-# -log10 tail probability; see calibration), market_event (set by mark_market_events). Floats are NaN while
-# a detector's baseline is warming up.
+# -log10 tail probability; see calibration), still_share (the share of the symbol's closes so far that did not
+# move: at ``consensus.thin_still_share`` it is judged as a thin market), market_event (set by mark_market_events).
+# Floats are NaN while a detector's baseline is warming up.
 
 INTERVAL_NAMES = {60_000: "1m", 180_000: "3m", 300_000: "5m", 900_000: "15m", 1_800_000: "30m",
                   3_600_000: "1h", 14_400_000: "4h", 86_400_000: "1d"}
@@ -158,6 +159,8 @@ class DetectionEngine:
         last = memory.rows("engine.last", [-1, np.nan, np.nan, 0])  # open_time, close, volume, candles seen
         last_open_time, seen = last[:, 0].astype(np.int64), last[:, 3].astype(np.int64)
         last_step = memory.scalars("engine.tick", np.nan)  # the smallest price step seen (features.price_steps)
+        # Closes that did not move, and candles counted (the market kind): a state from before it counts from now on.
+        still_before, counted_before = memory.rows("engine.still", [0.0, 0.0]).T
         open_time = candles["open_time"].to_numpy(np.int64)
         rows = new_rows(symbol_index, open_time, last_open_time)
         segments = Segments(np.bincount(symbol_index[rows], minlength=len(symbols)))
@@ -170,6 +173,11 @@ class DetectionEngine:
         features = candle_features({**values, "open_time": open_time}, segments, last_open_time, last[:, 1],
                                    last[:, 2], params.interval_ms, params.range.floor_pct, last_step)
         positions = seen[segments.ids] + segments.ranks
+        still = (features.log_return == 0).astype(float)
+        running = np.cumsum(still)
+        still_seen = still_before[segments.ids] + running - (running - still)[segments.starts[segments.ids]]
+        closes_counted = counted_before[segments.ids] + segments.ranks + 1  # this candle included
+        still_share = still_seen / closes_counted
 
         baselines, detectors = Baselines(params), build(params)
         baselines.restore(memory)
@@ -197,7 +205,8 @@ class DetectionEngine:
         votes, is_anomaly, confidence, reasons, fused = consensus(
             eligible, {detector.name: detector.reason for detector in detectors}, scores, surprises,
             params.consensus, params.calibration,
-            own_votes={detector.name: eligible[detector.name] for detector in detectors if detector.own_vote})
+            own_votes={detector.name: eligible[detector.name] for detector in detectors if detector.own_vote},
+            thin=params.consensus.is_thin(still_share))
         if self.keep_group_surprise:  # training calibrates pairs of groups on these
             names = list(eligible)
             self.group_surprise = group_surprise(names, np.column_stack(
@@ -214,7 +223,7 @@ class DetectionEngine:
             "taker_buy_share": features.taker_buy_share,
             "window_mean": context.window_mean, "window_std": context.window_std,
             **{detector.column: scores[detector.name] for detector in detectors},
-            "surprise": fused,
+            "surprise": fused, "still_share": still_share,
             "votes": votes, "is_anomaly": is_anomaly, "confidence": confidence, "reasons": reasons,
             "market_event": np.zeros(len(rows), dtype=bool),
             "produced_at": _column_or(candles, "produced_at", 0, rows),
@@ -225,6 +234,7 @@ class DetectionEngine:
             "engine.last": np.column_stack([open_time[ends], features.close[ends], features.volume[ends],
                                             seen + segments.counts]),
             "engine.tick": features.min_step[ends],
+            "engine.still": np.column_stack([still_seen[ends], closes_counted[ends]]),
             **({OWN_STATE: own.reshape(len(symbols), -1)} if prior > 0 else {}),
             **baselines.state(),
             **{f"{detector.key}.{name}": values for detector in detectors for name, values in detector.state().items()},

@@ -32,6 +32,8 @@ import zipfile
 from dataclasses import MISSING, dataclass, fields
 from pathlib import Path
 
+import numpy as np
+
 from market_anomaly.core.calibration import calibration_problem, finite_number
 from market_anomaly.core.detectors import DETECTOR_NAMES, default_groups, sections
 from market_anomaly.core.detectors.base import MAX_WINDOW, check_windows
@@ -59,7 +61,8 @@ DEFAULTS: dict = {
     "consensus": {"required": [], "alone": {}, "vote_surprise": 3.0, "groups": default_groups(),
                   "pairs": True, "offsets": {}, "threshold": 5.0, "false_alarm_budget": 0.7,
                   "confidence": {"LOW": 0.0, "MEDIUM": 0.75, "HIGH": 2.0}, "own_prior_candles": 1440.0,
-                  "own_memory_candles": 10080},
+                  "own_memory_candles": 10080, "thin_still_share": 0.4,
+                  "thin_confidence": {"LOW": 0.0, "MEDIUM": 0.75, "HIGH": 2.0}},
     "market": {"min_symbols": 3, "min_fraction": 0.3},
 }
 
@@ -100,6 +103,22 @@ class ConsensusParams:
     # ... and how much of its history a symbol remembers: its counts are halved each time they reach twice this
     # many candles (0: it never forgets)
     own_memory_candles: int = 0
+    # A symbol is *thin* (prices in whole ticks, most minutes without a trade) while at least this share of its
+    # closes so far did not move (0: no symbol is); its anomalies take ``thin_confidence``'s margins, set by train
+    # on the thin training series, so a level is as rare on a thin pair as on a liquid one (absent: ``confidence``)
+    thin_still_share: float = 0.0
+    thin_confidence: typing.Mapping[str, float] | None = None
+
+    def is_thin(self, still_share):
+        """Whether a symbol with this share of its closes unmoved (a number or an array) is judged as thin."""
+        return np.asarray(still_share) >= self.thin_still_share if self.thin_still_share > 0 else np.zeros(
+            np.shape(still_share), bool)
+
+    def margins(self, thin: bool) -> list[float]:
+        """Each confidence level's margin above the threshold, in ``CONFIDENCE_LEVELS`` order, for a thin symbol or
+        a liquid one."""
+        levels = self.thin_confidence if thin and self.thin_confidence is not None else self.confidence
+        return [levels[level] for level in CONFIDENCE_LEVELS]
 
 
 @dataclass(frozen=True)
@@ -196,12 +215,17 @@ def params_from_dict(raw: dict, path: Path | str = "<dict>", model: MinorCompone
                                   f"{MIN_OWN_MEMORY} to {MAX_INTEGER}")
     if params.consensus.threshold < 0 or params.consensus.vote_surprise < 0:
         raise InvalidParams(path, "consensus.threshold and consensus.vote_surprise are surprises: at least 0")
-    levels = params.consensus.confidence
-    margins = list(levels.values())
-    if (tuple(levels) != CONFIDENCE_LEVELS or not all(finite_number(v) and v >= 0 for v in margins)
-            or margins != sorted(margins)):
-        raise InvalidParams(path, f"consensus.confidence must map {', '.join(CONFIDENCE_LEVELS)} to increasing "
-                                  f"non-negative surprise margins, got {dict(levels)}")
+    for name in ("confidence", "thin_confidence"):
+        levels = getattr(params.consensus, name)
+        if levels is None:  # thin_confidence absent (an older file): thin symbols take ``confidence``
+            continue
+        margins = list(levels.values())
+        if (tuple(levels) != CONFIDENCE_LEVELS or not all(finite_number(v) and v >= 0 for v in margins)
+                or margins != sorted(margins)):
+            raise InvalidParams(path, f"consensus.{name} must map {', '.join(CONFIDENCE_LEVELS)} to increasing "
+                                      f"non-negative surprise margins, got {dict(levels)}")
+    if not 0 <= params.consensus.thin_still_share <= 1:
+        raise InvalidParams(path, "consensus.thin_still_share is a share of closes: from 0 (off) to 1")
     pairs = {key for _, _, key in pair_keys(params.consensus.groups)}
     labels = {group_label(group) for group in params.consensus.groups}
     bad_offsets = sorted(set(params.consensus.offsets) - pairs - labels)
@@ -320,6 +344,7 @@ def _build(cls, raw, path, where: str, skip: tuple[str, ...] = (), extra: dict |
     names = [f.name for f in fields(cls) if f.name not in skip]
     unknown = sorted(set(raw) - set(names))
     optional = {f.name for f in fields(cls) if f.default is not MISSING}  # added later: older files may omit them
+    nullable = {f.name for f in fields(cls) if f.default is None}  # null: not set (as when omitted)
     missing = [name for name in names if name not in raw and name not in optional]
     if unknown or missing:
         raise InvalidParams(path, "; ".join(filter(None, [
@@ -327,7 +352,7 @@ def _build(cls, raw, path, where: str, skip: tuple[str, ...] = (), extra: dict |
             missing and f"missing keys {', '.join(where + k for k in missing)}"])))
     values = {}
     for name in names:
-        if name not in raw:
+        if name not in raw or (raw[name] is None and name in nullable):
             continue  # an optional field: its default
         kind, value, key = hints[name], raw[name], where + name
         if hasattr(kind, "__dataclass_fields__"):

@@ -26,7 +26,7 @@ The report also gives the *operating curve*: recall and held-out false alarms at
 thresholds around the trained one (``CURVE_STEPS``), so an analyst sees what a different
 ``consensus.false_alarm_budget`` would buy or cost before retraining with it. The
 leave-one-series-out report has it too (offsets from each fold's own threshold), for all series
-and per market kind (``market_kind``: liquid, or thin with most minutes at an unchanged close).
+and per kind of market (``market_kind``: liquid, or thin with most closes unmoved).
 
 The baseline is the naive detector users start with: z-scores of the return and of the
 volume against the previous 60 candles' mean and standard deviation, flag at 3.
@@ -48,10 +48,8 @@ BASELINE_WINDOW = 60
 BASELINE_THRESHOLD = 3.0
 MINUTE_MS = 60_000
 CURVE_STEPS = np.round(np.arange(-1.5, 0.51, 0.1), 2)  # operating curve: offsets from the trained threshold
-# A series is thin when this share of its minutes close where the previous one did: 0.58-0.91 on the thin BTC pairs
-# of ../shared/data/pumps-2020, 0.00-0.18 on the liquid spot and futures series.
-THIN_STILL_SHARE = 0.4
-MARKETS = ("liquid", "thin")
+MARKETS = ("liquid", "thin")  # kinds of market (``market_kind``)
+CONFIDENCE_RARITY = (("MEDIUM", "week", 7), ("HIGH", "month", 30))  # level, and the period it should be rare in
 
 
 def baseline_flags(candles: pd.DataFrame) -> np.ndarray:
@@ -139,16 +137,11 @@ def _curve_episodes(times: np.ndarray, surprise: np.ndarray, thresholds: np.ndar
     return np.array([alarm_episodes(times[surprise >= threshold]) for threshold in thresholds])
 
 
-def market_kind(candles: pd.DataFrame) -> str:
-    """``thin`` when at least ``THIN_STILL_SHARE`` of a series' minutes close where the previous one did (a price
-    in whole ticks, most minutes without a trade), else ``liquid``.
-
-    >>> [market_kind(pd.DataFrame({"close": closes})) for closes in ([1.0, 1.0, 1.0, 1.01, 1.01], [1.0, 1.1, 1.2])]
-    ['thin', 'liquid']
-    """
-    closes = candles["close"].to_numpy(float)
-    still = float(np.mean(closes[1:] == closes[:-1])) if len(closes) > 1 else 0.0
-    return "thin" if still >= THIN_STILL_SHARE else "liquid"
+def market_kind(decisions: pd.DataFrame, params) -> str:
+    """``thin`` when a series' last decision judged its symbol as a thin market (``consensus.thin_still_share`` of
+    its closes unmoved: 0.58-0.91 on the thin BTC pairs of ../shared/data/pumps-2020, 0.00-0.18 on the liquid spot
+    and futures series), else ``liquid``."""
+    return "thin" if params.consensus.is_thin(decisions["still_share"].to_numpy()[-1:]).any() else "liquid"
 
 
 def _first_flag_delay(label: dict, candles: pd.DataFrame, flags) -> float:
@@ -283,8 +276,9 @@ def evaluate_leave_one_out(series: dict[str, pd.DataFrame], injections: int = 30
     events = events or {}
     if max_candles:
         series = {key: frame.iloc[:max_candles].reset_index(drop=True) for key, frame in series.items()}
-    config = TrainConfig(base=base) if tune_injections is None else TrainConfig(base=base,
-                                                                                tune_injections=tune_injections)
+    known = tuple(events.items())  # a fold's training does not count the other series' real events as alarms
+    config = (TrainConfig(base=base, known_events=known) if tune_injections is None
+              else TrainConfig(base=base, tune_injections=tune_injections, known_events=known))
     training = ({key: frame.iloc[:train_candles].reset_index(drop=True) for key, frame in series.items()}
                 if train_candles else series)
     rng = np.random.default_rng(seed)
@@ -305,7 +299,7 @@ def evaluate_leave_one_out(series: dict[str, pd.DataFrame], injections: int = 30
         days = counted.sum() / DAY_MINUTES
         surprise = _alarm_surprise(decided, params)
         curve_episodes[key] = _curve_episodes(times[counted], surprise[counted], params.consensus.threshold + CURVE_STEPS)
-        per_series[key] = {"days": round(float(days), 2), "market": market_kind(frame),
+        per_series[key] = {"days": round(float(days), 2), "market": market_kind(decided, params),
                            "threshold": params.consensus.threshold,
                            "episodes": alarm_episodes(times[flags & counted]),
                            **{f"{level.lower()}_episodes": alarm_episodes(times[(rank >= RANKS.index(level)) & counted])
@@ -362,7 +356,7 @@ def _confidence_summary(frame: pd.DataFrame, per_series: dict, days: float) -> d
     """How often MEDIUM+ and HIGH fire on the untouched candles, and what the injected events reached."""
     rarity = {f"{level.lower()}_episodes_per_symbol_{period}": round(
         sum(entry[f"{level.lower()}_episodes"] for entry in per_series.values()) * length / days, 3)
-        for level, period, length in (("MEDIUM", "week", 7), ("HIGH", "month", 30))}
+        for level, period, length in CONFIDENCE_RARITY}
     reached = {}
     for kind in KINDS + ("all",):
         rows = frame if kind == "all" else frame[frame["kind"] == kind]
@@ -416,6 +410,9 @@ def _by_market(frame: pd.DataFrame, per_series: dict) -> dict:
             "false_alarm_episodes_per_symbol_day": round(sum(per_series[key]["episodes"] for key in keys) / days, 3)
             if days else None,
             "series_above_1_per_day": sum(1 for key in keys if (per_series[key]["per_symbol_day"] or 0) > 1.0),
+            **({f"{level.lower()}_episodes_per_symbol_{period}": round(
+                sum(per_series[key][f"{level.lower()}_episodes"] for key in keys) * length / days, 3)
+                for level, period, length in CONFIDENCE_RARITY} if days else {}),
         }
     return table
 
@@ -477,7 +474,9 @@ def format_leave_one_out(report: dict) -> str:
         lines.append(f"{market} series ({entry['series']}): recall {_fmt(recall.get('all'))} ("
                      + ", ".join(f"{kind} {_fmt(recall[kind])}" for kind in KINDS if kind in recall)
                      + f"), false-alarm episodes per symbol-day {_fmt(entry['false_alarm_episodes_per_symbol_day'])}, "
-                     f"{entry['series_above_1_per_day']} series above 1.0")
+                     f"{entry['series_above_1_per_day']} series above 1.0; MEDIUM+ per symbol-week "
+                     f"{_fmt(entry.get('medium_episodes_per_symbol_week'))}, HIGH per symbol-month "
+                     f"{_fmt(entry.get('high_episodes_per_symbol_month'))}")
     confidence = report["confidence"]
     lines.append(f"untouched candles: MEDIUM+ episodes per symbol-week {confidence['medium_episodes_per_symbol_week']}, "
                  f"HIGH per symbol-month {confidence['high_episodes_per_symbol_month']}")

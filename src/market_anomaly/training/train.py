@@ -99,6 +99,9 @@ class TrainConfig:
     sources: tuple[str, ...] = ()
     # confidence level -> symbol-days per alarm episode at or above it (``confidence_margins``)
     confidence_days: tuple[tuple[str, float], ...] = (("MEDIUM", 7.0), ("HIGH", 30.0))
+    # (symbol, epoch ms) of known real events (``evaluation.read_announced_events``): the minutes around each
+    # (``KNOWN_EVENT_MINUTES``) are not counted as false alarms for the budget, nor for the confidence levels
+    known_events: tuple[tuple[str, int], ...] = ()
 
 
 def train(series, config: TrainConfig = TrainConfig()) -> ModelParams:
@@ -119,8 +122,10 @@ def train(series, config: TrainConfig = TrainConfig()) -> ModelParams:
        ``consensus.false_alarm_budget`` alarm episodes per symbol-day, counting the flags of the
        rule path (``consensus.required``/``alone``) too;
     5. set ``consensus.confidence`` by rarity (``confidence_margins``): MEDIUM and HIGH at the lowest fused
-       surprises that the training series within the budget reach at most once a symbol-week and once a
-       symbol-month (``config.confidence_days``).
+       surprises that the training series of a kind of market reach at most once a symbol-week and once a
+       symbol-month (``config.confidence_days``), on the liquid series for ``confidence`` and on the thin ones
+       (``consensus.thin_still_share`` of their closes unmoved) for ``thin_confidence``. The minutes around
+       ``config.known_events`` count neither for the budget (4.) nor for the levels.
 
     ``base`` is the parameter document to start from (default ``DEFAULTS``); windows, floors and
     the budget come from it, the fitted values are filled in and the model is attached.
@@ -159,19 +164,29 @@ def train(series, config: TrainConfig = TrainConfig()) -> ModelParams:
                                        tune_injections, config.tune_seed)
         document["consensus"]["offsets"] = offsets
     document["consensus"]["threshold"] = 1e9  # the rule path alone
-    decided = collection.map(fused_and_rule, params_from_dict(document, model=learned.model))
+    known = dict(config.known_events)
+    decided = collection.map(fused_and_rule, params_from_dict(document, model=learned.model), known)
     lengths = collection.lengths()
+    counted = {key: int(result["counted"][0]) for key, result in decided.items()}  # candles the budget counts
     threshold, rate = choose_threshold(
         {key: result["fused"] for key, result in decided.items()},
         {key: result["open_time"] for key, result in decided.items()},
         consensus.false_alarm_budget, consensus.vote_surprise, {key: result["rule"] for key, result in decided.items()},
-        days=_days(lengths))
+        days=_days(counted))
     document["consensus"]["threshold"] = threshold
     fused = {key: result["fused"] for key, result in decided.items()}
     open_times = {key: result["open_time"] for key, result in decided.items()}
-    margins, rarity = confidence_margins(fused, open_times, lengths, threshold, consensus.false_alarm_budget,
-                                         dict(config.confidence_days))
-    document["consensus"]["confidence"] = margins
+    kinds = {key: "thin" if consensus.is_thin(result["still_share"]).any() else "liquid"
+             for key, result in decided.items()}
+    levels, rarity = {}, {}
+    for kind in ("liquid", "thin"):  # confidence by rarity on each kind of market's own series
+        keys = [key for key in decided if kinds[key] == kind]
+        if keys:
+            levels[kind], rarity[kind] = confidence_margins(
+                {key: fused[key] for key in keys}, {key: open_times[key] for key in keys},
+                {key: counted[key] for key in keys}, threshold, dict(config.confidence_days))
+    document["consensus"]["confidence"] = levels.get("liquid", levels.get("thin"))
+    document["consensus"]["thin_confidence"] = levels.get("thin", levels.get("liquid"))
     document["trained_on"] = {
         "sources": [str(source) for source in config.sources],
         "series": collection.spans(),
@@ -181,7 +196,9 @@ def train(series, config: TrainConfig = TrainConfig()) -> ModelParams:
         "alarm_quantile": alarm_quantile,
         "tuning": tuning,
         "threshold": f"fused surprise {threshold} gives {rate:.3f} alarm episodes per symbol-day on these candles "
-                     f"(budget {consensus.false_alarm_budget})",
+                     f"(budget {consensus.false_alarm_budget})"
+                     + (f", outside [{KNOWN_EVENT_MINUTES[0]}, +{KNOWN_EVENT_MINUTES[1]}] min of the known events of "
+                        f"{', '.join(sorted(known))}" if known else ""),
         "confidence": rarity,
         "trained_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
@@ -250,14 +267,27 @@ def event_candidates(key: str, frame: pd.DataFrame, params: ModelParams, events:
     return {"maxima": np.array(maxima)}
 
 
-def fused_and_rule(key: str, frame: pd.DataFrame, params: ModelParams) -> Arrays:
+def fused_and_rule(key: str, frame: pd.DataFrame, params: ModelParams, known_events: dict[str, int] | None = None
+                   ) -> Arrays:
     """The fused surprise, the rule path's flag (``is_anomaly``) and ``open_time`` of the candles that can be
-    flagged (fused surprise at least ``consensus.vote_surprise``, the lowest threshold, or a rule flag)."""
+    flagged (fused surprise at least ``consensus.vote_surprise``, the lowest threshold, or a rule flag) and are
+    not within ``KNOWN_EVENT_MINUTES`` of the symbol's known event (``known_events``: symbol -> epoch ms); how
+    many candles that leaves (``counted``); the share of the series' closes that did not move (``still_share``,
+    its last decision's)."""
     decisions = _decisions(key, frame, params)
     fused, rule = decisions["surprise"].to_numpy(), decisions["is_anomaly"].to_numpy(bool)
-    can_flag = (fused >= params.consensus.vote_surprise) | rule
-    return {"fused": fused[can_flag], "rule": rule[can_flag],
-            "open_time": decisions["open_time"].to_numpy()[can_flag]}
+    open_time = decisions["open_time"].to_numpy()
+    counted = np.ones(len(decisions), dtype=bool)
+    announced = (known_events or {}).get(key.split("@")[0])
+    if announced is not None:
+        offsets = (open_time - announced) / 60_000
+        counted = (offsets < KNOWN_EVENT_MINUTES[0]) | (offsets > KNOWN_EVENT_MINUTES[1])
+    can_flag = ((fused >= params.consensus.vote_surprise) | rule) & counted
+    return {"fused": fused[can_flag], "rule": rule[can_flag], "open_time": open_time[can_flag],
+            "counted": np.array([counted.sum()]), "still_share": decisions["still_share"].to_numpy()[-1:]}
+
+
+KNOWN_EVENT_MINUTES = (-60, 180)  # around a known real event's announced time: not a false alarm
 
 
 def _decisions(key: str, frame: pd.DataFrame, params: ModelParams) -> pd.DataFrame:
@@ -397,35 +427,26 @@ def choose_threshold(fused: dict[str, np.ndarray], open_times: dict[str, np.ndar
 
 
 def confidence_margins(fused: dict[str, np.ndarray], open_times: dict[str, np.ndarray], lengths: dict[str, int],
-                       threshold: float, budget: float, days_per_episode: dict[str, float]) -> tuple[dict, dict]:
+                       threshold: float, days_per_episode: dict[str, float]) -> tuple[dict, dict]:
     """``consensus.confidence`` by rarity: each level's margin above ``threshold``, and what it was measured on.
 
     LOW is every alarm (the false-alarm budget). A higher level starts at the lowest fused surprise at which
-    the training series raise at most one alarm episode per ``days_per_episode[level]`` symbol-days, counted
-    on the series that hold the budget at ``threshold``: the pooled rate is the noisiest series' (thin pairs
-    alarm several times a day at the threshold), and levels set on it would leave a clear event on a series
-    the model calibrates well at LOW. (All series when none holds the budget.)
+    the series raise at most one alarm episode per ``days_per_episode[level]`` symbol-days, pooled. ``train``
+    calls it once per kind of market: a thin pair's noisier alarms set the thin levels, not the liquid ones.
 
     >>> minute = 60_000
-    >>> times = {"A": np.arange(0, 14 * 1440) * minute, "B": np.arange(0, 1440) * minute}
+    >>> times = {"A": np.arange(0, 14 * 1440) * minute}
     >>> quiet = np.zeros(14 * 1440); quiet[[100, 5000, 9000, 15000]] = [4.0, 4.5, 5.5, 6.0]  # 4 episodes in 14 days
-    >>> noisy = np.full(1440, 4.0)  # over the budget all day: not counted
-    >>> margins, _ = confidence_margins({"A": quiet, "B": noisy}, times, {"A": 14 * 1440, "B": 1440}, 4.0, 0.7,
-    ...                                 {"MEDIUM": 7.0, "HIGH": 14.0})
-    >>> margins  # at most 2 of A's episodes from 4.55 up (once a week), 1 from 5.55 up (once in 14 days)
+    >>> margins, _ = confidence_margins({"A": quiet}, times, {"A": 14 * 1440}, 4.0, {"MEDIUM": 7.0, "HIGH": 14.0})
+    >>> margins  # at most 2 episodes from 4.55 up (once a week), 1 from 5.55 up (once in 14 days)
     {'LOW': 0.0, 'MEDIUM': 0.55, 'HIGH': 1.55}
     """
-    rates = {key: alarm_episodes(open_times[key][fused[key] >= threshold]) / _days({key: lengths[key]})
-             for key in fused}
-    calibrated = [key for key, rate in rates.items() if rate <= budget] or list(fused)
     margins, measured = {"LOW": 0.0}, {}
     for level, days in days_per_episode.items():
-        start, rate = choose_threshold({key: fused[key] for key in calibrated},
-                                       {key: open_times[key] for key in calibrated}, 1.0 / days, threshold,
-                                       days=_days({key: lengths[key] for key in calibrated}))
+        start, rate = choose_threshold(fused, open_times, 1.0 / days, threshold, days=_days(lengths))
         margins[level] = round(start - threshold, 4)
-        measured[level] = (f"fused surprise {start}: {rate * days:.2f} episodes per {days:g} symbol-days on the "
-                           f"{len(calibrated)} of {len(fused)} series within the budget")
+        measured[level] = (f"fused surprise {start}: {rate * days:.2f} episodes per {days:g} symbol-days on "
+                           f"{len(fused)} series")
     return margins, measured
 
 

@@ -282,7 +282,7 @@ def evaluate_leave_one_out(series: dict[str, pd.DataFrame], injections: int = 30
     training = ({key: frame.iloc[:train_candles].reset_index(drop=True) for key, frame in series.items()}
                 if train_candles else series)
     rng = np.random.default_rng(seed)
-    outcomes, per_series, real, curve_episodes = [], {}, {}, {}
+    outcomes, per_series, real, curve_episodes, real_margins = [], {}, {}, {}, {}
     for key, frame in series.items():
         params = train({other: candles for other, candles in training.items() if other != key}, config)
         symbol = key.split("@")[0]
@@ -307,10 +307,10 @@ def evaluate_leave_one_out(series: dict[str, pd.DataFrame], injections: int = 30
                            "baseline_episodes": alarm_episodes(times[baseline & counted])}
         if announced is not None:
             near = (offsets >= REAL_EVENT_WINDOW[0]) & (offsets <= REAL_EVENT_WINDOW[1])
+            real_margins[key] = float(surprise[near].max(initial=-np.inf) - params.consensus.threshold)
             real[key] = {"announced": pd.Timestamp(announced, unit="ms", tz="UTC").isoformat(),
                          "first_flag_min": _first_offset(offsets, flags & near),
                          "confidence": RANKS[rank[near].max(initial=0)],
-                         "margin": float(surprise[near].max(initial=-np.inf) - params.consensus.threshold),
                          "baseline_first_flag_min": _first_offset(offsets, baseline & near)}
         earliest = max(warmups(params).values())
         found = _injected_outcomes(params, key, frame, injections, rng, earliest)
@@ -321,7 +321,7 @@ def evaluate_leave_one_out(series: dict[str, pd.DataFrame], injections: int = 30
         outcomes += found  # each labelled with its series' key as ``symbol``
         per_series[key].update(injected=len(found), recall=_share(pd.Series([not np.isnan(o["delay"])
                                                                             for o in found], dtype=bool)))
-    return _loso_report(outcomes, per_series, real, curve_episodes, seed, injections)
+    return _loso_report(outcomes, per_series, real, curve_episodes, real_margins, seed, injections)
 
 
 def _injected_outcomes(params, key: str, frame: pd.DataFrame, injections: int, rng: np.random.Generator,
@@ -370,12 +370,12 @@ def _first_offset(offsets: np.ndarray, flags: np.ndarray) -> float | None:
 
 
 def _loso_curve(frame: pd.DataFrame, per_series: dict, curve_episodes: dict[str, np.ndarray],
-                real: dict) -> list[dict]:
+                real_margins: dict[str, float]) -> list[dict]:
     """Recall and false alarms at each offset from the folds' trained thresholds, for all series and per market
     kind, and the share of the real events caught: what a different budget would buy on a pair new to the model."""
     points = [{"offset": float(step)} for step in CURVE_STEPS]
-    if real:
-        margins = np.array([entry["margin"] for entry in real.values()])
+    if real_margins:  # each real event's largest surprise near it, above its fold's threshold
+        margins = np.array(list(real_margins.values()))
         for point, step in zip(points, CURVE_STEPS):
             point["real_events_caught"] = _share(pd.Series(margins >= step - 1e-9))
     for market in ("all",) + MARKETS:
@@ -418,7 +418,7 @@ def _by_market(frame: pd.DataFrame, per_series: dict) -> dict:
 
 
 def _loso_report(outcomes: list[dict], per_series: dict, real: dict, curve_episodes: dict[str, np.ndarray],
-                 seed: int, injections: int) -> dict:
+                 real_margins: dict[str, float], seed: int, injections: int) -> dict:
     frame = pd.DataFrame(outcomes)
     days = sum(entry["days"] for entry in per_series.values())
     for entry in per_series.values():
@@ -439,7 +439,7 @@ def _loso_report(outcomes: list[dict], per_series: dict, real: dict, curve_episo
         "confidence": _confidence_summary(frame, per_series, days),
         "series_above_1_per_day": sorted(key for key, e in per_series.items() if (e["per_symbol_day"] or 0) > 1.0),
         "by_market": _by_market(frame, per_series),
-        "operating_curve": _loso_curve(frame, per_series, curve_episodes, real),
+        "operating_curve": _loso_curve(frame, per_series, curve_episodes, real_margins),
     }
     if real:
         report["real_events"] = {

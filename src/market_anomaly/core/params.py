@@ -43,6 +43,7 @@ log = logging.getLogger("market_anomaly.core")
 
 CONFIDENCE_LEVELS = ("LOW", "MEDIUM", "HIGH")
 CONFIDENCE_RANKS = ("NONE", *CONFIDENCE_LEVELS)  # every decision's confidence, in order (NONE: not an anomaly)
+MARKETS = ("liquid", "thin")  # kinds of market (``ConsensusParams.market_kind``)
 MIN_OWN_MEMORY = 100  # a symbol's counts must hold more than a few candles at each level to mean anything
 MAX_INTEGER = 10 ** 9  # counts and milliseconds in the file (a day is 86,400,000 ms); windows are bounded tighter
 
@@ -113,6 +114,10 @@ class ConsensusParams:
         """Whether a symbol with this share of its closes unmoved (a number or an array) is judged as thin."""
         return np.asarray(still_share) >= self.thin_still_share if self.thin_still_share > 0 else np.zeros(
             np.shape(still_share), bool)
+
+    def market_kind(self, still_share: np.ndarray) -> str:
+        """The kind of market a symbol is judged as from its decisions' ``still_share`` (its last one)."""
+        return MARKETS[int(self.is_thin(np.asarray(still_share)[-1:]).any())]
 
     def margins(self, thin: bool) -> list[float]:
         """Each confidence level's margin above the threshold, in ``CONFIDENCE_LEVELS`` order, for a thin symbol or

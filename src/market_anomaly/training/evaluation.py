@@ -26,7 +26,8 @@ The report also gives the *operating curve*: recall and held-out false alarms at
 thresholds around the trained one (``CURVE_STEPS``), so an analyst sees what a different
 ``consensus.false_alarm_budget`` would buy or cost before retraining with it. The
 leave-one-series-out report has it too (offsets from each fold's own threshold), for all series
-and per kind of market (``market_kind``: liquid, or thin with most closes unmoved).
+and per kind of market (``ConsensusParams.market_kind``: liquid, or thin with most closes unmoved: 0.58-0.91 of
+them on the thin BTC pairs of ../shared/data/pumps-2020, 0.00-0.18 on the liquid spot and futures series).
 
 The baseline is the naive detector users start with: z-scores of the return and of the
 volume against the previous 60 candles' mean and standard deviation, flag at 3.
@@ -38,17 +39,16 @@ import numpy as np
 import pandas as pd
 
 from market_anomaly.core.detectors import warmups
-from market_anomaly.core.params import CONFIDENCE_LEVELS, CONFIDENCE_RANKS as RANKS
+from market_anomaly.core.params import CONFIDENCE_LEVELS, CONFIDENCE_RANKS as RANKS, MARKETS
 from market_anomaly.training.injection import KINDS, MAGNITUDE_RANGES, inject_random, injection_slots
-from market_anomaly.training.train import (DETECTION_WINDOW, EPISODE_GAP_MS, TrainConfig, alarm_episodes,
-                                               score_series, train)
+from market_anomaly.training.train import (DETECTION_WINDOW, EPISODE_GAP_MS, KNOWN_EVENT_MINUTES, TrainConfig,
+                                               alarm_episodes, outside_known_event, score_series, train)
 
 MIN_GAP = 240
 BASELINE_WINDOW = 60
 BASELINE_THRESHOLD = 3.0
 MINUTE_MS = 60_000
 CURVE_STEPS = np.round(np.arange(-1.5, 0.51, 0.1), 2)  # operating curve: offsets from the trained threshold
-MARKETS = ("liquid", "thin")  # kinds of market (``market_kind``)
 CONFIDENCE_RARITY = (("MEDIUM", "week", 7), ("HIGH", "month", 30))  # level, and the period it should be rare in
 
 
@@ -135,13 +135,6 @@ def _alarm_surprise(decisions: pd.DataFrame, params) -> np.ndarray:
 def _curve_episodes(times: np.ndarray, surprise: np.ndarray, thresholds: np.ndarray) -> np.ndarray:
     """Alarm episodes among ``times`` at each threshold of the operating curve."""
     return np.array([alarm_episodes(times[surprise >= threshold]) for threshold in thresholds])
-
-
-def market_kind(decisions: pd.DataFrame, params) -> str:
-    """``thin`` when a series' last decision judged its symbol as a thin market (``consensus.thin_still_share`` of
-    its closes unmoved: 0.58-0.91 on the thin BTC pairs of ../shared/data/pumps-2020, 0.00-0.18 on the liquid spot
-    and futures series), else ``liquid``."""
-    return "thin" if params.consensus.is_thin(decisions["still_share"].to_numpy()[-1:]).any() else "liquid"
 
 
 def _first_flag_delay(label: dict, candles: pd.DataFrame, flags) -> float:
@@ -244,7 +237,6 @@ def _fmt(value) -> str:
 # -- leave one series out: what a pair new to the model gets ----------------------------------------
 
 REAL_EVENT_WINDOW = (-5, 20)           # minutes around an announced time in which a flag catches the event
-REAL_EVENT_EXCLUDED = (-60, 180)       # minutes around it that are not counted as false alarms
 DAY_MINUTES = 24 * 60
 
 
@@ -267,7 +259,8 @@ def evaluate_leave_one_out(series: dict[str, pd.DataFrame], injections: int = 30
     ``evaluate``), recall within ``DETECTION_WINDOW`` minutes; untouched false-alarm episodes per symbol-day
     on all its candles. ``events``: symbol -> announced time (ms) of a real event (``read_announced_events``):
     its series counts as caught when a candle opening within ``REAL_EVENT_WINDOW`` minutes of it is flagged;
-    the ``REAL_EVENT_EXCLUDED`` minutes around it count neither as false alarms nor for injected events.
+    the ``KNOWN_EVENT_MINUTES`` around it count neither as false alarms nor for injected events (nor, in each
+    fold's training, as false alarms).
     ``max_candles``: keep only each series' first candles (quick iteration only; report full runs).
     ``train_candles``: train each fold on only the first candles of the other series (cheaper folds; the
     held-out series is still evaluated in full).
@@ -288,10 +281,7 @@ def evaluate_leave_one_out(series: dict[str, pd.DataFrame], injections: int = 30
         symbol = key.split("@")[0]
         times = frame["open_time"].to_numpy()
         announced = events.get(symbol)
-        counted = np.ones(len(frame), dtype=bool)
-        if announced is not None:
-            offsets = (times - announced) / MINUTE_MS
-            counted = (offsets < REAL_EVENT_EXCLUDED[0]) | (offsets > REAL_EVENT_EXCLUDED[1])
+        counted = outside_known_event(times, announced)
         decided = score_series(params, {key: frame})[key]
         flags = decided["is_anomaly"].to_numpy(bool)
         rank = confidence_ranks(decided)
@@ -299,13 +289,15 @@ def evaluate_leave_one_out(series: dict[str, pd.DataFrame], injections: int = 30
         days = counted.sum() / DAY_MINUTES
         surprise = _alarm_surprise(decided, params)
         curve_episodes[key] = _curve_episodes(times[counted], surprise[counted], params.consensus.threshold + CURVE_STEPS)
-        per_series[key] = {"days": round(float(days), 2), "market": market_kind(decided, params),
+        per_series[key] = {"days": round(float(days), 2),
+                           "market": params.consensus.market_kind(decided["still_share"].to_numpy()),
                            "threshold": params.consensus.threshold,
                            "episodes": alarm_episodes(times[flags & counted]),
                            **{f"{level.lower()}_episodes": alarm_episodes(times[(rank >= RANKS.index(level)) & counted])
                               for level in CONFIDENCE_LEVELS[1:]},
                            "baseline_episodes": alarm_episodes(times[baseline & counted])}
         if announced is not None:
+            offsets = (times - announced) / MINUTE_MS
             near = (offsets >= REAL_EVENT_WINDOW[0]) & (offsets <= REAL_EVENT_WINDOW[1])
             real_margins[key] = float(surprise[near].max(initial=-np.inf) - params.consensus.threshold)
             real[key] = {"announced": pd.Timestamp(announced, unit="ms", tz="UTC").isoformat(),
@@ -315,9 +307,8 @@ def evaluate_leave_one_out(series: dict[str, pd.DataFrame], injections: int = 30
         earliest = max(warmups(params).values())
         found = _injected_outcomes(params, key, frame, injections, rng, earliest)
         if announced is not None:  # events overlapping the real one cannot be told apart from it
-            found = [outcome for outcome in found
-                     if not (announced + REAL_EVENT_EXCLUDED[0] * MINUTE_MS <= outcome["open_time"]
-                             <= announced + REAL_EVENT_EXCLUDED[1] * MINUTE_MS)]
+            found = [outcome for outcome, outside in zip(found, outside_known_event(
+                np.array([outcome["open_time"] for outcome in found], dtype=np.int64), announced)) if outside]
         outcomes += found  # each labelled with its series' key as ``symbol``
         per_series[key].update(injected=len(found), recall=_share(pd.Series([not np.isnan(o["delay"])
                                                                             for o in found], dtype=bool)))
@@ -354,15 +345,20 @@ def confidence_ranks(decisions: pd.DataFrame) -> np.ndarray:
 
 def _confidence_summary(frame: pd.DataFrame, per_series: dict, days: float) -> dict:
     """How often MEDIUM+ and HIGH fire on the untouched candles, and what the injected events reached."""
-    rarity = {f"{level.lower()}_episodes_per_symbol_{period}": round(
-        sum(entry[f"{level.lower()}_episodes"] for entry in per_series.values()) * length / days, 3)
-        for level, period, length in CONFIDENCE_RARITY}
+    rarity = _rarity(list(per_series.values()), days)
     reached = {}
     for kind in KINDS + ("all",):
         rows = frame if kind == "all" else frame[frame["kind"] == kind]
         reached[kind] = {level: _share(rows["confidence"].isin(RANKS[RANKS.index(level):]))
                          for level in CONFIDENCE_LEVELS}
     return {**rarity, "injected_reaching": reached}
+
+
+def _rarity(entries: list[dict], days: float) -> dict:
+    """MEDIUM+ episodes per symbol-week and HIGH per symbol-month over these series' untouched candles."""
+    return {f"{level.lower()}_episodes_per_symbol_{period}": round(
+        sum(entry[f"{level.lower()}_episodes"] for entry in entries) * length / days, 3)
+        for level, period, length in CONFIDENCE_RARITY}
 
 
 def _first_offset(offsets: np.ndarray, flags: np.ndarray) -> float | None:
@@ -410,9 +406,7 @@ def _by_market(frame: pd.DataFrame, per_series: dict) -> dict:
             "false_alarm_episodes_per_symbol_day": round(sum(per_series[key]["episodes"] for key in keys) / days, 3)
             if days else None,
             "series_above_1_per_day": sum(1 for key in keys if (per_series[key]["per_symbol_day"] or 0) > 1.0),
-            **({f"{level.lower()}_episodes_per_symbol_{period}": round(
-                sum(per_series[key][f"{level.lower()}_episodes"] for key in keys) * length / days, 3)
-                for level, period, length in CONFIDENCE_RARITY} if days else {}),
+            **(_rarity([per_series[key] for key in keys], days) if days else {}),
         }
     return table
 
@@ -431,7 +425,7 @@ def _loso_report(outcomes: list[dict], per_series: dict, real: dict, curve_episo
                      f"other series; {injections} events injected per series after the warm-up; detected = flagged "
                      f"within {DETECTION_WINDOW} min; false alarms = episodes (flags < "
                      f"{EPISODE_GAP_MS // MINUTE_MS} min apart) on the untouched candles, outside "
-                     f"[{REAL_EVENT_EXCLUDED[0]}, +{REAL_EVENT_EXCLUDED[1]}] min of an announced real event; a real "
+                     f"[{KNOWN_EVENT_MINUTES[0]}, +{KNOWN_EVENT_MINUTES[1]}] min of an announced real event; a real "
                      f"event is caught when flagged within [{REAL_EVENT_WINDOW[0]}, +{REAL_EVENT_WINDOW[1]}] min"),
         "seed": seed,
         "series": per_series,

@@ -27,7 +27,7 @@ from market_anomaly.core.consensus import candidates
 from market_anomaly.core.engine import DetectionEngine, calibration_scores
 from market_anomaly.training.injection import KINDS, inject, injection_slots
 from market_anomaly.core.learned import INPUT_NAMES
-from market_anomaly.core.params import DEFAULTS, ModelParams, pair_keys, params_from_dict
+from market_anomaly.core.params import DEFAULTS, MARKETS, ModelParams, pair_keys, params_from_dict
 from market_anomaly.files import write_atomically
 from market_anomaly.core.detectors import SCORE_COLUMNS, LearnedSurprise, warmups
 
@@ -168,18 +168,14 @@ def train(series, config: TrainConfig = TrainConfig()) -> ModelParams:
     decided = collection.map(fused_and_rule, params_from_dict(document, model=learned.model), known)
     lengths = collection.lengths()
     counted = {key: int(result["counted"][0]) for key, result in decided.items()}  # candles the budget counts
-    threshold, rate = choose_threshold(
-        {key: result["fused"] for key, result in decided.items()},
-        {key: result["open_time"] for key, result in decided.items()},
-        consensus.false_alarm_budget, consensus.vote_surprise, {key: result["rule"] for key, result in decided.items()},
-        days=_days(counted))
-    document["consensus"]["threshold"] = threshold
     fused = {key: result["fused"] for key, result in decided.items()}
     open_times = {key: result["open_time"] for key, result in decided.items()}
-    kinds = {key: "thin" if consensus.is_thin(result["still_share"]).any() else "liquid"
-             for key, result in decided.items()}
+    threshold, rate = choose_threshold(fused, open_times, consensus.false_alarm_budget, consensus.vote_surprise,
+                                       {key: result["rule"] for key, result in decided.items()}, days=_days(counted))
+    document["consensus"]["threshold"] = threshold
+    kinds = {key: consensus.market_kind(result["still_share"]) for key, result in decided.items()}
     levels, rarity = {}, {}
-    for kind in ("liquid", "thin"):  # confidence by rarity on each kind of market's own series
+    for kind in MARKETS:  # confidence by rarity on each kind of market's own series
         keys = [key for key in decided if kinds[key] == kind]
         if keys:
             levels[kind], rarity[kind] = confidence_margins(
@@ -267,6 +263,21 @@ def event_candidates(key: str, frame: pd.DataFrame, params: ModelParams, events:
     return {"maxima": np.array(maxima)}
 
 
+KNOWN_EVENT_MINUTES = (-60, 180)  # around a known real event's announced time: not a false alarm
+
+
+def outside_known_event(open_time: np.ndarray, announced: int | None) -> np.ndarray:
+    """The candles (by ``open_time``, ms) outside ``KNOWN_EVENT_MINUTES`` of an event announced then (None: all).
+
+    >>> outside_known_event(np.array([-61, -60, 180, 181]) * 60_000, 0).tolist()
+    [True, False, False, True]
+    """
+    if announced is None:
+        return np.ones(len(open_time), dtype=bool)
+    offsets = (np.asarray(open_time) - announced) / 60_000
+    return (offsets < KNOWN_EVENT_MINUTES[0]) | (offsets > KNOWN_EVENT_MINUTES[1])
+
+
 def fused_and_rule(key: str, frame: pd.DataFrame, params: ModelParams, known_events: dict[str, int] | None = None
                    ) -> Arrays:
     """The fused surprise, the rule path's flag (``is_anomaly``) and ``open_time`` of the candles that can be
@@ -277,17 +288,10 @@ def fused_and_rule(key: str, frame: pd.DataFrame, params: ModelParams, known_eve
     decisions = _decisions(key, frame, params)
     fused, rule = decisions["surprise"].to_numpy(), decisions["is_anomaly"].to_numpy(bool)
     open_time = decisions["open_time"].to_numpy()
-    counted = np.ones(len(decisions), dtype=bool)
-    announced = (known_events or {}).get(key.split("@")[0])
-    if announced is not None:
-        offsets = (open_time - announced) / 60_000
-        counted = (offsets < KNOWN_EVENT_MINUTES[0]) | (offsets > KNOWN_EVENT_MINUTES[1])
+    counted = outside_known_event(open_time, (known_events or {}).get(key.split("@")[0]))
     can_flag = ((fused >= params.consensus.vote_surprise) | rule) & counted
     return {"fused": fused[can_flag], "rule": rule[can_flag], "open_time": open_time[can_flag],
             "counted": np.array([counted.sum()]), "still_share": decisions["still_share"].to_numpy()[-1:]}
-
-
-KNOWN_EVENT_MINUTES = (-60, 180)  # around a known real event's announced time: not a false alarm
 
 
 def _decisions(key: str, frame: pd.DataFrame, params: ModelParams) -> pd.DataFrame:

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from market_anomaly.candles.validation import Limits, frame_reasons
+from market_anomaly.candles.validation import Limits, frame_reasons, upper_symbols
 
 log = logging.getLogger("market_anomaly.candles")
 
@@ -54,9 +54,7 @@ def _validated(frame: pd.DataFrame, source: str, interval: str | None = None) ->
     missing = [name for name in ("symbol", "open_time", *PRICE_COLUMNS) if name not in frame.columns]
     if missing:
         raise CandleFileError(f"{source}: missing columns {', '.join(missing)}")
-    codes, symbols = pd.factorize(frame["symbol"])  # upper-case each distinct symbol once, not every row
-    names = np.array([str(symbol).upper() for symbol in symbols] + [""], dtype=object)
-    frame["symbol"] = names[codes]  # a missing symbol (code -1) indexes the trailing "", a "missing symbol"
+    frame["symbol"] = upper_symbols(frame["symbol"])
     for name in (*PRICE_COLUMNS, *NUMERIC_OPTIONAL):
         if name in frame.columns:
             frame[name] = pd.to_numeric(frame[name], errors="coerce")

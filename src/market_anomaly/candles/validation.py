@@ -1,8 +1,8 @@
 """One table of candle checks, applied at every edge: the producer, the stream's parser, the file readers.
 
 Each rule says where a candle is *invalid* and why, written once over named columns and
-evaluated by three backends: plain Python values (one candle, in the producer), pandas
-(files and topics read offline) and Spark columns (the stream and ``train --spark``, in the
+evaluated by three backends: plain Python values (one candle, in the producer), NumPy arrays
+(a frame's columns: files, and topics read by the decider) and Spark columns (the stream and ``train --spark``, in the
 JVM before anything reaches Python). A candle's reason is its first failing rule's, the same
 text everywhere, and it goes to the dead-letter topic (or the reader's warning) with the raw value.
 
@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import math
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Callable, Mapping
 
 MAX_SYMBOL_LENGTH = 20
@@ -177,38 +177,86 @@ def reason(candle: Mapping[str, Any], limits: Limits) -> str | None:
     return None
 
 
-class Pandas:
-    """Columns of a pandas frame (NaN is missing). The string checks run once per distinct value: a symbol
-    column repeats a few names (per row they were a quarter of ``score``'s time)."""
+class Arrays:
+    """NumPy arrays of a frame's columns (NaN or None is missing), each check one vectorised call. The string
+    checks run once per distinct value: a symbol column repeats a few names (per row they were a quarter of
+    ``score``'s time)."""
 
-    blank = staticmethod(lambda x: _per_distinct(x, lambda u: u.astype(str).str.strip() == "", missing=True))
-    absent = staticmethod(lambda x: x.isna())
-    present = staticmethod(lambda x: x.notna())
-    isfinite = staticmethod(lambda x: x.abs() < math.inf)
-    negate = staticmethod(lambda x: ~x)
-    length = staticmethod(lambda x: _per_distinct(x, lambda u: u.str.len(), missing=math.nan))
-    matches = staticmethod(lambda x, pattern: _per_distinct(
-        x, lambda u: u.str.fullmatch(pattern, na=False).astype(bool), missing=False))
-    isin = staticmethod(lambda x, values: _per_distinct(x, lambda u: u.isin(list(values)), missing=False))
-    greatest = staticmethod(lambda *xs: _frame(xs).max(axis=1))
-    least = staticmethod(lambda *xs: _frame(xs).min(axis=1))
+    @staticmethod
+    def blank(x):
+        return _per_distinct(x, lambda u: u.astype(str).str.strip() == "", missing=True)
+
+    @staticmethod
+    def absent(x):
+        import pandas as pd
+
+        return pd.isna(x)
+
+    @staticmethod
+    def present(x):
+        import pandas as pd
+
+        return pd.notna(x)
+
+    @staticmethod
+    def isfinite(x):
+        import numpy as np
+
+        return np.abs(x) < math.inf
+
+    @staticmethod
+    def negate(x):
+        import numpy as np
+
+        return np.logical_not(x)
+
+    @staticmethod
+    def length(x):
+        return _per_distinct(x, lambda u: u.str.len(), missing=math.nan)
+
+    @staticmethod
+    def matches(x, pattern):
+        return _per_distinct(x, lambda u: u.str.fullmatch(pattern, na=False).astype(bool), missing=False)
+
+    @staticmethod
+    def isin(x, values):
+        return _per_distinct(x, lambda u: u.isin(list(values)), missing=False)
+
+    @staticmethod
+    def greatest(*xs):
+        import numpy as np
+
+        return np.fmax.reduce(xs)  # fmax skips a NaN, as a frame's max does
+
+    @staticmethod
+    def least(*xs):
+        import numpy as np
+
+        return np.fmin.reduce(xs)
 
 
 def _per_distinct(column, check, missing):
-    """``check`` (a Series -> Series) applied to each distinct value of ``column`` once, spread back to its rows;
-    missing values get ``missing``."""
+    """``check`` (a Series -> Series) applied to each distinct value of ``column`` once, spread back to its rows
+    as an array; missing values get ``missing``."""
     import numpy as np
     import pandas as pd
 
     codes, distinct = pd.factorize(column)
     values = np.append(check(pd.Series(distinct, dtype=object)).to_numpy(), missing)
-    return pd.Series(values[codes], index=column.index)  # code -1 (missing) takes the appended value
+    return values[codes]  # code -1 (missing) takes the appended value
 
 
-def _frame(columns):
+def upper_symbols(column):
+    """A symbol column upper-cased as an object array, each distinct symbol once; a missing one stays None."""
+    import numpy as np
     import pandas as pd
 
-    return pd.concat(list(columns), axis=1)
+    codes, symbols = pd.factorize(column)
+    names = np.array([str(symbol).upper() for symbol in symbols] + [None], dtype=object)
+    return names[codes]
+
+
+TEXT_FIELDS = ("symbol", "interval")
 
 
 def frame_reasons(frame, limits: Limits):
@@ -217,14 +265,20 @@ def frame_reasons(frame, limits: Limits):
     import numpy as np
     import pandas as pd
 
-    columns = {name: frame[name] if name in frame.columns else pd.Series(np.nan, index=frame.index)
+    rows = len(frame)
+    columns = {name: (np.full(rows, math.nan) if name not in frame.columns
+                      else frame[name].to_numpy(object) if name in TEXT_FIELDS
+                      else frame[name].to_numpy(float, na_value=math.nan))
                for name in (*OPTIONAL, *REQUIRED)}
-    reasons = pd.Series([None] * len(frame), index=frame.index, dtype=object)
+    if isinstance(limits.present_ms, pd.Series):  # a present per row, as the frame's rows
+        limits = replace(limits, present_ms=limits.present_ms.to_numpy(float))
+    reasons = np.full(rows, None, dtype=object)
     for text, invalid in reversed(rules(limits)):  # the first failing rule's reason is the last written
         with np.errstate(invalid="ignore"):
-            failing = invalid(columns, Pandas, limits).to_numpy(bool, na_value=False)
-        reasons[failing] = text
-    return reasons
+            failing = np.asarray(invalid(columns, Arrays, limits), dtype=bool)
+        if failing.any():
+            reasons[failing] = text
+    return pd.Series(reasons, index=frame.index, dtype=object)
 
 
 class Spark:

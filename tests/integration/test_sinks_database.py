@@ -134,6 +134,17 @@ def test_unknown_columns_are_kept_when_numeric_and_ignored_otherwise(database, m
     assert "note" not in row
 
 
+def test_with_the_anomalies_scores_an_ordinary_decision_comes_back_without_scores(database, make_decision):
+    frame = pd.DataFrame([make_decision("ADAUSDT", 0, 0.51, window_mean=0.5, surprise=1.2),
+                          make_decision("ADAUSDT", 1, 0.61, True, "HIGH", "Z-SCORE 9.1σ", window_mean=0.6, surprise=7.5)])
+    DatabaseSink(database, scores="anomalies").write(frame)
+    ordinary, anomaly = database.decisions("ADAUSDT")
+    assert ordinary["close"] == 0.51 and "window_mean" not in ordinary and "surprise" not in ordinary
+    assert (anomaly["window_mean"], anomaly["surprise"]) == (0.6, 7.5)
+    [listed] = database.recent_anomalies(symbol="ADAUSDT")
+    assert listed["surprise"] == 7.5 and listed["reasons"] == "Z-SCORE 9.1σ"
+
+
 def test_missing_ohlc_columns_are_stored_as_null(database, make_decision):
     record = make_decision("XRPUSDT", 0, 2.1)
     for column in ("open", "high", "low"):

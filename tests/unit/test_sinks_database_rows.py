@@ -65,3 +65,14 @@ def test_a_key_given_twice_keeps_its_last_decision():
     assert len(rows) == 5 and closes[tuple(frame.iloc[0][["symbol", "interval", "open_time"]])][0] == 1.5
     newest = {row[0]: row[2] for row in symbol_rows(rows)}
     assert newest == frame.groupby("symbol")["open_time"].max().to_dict()
+
+
+def test_with_the_anomalies_scores_only_an_ordinary_decision_keeps_none():
+    frame = batch()
+    everything, anomalies_only = decision_rows(frame), decision_rows(frame, scores="anomalies")
+    anomaly = frame["is_anomaly"].to_numpy()
+    assert 0 < anomaly.sum() < len(frame)
+    assert [row[:-1] for row in anomalies_only] == [row[:-1] for row in everything]  # the named columns alike
+    assert [row[-1] for row in anomalies_only] == [row[-1] if flagged else None
+                                                   for row, flagged in zip(everything, anomaly)]
+    assert any(row[-1] for row, flagged in zip(anomalies_only, anomaly) if flagged)

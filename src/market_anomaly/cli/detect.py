@@ -23,7 +23,7 @@ from market_anomaly.sinks import ALERT_STATE, SinkOptions
 from market_anomaly.sinks.alerts import FORMATS, validate_webhook_url
 from market_anomaly.sinks.common import CONFIDENCE_LEVELS
 from market_anomaly.sinks.console import AUTO_ALL_SYMBOLS, MODES
-from market_anomaly.sinks.database import default_url
+from market_anomaly.sinks.database import SCORES_KEPT, default_url
 from market_anomaly.spark import job
 
 DISABLED = "none"
@@ -115,6 +115,11 @@ def add_sink_arguments(parser: argparse.ArgumentParser) -> None:
                        help="database for decisions: sqlite:///PATH or postgresql://USER@HOST:PORT/DB; "
                             "'none' disables (env MARKET_ANOMALY_DB; default: %(default)s)")
     options.add_retention_argument(group)
+    group.add_argument("--db-scores", default="anomalies", choices=SCORES_KEPT,
+                       help="whose detector scores the database keeps (its extra column; the decisions topic "
+                            "carries every decision's): 'anomalies' stores an ordinary decision in a third of the "
+                            "bytes (SQLite: 172 a row against 585) and two thirds of the time; 'all' keeps every "
+                            "decision's (default: %(default)s)")
     group.add_argument("--anomalies-topic", default=config.ANOMALIES_TOPIC, metavar="TOPIC",
                        help="Kafka topic for decisions as JSON, keyed by symbol; 'none' disables "
                             "(default: %(default)s)")
@@ -150,6 +155,7 @@ def sink_options(args: argparse.Namespace) -> SinkOptions:
     return SinkOptions(
         db_url=_enabled(args.db),
         retention_days=args.retention_days,
+        db_scores=args.db_scores,
         anomalies_topic=_enabled(args.anomalies_topic),
         anomalies_only=args.anomalies_only,
         console=args.console,

@@ -44,6 +44,7 @@ class SinkOptions:
 
     db_url: str | None = None
     retention_days: float = 7.0  # ordinary decisions kept this long (market time); 0 = all (anomalies always)
+    db_scores: str = "anomalies"  # whose scores the database keeps: "anomalies" or "all" (database.SCORES_KEPT)
     anomalies_topic: str | None = None
     anomalies_only: bool = False
     console: str = "auto"
@@ -240,10 +241,11 @@ def build_sinks(options: SinkOptions) -> Sinks:
     database = None
     if options.db_url:
         retention_ms = round(options.retention_days * 86_400_000) or None
-        database = DatabaseSink(open_database(options.db_url), retention_ms)
+        database = DatabaseSink(open_database(options.db_url), retention_ms, options.db_scores)
         sinks.append(database)
-        log.info("sink database: %s (%s)", redact(options.db_url),
-                 f"ordinary decisions kept {options.retention_days:g} days" if retention_ms else "everything kept")
+        log.info("sink database: %s (%s; scores of %s)", redact(options.db_url),
+                 f"ordinary decisions kept {options.retention_days:g} days" if retention_ms else "everything kept",
+                 "every decision" if options.db_scores == "all" else "anomalies")
     if options.anomalies_topic:
         sinks.append(KafkaTopicSink(options.kafka_config, options.anomalies_topic, options.anomalies_only))
         log.info("sink kafka: topic %s%s", options.anomalies_topic, " (anomalies only)" if options.anomalies_only else "")

@@ -29,6 +29,7 @@ import time
 from pathlib import Path
 from typing import Iterator
 
+import numpy as np
 import pandas as pd
 
 from market_anomaly import metrics
@@ -167,17 +168,31 @@ def open_database(url: str) -> "Database":
     raise DatabaseError(f"unsupported database URL {redact(url)!r}: use sqlite:///PATH or postgresql://...")
 
 
-def extra_numbers(decisions: pd.DataFrame) -> list[str | None]:
+# Whose scores the ``extra`` column keeps: every decision's, or only the anomalies' (the command line's default:
+# they are two thirds of a row's bytes and a third of its cost to write, and the decisions topic carries them all).
+SCORES_KEPT = ("anomalies", "all")
+
+
+def extra_numbers(decisions: pd.DataFrame, scores: str = "all") -> list[str | None]:
     """Per row, the numeric columns beyond the decision record (e.g. window_mean) as JSON, keys sorted and
-    missing values left out; None for a row without any."""
+    missing values left out; None for a row without any, and with ``scores`` "anomalies" for an ordinary one."""
     extra = sorted(str(name) for name in decisions.columns
                    if name not in DECISION_COLUMNS and decisions[name].dtype.kind in "iuf")
-    return json_objects(decisions[extra], omit_nulls=True) if extra else [None] * len(decisions)
+    objects: list[str | None] = [None] * len(decisions)
+    if not extra:
+        return objects
+    if scores == "all":
+        return json_objects(decisions[extra], omit_nulls=True)
+    kept = np.flatnonzero(decisions["is_anomaly"].fillna(False).to_numpy(bool)) if "is_anomaly" in decisions else []
+    for row, text in zip(kept, json_objects(decisions[extra].iloc[kept], omit_nulls=True)):
+        objects[row] = text
+    return objects
 
 
-def decision_rows(decisions: pd.DataFrame) -> list[tuple]:
+def decision_rows(decisions: pd.DataFrame, scores: str = "all") -> list[tuple]:
     """The stored rows (``STORED_COLUMNS``) of a batch, one per key (its last decision), built a column at a
-    time: an absent column is null, reasons default to '' and confidence to NONE."""
+    time: an absent column is null, reasons default to '' and confidence to NONE; ``scores`` as in
+    ``extra_numbers``."""
     decisions = decisions.drop_duplicates(list(KEY_COLUMNS), keep="last")
     absent = [None] * len(decisions)
     columns = {name: column_values(decisions[name]) if name in decisions.columns else absent
@@ -187,7 +202,7 @@ def decision_rows(decisions: pd.DataFrame) -> list[tuple]:
     for name in BOOLEAN_COLUMNS:
         columns[name] = [None if value is None else bool(value) for value in columns[name]]
     columns["is_anomaly"] = [bool(value) for value in columns["is_anomaly"]]
-    columns["extra"] = extra_numbers(decisions)
+    columns["extra"] = extra_numbers(decisions, scores)
     return list(zip(*(columns[name] for name in STORED_COLUMNS)))
 
 
@@ -321,10 +336,10 @@ class Database:
 
     # -- writes ----------------------------------------------------------------------------------
 
-    def upsert_decisions(self, decisions: pd.DataFrame) -> int:
+    def upsert_decisions(self, decisions: pd.DataFrame, scores: str = "all") -> int:
         """Insert or update each decision by its key, with the symbols' latest candles and the row count; one
-        transaction. Returns the rows written."""
-        rows = decision_rows(decisions)
+        transaction; ``scores``: whose scores ``extra`` keeps (``SCORES_KEPT``). Returns the rows written."""
+        rows = decision_rows(decisions, scores)
         if not rows:
             return 0
         keys = [tuple(row[position] for position in KEY_POSITIONS) for row in rows]
@@ -566,6 +581,8 @@ class DatabaseSink:
     """The job's side, durable: each micro-batch upserted in one transaction, and kept until that commits (a
     locked file or a server away fails the write, and the next ``flush`` writes it all); the latest progress kept.
 
+    ``scores``: whose detector scores the ``extra`` column keeps (``SCORES_KEPT``).
+
     With ``retention_ms``, ordinary decisions older than that (market time) are deleted at the first write and
     then whenever the newest candle has moved ``EXPIRY_EVERY_MS`` on. A sweep runs in a thread on its own
     connection, beside the batches (an hour of 2,000 symbols is 120,000 rows, seconds of work); a batch waits at
@@ -576,9 +593,10 @@ class DatabaseSink:
     durable = True
     EXPIRY_EVERY_MS = 3_600_000
 
-    def __init__(self, database: Database, retention_ms: int | None = None):
+    def __init__(self, database: Database, retention_ms: int | None = None, scores: str = "all"):
         self.database = database
         self.retention_ms = retention_ms
+        self.scores = scores
         self.written = 0
         self.expired = 0
         self._pending: list[pd.DataFrame] = []
@@ -594,7 +612,7 @@ class DatabaseSink:
         if self._pending:
             pending = pd.concat(self._pending, ignore_index=True) if len(self._pending) > 1 else self._pending[0]
             newest = pending["open_time"].max() if "open_time" in pending.columns else None
-            self.written += self.database.upsert_decisions(pending)
+            self.written += self.database.upsert_decisions(pending, self.scores)
             self._pending = []
             self._start_sweep(None if pd.isna(newest) else int(newest))
 

@@ -27,10 +27,10 @@ def market(n: int = 3000, seed: int = 0, symbol: str = "TESTUSDT") -> pd.DataFra
     return synthetic_candles(n, seed, symbol)
 
 
-def minute_market(symbols: list[str], minutes: int, spike_at: int = 330) -> pd.DataFrame:
+def minute_market(symbols: list[str], minutes: int, spike_at: int | None = 330) -> pd.DataFrame:
     """``minutes`` synthetic candles of each symbol on the minute, as an exchange sends them; the first symbol
     has a 14-sigma price spike at row ``spike_at`` (past every detector's warm-up), so a comparison of
-    decisions covers one that raises an anomaly."""
+    decisions covers one that raises an anomaly (None: no spike)."""
     from market_anomaly.training.injection import inject
 
     frames = []
@@ -38,7 +38,7 @@ def minute_market(symbols: list[str], minutes: int, spike_at: int = 330) -> pd.D
         candles = market(minutes, seed, symbol)
         shift = candles["open_time"].iat[0] % MINUTE_MS
         candles = candles.assign(**{name: candles[name] - shift for name in ("open_time", "close_time", "produced_at")})
-        if seed == 0:
+        if seed == 0 and spike_at is not None:
             candles, _ = inject(candles, "price_spike", spike_at, np.random.default_rng(0), magnitude=14.0)
         frames.append(candles)
     return pd.concat(frames, ignore_index=True)
@@ -90,6 +90,9 @@ def assert_decisions_equal_offline(streamed: pd.DataFrame, candles: pd.DataFrame
     assert (streamed["is_anomaly"].astype(bool).to_numpy() == offline["is_anomaly"].to_numpy()).all()
     assert (streamed["confidence"].to_numpy() == offline["confidence"].to_numpy()).all()
     assert streamed["zscore"].fillna(0).to_numpy() == pytest.approx(offline["zscore"].fillna(0).to_numpy(), abs=1e-9)
+    # The market-wide marks too: a minute split over batches or members is judged on all of it.
+    assert (streamed["market_event"].fillna(False).astype(bool).to_numpy() == offline["market_event"].to_numpy()).all()
+    assert (streamed["reasons"].fillna("").to_numpy() == offline["reasons"].to_numpy()).all()
 
 
 def small_document() -> dict:

@@ -176,7 +176,12 @@ def test_a_database_locked_past_the_poll_interval_loses_nothing_and_the_member_r
         lock = sqlite3.connect(database, isolation_level=None)
         lock.execute("BEGIN EXCLUSIVE")  # every writer waits; the sink's 30 s busy timeout runs out, then it retries
         produce_candles(kafka_broker.client_config(), names["candles"], candles.drop(first.index))
-        time.sleep(45)
+        # Held until the sink's write has failed once (a health record may have waited out its 30 s first).
+        deadline = time.monotonic() + 90
+        while time.monotonic() < deadline and "sink database: delivering" not in (tmp_path / "decide.log").read_text(
+                errors="replace"):
+            time.sleep(1)
+        time.sleep(15)  # past max.poll.interval.ms: the member falls out of the group
         assert job.poll() is None
         lock.execute("COMMIT")
         lock.close()
@@ -187,3 +192,67 @@ def test_a_database_locked_past_the_poll_interval_loses_nothing_and_the_member_r
     assert "database is locked" in log and "sink database: delivered after" in log, log[-4000:]
     assert len(decided) == len(candles), log[-4000:]
     assert_decisions_equal_offline(decided, candles)
+
+
+def test_members_mark_a_market_wide_minute_on_the_whole_market(kafka_broker, tmp_path):
+    """Three of member a's symbols and two of member b's spike in the same minute: a alone would call it market-wide
+    (3 of its 8), b alone would not (2 of 8 is under 3); the market (5 of 16) is. The members share their minute
+    counts on the market topic, so both end with offline ``score``'s marks on the whole market."""
+    import zlib
+
+    import numpy as np
+    import pandas as pd
+
+    from market_anomaly.core import load_params
+    from market_anomaly.kafka import topics
+    from market_anomaly.training.injection import inject
+    from market_anomaly.training.scoring import score_candles
+
+    names = {"candles": "market-candles", "decisions": "market-decisions", "dead": "market-dead-letters",
+             "group": "market-test"}
+    topics.ensure_topics(kafka_broker.client_config(), {names["candles"]: 4, names["decisions"]: 4, names["dead"]: 1})
+    symbols = ["BTCUSDT", "ETHUSDT", "BNBUSDT", "XRPUSDT", "ADAUSDT", "SOLUSDT", "DOGEUSDT", "DOTUSDT",
+               "LTCUSDT", "LINKUSDT", "AVAXUSDT", "ATOMUSDT", "NEARUSDT", "FILUSDT", "ALGOUSDT", "TRXUSDT"]
+    partition_of = {symbol: zlib.crc32(symbol.encode()) % 4 for symbol in symbols}  # librdkafka's default
+    members = [start_decider(kafka_broker, tmp_path, names, f"member-{name}.log", "--member", name)
+               for name in ("a", "b")]
+    database = tmp_path / "anomalies.db"
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and not all(shares := current_shares(tmp_path)):
+            time.sleep(0.5)
+        assert sorted(shares[0] + shares[1]) == [0, 1, 2, 3] and all(shares), shares
+        own = [[symbol for symbol in symbols if partition_of[symbol] in share] for share in shares]
+        big, small = sorted(own, key=len, reverse=True)
+        assert len(big) >= 6 and len(small) >= 2, own  # room for the split below
+        spiking = set(big[:3]) | set(small[:2])
+        candles = minute_market(symbols, 400, spike_at=None)
+        frames = []
+        for symbol, frame in candles.groupby("symbol", sort=False):
+            frame = frame.reset_index(drop=True)
+            if symbol in spiking:
+                frame, _ = inject(frame, "price_spike", 330, np.random.default_rng(1), magnitude=14.0)
+            frames.append(frame)
+        candles = pd.concat(frames, ignore_index=True)
+        offline = score_candles(candles, load_params(PARAMS))  # marked on the whole market
+        marked = offline[offline["market_event"]]
+        assert set(spiking) <= set(marked["symbol"]), marked[["symbol", "open_time", "reasons"]]
+        minute = marked["open_time"].mode()[0]
+        alone = offline[(offline["open_time"] == minute) & offline["symbol"].isin(small)]
+        assert alone["is_anomaly"].sum() < 3  # member b's own symbols: not a market event by themselves
+
+        produce_candles(kafka_broker.client_config(), names["candles"], candles)
+        decided = database_decisions(database, len(candles), members[0], timeout=120)
+        deadline = time.monotonic() + 30  # the last corrections follow the counts from the other member
+        while time.monotonic() < deadline and decided["market_event"].fillna(False).astype(bool).sum() < len(marked):
+            time.sleep(1)
+            decided = database_decisions(database, len(candles), members[0], timeout=10)
+    finally:
+        for member in members:
+            stop_process(member)
+    logs = "".join((tmp_path / f"member-{name}.log").read_text(errors="replace") for name in ("a", "b"))
+    assert len(decided) == len(candles), logs[-4000:]
+    read = consume_all(kafka_broker.client_config(), names["candles"], len(candles))
+    assert {message.key().decode(): message.partition() for message in read} == partition_of  # the split was as meant
+    assert_decisions_equal_offline(decided, candles)  # the marks and their MARKET n/N included
+    assert "market-wide mark corrected" in logs

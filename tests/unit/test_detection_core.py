@@ -13,7 +13,7 @@ import pytest
 
 from market_anomaly.core import (DECISION_SCHEMA, DetectionEngine, InvalidParams, ParamsWatcher, load_params,
                                  mark_market_events)
-from market_anomaly.core.consensus import consensus
+from market_anomaly.core.consensus import MarketTally, consensus
 from market_anomaly.core.baselines import Baselines, Context
 from market_anomaly.core.detectors import ReturnZScore, Volatility, VolumeSpike
 from market_anomaly.core.features import CandleFeatures, RollingStats, Segments, candle_features, median_iqr, median_only
@@ -331,6 +331,49 @@ def test_market_event_needs_enough_symbols_in_the_same_minute(params):
     assert minute0[minute0["market_event"]]["reasons"].eq("Z-SCORE 9.0σ | MARKET 4/10").all()
     assert not marked[marked["open_time"] == MINUTE]["market_event"].any()  # 2 of 10 is not a market event
     assert not decisions["market_event"].any()  # the input is not modified
+
+
+def last_per_key(frames) -> pd.DataFrame:
+    """The last decision given for each (symbol, open_time), in key order: what an upserting sink keeps."""
+    given = pd.concat([frame for frame in frames if not frame.empty], ignore_index=True)
+    return (given.drop_duplicates(["symbol", "open_time"], keep="last").sort_values(["open_time", "symbol"])
+            .reset_index(drop=True)[["symbol", "open_time", "is_anomaly", "market_event", "reasons"]])
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_a_tally_over_batches_ends_with_the_whole_files_marks(params, seed):
+    rng = np.random.default_rng(seed)
+    # 20 symbols, 6 minutes: market-wide minutes (most symbols anomalous), near misses and quiet ones.
+    shares = [0.5, 0.25, 0.05, 0.35, 0.0, 0.3]
+    decisions = decision_rows({f"S{i}": [rng.random() < share for share in shares] for i in range(20)})
+    whole = mark_market_events(decisions, params)
+    assert whole["market_event"].any() and not whole["market_event"].all()
+    tally, given = MarketTally(params.market), []
+    shuffled = decisions.sample(frac=1.0, random_state=seed).reset_index(drop=True)
+    for rows in np.array_split(np.arange(len(shuffled)), 7):  # a minute's symbols spread over several batches
+        marked, corrections = tally.mark(shuffled.iloc[rows].reset_index(drop=True))
+        given += [marked, corrections]
+    pd.testing.assert_frame_equal(last_per_key(given), last_per_key([whole]))
+
+
+def test_another_members_symbols_can_make_a_minute_market_wide(params):
+    ours = decision_rows({f"S{i}": [i < 2] for i in range(5)})  # 2 of 5: not enough alone
+    tally = MarketTally(params.market)
+    marked, _ = tally.mark(ours)
+    assert not marked["market_event"].any()
+    corrections = tally.merge("", 0, [f"T{i}" for i in range(5)], ["T0", "T1"])  # the other member: 2 of 5
+    assert sorted(corrections["symbol"]) == ["S0", "S1"] and corrections["market_event"].all()
+    assert corrections["reasons"].eq("Z-SCORE 9.0σ | MARKET 4/10").all()
+    assert tally.merge("", 0, ["T0", "T1"], ["T0"]).empty  # the same symbols again change nothing
+    undone = tally.merge("", 0, [f"U{i}" for i in range(20)], [])  # 4 of 30 is not a market event
+    assert sorted(undone["symbol"]) == ["S0", "S1"] and not undone["market_event"].any()
+    assert undone["reasons"].eq("Z-SCORE 9.0σ").all()
+
+
+def test_a_tally_keeps_its_newest_minutes(params):
+    tally = MarketTally(params.market, keep_minutes=3)
+    tally.mark(decision_rows({f"S{i}": [False] * 5 for i in range(4)}))
+    assert sorted(open_time for _, open_time in tally.minutes) == [2 * MINUTE, 3 * MINUTE, 4 * MINUTE]
 
 
 # -- parameters -----------------------------------------------------------------------------------

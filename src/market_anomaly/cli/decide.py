@@ -17,7 +17,7 @@ import argparse
 import dataclasses
 
 from market_anomaly.cli import options
-from market_anomaly.cli.detect import add_reading_arguments, add_running_arguments, detect_config
+from market_anomaly.cli.detect import add_reading_arguments, add_running_arguments, detect_config, enabled
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -41,6 +41,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="how often the states are checkpointed and the offsets committed, at a moment no "
                              "record waits (under a backlog at twice this); a crash reads about this much again, "
                              "which changes no decision (default: %(default)s)")
+    parser.add_argument("--market-topic", default="crypto-market-tally", metavar="TOPIC",
+                        help="topic on which the members of the group share each minute's symbols, so each marks "
+                             "market-wide events on the whole market, not on its own partitions; 'none' disables "
+                             "(default: %(default)s)")
     add_running_arguments(parser)
     # detect's Spark-only settings, which the shared configuration carries and the decider does not use
     parser.set_defaults(handler=run, trigger="0 seconds", max_offsets_per_trigger=None, source_option=[],
@@ -56,4 +60,5 @@ def run(args: argparse.Namespace) -> int:
     if args.member:  # members share the checkpoint directory (the partitions' states), not their alert episodes
         alerts = stream.sinks.alert_state.with_name(f"alert-episodes-{args.member}.json")
         stream = dataclasses.replace(stream, sinks=dataclasses.replace(stream.sinks, alert_state=alerts))
-    return run_decider(DecideConfig(stream, args.group_id, args.member, args.max_poll_records, args.checkpoint_every))
+    return run_decider(DecideConfig(stream, args.group_id, args.member, args.max_poll_records, args.checkpoint_every,
+                                    enabled(args.market_topic)))

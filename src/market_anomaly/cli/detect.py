@@ -3,7 +3,8 @@
 Kafka (``crypto-candles``) -> parse with an explicit schema and validate -> per symbol,
 ``applyInPandasWithState`` runs the pure detection core (the same code as offline
 scoring) with its state in Spark's state store -> ``foreachBatch`` marks market-wide
-events and hands decisions to the sinks; invalid records go to the dead-letter topic.
+events (a minute counted over all its batches) and hands decisions to the sinks; invalid records go to the
+dead-letter topic.
 
 Also runnable with spark-submit (the connector then comes from ``--packages``)::
 
@@ -141,7 +142,7 @@ def add_sink_arguments(parser: argparse.ArgumentParser) -> None:
                             "then at most one update per cooldown (default: %(default)s)")
 
 
-def _enabled(value: str | None) -> str | None:
+def enabled(value: str | None) -> str | None:
     return None if value is None or value.strip().lower() in ("", DISABLED) else value.strip()
 
 
@@ -153,10 +154,10 @@ def sink_options(args: argparse.Namespace) -> SinkOptions:
     except ValueError as error:
         raise SystemExit(f"detect: {error}")
     return SinkOptions(
-        db_url=_enabled(args.db),
+        db_url=enabled(args.db),
         retention_days=args.retention_days,
         db_scores=args.db_scores,
-        anomalies_topic=_enabled(args.anomalies_topic),
+        anomalies_topic=enabled(args.anomalies_topic),
         anomalies_only=args.anomalies_only,
         console=args.console,
         webhooks=webhooks,

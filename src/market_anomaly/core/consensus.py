@@ -137,21 +137,135 @@ def mark_market_events(decisions: pd.DataFrame, params) -> pd.DataFrame:
 
     In each ``open_time`` minute, when at least ``market_threshold`` of the symbols with a
     decision are anomalous, their rows get ``market_event = True`` and the reason
-    ``MARKET n/N``. Returns a copy; works on one micro-batch or a whole offline file.
+    ``MARKET n/N``. Returns a copy; works on a whole offline file (a stream's batches go through a
+    ``MarketTally``, which gives the same marks once it has seen the whole minute).
     """
-    marked = decisions.copy(deep=False)  # columns are replaced below, never written into
-    if marked.empty:
-        return marked
-    # One decision per symbol and minute (the engine drops duplicates), so rows per minute = active symbols.
-    _, minute, active = np.unique(marked["open_time"].to_numpy(np.int64), return_inverse=True, return_counts=True)
-    flagged = marked["is_anomaly"].to_numpy(bool)
-    anomalous = np.bincount(minute, weights=flagged).astype(np.int64)
-    event = flagged & (anomalous[minute] >= market_threshold(active, params.market)[minute])
-    marked["market_event"] = marked["market_event"].to_numpy(bool) | event
-    reasons = marked["reasons"].to_numpy(object).copy()
-    for row in np.flatnonzero(event):
-        tag = f"MARKET {anomalous[minute[row]]}/{active[minute[row]]}"
-        if tag not in reasons[row]:
-            reasons[row] = reasons[row] + REASON_SEPARATOR + tag if reasons[row] else tag
-    marked["reasons"] = reasons
-    return marked
+    return MarketTally(params.market, remember=False).mark(decisions)[0]
+
+
+class MarketTally:
+    """The market-wide mark across batches (polls, micro-batches, members): each minute judged on all its decisions.
+
+    Per minute (``interval``, ``open_time``) it keeps the symbols decided and the anomalous ones. ``mark(batch)``
+    adds a batch, marks its anomalies by the minute's counts so far (``mark_market_events``' rule), and returns
+    as *corrections* the anomalies of earlier batches whose mark the new counts change: marked now, marked with
+    other counts, or no longer marked (a minute's first symbols can look like a market event that the rest of the
+    minute does not confirm). ``merge`` adds the symbols another member decided. Once a minute is whole, the last
+    decision given for each of its keys equals the offline mark. Counts are sets, so a replayed candle or a
+    member's own tally coming back counts once. Only the newest ``keep_minutes`` minutes are kept (None: all).
+
+    >>> from market_anomaly.core.params import MarketParams
+    >>> tally = MarketTally(MarketParams(min_symbols=2, min_fraction=0.5))
+    >>> first = pd.DataFrame({"symbol": ["A", "B"], "open_time": [0, 0], "is_anomaly": [True, False],
+    ...                       "reasons": ["Z-SCORE 9σ", ""], "market_event": [False, False]})
+    >>> tally.mark(first)[0]["market_event"].tolist()  # 1 of 2: not yet
+    [False, False]
+    >>> marked, corrections = tally.mark(first.assign(symbol=["C", "D"], is_anomaly=[True, False]))
+    >>> marked["reasons"].tolist(), corrections[["symbol", "reasons"]].values.tolist()  # 2 of 4: A marked after all
+    (['Z-SCORE 9σ | MARKET 2/4', ''], [['A', 'Z-SCORE 9σ | MARKET 2/4']])
+    """
+
+    def __init__(self, params: MarketParams, keep_minutes: int | None = None, remember: bool = True):
+        self.params = params
+        self.keep_minutes = keep_minutes
+        self.remember = remember  # False: each batch on its own (a whole file), nothing kept
+        # (interval, open_time) -> [symbols decided, anomalous symbols, {symbol: (its anomaly as given, its tag)}]
+        self.minutes: dict[tuple, list] = {}
+
+    def mark(self, decisions: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
+        """(the batch with its anomalies marked, corrections of earlier batches' anomalies); neither input modified."""
+        marked = decisions.copy(deep=False)  # columns are replaced below, never written into
+        if marked.empty:
+            return marked, marked.iloc[:0]
+        intervals = marked["interval"].to_numpy(object) if "interval" in marked else np.full(len(marked), "", object)
+        keys, minute = _minute_keys(intervals, marked["open_time"].to_numpy(np.int64))
+        symbols = marked["symbol"].to_numpy(object)
+        flagged = marked["is_anomaly"].to_numpy(bool)
+        if self.remember:
+            order = np.argsort(minute, kind="stable")
+            for index, rows in enumerate(np.split(order, np.flatnonzero(np.diff(minute[order])) + 1)):
+                tally = self.minutes.setdefault(keys[index], [set(), set(), {}])
+                tally[0].update(symbols[rows])
+                tally[1].update(symbols[rows][flagged[rows]])
+            decided = np.array([len(self.minutes[key][0]) for key in keys])
+            anomalous = np.array([len(self.minutes[key][1]) for key in keys])
+        else:  # one whole batch: the engine gives one decision per symbol and minute, so rows are symbols
+            decided = np.bincount(minute, minlength=len(keys))
+            anomalous = np.bincount(minute, weights=flagged, minlength=len(keys)).astype(np.int64)
+        event = anomalous >= market_threshold(decided, self.params)
+        reasons = marked["reasons"].to_numpy(object).copy()
+        events = marked["market_event"].to_numpy(bool).copy()
+        anomalies = np.flatnonzero(flagged)
+        for row in anomalies:
+            index = minute[row]
+            tag = f"MARKET {anomalous[index]}/{decided[index]}" if event[index] else ""
+            if self.remember:
+                self.minutes[keys[index]][2][symbols[row]] = (marked.iloc[[row]], tag)
+            if tag:
+                events[row] = True
+                reasons[row] = _tagged(reasons[row], tag)
+        marked["market_event"] = events
+        marked["reasons"] = reasons
+        if not self.remember:
+            return marked, marked.iloc[:0]
+        corrections = self._corrections(keys, {(keys[minute[row]], symbols[row]) for row in anomalies})
+        self._forget()
+        return marked, corrections
+
+    def merge(self, interval: str, open_time: int, decided, anomalous) -> pd.DataFrame:
+        """Add the symbols another member decided (and those of them anomalous) in a minute; returns the
+        corrections this member's anomalies of that minute then need."""
+        key = (interval or "", int(open_time))
+        tally = self.minutes.setdefault(key, [set(), set(), {}])
+        tally[0].update(decided)
+        tally[1].update(anomalous)
+        corrections = self._corrections([key], set())
+        self._forget()
+        return corrections
+
+    def minute_counts(self, decisions: pd.DataFrame) -> list[tuple[str, int, list[str], list[str]]]:
+        """A batch's symbols per minute, (interval, open_time, decided, anomalous): what ``merge`` takes."""
+        found = []
+        for (interval, open_time), part in decisions.groupby(
+                [decisions["interval"] if "interval" in decisions else pd.Series("", index=decisions.index),
+                 "open_time"], sort=True):
+            found.append((interval, int(open_time), part["symbol"].tolist(),
+                          part.loc[part["is_anomaly"].to_numpy(bool), "symbol"].tolist()))
+        return found
+
+    def _tag(self, key: tuple) -> str:
+        decided, anomalous, _ = self.minutes[key]
+        needed = market_threshold(np.array([len(decided)]), self.params)[0]
+        return f"MARKET {len(anomalous)}/{len(decided)}" if len(anomalous) >= needed else ""
+
+    def _corrections(self, keys, just_given: set) -> pd.DataFrame:
+        """The kept anomalies of ``keys``' minutes (but those ``just_given``) whose tag has changed, re-tagged."""
+        rows = []
+        for key in keys:
+            tag = self._tag(key)
+            given = self.minutes[key][2]
+            for symbol, (row, old_tag) in given.items():
+                if old_tag != tag and (key, symbol) not in just_given:
+                    given[symbol] = (row, tag)
+                    rows.append(row.assign(market_event=bool(tag) or bool(row["market_event"].iloc[0]),
+                                           reasons=_tagged(row["reasons"].iloc[0], tag)))
+        return pd.concat(rows, ignore_index=True) if rows else pd.DataFrame()
+
+    def _forget(self) -> None:
+        if self.keep_minutes is not None and len(self.minutes) > self.keep_minutes:
+            for key in sorted(self.minutes, key=lambda key: key[1])[:len(self.minutes) - self.keep_minutes]:
+                del self.minutes[key]
+
+
+def _minute_keys(intervals: np.ndarray, open_times: np.ndarray) -> tuple[list[tuple], np.ndarray]:
+    """The distinct (interval, open_time) of a batch and each row's index into them."""
+    codes, names = pd.factorize(pd.Series(intervals).fillna(""))
+    # One integer per pair: open times (epoch ms) stay below 2**47, Binance has 16 intervals.
+    distinct, minute = np.unique(open_times * 64 + codes, return_inverse=True)
+    return [(names[code % 64], int(code // 64)) for code in distinct.tolist()], minute.reshape(-1)
+
+
+def _tagged(reasons: str, tag: str) -> str:
+    """``reasons`` with its MARKET tag replaced by ``tag`` (none: removed)."""
+    kept = [part for part in (reasons or "").split(REASON_SEPARATOR) if part and not part.startswith("MARKET ")]
+    return REASON_SEPARATOR.join([*kept, tag] if tag else kept)

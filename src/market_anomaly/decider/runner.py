@@ -20,8 +20,9 @@ offset they cover (``checkpoint``) and only then is that offset committed. A res
 that takes a partition over, loads the file and reads on from its offset; a partition without a file
 starts at ``--starting-offsets``.
 
-The market-wide mark counts the symbols of a minute within one poll, as the stream does within one
-micro-batch. With several members each sees only its partitions' symbols (docs/ARCHITECTURE.md).
+The market-wide mark counts each minute's symbols over every poll (``core.consensus.MarketTally``; an
+anomaly whose mark a later poll changes is sent again, corrected), and over the other members' symbols, which
+each member shares on the market topic (``decider.market``).
 """
 
 from __future__ import annotations
@@ -42,6 +43,7 @@ from market_anomaly.candles.topic import parse_values
 from market_anomaly.candles.validation import Limits, interval_name
 from market_anomaly.core.engine import empty_decisions
 from market_anomaly.decider import checkpoint
+from market_anomaly.decider.market import SESSION_TIMEOUT_MS, SharedTally
 from market_anomaly.lifecycle import Started, on_stop_signals
 from market_anomaly.sinks import Stopping
 from market_anomaly.sinks.common import CANDLE_COLUMNS
@@ -63,6 +65,7 @@ class DecideConfig:
     member: str | None = None  # static group membership (group.instance.id)
     max_poll_records: int = 50_000  # most records one poll decides, so a backlog is read in bounded pieces
     checkpoint_every: float = 5.0  # seconds between state checkpoints (and offset commits)
+    market_topic: str | None = "crypto-market-tally"  # the members' minute counts (``decider.market``); None: none
 
 
 class Decider(Started):
@@ -84,7 +87,7 @@ class Decider(Started):
         self.positions: dict[int, int] = {}  # per assigned partition: the next offset, all before it in the sinks
         self.saved: dict[int, int] = {}  # per assigned partition: the offset its checkpoint file covers
         self.bounds: StateBounds | None = None  # --max-symbols over the topic's partitions, known at start
-        self.consumer = self.sinks = self.dead_letters = self.handler = None
+        self.consumer = self.sinks = self.dead_letters = self.handler = self.shared = None
         self.batches = 0
         # The sinks write a batch in a thread of their own while the next one is read and decided (their waits,
         # SQLite's and librdkafka's work run without the GIL); (the hand-over, offsets it covers, records read).
@@ -104,10 +107,12 @@ class Decider(Started):
         self.sinks = build_sinks(stream.sinks)
         self.dead_letters = DeadLetterPublisher(stream.kafka, stream.dead_letter_topic, stage="consumer")
         self.handler = BatchHandler(self.sinks, self.dead_letters, self.params_path)
+        if self.config.market_topic:
+            self.shared = self.handler.shared = SharedTally(stream.kafka, self.config.market_topic, self.handler,
+                                                            self.config.member).start()
         self.consumer = Consumer({
             "group.id": self.config.group_id, "auto.offset.reset": stream.starting_offsets,
-            # A crashed member's partitions wait this long for a new owner (Kafka's default: 45 s).
-            "session.timeout.ms": 10_000,
+            "session.timeout.ms": SESSION_TIMEOUT_MS,
             **({"group.instance.id": self.config.member} if self.config.member else {}),
             **stream.kafka,
             "enable.auto.commit": False,  # offsets move only with a checkpoint
@@ -164,6 +169,9 @@ class Decider(Started):
         first = self.consumer.poll(timeout)
         if first is None:
             self._settle()
+            if self.handler.late_corrections:  # other members' counts re-marked anomalies of ours: out now
+                self.in_sinks = (self.sinks_thread.submit(self._hand_over, empty_decisions(CANDLE_COLUMNS), NO_REJECTS,
+                                                          self.batches, 0.0, time.monotonic()), {}, 0)
             return 0
         more = self.config.max_poll_records - 1
         messages = [first, *(self.consumer.consume(more, 0) if more else [])]
@@ -326,13 +334,15 @@ class Decider(Started):
                 # the session timeout instead, so that it takes them back when it restarts.
                 self.consumer.close()
             self.sinks_thread.shutdown()
+            if self.shared is not None:
+                self.shared.close()
             if self.sinks is not None:
                 self.sinks.close()
             if self.dead_letters is not None:
                 self.dead_letters.flush()
         finally:
             watchdog.cancel()
-        self.consumer = self.sinks = self.dead_letters = None
+        self.consumer = self.sinks = self.dead_letters = self.shared = None
 
 
 CLOSE_GRACE_SECONDS = 30.0  # `up` gives its runner 60 s after SIGTERM

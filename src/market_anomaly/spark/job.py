@@ -3,7 +3,8 @@
 Kafka (``crypto-candles``) -> parse with an explicit schema and validate -> per symbol,
 ``applyInPandasWithState`` runs the pure detection core (the same code as offline
 scoring) with its state in Spark's state store -> ``foreachBatch`` marks market-wide
-events and hands decisions to the sinks; invalid records go to the dead-letter topic.
+events (each minute counted over every batch: ``core.consensus.MarketTally``, earlier anomalies re-sent when
+their mark changes) and hands decisions to the sinks; invalid records go to the dead-letter topic.
 
 Its flags and the spark-submit entry point are in ``cli.detect``.
 """
@@ -32,6 +33,9 @@ log = logging.getLogger("market_anomaly.detect")
 
 # Columns the stateful step adds to every decision so one stream carries both results and rejects.
 REJECT_FIELDS = (("error", "string"), ("raw", "string"))
+# Minutes the market-wide tally keeps (two hours of 1m candles; about 12 MB at 2,000 symbols): live, a minute's
+# closes arrive within seconds; in a backlog the partitions are read at about the same pace.
+MARKET_MINUTES_KEPT = 120
 
 
 @dataclass(frozen=True)
@@ -199,10 +203,19 @@ class BatchHandler:
     """
 
     def __init__(self, sinks, dead_letters, params_path: str):
+        from market_anomaly.core.consensus import MarketTally
+        from market_anomaly.spark.workers import params_for
+
         self.sinks = sinks
         self.dead_letters = dead_letters
         self.params_path = params_path
-        self.totals = {"candles": 0, "anomalies": 0, "rejected": 0}
+        self.totals = {"candles": 0, "anomalies": 0, "rejected": 0, "market_corrections": 0}
+        # A minute's closes can span batches: the market-wide mark counts each minute over all of them, and over
+        # other decide members' symbols (``merge_minute``) when they share their counts (``shared``).
+        self.tally = MarketTally(params_for(params_path).market, keep_minutes=MARKET_MINUTES_KEPT)
+        self.tally_lock = threading.Lock()
+        self.late_corrections: list = []  # from other members' counts, sent with the next batch
+        self.shared = None  # a ``decider.market.SharedTally``: told each batch's counts
 
     def __call__(self, batch_df, batch_id: int) -> None:
         started = time.monotonic()
@@ -215,24 +228,47 @@ class BatchHandler:
     def hand_over(self, decisions, rejected, batch_id: int, detection_seconds: float) -> None:
         """A batch's decisions and its rejects (``symbol``, ``error``, ``raw``) to the sinks and the dead letters;
         returns once the durable sinks and the dead-letter topic have them."""
-        from market_anomaly.core import mark_market_events
+        import pandas as pd
+
         from market_anomaly.spark.workers import params_for
 
         detected = time.monotonic()
         for row in rejected.itertuples():
             self.dead_letters.publish(row.raw, row.error, key=row.symbol if isinstance(row.symbol, str) else None)
         self.dead_letters.flush()
-        decisions = mark_market_events(decisions, params_for(self.params_path))
-        decisions["decided_at"] = int(time.time() * 1000)
-        self.sinks.write(decisions.reset_index(drop=True))
+        with self.tally_lock:
+            self.tally.params = params_for(self.params_path).market
+            decisions, corrections = self.tally.mark(decisions.reset_index(drop=True))
+            parts = [frame for frame in (*self.late_corrections, corrections) if len(frame)]
+            self.late_corrections = []
+        # A key re-marked twice since the last batch: its newest mark.
+        corrections = decisions.iloc[:0] if not parts else pd.concat(parts, ignore_index=True).drop_duplicates(
+            ["symbol", "interval", "open_time"], keep="last")
+        if self.shared is not None:
+            self.shared.publish(decisions)
+        given = (decisions if not len(corrections) else corrections.reset_index(drop=True) if decisions.empty
+                 else pd.concat([decisions, corrections], ignore_index=True))
+        given["decided_at"] = int(time.time() * 1000)
+        self.sinks.write(given)
         anomalies = int(decisions["is_anomaly"].sum())
         self.totals["candles"] += len(decisions)
         self.totals["anomalies"] += anomalies
         self.totals["rejected"] += len(rejected)
+        self.totals["market_corrections"] += len(corrections)
         metrics.record_decisions(decisions)
-        log.info("batch %d: %d candles, %d anomalies, %d rejected; detection %.2fs, sinks %.2fs (%s) (totals %s)",
-                 batch_id, len(decisions), anomalies, len(rejected), detection_seconds, time.monotonic() - detected,
+        log.info("batch %d: %d candles, %d anomalies, %d rejected%s; detection %.2fs, sinks %.2fs (%s) (totals %s)",
+                 batch_id, len(decisions), anomalies, len(rejected),
+                 f", {len(corrections)} earlier anomalies' market-wide mark corrected" if len(corrections) else "",
+                 detection_seconds, time.monotonic() - detected,
                  ", ".join(f"{name} {seconds:.2f}s" for name, seconds in self.sinks.seconds.items()), self.totals)
+
+
+    def merge_minute(self, interval: str, open_time: int, decided, anomalous) -> None:
+        """Another member's symbols of a minute (``MarketTally.merge``): the corrections go with the next batch."""
+        with self.tally_lock:
+            corrections = self.tally.merge(interval, open_time, decided, anomalous)
+            if len(corrections):
+                self.late_corrections.append(corrections)
 
 
 def progress_listener(sinks):

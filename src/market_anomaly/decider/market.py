@@ -1,0 +1,97 @@
+"""The market-wide mark across the members of a decide group: each member's symbols per minute, shared on a topic.
+
+A member decides only its partitions' symbols, so on its own it would judge a market-wide minute on part of the
+market. Each member publishes, per batch and minute, the symbols it decided and those of them anomalous
+(``MarketTally.minute_counts``) to the market topic (``--market-topic``, one partition, keyed by the minute), and
+reads the topic in a thread of its own from where it was when the member started. The other members' counts go
+into its tally (``BatchHandler.merge_minute``); the corrections its own anomalies then need (marked market-wide
+now, or no longer) go to the sinks with its next batch. Counts are sets of symbols: a member reading its own
+counts back, or one message twice, changes nothing.
+
+The topic carries counts, not decisions: losing it costs marks (each member then judges by its own symbols, as
+before), never a decision, so it is written without waiting for acknowledgements.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import uuid
+
+import pandas as pd
+
+log = logging.getLogger("market_anomaly.decide")
+
+POLL_SECONDS = 0.2
+# The decider's consumer settings this reader shares, so that a member's -X for its group (a shorter
+# max.poll.interval.ms, say) is valid here too; -X wins.
+SESSION_TIMEOUT_MS = 10_000  # a crashed member's partitions wait this long for a new owner (Kafka's default: 45 s)
+
+
+class SharedTally:
+    """Publishes this member's minute counts and merges the others' into ``handler``'s tally."""
+
+    def __init__(self, kafka_config: dict[str, str], topic: str, handler, member: str | None = None):
+        self.kafka_config = kafka_config
+        self.topic = topic
+        self.handler = handler
+        self.member = member or uuid.uuid4().hex  # this process's counts, recognised when they come back
+        self.producer = self.consumer = self.thread = None
+        self.stopping = threading.Event()
+        self.merged = 0  # counts of other members taken in
+
+    def start(self) -> "SharedTally":
+        from confluent_kafka import OFFSET_END, Consumer, Producer, TopicPartition
+
+        from market_anomaly.kafka.topics import ensure_topics
+
+        reading = {"session.timeout.ms": SESSION_TIMEOUT_MS, **self.kafka_config}
+        ensure_topics(reading, {self.topic: 1})  # its check reads the topic
+        self.producer = Producer({**self.kafka_config, "linger.ms": 5, "compression.type": "lz4"})
+        self.consumer = Consumer({**reading, "group.id": f"market-tally-{self.member}", "enable.auto.commit": False})
+        self.consumer.assign([TopicPartition(self.topic, 0, OFFSET_END)])
+        self.thread = threading.Thread(target=self._read, name="market-tally", daemon=True)
+        self.thread.start()
+        log.info("decide: market-wide counts shared on %s as member %s", self.topic, self.member)
+        return self
+
+    def publish(self, decisions: pd.DataFrame) -> None:
+        """This batch's symbols per minute, to the other members (asynchronous; a full queue drops counts)."""
+        for interval, open_time, decided, anomalous in self.handler.tally.minute_counts(decisions):
+            value = json.dumps({"member": self.member, "interval": interval, "open_time": open_time,
+                                "decided": decided, "anomalous": anomalous}).encode()
+            try:
+                self.producer.produce(self.topic, value, key=f"{interval}:{open_time}")
+            except BufferError:
+                log.warning("decide: market counts of %s %s not shared (producer queue full)", interval, open_time)
+        self.producer.poll(0)
+
+    def _read(self) -> None:
+        while not self.stopping.is_set():
+            message = self.consumer.poll(POLL_SECONDS)
+            if message is None:
+                continue
+            if message.error():
+                log.warning("decide: market topic %s: %s", self.topic, message.error())
+                continue
+            try:
+                counts = json.loads(message.value())
+                if counts["member"] == self.member:
+                    continue
+                self.handler.merge_minute(str(counts["interval"]), int(counts["open_time"]),
+                                          [str(symbol) for symbol in counts["decided"]],
+                                          [str(symbol) for symbol in counts["anomalous"]])
+                self.merged += 1
+            except (ValueError, KeyError, TypeError) as error:
+                log.warning("decide: market topic %s offset %d: not a member's counts (%s)", self.topic,
+                            message.offset(), error)
+
+    def close(self) -> None:
+        self.stopping.set()
+        if self.thread is not None:
+            self.thread.join(timeout=5)
+        if self.consumer is not None:
+            self.consumer.close()
+        if self.producer is not None:
+            self.producer.flush(5)

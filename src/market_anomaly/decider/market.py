@@ -8,8 +8,9 @@ into its tally (``BatchHandler.merge_minute``); the corrections its own anomalie
 now, or no longer) go to the sinks with its next batch. Counts are sets of symbols: a member reading its own
 counts back, or one message twice, changes nothing.
 
-The topic carries counts, not decisions: losing it costs marks (each member then judges by its own symbols, as
-before), never a decision, so it is written without waiting for acknowledgements.
+The topic carries counts, not decisions: losing it costs marks (each member then judges by its own symbols),
+never a decision, so it is produced asynchronously and no batch waits for it; one partition, created with the
+cluster's default replication (``default.replication.factor``).
 """
 
 from __future__ import annotations
@@ -47,7 +48,7 @@ class SharedTally:
         from market_anomaly.kafka.topics import ensure_topics
 
         reading = {"session.timeout.ms": SESSION_TIMEOUT_MS, **self.kafka_config}
-        ensure_topics(reading, {self.topic: 1})  # its check reads the topic
+        ensure_topics(reading, {self.topic: 1}, replication_factor=-1)  # -1: the cluster's default; the check reads it
         self.producer = Producer({**self.kafka_config, "linger.ms": 5, "compression.type": "lz4"})
         self.consumer = Consumer({**reading, "group.id": f"market-tally-{self.member}", "enable.auto.commit": False})
         self.consumer.assign([TopicPartition(self.topic, 0, OFFSET_END)])
@@ -91,6 +92,7 @@ class SharedTally:
         self.stopping.set()
         if self.thread is not None:
             self.thread.join(timeout=5)
+            log.info("decide: %d minute counts taken from other members", self.merged)
         if self.consumer is not None:
             self.consumer.close()
         if self.producer is not None:

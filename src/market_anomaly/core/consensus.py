@@ -177,28 +177,23 @@ class MarketTally:
         marked = decisions.copy(deep=False)  # columns are replaced below, never written into
         if marked.empty:
             return marked, marked.iloc[:0]
-        intervals = marked["interval"].to_numpy(object) if "interval" in marked else np.full(len(marked), "", object)
-        keys, minute = _minute_keys(intervals, marked["open_time"].to_numpy(np.int64))
-        symbols = marked["symbol"].to_numpy(object)
-        flagged = marked["is_anomaly"].to_numpy(bool)
+        keys, minute, symbols, flagged = _by_minute(marked)
         if self.remember:
-            order = np.argsort(minute, kind="stable")
-            for index, rows in enumerate(np.split(order, np.flatnonzero(np.diff(minute[order])) + 1)):
-                tally = self.minutes.setdefault(keys[index], [set(), set(), {}])
+            for key, rows in zip(keys, _rows_by_minute(minute)):
+                tally = self.minutes.setdefault(key, [set(), set(), {}])
                 tally[0].update(symbols[rows])
                 tally[1].update(symbols[rows][flagged[rows]])
-            decided = np.array([len(self.minutes[key][0]) for key in keys])
-            anomalous = np.array([len(self.minutes[key][1]) for key in keys])
+            decided = [len(self.minutes[key][0]) for key in keys]
+            anomalous = [len(self.minutes[key][1]) for key in keys]
         else:  # one whole batch: the engine gives one decision per symbol and minute, so rows are symbols
             decided = np.bincount(minute, minlength=len(keys))
             anomalous = np.bincount(minute, weights=flagged, minlength=len(keys)).astype(np.int64)
-        event = anomalous >= market_threshold(decided, self.params)
         reasons = marked["reasons"].to_numpy(object).copy()
         events = marked["market_event"].to_numpy(bool).copy()
         anomalies = np.flatnonzero(flagged)
         for row in anomalies:
             index = minute[row]
-            tag = f"MARKET {anomalous[index]}/{decided[index]}" if event[index] else ""
+            tag = market_tag(anomalous[index], decided[index], self.params)
             if self.remember:
                 self.minutes[keys[index]][2][symbols[row]] = (marked.iloc[[row]], tag)
             if tag:
@@ -223,27 +218,21 @@ class MarketTally:
         self._forget()
         return corrections
 
-    def minute_counts(self, decisions: pd.DataFrame) -> list[tuple[str, int, list[str], list[str]]]:
+    @staticmethod
+    def minute_counts(decisions: pd.DataFrame) -> list[tuple[str, int, list[str], list[str]]]:
         """A batch's symbols per minute, (interval, open_time, decided, anomalous): what ``merge`` takes."""
-        found = []
-        for (interval, open_time), part in decisions.groupby(
-                [decisions["interval"] if "interval" in decisions else pd.Series("", index=decisions.index),
-                 "open_time"], sort=True):
-            found.append((interval, int(open_time), part["symbol"].tolist(),
-                          part.loc[part["is_anomaly"].to_numpy(bool), "symbol"].tolist()))
-        return found
-
-    def _tag(self, key: tuple) -> str:
-        decided, anomalous, _ = self.minutes[key]
-        needed = market_threshold(np.array([len(decided)]), self.params)[0]
-        return f"MARKET {len(anomalous)}/{len(decided)}" if len(anomalous) >= needed else ""
+        if decisions.empty:
+            return []
+        keys, minute, symbols, flagged = _by_minute(decisions)
+        return [(*key, symbols[rows].tolist(), symbols[rows][flagged[rows]].tolist())
+                for key, rows in zip(keys, _rows_by_minute(minute))]
 
     def _corrections(self, keys, just_given: set) -> pd.DataFrame:
         """The kept anomalies of ``keys``' minutes (but those ``just_given``) whose tag has changed, re-tagged."""
         rows = []
         for key in keys:
-            tag = self._tag(key)
-            given = self.minutes[key][2]
+            decided, anomalous, given = self.minutes[key]
+            tag = market_tag(len(anomalous), len(decided), self.params)
             for symbol, (row, old_tag) in given.items():
                 if old_tag != tag and (key, symbol) not in just_given:
                     given[symbol] = (row, tag)
@@ -257,12 +246,26 @@ class MarketTally:
                 del self.minutes[key]
 
 
-def _minute_keys(intervals: np.ndarray, open_times: np.ndarray) -> tuple[list[tuple], np.ndarray]:
-    """The distinct (interval, open_time) of a batch and each row's index into them."""
-    codes, names = pd.factorize(pd.Series(intervals).fillna(""))
+def market_tag(anomalous: int, decided: int, params: MarketParams) -> str:
+    """``MARKET n/N`` when ``anomalous`` of the ``decided`` symbols of a minute make a market-wide event, else ''."""
+    return f"MARKET {anomalous}/{decided}" if anomalous >= market_threshold(np.array([decided]), params)[0] else ""
+
+
+def _by_minute(decisions: pd.DataFrame):
+    """A batch's distinct minutes (interval, open_time), each row's index into them, its symbols and anomaly flags."""
+    intervals = decisions["interval"] if "interval" in decisions else pd.Series("", index=decisions.index)
+    codes, names = pd.factorize(intervals.fillna(""))
     # One integer per pair: open times (epoch ms) stay below 2**47, Binance has 16 intervals.
-    distinct, minute = np.unique(open_times * 64 + codes, return_inverse=True)
-    return [(names[code % 64], int(code // 64)) for code in distinct.tolist()], minute.reshape(-1)
+    distinct, minute = np.unique(decisions["open_time"].to_numpy(np.int64) * 64 + codes, return_inverse=True)
+    names = names.tolist()
+    keys = [(names[code % 64], code // 64) for code in distinct.tolist()]
+    return keys, minute.reshape(-1), decisions["symbol"].to_numpy(object), decisions["is_anomaly"].to_numpy(bool)
+
+
+def _rows_by_minute(minute: np.ndarray) -> list[np.ndarray]:
+    """Each minute's rows, in the order of the minutes' indices."""
+    order = np.argsort(minute, kind="stable")
+    return np.split(order, np.flatnonzero(np.diff(minute[order])) + 1)
 
 
 def _tagged(reasons: str, tag: str) -> str:

@@ -256,3 +256,43 @@ def test_members_mark_a_market_wide_minute_on_the_whole_market(kafka_broker, tmp
     assert {message.key().decode(): message.partition() for message in read} == partition_of  # the split was as meant
     assert_decisions_equal_offline(decided, candles)  # the marks and their MARKET n/N included
     assert "market-wide mark corrected" in logs
+
+
+def test_a_member_started_late_takes_the_counts_shared_in_the_span_its_tally_keeps(kafka_broker):
+    """Counts shared before a member starts are in its tally when they are from the last ``keep_minutes`` minutes:
+    another member's, and its own former run's (a restart from a checkpoint inside a minute); older ones are not,
+    nor those of a pipeline beside on another candle topic."""
+    import pandas as pd
+    from confluent_kafka import Producer
+
+    from market_anomaly.decider.market import SharedTally
+    from market_anomaly.kafka import topics
+    from market_anomaly.spark.job import BatchHandler
+
+    topic = "late-member-tally"
+    kafka = kafka_broker.client_config()
+    topics.ensure_topics(kafka, {topic: 1})
+    stale = Producer(kafka)  # counts shared three hours ago: outside the two hours a tally keeps
+    stale.produce(topic, json.dumps({"candles": "late-candles", "member": "old", "interval": "1m", "open_time": 0, "decided": ["OLDUSDT"],
+                                     "anomalous": ["OLDUSDT"]}).encode(), timestamp=int((time.time() - 3 * 3600) * 1000))
+    assert stale.flush(10) == 0
+    earlier = {}
+    for member, symbols, candles in (("a", ["AUSDT", "BUSDT"], "late-candles"), ("b", ["CUSDT"], "late-candles"),
+                                     ("c", ["ETHUSDT"], "other-candles")):
+        earlier[member] = SharedTally(kafka, topic, BatchHandler(None, None, str(PARAMS)), candles, member).start()
+        earlier[member].publish(pd.DataFrame({"symbol": symbols, "interval": "1m", "open_time": 60_000,
+                                              "is_anomaly": [True] * len(symbols)}))
+        earlier[member].close()
+
+    late = SharedTally(kafka, topic, BatchHandler(None, None, str(PARAMS)), "late-candles", "a").start()  # restarted
+    try:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and late.merged < 2:
+            time.sleep(0.2)
+        time.sleep(1)  # anything more would be a count it should not have taken
+    finally:
+        late.close()
+    minutes = late.handler.tally.minutes
+    assert late.merged == 2
+    assert set(minutes) == {("1m", 60_000)}
+    assert minutes[("1m", 60_000)][0] == {"AUSDT", "BUSDT", "CUSDT"} == minutes[("1m", 60_000)][1]

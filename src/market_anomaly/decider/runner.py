@@ -109,7 +109,7 @@ class Decider(Started):
         self.handler = BatchHandler(self.sinks, self.dead_letters, self.params_path)
         if self.config.market_topic:
             self.shared = self.handler.shared = SharedTally(stream.kafka, self.config.market_topic, self.handler,
-                                                            self.config.member).start()
+                                                            stream.topic, self.config.member).start()
         self.consumer = Consumer({
             "group.id": self.config.group_id, "auto.offset.reset": stream.starting_offsets,
             "session.timeout.ms": SESSION_TIMEOUT_MS,

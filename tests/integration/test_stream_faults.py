@@ -204,3 +204,33 @@ def test_a_database_locked_longer_than_its_timeout_loses_and_duplicates_nothing(
     assert "sink database: delivering" in logs and "database is locked" in logs, shown
     assert "sink database: delivered after" in logs, shown
     assert job.running()
+
+
+def test_a_job_killed_with_a_committed_batch_not_yet_in_the_database_delivers_it_from_the_spool(job):
+    """Spark commits a batch once it is spooled, before the sinks have it (``spark.handover``): killed then, the job
+    delivers it from the spool at its next start, and replays the batch after it, so the database ends whole."""
+    spool = job.home / "checkpoint" / "market-anomaly" / "spool"
+    commits = job.home / "checkpoint" / "commits"
+    job.wait_for(LOCKED, 6000, timeout=300)
+    lock = sqlite3.connect(job.database, isolation_level=None)
+    lock.execute("BEGIN EXCLUSIVE")
+    try:
+        later = [m for seed, symbol in enumerate(LOCKED) for m in candle_messages(symbol, range(300, 450), seed + 10)]
+        produce(job.bootstrap, job.names["candles"], later)  # two batches at the job's 2,000 a batch
+        deadline = time.monotonic() + 180
+        spooled = []
+        while time.monotonic() < deadline and not spooled:
+            spooled = [path.name for path in spool.glob("[0-9]*") if (commits / str(int(path.name))).exists()]
+            time.sleep(0.5)
+        assert spooled, job.logs()[-3000:]
+        job.process.kill()  # kill -9: the spooled batch is committed, the database does not have it
+        job.process.wait(timeout=30)
+    finally:
+        lock.execute("COMMIT")
+        lock.close()
+    assert len(job.decided(LOCKED)) < 9000
+    job.start()
+    rows = job.wait_for(LOCKED, 9000, timeout=300)
+    assert len(rows) == len(set(rows)) == 9000
+    assert "delivering 1 batch(es) a former run committed before its sinks had them" in job.log.read_text()
+    assert not list(spool.glob("*"))

@@ -7,7 +7,8 @@ its progress listener calls ``Sinks.record_health(progress)``.
 The delivery contract: a *durable* sink (database, Kafka topic) has every decision it was
 given or the micro-batch does not end: ``Sinks.write`` retries its ``flush`` with back-off
 (``RetryPolicy``) for as long as it fails, while the health record (``pipeline_health``) shows
-the outage, and Spark commits the batch only after. Their writes are idempotent, so a retry (or
+the outage, and the runner counts the batch as done only after (``detect``: Spark commits it once it is in the
+job's spool, and it leaves the spool once ``Sinks.write`` returned). Their writes are idempotent, so a retry (or
 a replay after a crash) duplicates nothing. The durable sinks deliver a batch side by side, each in
 a thread of its own, so that one's waits and its work outside the GIL (SQLite's statements,
 librdkafka's deliveries) overlap the other's: a decision may be on the topic a moment before the
@@ -82,7 +83,8 @@ class HealthRecorder(Protocol):
 
 
 class Stopping(RuntimeError):
-    """The job is stopping while a durable sink is still failing: the batch stays uncommitted (replayed at start)."""
+    """The job is stopping while a durable sink is still failing: the batch is delivered at the next start (``detect``:
+    from its spool; ``decide``: read again)."""
 
 
 @dataclass(frozen=True)

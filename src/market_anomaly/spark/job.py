@@ -4,7 +4,8 @@ Kafka (``crypto-candles``) -> parse with an explicit schema and validate -> per 
 ``applyInPandasWithState`` runs the pure detection core (the same code as offline
 scoring) with its state in Spark's state store -> ``foreachBatch`` marks market-wide
 events (each minute counted over every batch: ``core.consensus.MarketTally``, earlier anomalies re-sent when
-their mark changes) and hands decisions to the sinks; invalid records go to the dead-letter topic.
+their mark changes) and hands decisions to the sinks, beside the next micro-batch (``handover``); invalid
+records go to the dead-letter topic.
 
 Its flags and the spark-submit entry point are in ``cli.detect``.
 """
@@ -27,6 +28,7 @@ from market_anomaly.candles.validation import (EARLIEST_OPEN_TIME, MAX_SYMBOL_LE
 from market_anomaly.lifecycle import Started, on_stop_signals
 from market_anomaly.sinks import SinkOptions, Stopping
 from market_anomaly.sinks.common import DECISION_RECORD
+from market_anomaly.spark.handover import SPOOL, HandOver, Spool, SpooledHandOver
 from market_anomaly.spark.workers import StateBounds
 
 log = logging.getLogger("market_anomaly.detect")
@@ -193,13 +195,14 @@ def parse_candles(records, limits: Limits):
 
 
 class BatchHandler:
-    """``foreachBatch``: dead letters, market-wide marking, sinks, one progress line per batch.
+    """A batch's market-wide marking (``prepare``), then its dead letters, sinks and progress line (``deliver``),
+    for both runners (``detect`` through ``handover.SpooledHandOver``, ``decide`` in its sinks' thread).
 
     The delivery contract (``sinks``): ``Sinks.write`` returns only once the durable sinks have the batch,
-    retrying them with back-off inside this call, so Spark commits the batch's offsets and state after
-    that and the query keeps running through an outage (a failing ``foreachBatch`` would end the query:
-    retrying here instead costs no re-planning, re-reading or re-detection, and prints and alerts nothing
-    twice). A job stopped meanwhile leaves the batch uncommitted: the next start replays it.
+    retrying them with back-off inside this call, so the runner counts the batch as done after that and
+    keeps running through an outage (retrying here instead of failing costs no re-reading or re-detection,
+    and prints and alerts nothing twice). A job stopped meanwhile has the batch still to deliver at its next
+    start (``detect``: from its spool; ``decide``: read again).
     """
 
     def __init__(self, sinks, dead_letters, params_path: str):
@@ -217,25 +220,18 @@ class BatchHandler:
         self.late_corrections: list = []  # from other members' counts, sent with the next batch
         self.shared = None  # a ``decider.market.SharedTally``: told each batch's counts
 
-    def __call__(self, batch_df, batch_id: int) -> None:
-        started = time.monotonic()
-        frame = batch_df.toPandas()  # runs the micro-batch: Kafka read, parsing, the per-symbol detection
-        if not frame.empty:
-            failed = frame["error"].notna()
-            self.hand_over(frame[~failed].drop(columns=[name for name, _ in REJECT_FIELDS]), frame[failed],
-                           batch_id, time.monotonic() - started)
-
     def hand_over(self, decisions, rejected, batch_id: int, detection_seconds: float) -> None:
         """A batch's decisions and its rejects (``symbol``, ``error``, ``raw``) to the sinks and the dead letters;
         returns once the durable sinks and the dead-letter topic have them."""
+        self.deliver(self.prepare(decisions, rejected, batch_id, detection_seconds))
+
+    def prepare(self, decisions, rejected, batch_id: int, detection_seconds: float) -> HandOver:
+        """The batch's market-wide marks, and the corrections they make to earlier batches' anomalies (batches are
+        prepared in their order); the counts are shared with the other members."""
         import pandas as pd
 
         from market_anomaly.spark.workers import params_for
 
-        detected = time.monotonic()
-        for row in rejected.itertuples():
-            self.dead_letters.publish(row.raw, row.error, key=row.symbol if isinstance(row.symbol, str) else None)
-        self.dead_letters.flush()
         with self.tally_lock:
             self.tally.params = params_for(self.params_path).market
             decisions, corrections = self.tally.mark(decisions.reset_index(drop=True))
@@ -249,19 +245,27 @@ class BatchHandler:
         given = (decisions if not len(corrections) else corrections.reset_index(drop=True) if decisions.empty
                  else pd.concat([decisions, corrections], ignore_index=True))
         given["decided_at"] = int(time.time() * 1000)
-        self.sinks.write(given)
-        anomalies = int(decisions["is_anomaly"].sum())
-        self.totals["candles"] += len(decisions)
-        self.totals["anomalies"] += anomalies
-        self.totals["rejected"] += len(rejected)
-        self.totals["market_corrections"] += len(corrections)
-        metrics.record_decisions(decisions)
-        log.info("batch %d: %d candles, %d anomalies, %d rejected%s; detection %.2fs, sinks %.2fs (%s) (totals %s)",
-                 batch_id, len(decisions), anomalies, len(rejected),
-                 f", {len(corrections)} earlier anomalies' market-wide mark corrected" if len(corrections) else "",
-                 detection_seconds, time.monotonic() - detected,
-                 ", ".join(f"{name} {seconds:.2f}s" for name, seconds in self.sinks.seconds.items()), self.totals)
+        return HandOver(batch_id, given, rejected, candles=len(decisions),
+                        anomalies=int(decisions["is_anomaly"].sum()), corrections=len(corrections),
+                        detection_seconds=detection_seconds)
 
+    def deliver(self, batch: HandOver) -> None:
+        """A prepared batch to the dead-letter topic and the sinks; returns once the durable ones have it."""
+        started = time.monotonic()
+        for row in batch.rejected.itertuples():
+            self.dead_letters.publish(row.raw, row.error, key=row.symbol if isinstance(row.symbol, str) else None)
+        self.dead_letters.flush()
+        self.sinks.write(batch.given)
+        self.totals["candles"] += batch.candles
+        self.totals["anomalies"] += batch.anomalies
+        self.totals["rejected"] += len(batch.rejected)
+        self.totals["market_corrections"] += batch.corrections
+        metrics.record_decisions(batch.given.iloc[:batch.candles])
+        log.info("batch %d: %d candles, %d anomalies, %d rejected%s; detection %.2fs, sinks %.2fs (%s) (totals %s)",
+                 batch.batch_id, batch.candles, batch.anomalies, len(batch.rejected),
+                 f", {batch.corrections} earlier anomalies' market-wide mark corrected" if batch.corrections else "",
+                 batch.detection_seconds, time.monotonic() - started,
+                 ", ".join(f"{name} {seconds:.2f}s" for name, seconds in self.sinks.seconds.items()), self.totals)
 
     def merge_minute(self, interval: str, open_time: int, decided, anomalous) -> None:
         """Another member's symbols of a minute (``MarketTally.merge``): the corrections go with the next batch."""
@@ -345,6 +349,7 @@ class DetectJob(Started):
         self.spark = None
         self.sinks = None
         self.dead_letters = None
+        self.handover = None
         self.query = None
 
     def start(self) -> "DetectJob":
@@ -357,8 +362,11 @@ class DetectJob(Started):
         self.sinks = build_sinks(config.sinks)
         self.dead_letters = DeadLetterPublisher(config.kafka, config.dead_letter_topic, stage="consumer")
         self.spark.streams.addListener(progress_listener(self.sinks))
+        self.handover = SpooledHandOver(BatchHandler(self.sinks, self.dead_letters, self.params_path),
+                                        Spool(Path(config.checkpoint_dir) / SPOOL),
+                                        tuple(name for name, _ in REJECT_FIELDS))
         self.query = (
-            self.decisions().writeStream.foreachBatch(BatchHandler(self.sinks, self.dead_letters, self.params_path))
+            self.decisions().writeStream.foreachBatch(self.handover)
             .option("checkpointLocation", str(config.checkpoint_dir))
             .trigger(processingTime=config.trigger)
             .queryName("market-anomaly-detect")
@@ -393,13 +401,15 @@ class DetectJob(Started):
         if self.query is not None:
             finish_batch(self.query, STOP_GRACE_SECONDS)
             self.query.stop()
+        if self.handover is not None:
+            self.handover.close()
         if self.sinks is not None:
             self.sinks.close()
         if self.dead_letters is not None:
             self.dead_letters.flush()
         if self.spark is not None:
             self.spark.stop()
-        self.query = self.sinks = self.dead_letters = self.spark = None
+        self.query = self.handover = self.sinks = self.dead_letters = self.spark = None
 
 
 def wait_until_stopped(query, run_for: float | None, on_stop=lambda: None) -> bool:
@@ -419,7 +429,8 @@ def wait_until_stopped(query, run_for: float | None, on_stop=lambda: None) -> bo
     on_stop()
     failure = query.exception()
     if failure is not None and Stopping.__name__ in str(failure):
-        log.warning("detect: stopped while a durable sink was failing; its batch is replayed at the next start")
+        log.warning("detect: stopped while a durable sink was failing; the next start delivers the batch it was "
+                    "delivering (from the spool) and replays the one after")
         return True
     if failure is not None:
         log.error("detect: the streaming query failed: %s", failure)

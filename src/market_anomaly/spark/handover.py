@@ -1,7 +1,7 @@
 """The stream's hand-over to the sinks, beside its next micro-batch, with nothing lost.
 
-Spark runs a micro-batch's stages and then its ``foreachBatch``; a batch's sinks written inside it (about a fifth
-of a catch-up batch: 0.8-1.0 s of 3.7-3.9 s at 50,000 candles) leave the executors idle meanwhile, and two workers
+Spark runs a micro-batch's stages and then its ``foreachBatch``; a batch's sinks written inside it (about a quarter
+of a catch-up batch: 0.8-1.0 s of 3.6-3.9 s at 50,000 candles) leave the executors idle meanwhile, and two workers
 then decide no faster than one. So ``foreachBatch`` (``SpooledHandOver``) collects and marks the batch, writes it to
 a spool in the checkpoint (``Spool``: Arrow files, written whole, then renamed) and hands it to a thread of its own;
 Spark then commits the batch and runs the next one while the sinks deliver this one. The next ``foreachBatch``
@@ -21,6 +21,10 @@ import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 log = logging.getLogger("market_anomaly.detect")
 
@@ -34,8 +38,8 @@ class HandOver:
     ``candles`` rows, then the corrections of earlier anomalies), its rejects, and what its progress line counts."""
 
     batch_id: int
-    given: object  # pandas.DataFrame
-    rejected: object  # pandas.DataFrame: symbol, error, raw
+    given: pd.DataFrame
+    rejected: pd.DataFrame  # symbol, error, raw
     candles: int
     anomalies: int
     corrections: int

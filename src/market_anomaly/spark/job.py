@@ -414,7 +414,7 @@ class DetectJob(Started):
 
 def wait_until_stopped(query, run_for: float | None, on_stop=lambda: None) -> bool:
     """Block until Ctrl-C, SIGTERM (from `up`, systemd, kill), ``run_for`` seconds, or the query fails (-> False);
-    then ``on_stop()`` (a durable sink's retries give up, so the running batch ends uncommitted).
+    then ``on_stop()`` (a durable sink's retries give up: the batch it was delivering stays in the spool).
 
     Signals only set a flag: raising inside a blocking py4j call would tear the gateway
     connection and print a traceback instead of stopping cleanly.

@@ -273,8 +273,9 @@ def test_a_member_started_late_takes_the_counts_shared_in_the_span_its_tally_kee
     kafka = kafka_broker.client_config()
     topics.ensure_topics(kafka, {topic: 1})
     stale = Producer(kafka)  # counts shared three hours ago: outside the two hours a tally keeps
-    stale.produce(topic, json.dumps({"candles": "late-candles", "member": "old", "interval": "1m", "open_time": 0, "decided": ["OLDUSDT"],
-                                     "anomalous": ["OLDUSDT"]}).encode(), timestamp=int((time.time() - 3 * 3600) * 1000))
+    stale.produce(topic, json.dumps({"candles": "late-candles", "member": "old", "interval": "1m", "open_time": 0,
+                                     "decided": ["OLDUSDT"], "anomalous": ["OLDUSDT"]}).encode(),
+                  timestamp=int((time.time() - 3 * 3600) * 1000))
     assert stale.flush(10) == 0
     earlier = {}
     for member, symbols, candles in (("a", ["AUSDT", "BUSDT"], "late-candles"), ("b", ["CUSDT"], "late-candles"),

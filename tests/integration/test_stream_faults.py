@@ -220,7 +220,8 @@ def test_a_job_killed_with_a_committed_batch_not_yet_in_the_database_delivers_it
         deadline = time.monotonic() + 180
         spooled = []
         while time.monotonic() < deadline and not spooled:
-            spooled = [path.name for path in spool.glob("[0-9]*") if (commits / str(int(path.name))).exists()]
+            spooled = [path.name for path in spool.glob("*.given.arrow")
+                       if (commits / str(int(path.name.split(".")[0]))).exists()]
             time.sleep(0.5)
         assert spooled, job.logs()[-3000:]
         job.process.kill()  # kill -9: the spooled batch is committed, the database does not have it

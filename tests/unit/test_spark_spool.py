@@ -31,8 +31,10 @@ def test_a_delivered_batch_leaves_the_spool_and_an_unfinished_one_is_dropped_at_
     spool = Spool(tmp_path)
     spool.put(batch(3))
     spool.put(batch(3))  # a replayed batch spooled again: one copy
-    (tmp_path / ".000000000004").mkdir()  # killed while spooling batch 4: Spark had not committed it
+    (tmp_path / ".000000000004.given.arrow.tmp").write_bytes(b"half")  # killed while spooling batch 4, and
+    (tmp_path / "000000000005.rejected.arrow").write_bytes(b"")  # between batch 5's files: Spark committed neither
     assert [found.batch_id for found in Spool(tmp_path).pending()] == [3]
-    assert not (tmp_path / ".000000000004").exists()
+    assert not (tmp_path / ".000000000004.given.arrow.tmp").exists()
+    assert not (tmp_path / "000000000005.rejected.arrow").exists()
     spool.remove(3)
     assert spool.pending() == []

@@ -43,8 +43,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                              "which changes no decision (default: %(default)s)")
     parser.add_argument("--market-topic", default="crypto-market-tally", metavar="TOPIC",
                         help="topic on which the members of the group share each minute's symbols, so each marks "
-                             "market-wide events on the whole market, not on its own partitions (a member starting reads "
-                             "the last two hours' counts first); 'none' disables (default: %(default)s)")
+                             "market-wide events on the whole market, not on its own partitions (a member starting "
+                             "reads the last two hours' counts first); 'none' disables (default: %(default)s)")
     add_running_arguments(parser)
     # detect's Spark-only settings, which the shared configuration carries and the decider does not use
     parser.set_defaults(handler=run, trigger="0 seconds", max_offsets_per_trigger=None, source_option=[],

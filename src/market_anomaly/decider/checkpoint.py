@@ -20,10 +20,10 @@ True
 
 from __future__ import annotations
 
-import os
 import struct
 from pathlib import Path
 
+from market_anomaly.files import write_atomically
 from market_anomaly.spark.workers import SymbolState, pack_states, unpack_states
 
 MAGIC = b"MAD1"
@@ -39,12 +39,7 @@ def save(directory: Path, topic: str, partition: int, offset: int, states: dict[
     path = path_of(directory, topic, partition)
     path.parent.mkdir(parents=True, exist_ok=True)
     packed = pack_states(states)
-    temporary = path.with_suffix(".tmp")
-    with open(temporary, "wb") as file:
-        file.write(MAGIC + _OFFSET.pack(offset) + packed)
-        file.flush()
-        os.fsync(file.fileno())
-    os.replace(temporary, path)  # a crash leaves the old file or the new one, never half of one
+    write_atomically(path, lambda file: file.write(MAGIC + _OFFSET.pack(offset) + packed), durable=True)
     return len(packed)
 
 

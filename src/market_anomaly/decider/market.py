@@ -5,9 +5,9 @@ market. Each member publishes, per batch and minute, the symbols it decided and 
 (``MarketTally.minute_counts``) to the market topic (``--market-topic``, one partition, keyed by the minute), and
 reads the topic in a thread of its own, from the counts shared in the last ``keep_minutes`` minutes before it started
 (the span its tally keeps), so that a member started or restarted late judges a minute begun before it on the whole
-market too (a restarted member's own counts from before included: its checkpoint may fall inside a minute). The other members' counts go
-into its tally (``BatchHandler.merge_minute``); the corrections its own anomalies then need (marked market-wide
-now, or no longer) go to the sinks with its next batch. Counts are sets of symbols: a member reading its own
+market too (a restarted member's own counts from before included: its checkpoint may fall inside a minute). The
+other members' counts go into its tally (``BatchHandler.merge_minute``); the corrections its own anomalies then
+need (marked market-wide now, or no longer) go to the sinks with its next batch. Counts are sets of symbols: a member reading its own
 counts back, or one message twice, changes nothing.
 
 The topic carries counts, not decisions: losing it costs marks (each member then judges by its own symbols),
@@ -45,7 +45,7 @@ class SharedTally:
         self.member = member or uuid.uuid4().hex  # this process's counts, recognised when they come back
         self.producer = self.consumer = self.thread = None
         self.stopping = threading.Event()
-        self.merged = 0  # counts of other members taken in
+        self.merged = 0  # counts taken in: other members', and this member's former run's
         self.shared_before = 0  # the topic's end when this member started: its own counts before it are a former run's
 
     def start(self) -> "SharedTally":
@@ -57,32 +57,35 @@ class SharedTally:
         ensure_topics(reading, {self.topic: 1}, replication_factor=-1)  # -1: the cluster's default; the check reads it
         self.producer = Producer({**self.kafka_config, "linger.ms": 5, "compression.type": "lz4"})
         self.consumer = Consumer({**reading, "group.id": f"market-tally-{self.member}", "enable.auto.commit": False})
-        self.consumer.assign([self._recent_counts()])
+        start_at, self.shared_before = self._recent_counts()
+        self.consumer.assign([start_at])
         self.thread = threading.Thread(target=self._read, name="market-tally", daemon=True)
         self.thread.start()
         log.info("decide: market-wide counts shared on %s as member %s", self.topic, self.member)
         return self
 
     def _recent_counts(self):
-        """Where the counts of the span the tally keeps begin (by when they were shared); the end when there are none
-        or the broker cannot say (the counts are best effort: a member without them judges by its own symbols)."""
+        """(where the counts of the span the tally keeps begin, by when they were shared; the topic's end now). The
+        end, and nothing before it, when there are none or the broker cannot say: the counts are best effort, a
+        member without them judges by its own symbols."""
         from confluent_kafka import OFFSET_END, KafkaException, TopicPartition
 
         minutes = self.handler.tally.keep_minutes
         since_ms = 0 if minutes is None else int((time.time() - minutes * 60) * 1000)
         try:
             found = self.consumer.offsets_for_times([TopicPartition(self.topic, 0, since_ms)], timeout=10)[0].offset
-            self.shared_before = self.consumer.get_watermark_offsets(TopicPartition(self.topic, 0), timeout=10)[1]
+            end = self.consumer.get_watermark_offsets(TopicPartition(self.topic, 0), timeout=10)[1]
         except KafkaException as error:
-            log.warning("decide: market topic %s: earlier counts not found (%s); reading from now on", self.topic, error)
-            found = -1
-        return TopicPartition(self.topic, 0, found if found >= 0 else OFFSET_END)
+            log.warning("decide: market topic %s: earlier counts not found (%s); reading from now on", self.topic,
+                        error)
+            found, end = -1, 0
+        return TopicPartition(self.topic, 0, found if found >= 0 else OFFSET_END), end
 
     def publish(self, decisions: pd.DataFrame) -> None:
         """This batch's symbols per minute, to the other members (asynchronous; a full queue drops counts)."""
         for interval, open_time, decided, anomalous in self.handler.tally.minute_counts(decisions):
-            value = json.dumps({"candles": self.candles_topic, "member": self.member, "interval": interval, "open_time": open_time,
-                                "decided": decided, "anomalous": anomalous}).encode()
+            value = json.dumps({"candles": self.candles_topic, "member": self.member, "interval": interval,
+                                "open_time": open_time, "decided": decided, "anomalous": anomalous}).encode()
             try:
                 self.producer.produce(self.topic, value, key=f"{interval}:{open_time}")
             except BufferError:

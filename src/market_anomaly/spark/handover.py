@@ -3,8 +3,8 @@
 Spark runs a micro-batch's stages and then its ``foreachBatch``; a batch's sinks written inside it (about a quarter
 of a catch-up batch: 0.8-1.0 s of 3.6-3.9 s at 50,000 candles) leave the executors idle meanwhile, and two workers
 then decide no faster than one. So ``foreachBatch`` (``SpooledHandOver``) collects and marks the batch, writes it to
-a spool in the checkpoint (``Spool``: Arrow files, written whole, then renamed) and hands it to a thread of its own;
-Spark then commits the batch and runs the next one while the sinks deliver this one. The next ``foreachBatch``
+a spool in the checkpoint (``Spool``: Arrow files, each written whole and fsynced, then renamed) and hands it to a
+thread of its own; Spark then commits the batch and runs the next one while the sinks deliver this one. The next ``foreachBatch``
 waits for that delivery before it hands over its own (one batch in the sinks at most), and a batch leaves the
 spool once the sinks have it. The delivery contract stays whole: a batch that Spark committed and the sinks do not
 have yet is in the spool, and the next start delivers what the spool holds before any new batch (a crash between
@@ -15,13 +15,13 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import shutil
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
+
+from market_anomaly.files import write_atomically
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -47,66 +47,65 @@ class HandOver:
 
 
 class Spool:
-    """Batches handed over and perhaps not delivered yet: a directory per batch, ``given`` and ``rejected`` as
-    Arrow IPC files, its counts in the first one's metadata; written under a temporary name, fsynced, renamed."""
+    """Batches handed over and perhaps not delivered yet: per batch, ``rejected`` and then ``given`` as Arrow IPC
+    files, each written atomically and durably (``files.write_atomically``); the batch's counts ride in the
+    ``given`` file's metadata, and that file, written last, is what makes the batch count as spooled."""
 
     def __init__(self, directory: Path):
         self.directory = Path(directory)
         self.directory.mkdir(parents=True, exist_ok=True)
-        for unfinished in self.directory.glob(".*"):  # a crash while spooling: Spark did not commit that batch
-            shutil.rmtree(unfinished, ignore_errors=True)
+        # A crash while spooling (a temporary file, or a rejects file without its batch's given one): Spark had not
+        # committed that batch, so it is replayed and spooled again.
+        for unfinished in [*self.directory.glob(".*.tmp"), *self.directory.glob("*.rejected.arrow")]:
+            if unfinished.suffix == ".tmp" or not self._path(_batch_id(unfinished), "given").exists():
+                unfinished.unlink()
 
     def put(self, batch: HandOver) -> None:
         import pyarrow as pa
 
-        final = self.directory / f"{batch.batch_id:012d}"
-        temporary = self.directory / f".{final.name}"
-        shutil.rmtree(temporary, ignore_errors=True)
-        temporary.mkdir()
-        counts = {name: getattr(batch, name) for name in COUNTS}
-        for name, frame in (("given", batch.given), ("rejected", batch.rejected)):
+        counts = json.dumps({name: getattr(batch, name) for name in COUNTS}).encode()
+        for name, frame in (("rejected", batch.rejected), ("given", batch.given)):
             table = pa.Table.from_pandas(frame, preserve_index=False)
             if name == "given":
-                table = table.replace_schema_metadata({**(table.schema.metadata or {}),
-                                                       b"market_anomaly": json.dumps(counts).encode()})
-            with open(temporary / f"{name}.arrow", "wb") as file:
-                with pa.ipc.new_file(file, table.schema) as writer:
-                    writer.write_table(table)
-                file.flush()
-                os.fsync(file.fileno())
-        shutil.rmtree(final, ignore_errors=True)  # a replayed batch spooled again
-        temporary.rename(final)
-        _fsync_directory(self.directory)
+                table = table.replace_schema_metadata({**(table.schema.metadata or {}), b"market_anomaly": counts})
+            write_atomically(self._path(batch.batch_id, name), lambda file: _write_table(file, table), durable=True)
 
     def pending(self) -> list[HandOver]:
         """What a former run spooled and its sinks may not have, oldest first."""
         import pyarrow as pa
 
         batches = []
-        for path in sorted(self.directory.glob("[0-9]*")):
-            frames = {name: pa.ipc.open_file(path / f"{name}.arrow").read_all() for name in ("given", "rejected")}
-            counts = json.loads(frames["given"].schema.metadata[b"market_anomaly"])
-            batches.append(HandOver(given=frames["given"].to_pandas(), rejected=frames["rejected"].to_pandas(),
-                                    **counts))
+        for given in sorted(self.directory.glob("*.given.arrow")):
+            table = pa.ipc.open_file(given).read_all()
+            rejected = pa.ipc.open_file(self._path(_batch_id(given), "rejected")).read_all()
+            batches.append(HandOver(given=table.to_pandas(), rejected=rejected.to_pandas(),
+                                    **json.loads(table.schema.metadata[b"market_anomaly"])))
         return batches
 
     def remove(self, batch_id: int) -> None:
-        shutil.rmtree(self.directory / f"{batch_id:012d}", ignore_errors=True)
+        for name in ("given", "rejected"):  # given first: the batch is no longer spooled once it is gone
+            self._path(batch_id, name).unlink(missing_ok=True)
+
+    def _path(self, batch_id: int, name: str) -> Path:
+        return self.directory / f"{batch_id:012d}.{name}.arrow"
 
 
-def _fsync_directory(directory: Path) -> None:
-    descriptor = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(descriptor)
-    finally:
-        os.close(descriptor)
+def _batch_id(path: Path) -> int:
+    return int(path.name.split(".")[0])
+
+
+def _write_table(file, table) -> None:
+    import pyarrow as pa
+
+    with pa.ipc.new_file(file, table.schema) as writer:
+        writer.write_table(table)
 
 
 class SpooledHandOver:
     """``foreachBatch``: collect the batch, mark it (``BatchHandler.prepare``), spool it, and deliver it
     (``BatchHandler.deliver``) in a thread of its own while Spark goes on (module docstring)."""
 
-    def __init__(self, handler, spool: Spool, reject_columns: tuple[str, ...] = ("error", "raw")):
+    def __init__(self, handler, spool: Spool, reject_columns: tuple[str, ...]):
         self.handler = handler
         self.spool = spool
         self.reject_columns = list(reject_columns)  # the stream's columns for rejects (``error`` marks one)

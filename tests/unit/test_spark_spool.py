@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
-import pandas as pd
+import threading
 
-from market_anomaly.spark.handover import HandOver, Spool
+import pandas as pd
+import pytest
+
+from market_anomaly.spark.handover import HandOver, Spool, SpooledHandOver
 
 
 def batch(batch_id: int) -> HandOver:
@@ -38,3 +41,65 @@ def test_a_delivered_batch_leaves_the_spool_and_an_unfinished_one_is_dropped_at_
     assert not (tmp_path / "000000000005.rejected.arrow").exists()
     spool.remove(3)
     assert spool.pending() == []
+
+
+class Collected:
+    """What ``foreachBatch`` is given: a frame the stream's columns (``error``, ``raw`` for rejects) shaped."""
+
+    def __init__(self, frame: pd.DataFrame):
+        self.frame = frame
+
+    def toPandas(self) -> pd.DataFrame:  # noqa: N802 (Spark's name)
+        return self.frame
+
+
+class RecordingHandler:
+    def __init__(self):
+        self.delivering = threading.Event()
+        self.delivered: list[int] = []
+
+    def prepare(self, decisions, rejected, batch_id, detection_seconds) -> HandOver:
+        return HandOver(batch_id, decisions.reset_index(drop=True), rejected.reset_index(drop=True),
+                        candles=len(decisions), anomalies=0, corrections=0, detection_seconds=detection_seconds)
+
+    def deliver(self, batch: HandOver) -> None:
+        self.delivering.set()
+        self.delivered.append(batch.batch_id)
+
+
+def stream_batch() -> Collected:
+    return Collected(pd.DataFrame({"symbol": ["BTCUSDT", "ETHUSDT"], "open_time": [0, 0], "close": [1.5, 2.5],
+                                   "error": [None, "close is not a number"], "raw": [None, '{"c": "x"}']}))
+
+
+def test_a_batch_is_delivered_while_it_is_spooled_and_leaves_the_spool_after_both(tmp_path):
+    handler = RecordingHandler()
+
+    class SlowSpool(Spool):
+        def put(self, batch):
+            # With the delivery after the spool's writes this would wait its whole timeout and fail.
+            assert handler.delivering.wait(timeout=10), "the delivery waited for the spool"
+            super().put(batch)
+
+    spool = SlowSpool(tmp_path)
+    hand_over = SpooledHandOver(handler, spool, ("error", "raw"))
+    hand_over(stream_batch(), 4)
+    assert [found.batch_id for found in spool.pending()] in ([4], [])  # spooled when Spark commits it
+    hand_over.close()
+    assert handler.delivered == [4]
+    assert spool.pending() == []
+
+
+def test_a_batch_that_could_not_be_spooled_fails_the_micro_batch_and_leaves_nothing_in_the_spool(tmp_path):
+    handler = RecordingHandler()
+
+    class FullDisk(Spool):
+        def put(self, batch):
+            raise OSError(28, "No space left on device")
+
+    spool = FullDisk(tmp_path)
+    hand_over = SpooledHandOver(handler, spool, ("error", "raw"))
+    with pytest.raises(OSError, match="No space"):
+        hand_over(stream_batch(), 5)  # Spark does not commit it: it replays
+    hand_over.close()
+    assert handler.delivered == [5] and spool.pending() == []

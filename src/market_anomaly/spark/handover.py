@@ -2,13 +2,13 @@
 
 Spark runs a micro-batch's stages and then its ``foreachBatch``; a batch's sinks written inside it (about a quarter
 of a catch-up batch: 0.8-1.0 s of 3.6-3.9 s at 50,000 candles) leave the executors idle meanwhile, and two workers
-then decide no faster than one. So ``foreachBatch`` (``SpooledHandOver``) collects and marks the batch, writes it to
-a spool in the checkpoint (``Spool``: Arrow files, each written whole and fsynced, then renamed) and hands it to a
-thread of its own; Spark then commits the batch and runs the next one while the sinks deliver this one. The next ``foreachBatch``
-waits for that delivery before it hands over its own (one batch in the sinks at most), and a batch leaves the
-spool once the sinks have it. The delivery contract stays whole: a batch that Spark committed and the sinks do not
-have yet is in the spool, and the next start delivers what the spool holds before any new batch (a crash between
-the spool and Spark's commit replays the batch as well; the durable sinks are idempotent).
+then decide no faster than one. So ``foreachBatch`` (``SpooledHandOver``) collects and marks the batch, and writes it
+to a spool in the checkpoint (``Spool``: Arrow files, each written whole and fsynced, then renamed) while a thread of
+its own delivers it; once it is spooled, Spark commits the batch and runs the next one while the sinks deliver this
+one. The next ``foreachBatch`` waits for that delivery before it hands over its own (one batch in the sinks at most),
+and a batch leaves the spool once the sinks have it. The delivery contract stays whole: a batch that Spark committed
+and the sinks do not have yet is in the spool, and the next start delivers what the spool holds before any new batch
+(a crash before the batch is spooled, or before Spark's commit, replays it; the durable sinks are idempotent).
 """
 
 from __future__ import annotations
@@ -30,6 +30,8 @@ log = logging.getLogger("market_anomaly.detect")
 
 SPOOL = Path("market-anomaly") / "spool"  # inside detect's checkpoint (Spark ignores it)
 COUNTS = ("batch_id", "candles", "anomalies", "corrections", "detection_seconds")
+_SPOOLED: Future = Future()  # what a batch read from the spool waits for before it leaves it
+_SPOOLED.set_result(None)
 
 
 @dataclass
@@ -102,8 +104,9 @@ def _write_table(file, table) -> None:
 
 
 class SpooledHandOver:
-    """``foreachBatch``: collect the batch, mark it (``BatchHandler.prepare``), spool it, and deliver it
-    (``BatchHandler.deliver``) in a thread of its own while Spark goes on (module docstring)."""
+    """``foreachBatch``: collect the batch, mark it (``BatchHandler.prepare``), and deliver it
+    (``BatchHandler.deliver``) in a thread of its own while it is spooled and while Spark goes on (module
+    docstring)."""
 
     def __init__(self, handler, spool: Spool, reject_columns: tuple[str, ...]):
         self.handler = handler
@@ -115,7 +118,7 @@ class SpooledHandOver:
         if leftover:
             log.info("detect: delivering %d batch(es) a former run committed before its sinks had them (spool %s)",
                      len(leftover), spool.directory)
-            self.in_sinks = self.thread.submit(self._deliver_all, leftover)
+            self.in_sinks = self.thread.submit(self._deliver_all, [(batch, _SPOOLED) for batch in leftover])
 
     def __call__(self, batch_df, batch_id: int) -> None:
         started = time.monotonic()
@@ -127,13 +130,23 @@ class SpooledHandOver:
         failed = frame["error"].notna()
         batch = self.handler.prepare(frame[~failed].drop(columns=self.reject_columns),
                                      frame[failed][["symbol", *self.reject_columns]], batch_id, detection_seconds)
-        self.spool.put(batch)
-        self.in_sinks = self.thread.submit(self._deliver_all, [batch])
+        del frame, failed  # not held while the batch is spooled
+        # The delivery starts while the batch is spooled (a burst's decisions do not wait for the spool's fsyncs);
+        # Spark commits the batch only once this returns, with the batch spooled.
+        spooled: Future = Future()
+        self.in_sinks = self.thread.submit(self._deliver_all, [(batch, spooled)])
+        try:
+            self.spool.put(batch)
+        except BaseException as error:
+            spooled.set_exception(error)
+            raise
+        spooled.set_result(None)
 
-    def _deliver_all(self, batches: list[HandOver]) -> None:
-        for batch in batches:
+    def _deliver_all(self, batches: list[tuple[HandOver, Future]]) -> None:
+        for batch, spooled in batches:
             self.handler.deliver(batch)
-            self.spool.remove(batch.batch_id)
+            if spooled.exception() is None:  # (waits for the spool) a batch not spooled is replayed by Spark
+                self.spool.remove(batch.batch_id)
 
     def settle(self) -> None:
         """Wait until the sinks have the batch handed to them; raises what its delivery raised (``Stopping``: the

@@ -99,3 +99,17 @@ def test_source_options_reach_the_kafka_source_and_win_over_the_jobs_own(spark, 
         query.processAllAvailable()
     if query is not None:
         query.stop()
+
+
+def test_the_driver_and_the_workers_use_the_allocator_that_hands_memory_back(spark):
+    import pyarrow as pa
+
+    def pools(frames):
+        import pandas as pd
+        import pyarrow as pa
+
+        for _ in frames:
+            yield pd.DataFrame({"pool": [pa.default_memory_pool().backend_name]})
+
+    workers = {row["pool"] for row in spark.range(2).mapInPandas(pools, "pool string").collect()}
+    assert (pa.default_memory_pool().backend_name, workers) == ("system", {"system"})

@@ -54,8 +54,13 @@ class Collected:
 
 
 class RecordingHandler:
-    def __init__(self):
+    """Records the batches delivered; a delivery waits for ``release`` (set from the start unless ``held``)."""
+
+    def __init__(self, held: bool = False):
         self.delivering = threading.Event()
+        self.release = threading.Event()
+        if not held:
+            self.release.set()
         self.delivered: list[int] = []
 
     def prepare(self, decisions, rejected, batch_id, detection_seconds) -> HandOver:
@@ -64,6 +69,7 @@ class RecordingHandler:
 
     def deliver(self, batch: HandOver) -> None:
         self.delivering.set()
+        assert self.release.wait(timeout=10)
         self.delivered.append(batch.batch_id)
 
 
@@ -73,7 +79,7 @@ def stream_batch() -> Collected:
 
 
 def test_a_batch_is_delivered_while_it_is_spooled_and_leaves_the_spool_after_both(tmp_path):
-    handler = RecordingHandler()
+    handler = RecordingHandler(held=True)
 
     class SlowSpool(Spool):
         def put(self, batch):
@@ -84,7 +90,8 @@ def test_a_batch_is_delivered_while_it_is_spooled_and_leaves_the_spool_after_bot
     spool = SlowSpool(tmp_path)
     hand_over = SpooledHandOver(handler, spool, ("error", "raw"))
     hand_over(stream_batch(), 4)
-    assert [found.batch_id for found in spool.pending()] in ([4], [])  # spooled when Spark commits it
+    assert [found.batch_id for found in spool.pending()] == [4]  # spooled when Spark commits it, still delivering
+    handler.release.set()
     hand_over.close()
     assert handler.delivered == [4]
     assert spool.pending() == []

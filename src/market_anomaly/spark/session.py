@@ -57,7 +57,6 @@ SESSION_DEFAULTS = {
     # HotSpot does not compile methods over 8,000 bytes of bytecode: the parser's stage (every check in one
     # method) ran interpreted, 12 us a candle instead of 5. At this limit Spark splits such a stage instead.
     "spark.sql.codegen.hugeMethodLimit": "8000",
-    "spark.executorEnv.ARROW_DEFAULT_MEMORY_POOL": "system",  # see build_session
 }
 
 
@@ -94,8 +93,9 @@ def build_session(app_name: str, master: str | None, conf: dict[str, str] | None
     # Arrow's default allocator (mimalloc) keeps what a micro-batch's conversions freed: at 2,000 symbols in batches
     # of 50,000 the driver peaked at 490 MB RSS with it and 390 MB with the system's, which hands large blocks back.
     # Set before the JVM starts, so its Python workers inherit it too (on a cluster: spark.executorEnv below); the
-    # driver's own pool was chosen when pyarrow was imported.
-    pool = getattr(pyarrow, f"{os.environ.setdefault('ARROW_DEFAULT_MEMORY_POOL', 'system')}_memory_pool", None)
+    # driver's own pool was chosen when pyarrow was imported. A pool the user named wins everywhere.
+    arrow_pool = os.environ.setdefault("ARROW_DEFAULT_MEMORY_POOL", "system")
+    pool = getattr(pyarrow, f"{arrow_pool}_memory_pool", None)
     if pool is not None:
         pyarrow.set_memory_pool(pool())
     builder = SparkSession.builder.appName(app_name)
@@ -113,7 +113,8 @@ def build_session(app_name: str, master: str | None, conf: dict[str, str] | None
             .config("spark.ui.showConsoleProgress", "false")
             .config("spark.ui.enabled", "false")
         )
-    settings = {key: value for key, value in {**SESSION_DEFAULTS, **(defaults or {})}.items() if key not in submitted}
+    chosen = {**SESSION_DEFAULTS, "spark.executorEnv.ARROW_DEFAULT_MEMORY_POOL": arrow_pool, **(defaults or {})}
+    settings = {key: value for key, value in chosen.items() if key not in submitted}
     for key, value in {**settings, **(conf or {})}.items():
         builder = builder.config(key, value)
     spark = builder.getOrCreate()
